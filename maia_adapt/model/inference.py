@@ -1,0 +1,88 @@
+"""FEN(s) + Elo -> legal-move probabilities and win probability, batched.
+
+Matches the official `maia2.inference`: logits masked to legal moves then softmax; win probability
+= value / 2 + 0.5 clamped to [0, 1], from White's point of view; moves in real (un-mirrored) UCI.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import chess
+import numpy as np
+import torch
+
+from ..encoding import as_bucket, board_planes, decode_move, legal_mask
+from ..errors import MaiaAdaptError
+
+
+@dataclass
+class Prediction:
+    fen: str
+    move_probs: dict[str, float]  # legal moves, most probable first
+    win_prob: float  # White's winning chances in [0, 1]
+
+    @property
+    def top_move(self) -> str:
+        return next(iter(self.move_probs))
+
+
+def parse_fen(fen: str) -> chess.Board:
+    """A python-chess board from a FEN, with a one-line error for a bad or illegal position."""
+    try:
+        board = chess.Board(fen)
+    except ValueError as e:
+        raise MaiaAdaptError(f"bad FEN '{fen}': {e}") from None
+    status = board.status()
+    if status != chess.STATUS_VALID:
+        flags = [n for n in dir(chess.Status) if n.isupper() and getattr(chess.Status, n) & status]
+        raise MaiaAdaptError(f"FEN '{fen}' is not a legal chess position ({', '.join(flags)})")
+    if board.is_game_over(claim_draw=False) and not any(board.generate_legal_moves()):
+        raise MaiaAdaptError(f"FEN '{fen}' has no legal moves (checkmate or stalemate)")
+    return board
+
+
+def encode_fens(fens) -> tuple[torch.Tensor, torch.Tensor, list[chess.Board]]:
+    """(planes [N,18,8,8], legal mask [N,1880], boards) for a list of FENs."""
+    boards = [parse_fen(f) for f in fens]
+    return torch.from_numpy(board_planes(boards)), torch.from_numpy(legal_mask(boards)), boards
+
+
+def _buckets(elo, n: int, what: str) -> torch.Tensor:
+    vals = np.broadcast_to(np.asarray(elo), (n,))
+    try:
+        return torch.tensor([as_bucket(v) for v in vals], dtype=torch.long)
+    except ValueError as e:
+        raise MaiaAdaptError(f"{what}: {e}") from None
+
+
+def masked_probs(logits: torch.Tensor, legal: torch.Tensor) -> torch.Tensor:
+    return logits.float().masked_fill(~legal, float("-inf")).softmax(dim=-1)
+
+
+@torch.no_grad()
+def predict(model, fens, elo_self, elo_oppo, batch_size: int = 512) -> list[Prediction]:
+    """Predictions for FEN(s); Elo as a rating (e.g. 1500) or a bucket 0..10, scalar or per FEN."""
+    single = isinstance(fens, str)
+    fens = [fens] if single else list(fens)
+    if not fens:
+        raise MaiaAdaptError("predict: empty position set (no FENs given)")
+    es, eo = _buckets(elo_self, len(fens), "elo_self"), _buckets(elo_oppo, len(fens), "elo_oppo")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[Prediction] = []
+    for s in range(0, len(fens), batch_size):
+        planes, legal, boards = encode_fens(fens[s : s + batch_size])
+        logits, _, value = model(planes.to(device), es[s : s + batch_size].to(device), eo[s : s + batch_size].to(device))
+        probs = masked_probs(logits, legal.to(device)).cpu()
+        win = (value.float() / 2 + 0.5).clamp(0, 1).cpu()
+        for j, board in enumerate(boards):
+            white = board.turn == chess.WHITE
+            idx = legal[j].nonzero().flatten()
+            p = probs[j, idx]
+            order = torch.argsort(p, descending=True, stable=True)
+            moves = {decode_move(int(idx[o]), white): float(p[o]) for o in order}
+            w = float(win[j])
+            out.append(Prediction(fens[s + j], moves, w if white else 1.0 - w))
+    model.train(was_training)
+    return out[0] if single else out
