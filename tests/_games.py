@@ -1,0 +1,27 @@
+"""Real positions for tests: the first games of the shared lichess file, read with python-chess."""
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+from pathlib import Path
+
+import chess
+import chess.pgn
+import zstandard
+
+
+@lru_cache(maxsize=4)
+def real_positions(pgn_zst: Path, n_games: int) -> tuple[tuple[chess.Board, chess.Move], ...]:
+    """(board before the move, move played) for every ply of the first n_games games."""
+    out = []
+    with open(pgn_zst, "rb") as fh:
+        text = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(fh), encoding="utf-8")
+        for _ in range(n_games):
+            game = chess.pgn.read_game(text)
+            if game is None:
+                break
+            board = game.board()
+            for move in game.mainline_moves():
+                out.append((board.copy(stack=False), move))
+                board.push(move)
+    return tuple(out)

@@ -1,0 +1,25 @@
+"""Shared fixtures. Real data lives in ../shared/data (or $MAIA_ADAPT_DATA); tests that need it skip
+with a clear reason when it is absent, e.g. on a fresh clone elsewhere."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers such as _games
+
+
+def _data_root() -> Path:
+    env = os.environ.get("MAIA_ADAPT_DATA")
+    return Path(env) if env else (ROOT.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    root = _data_root()
+    if not (root / "README.md").is_file():
+        pytest.skip(f"real data not found at {root} (set MAIA_ADAPT_DATA to the shared/data folder)")
+    return root
