@@ -1,0 +1,246 @@
+"""Training Maia-2 on a position store: losses, schedule, evaluation, resumable checkpoints.
+
+Every step draws its batch and its dropout noise from (seed, step) alone, so a run resumed from a
+checkpoint at step s continues exactly as the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..encoding import NUM_BUCKETS
+from ..errors import MaiaAdaptError
+from .maia2 import Maia2
+
+
+@dataclass
+class LossWeights:
+    side_info: float = 1.0
+    value: float = 1.0
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def maia2_losses(model: Maia2, batch: dict, w: LossWeights) -> dict[str, torch.Tensor]:
+    """The official objective: policy cross-entropy + side-info BCE + value MSE."""
+    logits, side, value = model(batch["boards"], batch["elo_self"], batch["elo_oppo"])
+    policy = F.cross_entropy(logits.float(), batch["move"])
+    side_info = F.binary_cross_entropy_with_logits(side.float(), batch["side_info"])
+    val = F.mse_loss(value.float(), batch["value"])
+    loss = policy + w.side_info * side_info + w.value * val
+    return {"loss": loss, "policy_loss": policy, "side_info_loss": side_info, "value_loss": val, "logits": logits}
+
+
+def lr_at(step: int, base_lr: float, warmup: int, total: int, schedule: str = "cosine", min_ratio: float = 0.1) -> float:
+    if warmup > 0 and step < warmup:
+        return base_lr * (step + 1) / warmup
+    if schedule == "constant":
+        return base_lr
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return base_lr * (1 - (1 - min_ratio) * progress)
+    if schedule == "cosine":
+        return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    raise MaiaAdaptError(f"train.lr_schedule '{schedule}': expected cosine, linear or constant")
+
+
+@torch.no_grad()
+def evaluate(model: Maia2, store, indices, batch_size: int = 1024, device="cpu", w: LossWeights | None = None) -> dict:
+    """Top-1 (legal-masked) move accuracy per self Elo bucket and overall, value MSE, mean losses."""
+    w = w or LossWeights()
+    was = model.training
+    model.eval()
+    correct = np.zeros(NUM_BUCKETS)
+    count = np.zeros(NUM_BUCKETS)
+    sums = {"policy_loss": 0.0, "side_info_loss": 0.0, "value_loss": 0.0}
+    n = 0
+    for s in range(0, len(indices), batch_size):
+        batch = to_device(store.batch(np.sort(indices[s : s + batch_size])), device)
+        out = maia2_losses(model, batch, w)
+        pred = out["logits"].float().masked_fill(~batch["legal"], float("-inf")).argmax(-1)
+        hit = (pred == batch["move"]).cpu().numpy()
+        b = batch["elo_self"].cpu().numpy()
+        np.add.at(correct, b, hit)
+        np.add.at(count, b, 1)
+        m = len(hit)
+        for k in sums:
+            sums[k] += float(out[k]) * m
+        n += m
+    model.train(was)
+    res = {k: v / max(n, 1) for k, v in sums.items()}
+    res["accuracy"] = float(correct.sum() / max(count.sum(), 1))
+    res["positions"] = int(n)
+    for i in range(NUM_BUCKETS):
+        res[f"accuracy_bucket_{i}"] = float(correct[i] / count[i]) if count[i] else float("nan")
+        res[f"count_bucket_{i}"] = int(count[i])
+    return res
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.dim() > 0:
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = float(v)
+    return tensors, {"scalars": scalars, "param_groups": sd["param_groups"]}
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for key, v in tensors.items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    for key, v in meta["scalars"].items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = torch.tensor(v)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_training_checkpoint(ckpt_dir: Path, step: int, model: Maia2, opt, extra: dict, keep: int = 2) -> Path:
+    """Write checkpoints/step_XXXXXXX/ as a whole: files go to a temporary folder renamed at the end,
+    so a folder that exists is complete."""
+    from safetensors.torch import save_file
+
+    from .checkpoint import model_metadata
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / f"step_{step:07d}"
+    tmp = ckpt_dir / f".tmp_step_{step:07d}_{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"), metadata=model_metadata(model, step=step))
+    ot, ometa = _optimizer_tensors(opt)
+    save_file(ot, str(tmp / "optimizer.safetensors"), metadata={"optimizer": json.dumps(ometa)})
+    with open(tmp / "state.json", "w") as f:
+        json.dump({"step": step, **extra}, f)
+    for p in tmp.iterdir():
+        with open(p, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    shutil.copyfile(final / "model.safetensors", ckpt_dir / ".last.tmp")
+    os.replace(ckpt_dir / ".last.tmp", ckpt_dir / "last.safetensors")
+    for old in sorted(ckpt_dir.glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    done = sorted(p for p in Path(ckpt_dir).glob("step_*") if (p / "state.json").is_file())
+    return done[-1] if done else None
+
+
+def load_training_checkpoint(path: Path, model: Maia2, opt) -> dict:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from .checkpoint import load_state_strict
+
+    load_state_strict(model, load_file(str(path / "model.safetensors")), str(path / "model.safetensors"))
+    with safe_open(str(path / "optimizer.safetensors"), framework="pt") as f:
+        meta = json.loads(f.metadata()["optimizer"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    _load_optimizer(opt, tensors, meta)
+    return json.loads((path / "state.json").read_text())
+
+
+# ---- the loop --------------------------------------------------------------------------------
+
+def _batch_indices(train_idx: np.ndarray, seed: int, step: int, batch_size: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, step])
+    return np.sort(train_idx[rng.integers(0, len(train_idx), batch_size)])
+
+
+def train_model(
+    model: Maia2,
+    store,
+    cfg,
+    run_dir: Path,
+    tracker=None,
+    seed: int = 0,
+    resume_from: Path | None = None,
+) -> dict:
+    """Train `model` on `store` with the TrainConfig `cfg`; returns the final evaluation.
+
+    Checkpoints go to run_dir/checkpoints; `resume_from` is a step_* folder to continue from.
+    """
+    device = resolve_device(cfg.device)
+    model.to(device).train()
+    w = LossWeights(cfg.side_info_coefficient, cfg.value_coefficient)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    train_idx = store.split_indices("train")
+    val_idx = store.split_indices("val")
+    if len(train_idx) == 0:
+        raise MaiaAdaptError("training split is empty: the position store holds no training positions")
+    rng = np.random.default_rng(seed)
+    eval_idx = np.sort(rng.permutation(val_idx)[: cfg.eval_positions]) if len(val_idx) else np.array([], dtype=np.int64)
+    start = 0
+    if resume_from is not None:
+        state = load_training_checkpoint(Path(resume_from), model, opt)
+        start = int(state["step"])
+        model.to(device)
+    amp = device.type == "cuda" and cfg.bf16
+    step_fn = torch.compile(model) if cfg.compile else model
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    last_eval: dict = {}
+    t0, seen = time.time(), 0
+    bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="train", dynamic_ncols=True)
+    for step in bar:
+        lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.lr_schedule, cfg.min_lr_ratio)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        torch.manual_seed(seed * 1_000_003 + step)  # dropout noise depends on the step only
+        batch = to_device(store.batch(_batch_indices(train_idx, seed, step, cfg.batch_size)), device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = maia2_losses(step_fn, batch, w)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise MaiaAdaptError(f"non-finite training loss at step {step}: lower train.lr or check the data")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        seen += cfg.batch_size
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.max_steps:
+            rate = seen / (time.time() - t0)
+            metrics = {f"train/{k}": float(out[k]) for k in ("loss", "policy_loss", "side_info_loss", "value_loss")}
+            metrics.update({"train/lr": lr, "train/positions_per_s": rate})
+            bar.set_postfix(loss=f"{float(loss):.3f}", pos_s=f"{rate:.0f}")
+            if tracker:
+                tracker.log(metrics, step=done)
+        if len(eval_idx) and (done % cfg.eval_every == 0 or done == cfg.max_steps):
+            last_eval = evaluate(model, store, eval_idx, device=device, w=w)
+            if tracker:
+                tracker.log({f"val/{k}": v for k, v in last_eval.items() if not k.startswith("count")}, step=done)
+            model.train()
+        if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
+            save_training_checkpoint(ckpt_dir, done, model, opt, {"val_accuracy": last_eval.get("accuracy")})
+    bar.close()
+    return last_eval

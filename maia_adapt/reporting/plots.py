@@ -1,0 +1,33 @@
+"""Matplotlib figures shared by the stages (headless backend, written as PNG)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..encoding import BUCKET_NAMES  # noqa: E402
+
+
+def bar_by_bucket(series: dict[str, list[float]], path, title: str, ylabel: str = "top-1 accuracy") -> Path:
+    """One group of bars per Elo bucket, one bar per named series (e.g. before / after)."""
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    n = len(series)
+    width = 0.8 / max(n, 1)
+    for j, (name, values) in enumerate(series.items()):
+        xs = [i + (j - (n - 1) / 2) * width for i in range(len(values))]
+        ax.bar(xs, values, width=width, label=name)
+    ax.set_xticks(range(len(BUCKET_NAMES)), BUCKET_NAMES, rotation=30, fontsize=8)
+    ax.set_xlabel("Elo bucket (self)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if n > 1:
+        ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

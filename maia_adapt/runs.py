@@ -1,0 +1,44 @@
+"""Run directories: fingerprints of a run's settings, and finding an interrupted run to resume.
+
+Re-running the same command starts a new Hydra run directory; a stage that supports resuming looks
+for an earlier directory of the same stage whose fingerprint matches and that did not finish.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+FINGERPRINT_FILE = "fingerprint.txt"
+DONE_FILE = "DONE"
+# settings that do not change what a run computes
+_IGNORED = {"paths", "logger", "hydra"}
+
+
+def config_fingerprint(cfg, ignore=()) -> str:
+    container = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    kept = {k: v for k, v in container.items() if k not in _IGNORED | set(ignore)}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def mark_started(run_dir: Path, fingerprint: str) -> None:
+    (Path(run_dir) / FINGERPRINT_FILE).write_text(fingerprint + "\n")
+
+
+def mark_done(run_dir: Path) -> None:
+    (Path(run_dir) / DONE_FILE).write_text("ok\n")
+
+
+def find_resumable(run_dir: Path, fingerprint: str, has_checkpoint) -> Path | None:
+    """The newest sibling run directory with this fingerprint, not done, for which has_checkpoint(dir)."""
+    run_dir = Path(run_dir).resolve()
+    candidates = []
+    for d in run_dir.parent.glob("*"):
+        if d.resolve() == run_dir or not d.is_dir() or (d / DONE_FILE).exists():
+            continue
+        fp = d / FINGERPRINT_FILE
+        if fp.is_file() and fp.read_text().strip() == fingerprint and has_checkpoint(d):
+            candidates.append(d)
+    return max(candidates, key=lambda d: d.stat().st_mtime) if candidates else None
