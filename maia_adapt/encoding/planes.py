@@ -103,20 +103,23 @@ def board_planes(boards) -> np.ndarray:
     return unpack_planes(p.bitboards, p.flags, p.ep)
 
 
-def legal_move_indices(board: chess.Board) -> np.ndarray:
-    """Vocabulary indices of the legal moves of `board` (mirrored for Black to move)."""
-    moves = list(board.generate_legal_moves())
+def legal_move_indices(board: chess.Board, moves: list[chess.Move] | None = None) -> np.ndarray:
+    """Vocabulary indices of the legal moves of `board` (mirrored for Black to move).
+
+    `moves` may pass the already generated legal moves of `board`, to avoid generating them twice.
+    """
+    if moves is None:
+        moves = list(board.generate_legal_moves())
     if not moves:
         return np.zeros(0, dtype=np.int64)
+    # python-chess piece types N=2 B=3 R=4 Q=5 -> vocabulary promotion codes q=1 r=2 b=3 n=4
     arr = np.array(
         [(m.from_square, m.to_square, 0 if m.promotion is None else 6 - m.promotion) for m in moves],
         dtype=np.int64,
     )
-    # python-chess piece types: N=2 B=3 R=4 Q=5 -> vocabulary promotion codes q=1 r=2 b=3 n=4
     if board.turn == chess.BLACK:
         arr[:, :2] ^= 56
-    idx = move_table()[arr[:, 2], arr[:, 0], arr[:, 1]]
-    return idx.astype(np.int64)
+    return move_table()[arr[:, 2], arr[:, 0], arr[:, 1]].astype(np.int64)
 
 
 def legal_mask(boards) -> np.ndarray:

@@ -230,7 +230,7 @@ def train_model(
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.max_steps:
             rate = seen / (time.time() - t0)
-            metrics = {f"train/{k}": float(out[k]) for k in ("loss", "policy_loss", "side_info_loss", "value_loss")}
+            metrics = {f"train/{k}": out[k].item() for k in ("loss", "policy_loss", "side_info_loss", "value_loss")}
             metrics.update({"train/lr": lr, "train/positions_per_s": rate})
             bar.set_postfix(loss=f"{float(loss):.3f}", pos_s=f"{rate:.0f}")
             if tracker:

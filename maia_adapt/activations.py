@@ -1,0 +1,93 @@
+"""Streams of Maia-2 activations at named hook sites, for dictionaries, probes and caches.
+
+A site's activation is reshaped to [batch, tokens, features] (attention heads are concatenated, 16 x
+64 -> 1024, as in the study) and then pooled: `mean` over the 8 tokens gives one vector per position
+(the study's choice), `none` makes every token a sample.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .encoding import NUM_BUCKETS
+from .errors import MaiaAdaptError
+
+# The study's three SAE sites. Its "residual" hook was registered on the FeedForward module, so it
+# read the FFN output (hook_mlp_out), not the residual stream; `resid_post` offers the true stream.
+STUDY_SITES = {
+    "residual": "blocks.{layer}.hook_mlp_out",
+    "attention": "blocks.{layer}.hook_attn_heads",
+    "mlp": "blocks.{layer}.hook_mlp_out",
+    "resid_post": "blocks.{layer}.hook_resid_post",
+}
+
+
+def site_name(site: str, layer: int | None = None) -> str:
+    """A hook name from a full name or a study preset (`residual`, `attention`, `mlp`, `resid_post`)."""
+    if site in STUDY_SITES:
+        if layer is None:
+            raise MaiaAdaptError(f"site preset '{site}' needs a layer (e.g. layer=1)")
+        return STUDY_SITES[site].format(layer=layer)
+    return site
+
+
+def site_dim(model, name: str) -> int:
+    cfg = model.cfg
+    if name == "hook_cnn_out":
+        return 64
+    if name.endswith("hook_attn_heads"):
+        return cfg.heads * cfg.dim_head
+    return cfg.dim_vit
+
+
+def pool(x: torch.Tensor, pooling: str) -> torch.Tensor:
+    """[B, T, ...] -> [B, F] (mean) or [B*T, F] (none); 2-D inputs (hook_final) pass through."""
+    if x.dim() == 2:
+        return x
+    x = x.flatten(2)
+    if pooling == "mean":
+        return x.mean(dim=1)
+    if pooling == "none":
+        return x.flatten(0, 1)
+    raise MaiaAdaptError(f"token_pooling '{pooling}': expected 'mean' or 'none'")
+
+
+def elo_buckets_for(batch: dict, elo, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elo conditioning: 'data' (the players' own buckets), 'random' (uniform per position), or a bucket."""
+    n = len(batch["elo_self"])
+    if elo == "data":
+        return batch["elo_self"], batch["elo_oppo"]
+    if elo == "random":
+        b = torch.from_numpy(rng.integers(0, NUM_BUCKETS, n)).long()
+        return b, b.clone()
+    b = int(elo)
+    if not 0 <= b < NUM_BUCKETS:
+        raise MaiaAdaptError(f"elo bucket {b} out of range: expected 0..{NUM_BUCKETS - 1}, 'data' or 'random'")
+    full = torch.full((n,), b, dtype=torch.long)
+    return full, full.clone()
+
+
+@torch.no_grad()
+def activation_batches(
+    model,
+    store,
+    indices: np.ndarray,
+    sites: list[str],
+    batch_size: int = 256,
+    elo="data",
+    token_pooling: str = "mean",
+    seed: int = 0,
+    device="cpu",
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield {site: [n, features] float32} for the positions `indices` of a position store, in order."""
+    for s in sites:
+        model.check_hook_name(s)
+    rng = np.random.default_rng(seed)
+    model.eval()
+    for start in range(0, len(indices), batch_size):
+        batch = store.batch(np.asarray(indices[start : start + batch_size]))
+        es, eo = elo_buckets_for(batch, elo, rng)
+        _, cache = model.run_with_cache(batch["boards"].to(device), es.to(device), eo.to(device), names=sites)
+        yield {s: pool(cache[s], token_pooling).float().cpu() for s in sites}
