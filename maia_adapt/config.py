@@ -1,0 +1,136 @@
+"""Typed configuration: dataclass schemas registered in Hydra's ConfigStore.
+
+conf/config.yaml starts from `base_config` (the `Config` dataclass) and every group YAML merges into
+one of its typed fields, so a misspelt key (`train.lrr=3`) or a value of the wrong type fails before anything runs, and an
+unknown option (`stage=nope`) fails with the list of valid ones.
+
+Adding a stage: write maia_adapt/stages/<name>.py with `run(cfg, run_dir) -> dict`, add it to
+stages.REGISTRY, add conf/stage/<name>.yaml (`name: <name>`), and if it has settings, a dataclass
+here as a field of `Config` (e.g. `sae: SAEConfig`) with its own group when there are presets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+if not OmegaConf.has_resolver("repo_root"):
+    OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+if not OmegaConf.has_resolver("assets"):
+    OmegaConf.register_new_resolver("assets", lambda: str(ASSETS))
+
+
+@dataclass
+class StageConfig:
+    name: str = MISSING
+
+
+@dataclass
+class ModelConfig:
+    name: str = "maia2"
+    input_channels: int = 18
+    dim_cnn: int = 256
+    num_blocks_cnn: int = 5
+    dim_vit: int = 1024
+    num_blocks_vit: int = 2
+    vit_length: int = 8
+    elo_dim: int = 128
+    heads: int = 16
+    dim_head: int = 64
+    dropout_cnn: float = 0.5
+    dropout_vit: float = 0.1
+    dropout: float = 0.1
+    # official .pt file, our .safetensors file or a run directory; null = random initialisation
+    checkpoint: Optional[str] = None
+
+
+@dataclass
+class DataConfig:
+    name: str = "lichess"
+    pgn: list[str] = field(default_factory=list)
+    store_dir: Optional[str] = None  # null: ${paths.cache_dir}/stores/<name>-<fingerprint>
+    rated_only: bool = True
+    speeds: list[str] = field(default_factory=lambda: ["Rapid"])
+    require_elos: bool = True
+    require_result: bool = True
+    skip_bots: bool = True
+    clock_threshold: Optional[float] = None  # seconds; null: no clock filter (the real data has no clocks)
+    first_n_plies: int = 10
+    max_ply: int = 300
+    max_games_per_elo_pair: Optional[int] = None
+    max_games: Optional[int] = None
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    split_seed: int = 0
+    workers: int = 2
+    shard_size: int = 262144
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    warmup_steps: int = 200
+    max_steps: int = 2000
+    lr_schedule: str = "cosine"  # cosine | linear | constant
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    side_info_coefficient: float = 1.0
+    value_coefficient: float = 1.0
+    eval_every: int = 500
+    eval_positions: int = 20000
+    checkpoint_every: int = 500
+    log_every: int = 50
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    bf16: bool = True  # autocast on CUDA only
+    compile: bool = False
+    resume: bool = True  # continue an interrupted run of the same settings
+    init_from_checkpoint: bool = False  # start from model.checkpoint instead of random weights
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "wandb"  # wandb | none
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "maia-adapt"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # null: the experiment name
+    job_type: Optional[str] = None  # null: the stage name
+    tags: list[str] = field(default_factory=list)
+    log_checkpoints: bool = True
+
+
+@dataclass
+class PathsConfig:
+    root: str = "${repo_root:}"
+    data_root: str = "${oc.env:MAIA_ADAPT_DATA,${paths.root}/../shared/data}"
+    cache_dir: str = "${paths.root}/cache"
+    assets: str = "${assets:}"
+
+
+@dataclass
+class Config:
+    stage: StageConfig = MISSING
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    logger: LoggerConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    experiment: str = "default"  # experiment name: W&B group and the run's label
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into the run record
+
+
+def register() -> None:
+    # group YAMLs merge into the typed fields of Config, which validates their keys and types
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+register()

@@ -1,0 +1,70 @@
+"""The maia-adapt app: `python -m maia_adapt.run stage=<name> [group=option] [key=value]`.
+
+Each run gets its own directory under outputs/ holding the resolved config, what the stage wrote,
+metrics.jsonl and a short summary. Errors in the user's input print one line; `hydra.verbose=true`
+shows the traceback.
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from . import config as _config  # noqa: F401  (registers the schemas)
+from .errors import MaiaAdaptError
+from .io import atomic_write_json, atomic_write_text
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _summary_md(cfg: DictConfig, summary: dict) -> str:
+    lines = [f"# {cfg.stage.name} ({cfg.experiment})", ""]
+    for k, v in summary.items():
+        lines.append(f"- **{k}**: {v:.4f}" if isinstance(v, float) else f"- **{k}**: {v}")
+    return "\n".join(lines) + "\n"
+
+
+def execute(cfg: DictConfig, run_dir: Path) -> dict:
+    from .stages import get_stage
+
+    stage = get_stage(cfg.stage.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    seed_everything(cfg.seed)
+    summary = stage(cfg, run_dir) or {}
+    atomic_write_json(run_dir / "summary.json", summary)
+    atomic_write_text(run_dir / "summary.md", _summary_md(cfg, summary))
+    return summary
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    try:
+        summary = execute(cfg, run_dir)
+    except (MaiaAdaptError, OSError) as e:
+        if hc.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"run directory: {run_dir}")
+    print(json.dumps(summary, indent=1, default=str))
+    # a sweeper (e.g. Optuna) optimises the stage's declared objective
+    objective = summary.get("objective")
+    return float(objective) if isinstance(objective, (int, float)) else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""The stages of `python -m maia_adapt.run stage=<name>`: each module has `run(cfg, run_dir) -> dict`."""
+from __future__ import annotations
+
+import importlib
+
+REGISTRY = {
+    "train": "maia_adapt.stages.train",
+}
+
+
+def get_stage(name: str):
+    from ..errors import ConfigError
+
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown stage '{name}': expected one of {', '.join(sorted(REGISTRY))}")
+    return importlib.import_module(REGISTRY[name]).run

@@ -1,0 +1,77 @@
+"""stage=train: train Maia-2 from lichess PGN (or the embedded self-play corpus).
+
+Writes into the run directory: checkpoints/ (resumable), model.safetensors (final weights + config),
+accuracy_by_bucket.png, metrics.jsonl (through the tracker), summary.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..data.preprocess import open_or_build_store
+from ..encoding import BUCKET_NAMES, NUM_BUCKETS
+from ..errors import ConfigError
+from ..model import Maia2, Maia2Config, load_model, save_model
+from ..model.training import evaluate, latest_checkpoint, resolve_device, train_model
+from ..reporting import bar_by_bucket
+from ..runs import config_fingerprint, find_resumable, mark_done, mark_started
+from ..tracking import Tracker
+
+
+def run(cfg, run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
+    if cfg.train.init_from_checkpoint:
+        if not cfg.model.checkpoint:
+            raise ConfigError("train.init_from_checkpoint=true needs model.checkpoint (a .pt/.safetensors file or run directory)")
+        model = load_model(cfg.model.checkpoint, eval=False)
+    else:
+        model = Maia2(Maia2Config.from_any(cfg.model))
+    fingerprint = config_fingerprint(cfg)
+    resume = None
+    if cfg.train.resume:
+        prev = find_resumable(run_dir, fingerprint, lambda d: latest_checkpoint(d / "checkpoints") is not None)
+        if prev is not None:
+            resume = latest_checkpoint(prev / "checkpoints")
+            print(f"resuming from {resume}")
+    mark_started(run_dir, fingerprint)
+    tracker = Tracker(cfg, run_dir, job_type="train")
+    try:
+        train_model(model, store, cfg.train, run_dir, tracker=tracker, seed=cfg.seed, resume_from=resume)
+        device = resolve_device(cfg.train.device)
+        test_idx = store.split_indices("test")
+        rng = np.random.default_rng(cfg.seed + 1)
+        test_idx = np.sort(rng.permutation(test_idx)[: cfg.train.eval_positions])
+        result = evaluate(model, store, test_idx, device=device)
+        model.cpu().eval()
+        path = save_model(model, run_dir / "model.safetensors", steps=int(cfg.train.max_steps))
+        acc = [result[f"accuracy_bucket_{i}"] for i in range(NUM_BUCKETS)]
+        png = bar_by_bucket(
+            {"test": acc}, run_dir / "accuracy_by_bucket.png",
+            f"Held-out top-1 move accuracy ({result['positions']} positions, overall {result['accuracy']:.3f})",
+        )
+        tracker.log({f"test/{k}": v for k, v in result.items() if not k.startswith("count")}, step=int(cfg.train.max_steps))
+        tracker.log_image("test/accuracy_by_bucket", png)
+        if cfg.logger.log_checkpoints:
+            tracker.log_artifact(path, name="maia2-model", type="model")
+        table = "\n".join(
+            f"| {name} | {result[f'count_bucket_{i}']} | {acc[i]:.3f} |" for i, name in enumerate(BUCKET_NAMES)
+        )
+        (run_dir / "accuracy_by_bucket.md").write_text(
+            "| Elo bucket | positions | top-1 accuracy |\n|---|---|---|\n" + table
+            + f"\n| all | {result['positions']} | {result['accuracy']:.3f} |\n"
+        )
+        summary = {
+            "model": str(path),
+            "resumed_from": str(resume) if resume else None,
+            "test_accuracy": result["accuracy"],
+            "test_positions": result["positions"],
+            "test_value_mse": result["value_loss"],
+            **{f"test_accuracy_bucket_{i}": acc[i] for i in range(NUM_BUCKETS)},
+        }
+        tracker.summary(summary)
+    finally:
+        tracker.finish()
+    mark_done(run_dir)
+    return summary
