@@ -140,19 +140,26 @@ def split_games(lines: Iterator[str], source: str, stats: Optional[dict] = None)
     bad_header = False
     for line in lines:
         if line.startswith("["):
-            if movetext:
-                yield Game(headers, " ".join(movetext), index, source) if not bad_header else Game({"__bad__": "1"}, "", index, source)
+            m = _HEADER.match(line)
+            # a new game starts at a header after movetext, or at an [Event] after a damaged header
+            if movetext or (m and m.group(1) == "Event" and (headers or bad_header)):
+                yield _finish(headers, movetext, bad_header, index, source)
                 index += 1
                 headers, movetext, bad_header = {}, [], False
-            m = _HEADER.match(line)
             if m:
                 headers[m.group(1)] = m.group(2)
             else:
                 bad_header = True
         elif line.strip():
             movetext.append(line.strip())
-    if movetext or headers:
-        yield Game(headers, " ".join(movetext), index, source) if not bad_header else Game({"__bad__": "1"}, "", index, source)
+    if movetext or headers or bad_header:
+        yield _finish(headers, movetext, bad_header, index, source)
+
+
+def _finish(headers, movetext, bad_header, index, source) -> Game:
+    if bad_header:
+        return Game({"__bad__": "1"}, "", index, source)
+    return Game(headers, " ".join(movetext), index, source)
 
 
 def open_text(path) -> Iterator[str]:

@@ -232,7 +232,7 @@ def train_model(
             rate = seen / (time.time() - t0)
             metrics = {f"train/{k}": out[k].item() for k in ("loss", "policy_loss", "side_info_loss", "value_loss")}
             metrics.update({"train/lr": lr, "train/positions_per_s": rate})
-            bar.set_postfix(loss=f"{float(loss):.3f}", pos_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", pos_s=f"{rate:.0f}")
             if tracker:
                 tracker.log(metrics, step=done)
         if len(eval_idx) and (done % cfg.eval_every == 0 or done == cfg.max_steps):
