@@ -1,0 +1,120 @@
+"""stage=train and the training loop on real games: learning, exact resume, the app end to end."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from maia_adapt.data import GameFilter, build_store
+from maia_adapt.model import Maia2, Maia2Config, load_model
+from maia_adapt.model.training import evaluate, latest_checkpoint, train_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = Maia2Config(dim_cnn=16, num_blocks_cnn=1, dim_vit=64, elo_dim=8, heads=4, dim_head=16, dropout_cnn=0.0)
+PGN = "lichess/lichess_rated_rapid_58k.pgn.zst"
+
+
+def _cfg(**kw):
+    base = dict(device="cpu", side_info_coefficient=1.0, value_coefficient=1.0, lr=3e-3, weight_decay=0.0,
+                eval_positions=500, bf16=False, compile=False, max_steps=30, warmup_steps=5, lr_schedule="cosine",
+                min_lr_ratio=0.1, batch_size=64, grad_clip=1.0, log_every=10, eval_every=1000, checkpoint_every=10)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+@pytest.fixture(scope="module")
+def store(shared_data, tmp_path_factory):
+    return build_store([shared_data / PGN], tmp_path_factory.mktemp("s") / "store", GameFilter(max_games=150), workers=1)
+
+
+def test_training_lowers_the_loss_and_raises_accuracy(store, tmp_path):
+    torch.manual_seed(0)
+    model = Maia2(TINY)
+    idx = store.split_indices("val")[:400]
+    before = evaluate(model, store, idx)
+    after = train_model(model, store, _cfg(max_steps=150, eval_every=150, checkpoint_every=1000), tmp_path)
+    assert after["policy_loss"] < before["policy_loss"] - 1.0
+    assert after["accuracy"] > before["accuracy"] + 0.015
+
+
+def test_resume_from_a_checkpoint_gives_the_same_weights(store, tmp_path):
+    torch.manual_seed(0)
+    straight = Maia2(TINY)
+    init = {k: v.clone() for k, v in straight.state_dict().items()}
+    train_model(straight, store, _cfg(max_steps=20), tmp_path / "a", seed=3)
+    # an interrupted run: same start, stopped after 10 steps, then resumed by a fresh process state
+    first = Maia2(TINY)
+    first.load_state_dict(init)
+    train_model(first, store, _cfg(max_steps=20, checkpoint_every=10), tmp_path / "b", seed=3)
+    ckpt = sorted((tmp_path / "b" / "checkpoints").glob("step_*"))
+    assert [p.name for p in ckpt] == ["step_0000010", "step_0000020"]
+    resumed = Maia2(TINY)
+    train_model(resumed, store, _cfg(max_steps=20), tmp_path / "c", seed=3, resume_from=ckpt[0])
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def _app(args, env_extra=None, **kw):
+    env = {**os.environ, "WANDB_MODE": "offline", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "maia_adapt.run", *args], cwd=kw.get("cwd", ROOT), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _tiny_args(tmp_path, steps):
+    return ["stage=train", "data=lichess", "data.max_games=80", f"data.store_dir={tmp_path}/store",
+            "model.dim_cnn=16", "model.num_blocks_cnn=1", "model.dim_vit=64", "model.elo_dim=8", "model.heads=4",
+            "model.dim_head=16", f"train.max_steps={steps}", "train.batch_size=32", "train.checkpoint_every=5",
+            "train.eval_every=10000", "train.eval_positions=300", "train.log_every=5", "logger=none",
+            f"hydra.run.dir={tmp_path}/runs/${{now:%H-%M-%S-%f}}"]
+
+
+def test_app_train_killed_and_rerun_resumes_to_the_same_model(shared_data, tmp_path):
+    straight = _app(_tiny_args(tmp_path / "a", 120))
+    out, err = straight.communicate(timeout=600)
+    assert straight.returncode == 0, err[-2000:]
+    run_a = next((tmp_path / "a" / "runs").iterdir())
+    for f in ("resolved_config.yaml", "summary.json", "summary.md", "model.safetensors", "metrics.jsonl",
+              "accuracy_by_bucket.png", "accuracy_by_bucket.md"):
+        assert (run_a / f).is_file(), f
+    # the same command, killed once a checkpoint exists, then started again
+    proc = _app(_tiny_args(tmp_path / "b", 120))
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        runs = list((tmp_path / "b" / "runs").glob("*/checkpoints/step_*")) if (tmp_path / "b" / "runs").exists() else []
+        if runs:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = next((tmp_path / "b" / "runs").iterdir())
+    assert not (killed / "DONE").exists(), "the run finished before it could be killed"
+    again = _app(_tiny_args(tmp_path / "b", 120))
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-2000:]
+    summary = json.loads(out[out.index("{"):])
+    assert summary["resumed_from"] and "step_" in summary["resumed_from"]
+    a = load_model(run_a / "model.safetensors").state_dict()
+    b = load_model(summary["model"]).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert summary["test_accuracy"] == json.loads((run_a / "summary.json").read_text())["test_accuracy"]
+
+
+def test_app_errors_are_one_line(tmp_path):
+    p = _app(["stage=train", "data.pgn=[/nonexistent/games.pgn]", "logger=none", f"hydra.run.dir={tmp_path}/r"])
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert lines[-1].startswith("error: PGN file /nonexistent/games.pgn not found") and "Traceback" not in err
+    p = _app(["stage=train", "model.dimm=3"])
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "Key 'dimm' not in 'ModelConfig'" in err
+    p = _app(["stage=nope"])
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "Could not find 'stage/nope'" in err and "train" in err
