@@ -78,14 +78,14 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-5
     warmup_steps: int = 200
-    max_steps: int = 2000
+    max_steps: int = 500
     lr_schedule: str = "cosine"  # cosine | linear | constant
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     side_info_coefficient: float = 1.0
     value_coefficient: float = 1.0
     eval_every: int = 500
-    eval_positions: int = 20000
+    eval_positions: int = 5000
     checkpoint_every: int = 500
     log_every: int = 50
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -100,3 +100,28 @@ def write_selfplay_corpus(model, path, games_per_pair: int = 4, pairs: str = "di
 
     atomic_write_bytes(path, data)
     return len(todo)
+
+
+def main(argv=None) -> None:
+    """python -m maia_adapt.data.selfplay [--checkpoint PATH] [--out PATH] [--games-per-bucket N]"""
+    import argparse
+
+    from ..config import ASSETS
+    from ..model import load_model
+
+    ap = argparse.ArgumentParser(description="Write a self-play PGN corpus of a Maia-2 at every Elo bucket.")
+    ap.add_argument("--checkpoint", default=str(ASSETS / "maia2_small.safetensors"))
+    ap.add_argument("--out", default=str(ASSETS / "selfplay.pgn.zst"))
+    ap.add_argument("--games-per-bucket", type=int, default=40)
+    ap.add_argument("--pairs", choices=("diagonal", "all"), default="diagonal")
+    ap.add_argument("--max-plies", type=int, default=160)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    model = load_model(a.checkpoint)
+    n = write_selfplay_corpus(model, a.out, games_per_pair=a.games_per_bucket, pairs=a.pairs, seed=a.seed,
+                              max_plies=a.max_plies)
+    print(f"{n} games written to {a.out}")
+
+
+if __name__ == "__main__":
+    main()

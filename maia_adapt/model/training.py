@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..checkpointing import latest_step_dir, load_optimizer, optimizer_tensors, read_state, write_step_dir
 from ..encoding import NUM_BUCKETS
 from ..errors import MaiaAdaptError
 from .maia2 import Maia2
@@ -96,63 +95,26 @@ def evaluate(model: Maia2, store, indices, batch_size: int = 1024, device="cpu",
 
 # ---- checkpoints -----------------------------------------------------------------------------
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v) and v.dim() > 0:
-                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{k}"] = float(v)
-    return tensors, {"scalars": scalars, "param_groups": sd["param_groups"]}
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
-    state: dict = {}
-    for key, v in tensors.items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    for key, v in meta["scalars"].items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = torch.tensor(v)
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
 def save_training_checkpoint(ckpt_dir: Path, step: int, model: Maia2, opt, extra: dict, keep: int = 2) -> Path:
-    """Write checkpoints/step_XXXXXXX/ as a whole: files go to a temporary folder renamed at the end,
-    so a folder that exists is complete."""
+    """checkpoints/step_XXXXXXX/ (model, optimizer, state) plus checkpoints/last.safetensors."""
     from safetensors.torch import save_file
 
+    from ..io import atomic_write_bytes
     from .checkpoint import model_metadata
 
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    final = ckpt_dir / f"step_{step:07d}"
-    tmp = ckpt_dir / f".tmp_step_{step:07d}_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp / "model.safetensors"), metadata=model_metadata(model, step=step))
-    ot, ometa = _optimizer_tensors(opt)
-    save_file(ot, str(tmp / "optimizer.safetensors"), metadata={"optimizer": json.dumps(ometa)})
-    with open(tmp / "state.json", "w") as f:
-        json.dump({"step": step, **extra}, f)
-    for p in tmp.iterdir():
-        with open(p, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    shutil.copyfile(final / "model.safetensors", ckpt_dir / ".last.tmp")
-    os.replace(ckpt_dir / ".last.tmp", ckpt_dir / "last.safetensors")
-    for old in sorted(ckpt_dir.glob("step_*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    def write(tmp: Path) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata=model_metadata(model, step=step))
+        ot, ometa = optimizer_tensors(opt)
+        save_file(ot, str(tmp / "optimizer.safetensors"), metadata={"optimizer": json.dumps(ometa)})
+
+    final = write_step_dir(ckpt_dir, step, write, extra, keep)
+    atomic_write_bytes(Path(ckpt_dir) / "last.safetensors", (final / "model.safetensors").read_bytes())
     return final
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    done = sorted(p for p in Path(ckpt_dir).glob("step_*") if (p / "state.json").is_file())
-    return done[-1] if done else None
+    return latest_step_dir(ckpt_dir)
 
 
 def load_training_checkpoint(path: Path, model: Maia2, opt) -> dict:
@@ -165,8 +127,8 @@ def load_training_checkpoint(path: Path, model: Maia2, opt) -> dict:
     with safe_open(str(path / "optimizer.safetensors"), framework="pt") as f:
         meta = json.loads(f.metadata()["optimizer"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    _load_optimizer(opt, tensors, meta)
-    return json.loads((path / "state.json").read_text())
+    load_optimizer(opt, tensors, meta)
+    return read_state(path)
 
 
 # ---- the loop --------------------------------------------------------------------------------

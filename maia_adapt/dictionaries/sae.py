@@ -1,0 +1,234 @@
+"""Sparse autoencoders: JumpReLU, TopK, BatchTopK and ReLU-L1, in one module.
+
+x (d) -> pre = (x - b_dec) W_enc + b_enc (F) -> z = act(pre) -> x_hat = z W_dec + b_dec.
+Training happens on normalised activations (scaled so E||x||^2 = d); `fold_normalisation` folds the
+scale back into the weights so a saved SAE works on raw activations. Decoder rows have unit norm
+during training (`project_decoder_grad` before the step, `normalise_decoder` after it).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+
+ARCHITECTURES = ("jumprelu", "topk", "batchtopk", "relu_l1")
+
+
+@dataclass
+class SAEConfig:
+    architecture: str = "topk"  # jumprelu | topk | batchtopk | relu_l1
+    dim: int = 4096  # dictionary size F
+    d_in: int = 0  # filled from the hook site
+    k: int = 32  # TopK / BatchTopK: active latents per sample (mean for BatchTopK)
+    l0_coefficient: float = 1e-3  # JumpReLU: weight of the L0 penalty
+    bandwidth: float = 1e-3  # JumpReLU: width of the rectangle kernel of the threshold gradient
+    init_threshold: float = 1e-3  # JumpReLU
+    l1_coefficient: float = 5.0  # ReLU-L1: weight of sum_i z_i * ||W_dec,i||
+    aux_k: int = 256  # AuxK: dead latents used to model the residual (TopK family); 0 disables
+    aux_coefficient: float = 1 / 32
+    dead_after: int = 100_000  # samples without a firing after which a latent counts as dead
+    dense_threshold: float = 0.1  # a latent firing on more than this fraction of samples is dense
+    b_dec_init: str = "median"  # mean | median | zeros
+    normalise: bool = True
+    # training
+    lr: float = 4e-4
+    batch_size: int = 1024
+    steps: int = 2000
+    warmup_steps: int = 100
+    decay_start: float = 0.8  # fraction of steps after which the lr decays linearly to 0
+    sparsity_warmup_steps: int = 200  # JumpReLU / ReLU-L1 penalty ramps up from 0
+    seed: int = 0
+    # where the activations come from (recorded in cfg.json)
+    site: str = "blocks.1.hook_resid_post"
+    token_pooling: str = "mean"  # mean | none
+    elo: str = "random"  # data | random | 0..10: Elo conditioning while caching activations
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> "SAEConfig":
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"sae.architecture '{self.architecture}': expected one of {', '.join(ARCHITECTURES)}")
+        if self.architecture in ("topk", "batchtopk") and not 0 < self.k <= self.dim:
+            raise ConfigError(f"sae.k={self.k}: expected 1..sae.dim ({self.dim})")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """z = pre * H(pre - t); d/dt through a rectangle kernel of width eps (Rajamanoharan et al. 2024)."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, eps):
+        ctx.save_for_backward(pre, threshold)
+        ctx.eps = eps
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.eps
+        near = ((pre - threshold).abs() < eps / 2).to(pre.dtype)
+        g_pre = grad * (pre > threshold)
+        g_t = (-(threshold / eps) * near * grad).sum(0)
+        return g_pre, g_t, None
+
+
+class _Step(torch.autograd.Function):
+    """H(pre - t), the L0 count; its threshold gradient uses the same rectangle kernel."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, eps):
+        ctx.save_for_backward(pre, threshold)
+        ctx.eps = eps
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.eps
+        near = ((pre - threshold).abs() < eps / 2).to(pre.dtype)
+        return torch.zeros_like(pre), (-(1.0 / eps) * near * grad).sum(0), None
+
+
+class SparseAutoencoder(nn.Module):
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        self.cfg = cfg.validate()
+        d, f = cfg.d_in, cfg.dim
+        g = torch.Generator().manual_seed(cfg.seed)
+        w_dec = torch.randn(f, d, generator=g)
+        w_dec = w_dec / w_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(w_dec)
+        self.W_enc = nn.Parameter(w_dec.t().clone())  # encoder starts as the decoder transpose
+        self.b_enc = nn.Parameter(torch.zeros(f))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        if cfg.architecture == "jumprelu":
+            self.log_threshold = nn.Parameter(torch.full((f,), math.log(cfg.init_threshold)))
+        # BatchTopK: threshold used at inference, estimated during training
+        self.register_buffer("inference_threshold", torch.tensor(-1.0))
+        # activations are multiplied by this before encoding (1 after folding)
+        self.register_buffer("norm_scale", torch.tensor(1.0))
+
+    # ---- encoding -----------------------------------------------------------------------------
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.norm_scale - self.b_dec) @ self.W_enc + self.b_enc
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        return self.log_threshold.exp()
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        a = self.cfg.architecture
+        if a == "jumprelu":
+            return _JumpReLU.apply(pre, self.threshold, self.cfg.bandwidth)
+        if a == "relu_l1":
+            return F.relu(pre)
+        if a == "topk" or (a == "batchtopk" and not self.training and self.inference_threshold < 0):
+            vals, idx = F.relu(pre).topk(self.cfg.k, dim=-1)
+            return torch.zeros_like(pre).scatter(-1, idx, vals)
+        # batchtopk
+        if not self.training:
+            return pre * (pre > self.inference_threshold)
+        flat = F.relu(pre).flatten()
+        vals, idx = flat.topk(min(self.cfg.k * pre.shape[0], flat.numel()))
+        return torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activate(self.pre_acts(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return (z @ self.W_dec + self.b_dec) / self.norm_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    # ---- training -----------------------------------------------------------------------------
+    def losses(self, x: torch.Tensor, sparsity_scale: float = 1.0, dead: torch.Tensor | None = None) -> dict:
+        """Loss terms on a batch of raw activations x [B, d] (normalised inside)."""
+        pre = self.pre_acts(x)
+        z = self.activate(pre)
+        recon = z @ self.W_dec + self.b_dec
+        target = x * self.norm_scale
+        err = target - recon
+        mse = err.pow(2).sum(-1).mean()
+        out = {"mse": mse, "z": z.detach(), "recon": recon.detach()}
+        loss = mse
+        a = self.cfg.architecture
+        if a == "jumprelu":
+            l0 = _Step.apply(pre, self.threshold, self.cfg.bandwidth).sum(-1).mean()
+            out["l0_loss"] = l0
+            loss = loss + sparsity_scale * self.cfg.l0_coefficient * l0
+        elif a == "relu_l1":
+            l1 = (z * self.W_dec.norm(dim=1)).sum(-1).mean()
+            out["l1_loss"] = l1
+            loss = loss + sparsity_scale * self.cfg.l1_coefficient * l1
+        elif self.cfg.aux_k and dead is not None and dead.any():
+            # AuxK (Gao et al. 2024): dead latents learn to reconstruct what the live ones miss
+            k_aux = min(self.cfg.aux_k, int(dead.sum()))
+            aux_pre = F.relu(pre).masked_fill(~dead, 0.0)
+            vals, idx = aux_pre.topk(k_aux, dim=-1)
+            aux_recon = torch.zeros_like(pre).scatter(-1, idx, vals) @ self.W_dec
+            aux = (err.detach() - aux_recon).pow(2).sum(-1).mean() / err.detach().pow(2).sum(-1).mean().clamp_min(1e-8)
+            out["aux_loss"] = aux
+            loss = loss + self.cfg.aux_coefficient * aux
+        if a == "batchtopk" and self.training:
+            pos = z[z > 0]
+            if pos.numel():
+                # running estimate of the smallest kept activation, used as the inference threshold
+                m = pos.min().detach()
+                t = self.inference_threshold
+                self.inference_threshold.copy_(m if t < 0 else 0.99 * t + 0.01 * m)
+        out["loss"] = loss
+        return out
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def project_decoder_grad(self) -> None:
+        """Remove the gradient component parallel to each (unit) decoder row."""
+        if self.W_dec.grad is not None:
+            w = self.W_dec
+            self.W_dec.grad.sub_((self.W_dec.grad * w).sum(1, keepdim=True) * w)
+
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor) -> None:
+        """Normalisation scale and b_dec from a sample of raw activations [N, d]."""
+        if self.cfg.normalise:
+            self.norm_scale.fill_(math.sqrt(x.shape[1] / x.pow(2).sum(1).mean().clamp_min(1e-12).item()))
+        xs = x * self.norm_scale
+        if self.cfg.b_dec_init == "mean":
+            self.b_dec.copy_(xs.mean(0))
+        elif self.cfg.b_dec_init == "median":
+            self.b_dec.copy_(geometric_median(xs))
+        # the encoder reads centred inputs: start b_enc so that about half the latents are positive
+        self.b_enc.zero_()
+
+    @torch.no_grad()
+    def fold_normalisation(self) -> None:
+        """Fold norm_scale into the weights: same function of raw activations, norm_scale = 1."""
+        s = float(self.norm_scale)
+        self.W_enc.mul_(s)
+        self.W_dec.div_(s)
+        self.b_dec.div_(s)
+        self.norm_scale.fill_(1.0)
+
+
+@torch.no_grad()
+def geometric_median(x: torch.Tensor, iters: int = 50, eps: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of distances to the rows of x."""
+    m = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - m).norm(dim=1).clamp_min(eps)
+        new = (w[:, None] * x).sum(0) / w.sum()
+        if (new - m).norm() < eps * (1 + m.norm()):
+            return new
+        m = new
+    return m

@@ -1,0 +1,190 @@
+"""Training several sparse dictionaries from one stream of activations, resumably.
+
+The stream is a sequence of *chunks*: `make_chunk(r)` returns {site: [N, d]} activations for chunk r,
+a deterministic function of r (positions sampled with a seed derived from r). Each chunk is shuffled
+with a permutation derived from r and cut into batches, so step s always sees the same batch: a run
+resumed at step s recomputes chunk s // batches_per_chunk and continues exactly.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..checkpointing import latest_step_dir, load_optimizer, optimizer_tensors, read_state, write_step_dir
+from .sae import SparseAutoencoder
+
+
+def lr_factor(step: int, steps: int, warmup: int, decay_start: float) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    start = int(decay_start * steps)
+    if step < start:
+        return 1.0
+    return max(0.0, (steps - step) / max(1, steps - start))
+
+
+@dataclass
+class FiringStats:
+    """Samples since each latent last fired (dead latents) and firing counts in a window (dense ones)."""
+
+    dim: int
+    since: torch.Tensor = field(init=False)
+    window_fires: torch.Tensor = field(init=False)
+    window_samples: int = 0
+
+    def __post_init__(self):
+        self.since = torch.zeros(self.dim, dtype=torch.long)
+        self.window_fires = torch.zeros(self.dim, dtype=torch.long)
+
+    def update(self, z: torch.Tensor) -> None:
+        fired = (z > 0).sum(0).cpu()
+        self.since += z.shape[0]
+        self.since[fired > 0] = 0
+        self.window_fires += fired
+        self.window_samples += z.shape[0]
+
+    def reset_window(self) -> None:
+        self.window_fires.zero_()
+        self.window_samples = 0
+
+
+class DictionaryTrainer:
+    """Trains named dictionaries {name: (module, site)} on batches {site: activations}."""
+
+    def __init__(self, dictionaries: dict[str, tuple[SparseAutoencoder, str]], steps: int, batch_size: int):
+        self.dicts = dictionaries
+        self.steps = steps
+        self.batch_size = batch_size
+        self.opts = {n: torch.optim.Adam(m.parameters(), lr=m.cfg.lr, betas=(0.9, 0.999)) for n, (m, _) in dictionaries.items()}
+        self.stats = {n: FiringStats(m.cfg.dim) for n, (m, _) in dictionaries.items()}
+        self.step = 0
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        out = {}
+        for name, (sae, site) in self.dicts.items():
+            cfg = sae.cfg
+            x = batch[site]
+            for g in self.opts[name].param_groups:
+                g["lr"] = cfg.lr * lr_factor(self.step, self.steps, cfg.warmup_steps, cfg.decay_start)
+            sparsity = min(1.0, (self.step + 1) / max(1, cfg.sparsity_warmup_steps))
+            dead = self.stats[name].since >= cfg.dead_after
+            res = sae.losses(x, sparsity_scale=sparsity, dead=dead)
+            self.opts[name].zero_grad(set_to_none=True)
+            res["loss"].backward()
+            sae.project_decoder_grad()
+            self.opts[name].step()
+            sae.normalise_decoder()
+            self.stats[name].update(res["z"])
+            target = x * sae.norm_scale
+            var = (target - target.mean(0)).pow(2).sum(-1).mean()
+            out.update({
+                f"{name}/loss": res["loss"].item(),
+                f"{name}/mse": res["mse"].item(),
+                f"{name}/fvu": (res["mse"] / var).item(),
+                f"{name}/l0": (res["z"] > 0).sum(-1).float().mean().item(),
+            })
+            for k in ("l0_loss", "l1_loss", "aux_loss"):
+                if k in res:
+                    out[f"{name}/{k}"] = res[k].item()
+        self.step += 1
+        return out
+
+    def firing_metrics(self) -> dict[str, float]:
+        out = {}
+        for name, (sae, _) in self.dicts.items():
+            st = self.stats[name]
+            out[f"{name}/dead_fraction"] = (st.since >= sae.cfg.dead_after).float().mean().item()
+            if st.window_samples:
+                freq = st.window_fires.float() / st.window_samples
+                out[f"{name}/dense_fraction"] = (freq > sae.cfg.dense_threshold).float().mean().item()
+        return out
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def save(self, ckpt_dir: Path, keep: int = 2) -> Path:
+        from safetensors.torch import save_file
+
+        def write(tmp: Path) -> None:
+            for name, (sae, _) in self.dicts.items():
+                tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
+                ot, ometa = optimizer_tensors(self.opts[name], prefix="opt.")
+                tensors.update(ot)
+                st = self.stats[name]
+                tensors["stats.since"] = st.since.clone()
+                tensors["stats.window_fires"] = st.window_fires.clone()
+                meta = {"optimizer": json.dumps(ometa), "window_samples": str(st.window_samples)}
+                save_file(tensors, str(tmp / f"{name}.safetensors"), metadata=meta)
+
+        return write_step_dir(ckpt_dir, self.step, write, {"names": list(self.dicts)}, keep)
+
+    def load(self, step_dir: Path) -> None:
+        from safetensors import safe_open
+
+        for name, (sae, _) in self.dicts.items():
+            with safe_open(str(Path(step_dir) / f"{name}.safetensors"), framework="pt") as f:
+                meta = f.metadata()
+                t = {k: f.get_tensor(k) for k in f.keys()}
+            sae.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+            load_optimizer(self.opts[name], t, json.loads(meta["optimizer"]), prefix="opt.")
+            self.stats[name].since = t["stats.since"]
+            self.stats[name].window_fires = t["stats.window_fires"]
+            self.stats[name].window_samples = int(meta["window_samples"])
+        self.step = int(read_state(step_dir)["step"])
+
+
+def chunk_batches(chunk: dict[str, torch.Tensor], batch_size: int, seed: int, r: int):
+    """The batches of chunk r, in a shuffled order that depends only on (seed, r)."""
+    n = len(next(iter(chunk.values())))
+    perm = torch.from_numpy(np.random.default_rng([seed, r, 7]).permutation(n))
+    return [{s: v[perm[i : i + batch_size]] for s, v in chunk.items()} for i in range(0, n - batch_size + 1, batch_size)]
+
+
+def train_dictionaries(
+    trainer: DictionaryTrainer,
+    make_chunk: Callable[[int], dict[str, torch.Tensor]],
+    run_dir: Path,
+    *,
+    seed: int = 0,
+    log_every: int = 50,
+    checkpoint_every: int = 500,
+    tracker=None,
+    resume: bool = True,
+) -> dict[str, float]:
+    """Run `trainer` to trainer.steps over the chunk stream; checkpoints in run_dir/checkpoints."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if resume and (last := latest_step_dir(ckpt_dir)) is not None:
+        trainer.load(last)
+    first = make_chunk(0)
+    per_chunk = max(1, len(next(iter(first.values()))) // trainer.batch_size)
+    r = trainer.step // per_chunk
+    chunk = first if r == 0 else make_chunk(r)
+    batches = chunk_batches(chunk, trainer.batch_size, seed, r)
+    metrics: dict[str, float] = {}
+    t0, seen = time.time(), 0
+    bar = tqdm(total=trainer.steps, initial=trainer.step, desc="dictionaries", dynamic_ncols=True)
+    while trainer.step < trainer.steps:
+        i = trainer.step % per_chunk
+        if trainer.step // per_chunk != r:
+            r = trainer.step // per_chunk
+            batches = chunk_batches(make_chunk(r), trainer.batch_size, seed, r)
+        metrics = trainer.train_step(batches[i])
+        seen += trainer.batch_size
+        bar.update(1)
+        if trainer.step % log_every == 0 or trainer.step == trainer.steps:
+            metrics.update(trainer.firing_metrics())
+            metrics["samples_per_s"] = seen / max(time.time() - t0, 1e-9)
+            for st in trainer.stats.values():
+                st.reset_window()
+            if tracker:
+                tracker.log({f"train/{k}": v for k, v in metrics.items()}, step=trainer.step)
+            bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in list(metrics.items())[:3]})
+        if trainer.step % checkpoint_every == 0 or trainer.step == trainer.steps:
+            trainer.save(ckpt_dir)
+    bar.close()
+    return metrics

@@ -1,0 +1,81 @@
+"""The Hydra app: multirun sweeps, W&B offline logging, run directories, atomic writes."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from maia_adapt.io import atomic_write_bytes, resolve_input
+from maia_adapt.errors import MaiaAdaptError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args, timeout=600):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, "-m", "maia_adapt.run", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _tiny(tmp_path):
+    return ["stage=train", "data=lichess", "data.max_games=40", f"data.store_dir={tmp_path}/store",
+            "model.dim_cnn=8", "model.num_blocks_cnn=1", "model.dim_vit=32", "model.elo_dim=4", "model.heads=2",
+            "model.dim_head=16", "train.max_steps=4", "train.batch_size=16", "train.eval_positions=100",
+            "train.log_every=2", "train.checkpoint_every=2"]
+
+
+def test_multirun_sweep_runs_every_job(shared_data, tmp_path):
+    r = _run(["-m", *_tiny(tmp_path), "train.lr=1e-3,3e-3", "logger=none",
+              f"hydra.sweep.dir={tmp_path}/sweep"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    jobs = sorted((tmp_path / "sweep").glob("*/summary.json"))
+    assert len(jobs) == 2
+    lrs = sorted(float(l.split(": ")[1]) for j in jobs for l in (j.parent / "resolved_config.yaml").read_text().splitlines()
+                 if l.strip().startswith("lr:"))
+    assert lrs == [1e-3, 3e-3]
+
+
+def test_wandb_offline_run_and_metrics(shared_data, tmp_path):
+    r = _run([*_tiny(tmp_path), "logger=wandb", "experiment=smoke", f"hydra.run.dir={tmp_path}/run"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "run"
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert offline, "no offline W&B run was written"
+    metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {m["step"] for m in metrics if "train/loss" in m} == {2, 4}
+    assert any("test/accuracy" in m for m in metrics)
+    assert "experiment: smoke" in (run / "resolved_config.yaml").read_text()
+
+
+def test_atomic_write_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
+    p = tmp_path / "result.json"
+    atomic_write_bytes(p, b"old")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_bytes(p, b"new")
+    assert p.read_bytes() == b"old"
+    assert [f.name for f in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_resolve_input(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.safetensors").write_bytes(b"x")
+    assert resolve_input(tmp_path / "run", "checkpoints/last.safetensors", "model.safetensors").name == "model.safetensors"
+    with pytest.raises(MaiaAdaptError, match="has none of sae.safetensors"):
+        resolve_input(tmp_path / "run", "sae.safetensors")
+    with pytest.raises(MaiaAdaptError, match="not found"):
+        resolve_input(tmp_path / "nope", "a")
+
+
+def test_experiment_preset_composes():
+    r = _run(["experiment=train_small", "--cfg", "job", "--resolve"], timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = r.stdout
+    assert "experiment: train_small" in text and "name: maia2_small" in text and "name: lichess" in text
+    assert "lichess_rated_rapid_58k.pgn.zst" in text and "max_steps: 3000" in text
