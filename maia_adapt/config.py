@@ -17,6 +17,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from .dictionaries.sae import SAEConfig
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -116,6 +118,18 @@ class PathsConfig:
 
 
 @dataclass
+class SAEStageConfig(SAEConfig):
+    """stage=sae: the SAE hyper-parameters plus where its activations come from."""
+
+    sites: list[str] = field(default_factory=lambda: ["blocks.${layer}.hook_resid_post"])
+    chunk_positions: int = 8192  # positions run through the model per activation chunk
+    eval_positions: int = 2000  # test-split positions for the spliced evaluation
+    log_every: int = 50
+    checkpoint_every: int = 500
+    resume: bool = True
+
+
+@dataclass
 class Config:
     stage: StageConfig = MISSING
     model: ModelConfig = MISSING
@@ -123,6 +137,8 @@ class Config:
     logger: LoggerConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    sae: SAEStageConfig = field(default_factory=SAEStageConfig)
+    layer: int = 1  # transformer block used by the site presets (site=residual|attention|mlp|resid_post)
     experiment: str = "default"  # experiment name: W&B group and the run's label
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into the run record

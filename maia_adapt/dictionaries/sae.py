@@ -152,8 +152,14 @@ class SparseAutoencoder(nn.Module):
     def losses(self, x: torch.Tensor, sparsity_scale: float = 1.0, dead: torch.Tensor | None = None) -> dict:
         """Loss terms on a batch of raw activations x [B, d] (normalised inside)."""
         pre = self.pre_acts(x)
-        z = self.activate(pre)
-        recon = z @ self.W_dec + self.b_dec
+        if self.cfg.architecture == "topk":
+            # sparse decoder: only the k active rows of W_dec are read and receive gradient
+            vals, idx = F.relu(pre).topk(self.cfg.k, dim=-1)
+            recon = F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum") + self.b_dec
+            z = torch.zeros_like(pre).scatter(-1, idx, vals.detach())
+        else:
+            z = self.activate(pre)
+            recon = z @ self.W_dec + self.b_dec
         target = x * self.norm_scale
         err = target - recon
         mse = err.pow(2).sum(-1).mean()

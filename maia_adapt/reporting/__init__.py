@@ -1,4 +1,4 @@
 """Human-readable results: plots and tables written into run directories."""
-from .plots import bar_by_bucket
+from .plots import bar_by_bucket, feature_density
 
-__all__ = ["bar_by_bucket"]
+__all__ = ["bar_by_bucket", "feature_density"]

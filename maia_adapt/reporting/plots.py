@@ -31,3 +31,22 @@ def bar_by_bucket(series: dict[str, list[float]], path, title: str, ylabel: str 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def feature_density(freq, path, title: str) -> Path:
+    """Histogram of log10 feature firing frequency; features that never fire are counted apart."""
+    import numpy as np
+
+    freq = np.asarray(freq, dtype=float)
+    live = freq[freq > 0]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    if len(live):
+        ax.hist(np.log10(live), bins=50, color="tab:blue")
+    ax.set_xlabel("log10 firing frequency")
+    ax.set_ylabel("features")
+    ax.set_title(f"{title}\n{int((freq == 0).sum())} of {len(freq)} never fire", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -5,6 +5,7 @@ import importlib
 
 REGISTRY = {
     "train": "maia_adapt.stages.train",
+    "sae": "maia_adapt.stages.sae",
 }
 
 

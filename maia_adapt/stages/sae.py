@@ -1,0 +1,141 @@
+"""stage=sae: sparse autoencoders on Maia-2 activations at one or more hook sites (one forward pass).
+
+Writes into the run directory: saes/<site>/{sae.safetensors,cfg.json} (normalisation folded in),
+checkpoints/ (resumable), results.md and results.json (spliced evaluation against zero- and
+mean-ablation, per Elo bucket), feature_density.png, metrics.jsonl.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from ..activations import activation_batches, site_dim
+from ..data.preprocess import open_or_build_store
+from ..dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder, save_sae, train_dictionaries
+from ..dictionaries.evaluate import ablate_fn, site_mean, spliced_metrics, splice_fn
+from ..encoding import BUCKET_NAMES, NUM_BUCKETS
+from ..errors import ConfigError
+from ..io import atomic_write_json, atomic_write_text
+from ..model import load_model
+from ..reporting.plots import feature_density
+from ..runs import config_fingerprint, find_resumable, mark_done, mark_started
+from ..checkpointing import latest_step_dir
+from ..tracking import Tracker
+
+
+def _sae_config(stage_cfg, site: str, d_in: int) -> SAEConfig:
+    names = {f.name for f in dataclasses.fields(SAEConfig)}
+    raw = OmegaConf.to_container(stage_cfg, resolve=True) if OmegaConf.is_config(stage_cfg) else dataclasses.asdict(stage_cfg)
+    return SAEConfig(**{**{k: v for k, v in raw.items() if k in names}, "site": site, "d_in": d_in})
+
+
+def _slug(site: str) -> str:
+    return site.replace(".", "_")
+
+
+def run(cfg, run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    sc = cfg.sae
+    if not cfg.model.checkpoint:
+        raise ConfigError("stage=sae needs a trained model: set model.checkpoint (a .pt/.safetensors file or run directory)")
+    model = load_model(cfg.model.checkpoint)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
+    sites = list(sc.sites)
+    if not sites:
+        raise ConfigError("sae.sites is empty: expected at least one hook name")
+    for s in sites:
+        model.check_hook_name(s)
+    train_idx = store.split_indices("train")
+    test_idx = store.split_indices("test")
+    if len(train_idx) == 0:
+        raise ConfigError("the position store has no training positions")
+
+    def make_chunk(r: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([cfg.seed, r])
+        idx = np.sort(rng.choice(train_idx, size=min(sc.chunk_positions, len(train_idx)), replace=False))
+        parts = list(activation_batches(model, store, idx, sites, batch_size=512, elo=sc.elo,
+                                        token_pooling=sc.token_pooling, seed=cfg.seed + r))
+        return {s: torch.cat([p[s] for p in parts]) for s in sites}
+
+    saes = {}
+    for s in sites:
+        sae = SparseAutoencoder(_sae_config(sc, s, site_dim(model, s)))
+        saes[_slug(s)] = (sae, s)
+    first = make_chunk(0)
+    for sae, s in saes.values():
+        sae.init_from_data(first[s])
+    trainer = DictionaryTrainer(saes, sc.steps, sc.batch_size)
+
+    fingerprint = config_fingerprint(cfg)
+    prev = None
+    if sc.resume:
+        prev = find_resumable(run_dir, fingerprint, lambda d: latest_step_dir(d / "checkpoints") is not None)
+        if prev is not None:
+            trainer.load(latest_step_dir(prev / "checkpoints"))
+            print(f"resuming from {latest_step_dir(prev / 'checkpoints')}")
+    mark_started(run_dir, fingerprint)
+    tracker = Tracker(cfg, run_dir, job_type="sae")
+    try:
+        final = train_dictionaries(trainer, lambda r: first if r == 0 else make_chunk(r), run_dir, seed=cfg.seed,
+                                   log_every=sc.log_every, checkpoint_every=sc.checkpoint_every, tracker=tracker,
+                                   resume=False)
+        rng = np.random.default_rng(cfg.seed + 1)
+        eval_idx = np.sort(rng.permutation(test_idx)[: sc.eval_positions])
+        results: dict = {"sites": {}}
+        lines = ["# SAE results", "", f"model: `{cfg.model.checkpoint}`, {len(eval_idx)} test positions, "
+                 f"architecture {sc.architecture}, F={sc.dim}, pooling {sc.token_pooling}", ""]
+        for name, (sae, s) in saes.items():
+            sae.eval()
+            folder = save_sae(sae, run_dir / "saes" / name, {"model_checkpoint": str(cfg.model.checkpoint)})
+            mean = site_mean(model, store, eval_idx, s)
+            m = spliced_metrics(model, store, eval_idx, s, {
+                "clean": None, "sae": splice_fn(sae, sc.token_pooling), "zero": ablate_fn(None), "mean": ablate_fn(mean),
+            })
+            acts = torch.cat([p[s] for p in activation_batches(model, store, eval_idx, [s], elo="data",
+                                                                token_pooling=sc.token_pooling)])
+            with torch.no_grad():
+                z = sae.encode(acts)
+                recon = sae.decode(z)
+            fvu = float((acts - recon).pow(2).sum() / (acts - acts.mean(0)).pow(2).sum())
+            freq = (z > 0).float().mean(0)
+            m.update({"fvu": fvu, "variance_explained": 1 - fvu, "l0": float((z > 0).sum(1).float().mean()),
+                      "dead_fraction_eval": float((freq == 0).float().mean()),
+                      "dense_fraction_eval": float((freq > sc.dense_threshold).float().mean())})
+            png = feature_density(freq, run_dir / f"feature_density_{name}.png", f"{s}: feature firing frequency")
+            tracker.log_image(f"eval/{name}/feature_density", png)
+            tracker.log({f"eval/{name}/{k}": v for k, v in m.items()}, step=trainer.step)
+            if cfg.logger.log_checkpoints:
+                tracker.log_artifact(folder, name=f"sae-{name}", type="sae")
+            results["sites"][s] = {"folder": str(folder), **m,
+                                   **{f"train_{k.split('/')[-1]}": v for k, v in final.items() if k.startswith(name + "/")}}
+            lines += [f"## {s}", "",
+                      f"L0 {m['l0']:.1f}, variance explained {m['variance_explained']:.3f}, dead {m['dead_fraction_eval']:.3f}, "
+                      f"dense {m['dense_fraction_eval']:.3f}", "",
+                      "| model | top-1 agreement with clean | policy KL | move accuracy |", "|---|---|---|---|"]
+            for v in ("clean", "sae", "mean", "zero"):
+                lines.append(f"| {v} | {m[f'{v}/agreement']:.3f} | {m[f'{v}/kl']:.4f} | {m[f'{v}/accuracy']:.3f} |")
+            lines += ["", "| Elo bucket | clean accuracy | spliced accuracy | spliced agreement |", "|---|---|---|---|"]
+            for i in range(NUM_BUCKETS):
+                if f"clean/accuracy_bucket_{i}" in m:
+                    lines.append(f"| {BUCKET_NAMES[i]} | {m[f'clean/accuracy_bucket_{i}']:.3f} | "
+                                 f"{m[f'sae/accuracy_bucket_{i}']:.3f} | {m[f'sae/agreement_bucket_{i}']:.3f} |")
+            lines.append("")
+        atomic_write_json(run_dir / "results.json", results)
+        atomic_write_text(run_dir / "results.md", "\n".join(lines))
+        summary = {}
+        for s, m in results["sites"].items():
+            for k in ("l0", "variance_explained", "dead_fraction_eval", "sae/agreement", "sae/kl", "zero/agreement",
+                      "mean/agreement", "sae/kl_recovered_vs_zero", "sae/kl_recovered_vs_mean"):
+                if k in m:
+                    summary[f"{s}:{k}"] = m[k]
+        tracker.summary(summary)
+    finally:
+        tracker.finish()
+    mark_done(run_dir)
+    return summary

@@ -1,0 +1,142 @@
+"""SAEs on real Maia-2 activations (the shipped small model on real games) and on synthetic data."""
+import pytest
+import torch
+
+from maia_adapt.activations import activation_batches, site_dim
+from maia_adapt.config import ASSETS
+from maia_adapt.data import GameFilter, build_store
+from maia_adapt.dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder, load_sae, save_sae, train_dictionaries
+from maia_adapt.dictionaries.evaluate import ablate_fn, spliced_metrics, splice_fn
+from maia_adapt.model import load_model
+
+SITE = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(ASSETS / "maia2_small.safetensors")
+
+
+@pytest.fixture(scope="module")
+def store(shared_data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("sae")
+    return build_store([shared_data / "lichess/lichess_rated_rapid_58k.pgn.zst"], d / "store", GameFilter(max_games=120), workers=1)
+
+
+@pytest.fixture(scope="module")
+def acts(model, store):
+    idx = store.split_indices("train")[:4096]
+    return torch.cat([b[SITE] for b in activation_batches(model, store, idx, [SITE], elo="random")])
+
+
+def _train(acts, steps=150, lr=2e-3, **kw):
+    cfg = SAEConfig(d_in=acts.shape[1], dim=512, lr=lr, batch_size=256, steps=steps, warmup_steps=10,
+                    sparsity_warmup_steps=20, site=SITE, **kw)
+    sae = SparseAutoencoder(cfg)
+    sae.init_from_data(acts)
+    trainer = DictionaryTrainer({"s": (sae, "x")}, steps, cfg.batch_size)
+    first = trainer.train_step({"x": acts[:256]})
+    for i in range(steps - 1):
+        j = (i * 256) % (len(acts) - 256)
+        last = trainer.train_step({"x": acts[j : j + 256]})
+    return sae, first, last
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "relu_l1"])
+def test_each_architecture_learns_real_activations(acts, arch):
+    sae, first, last = _train(acts, architecture=arch, k=16, l0_coefficient=1e-3, l1_coefficient=1.0)
+    assert last["s/mse"] < 0.5 * first["s/mse"]
+    assert last["s/fvu"] < 0.5
+    if arch == "topk":
+        assert last["s/l0"] == 16
+    if arch == "batchtopk":
+        assert abs(last["s/l0"] - 16) < 1e-6  # mean L0 over the batch is exactly k in training
+        sae.eval()
+        l0_eval = (sae.encode(acts[:1024]) > 0).sum(1).float().mean().item()
+        assert 4 < l0_eval < 64  # the learned inference threshold keeps L0 near k
+
+
+def test_jumprelu_l0_gradient_reaches_threshold_and_coefficient_controls_l0(acts):
+    cfg = SAEConfig(architecture="jumprelu", d_in=acts.shape[1], dim=256, bandwidth=0.05, init_threshold=0.05)
+    sae = SparseAutoencoder(cfg)
+    sae.init_from_data(acts)
+    out = sae.losses(acts[:512])
+    out["l0_loss"].backward()
+    assert sae.log_threshold.grad is not None and sae.log_threshold.grad.abs().sum() > 0
+    assert (sae.log_threshold.grad <= 0).all()  # raising a threshold never raises L0
+    # Adam moves log-thresholds at about lr per step whatever the penalty's size, so a short test
+    # needs a large lr for the coefficient's effect to show
+    kw = dict(architecture="jumprelu", bandwidth=0.05, init_threshold=0.05, lr=2e-2, steps=200)
+    low, _, _ = _train(acts, l0_coefficient=1e-4, **kw)
+    high, _, _ = _train(acts, l0_coefficient=3.0, **kw)
+    l0 = lambda s: (s.encode(acts[:1024]) > 0).sum(1).float().mean().item()
+    assert l0(high) < 0.5 * l0(low)
+
+
+def test_save_load_round_trip_and_folding(acts, tmp_path):
+    sae, _, _ = _train(acts, architecture="jumprelu", steps=40)
+    sae.eval()
+    assert float(sae.norm_scale) != 1.0
+    before = sae(acts[:300])
+    save_sae(sae, tmp_path / "a")
+    loaded = load_sae(tmp_path / "a")
+    assert float(loaded.norm_scale) == 1.0
+    assert torch.allclose(loaded(acts[:300]), before, atol=1e-4, rtol=1e-4)
+    save_sae(loaded, tmp_path / "b")
+    again = load_sae(tmp_path / "b")
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    assert (tmp_path / "a" / "cfg.json").read_text().count('"hook_name": "blocks.1.hook_resid_post"') == 1
+
+
+def test_resume_is_exact(acts, tmp_path):
+    def make(seed=0):
+        cfg = SAEConfig(architecture="topk", d_in=acts.shape[1], dim=128, k=8, lr=1e-3, batch_size=128, steps=30,
+                        warmup_steps=3, seed=seed)
+        s = SparseAutoencoder(cfg)
+        s.init_from_data(acts)
+        return s
+
+    chunk = lambda r: {"x": acts[(r % 4) * 1024 : (r % 4 + 1) * 1024]}
+    a = make()
+    train_dictionaries(DictionaryTrainer({"s": (a, "x")}, 30, 128), chunk, tmp_path / "a", checkpoint_every=10, log_every=5)
+    class Kill:  # the process dies at step 20, after the checkpoint of step 10
+        def log(self, metrics, step):
+            if step == 20:
+                raise KeyboardInterrupt
+
+    b = make()
+    with pytest.raises(KeyboardInterrupt):
+        train_dictionaries(DictionaryTrainer({"s": (b, "x")}, 30, 128), chunk, tmp_path / "b", checkpoint_every=10,
+                           log_every=5, tracker=Kill())
+    c = make(seed=5)  # a fresh process: different random init, all state comes from the checkpoint
+    tc = DictionaryTrainer({"s": (c, "x")}, 30, 128)
+    train_dictionaries(tc, chunk, tmp_path / "b", checkpoint_every=10, log_every=5)
+    assert tc.step == 30
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, c.state_dict()[k]), k
+
+
+def test_spliced_sae_beats_ablation(model, store, acts):
+    sae, _, _ = _train(acts, architecture="topk", k=32, steps=200)
+    sae.eval()
+    idx = store.split_indices("test")[:400]
+    m = spliced_metrics(model, store, idx, SITE, {"clean": None, "sae": splice_fn(sae, "mean"), "zero": ablate_fn(None)})
+    assert m["clean/agreement"] == 1.0 and m["clean/kl"] == pytest.approx(0.0, abs=1e-6)
+    assert m["sae/agreement"] > m["zero/agreement"] + 0.1
+    assert m["sae/kl"] < m["zero/kl"]
+    assert 0 < m["sae/kl_recovered_vs_zero"] <= 1
+
+
+def test_synthetic_features_are_recovered():
+    torch.manual_seed(0)
+    d, n_atoms = 32, 64
+    atoms = torch.randn(n_atoms, d)
+    atoms /= atoms.norm(dim=1, keepdim=True)
+    g = torch.Generator().manual_seed(1)
+    idx = torch.rand(8192, n_atoms, generator=g).argsort(1)[:, :3]
+    x = ((torch.rand(8192, 3, generator=g) * 2 + 0.5)[..., None] * atoms[idx]).sum(1) + 1.0
+    sae, _, _ = _train(x, architecture="topk", k=3, steps=600)
+    w = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
+    assert ((atoms @ w.t()).max(1).values > 0.9).float().mean() > 0.95
+    assert site_dim(load_model(ASSETS / "maia2_small.safetensors"), "blocks.0.hook_attn_heads") == 256
