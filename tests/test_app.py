@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from maia_adapt.io import atomic_write_bytes, resolve_input
 from maia_adapt.errors import MaiaAdaptError
@@ -32,13 +33,12 @@ def test_multirun_sweep_runs_every_job(shared_data, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     jobs = sorted((tmp_path / "sweep").glob("*/summary.json"))
     assert len(jobs) == 2
-    lrs = sorted(float(l.split(": ")[1]) for j in jobs for l in (j.parent / "resolved_config.yaml").read_text().splitlines()
-                 if l.strip().startswith("lr:"))
+    lrs = sorted(OmegaConf.load(j.parent / "resolved_config.yaml").train.lr for j in jobs)
     assert lrs == [1e-3, 3e-3]
 
 
 def test_wandb_offline_run_and_metrics(shared_data, tmp_path):
-    r = _run([*_tiny(tmp_path), "logger=wandb", "experiment=smoke", f"hydra.run.dir={tmp_path}/run"])
+    r = _run([*_tiny(tmp_path), "logger=wandb", "experiment=train_small", f"hydra.run.dir={tmp_path}/run"])
     assert r.returncode == 0, r.stderr[-2000:]
     run = tmp_path / "run"
     offline = list((run / "wandb").glob("offline-run-*"))
@@ -46,7 +46,7 @@ def test_wandb_offline_run_and_metrics(shared_data, tmp_path):
     metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert {m["step"] for m in metrics if "train/loss" in m} == {2, 4}
     assert any("test/accuracy" in m for m in metrics)
-    assert "experiment: smoke" in (run / "resolved_config.yaml").read_text()
+    assert "experiment: train_small" in (run / "resolved_config.yaml").read_text()
 
 
 def test_atomic_write_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
@@ -71,6 +71,12 @@ def test_resolve_input(tmp_path):
         resolve_input(tmp_path / "run", "sae.safetensors")
     with pytest.raises(MaiaAdaptError, match="not found"):
         resolve_input(tmp_path / "nope", "a")
+
+
+def test_unknown_experiment_fails_with_choices():
+    r = _run(["experiment=nope", "--cfg", "job"], timeout=120)
+    assert r.returncode != 0
+    assert "Could not find 'experiment/nope'" in r.stderr and "train_small" in r.stderr
 
 
 def test_experiment_preset_composes():
