@@ -124,6 +124,12 @@ class SAEStageConfig(SAEConfig):
     sites: list[str] = field(default_factory=lambda: ["blocks.${layer}.hook_resid_post"])
     chunk_positions: int = 8192  # positions run through the model per activation chunk
     eval_positions: int = 2000  # test-split positions for the spliced evaluation
+    # calibration (the study's checkpoint choice): every N steps score the features against a
+    # concept set on validation positions; the best summed AUC is the SAE that is saved. 0: off
+    calibrate_every: int = 0
+    calibration_concepts: str = "board"  # board: own/opponent piece on each square (768 concepts)
+    calibration_positions: int = 2000
+    calibration_min_positives: int = 20  # concepts with fewer positive (or negative) positions are left out
     log_every: int = 50
     checkpoint_every: int = 500
     resume: bool = True

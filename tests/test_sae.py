@@ -140,3 +140,45 @@ def test_synthetic_features_are_recovered():
     w = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
     assert ((atoms @ w.t()).max(1).values > 0.9).float().mean() > 0.95
     assert site_dim(load_model(ASSETS / "maia2_small.safetensors"), "blocks.0.hook_attn_heads") == 256
+
+
+def test_calibration_score_rises_with_training(model, store, acts):
+    from maia_adapt.stages.sae import calibration_set, summed_best_auc
+    from maia_adapt.config import SAEStageConfig
+
+    sc = SAEStageConfig(calibration_positions=600, calibration_min_positives=10, elo="random")
+    idx = store.split_indices("val")[:600]
+    cal, labels, names = calibration_set(model, store, idx, [SITE], sc, seed=0)
+    assert len(names) > 50 and labels.shape == (len(idx), len(names))
+    untrained = SparseAutoencoder(SAEConfig(d_in=acts.shape[1], dim=512, k=32, site=SITE))
+    untrained.init_from_data(acts)
+    trained, _, _ = _train(acts, architecture="topk", k=32, steps=200)
+    before, after = summed_best_auc(untrained, cal[SITE], labels), summed_best_auc(trained, cal[SITE], labels)
+    assert after > before
+    assert 0.5 * len(names) < after <= len(names)
+
+
+def test_stage_sae_end_to_end_with_calibration(shared_data, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from maia_adapt.config import REPO_ROOT
+
+    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=sae", "data=lichess", "data.max_games=80",
+                        f"data.store_dir={tmp_path}/store", "logger=none", "sae=jumprelu", "site=study",
+                        "sae.dim=256", "sae.steps=40", "sae.batch_size=128", "sae.chunk_positions=2048",
+                        "sae.calibrate_every=20", "sae.calibration_positions=300", "sae.calibration_min_positives=5",
+                        "sae.eval_positions=200", "sae.log_every=10", f"hydra.run.dir={tmp_path}/run"],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "run"
+    res = json.loads((run / "results.json").read_text())["sites"]
+    assert len(res) == 3  # residual (FFN output), attention heads, true residual stream
+    for site, m in res.items():
+        assert m["calibration_step"] in (20, 40) and m["calibration_score"] > 0
+        assert m["sae/agreement"] > m["zero/agreement"]
+        sae = load_sae(m["folder"])
+        assert sae.cfg.site == site and sae.cfg.architecture == "jumprelu"
+    assert (run / "results.md").read_text().count("calibrated: best summed AUC") == 3
+    assert sorted(p.name for p in (run / "best").iterdir()) == sorted(f"{s.replace('.', '_')}.safetensors" for s in res)

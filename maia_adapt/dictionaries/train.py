@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from ..checkpointing import latest_step_dir, load_optimizer, optimizer_tensors, read_state, write_step_dir
+from ..io import load_safetensors, save_safetensors
 from .sae import SparseAutoencoder
 
 
@@ -138,6 +139,38 @@ class DictionaryTrainer:
         self.step = int(read_state(step_dir)["step"])
 
 
+class BestKeeper:
+    """The best-scoring weights of each dictionary so far, on disk (atomic), surviving a resume."""
+
+    def __init__(self, folder: Path, trainer: DictionaryTrainer):
+        self.folder, self.trainer = folder, trainer
+        self.scores: dict[str, float] = {}
+        for name in trainer.dicts:
+            p = folder / f"{name}.safetensors"
+            if p.is_file():
+                _, meta = load_safetensors(p)
+                self.scores[name] = float(meta["score"])
+
+    def offer(self, scores: dict[str, float]) -> None:
+        for name, score in scores.items():
+            if name not in self.scores or score > self.scores[name]:
+                self.scores[name] = score
+                sae = self.trainer.dicts[name][0]
+                save_safetensors({k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()},
+                                 self.folder / f"{name}.safetensors", {"score": str(score), "step": str(self.trainer.step)})
+
+    def restore(self) -> dict[str, dict]:
+        """Load the best weights into each dictionary; {name: {score, step}}."""
+        out = {}
+        for name, (sae, _) in self.trainer.dicts.items():
+            p = self.folder / f"{name}.safetensors"
+            if p.is_file():
+                tensors, meta = load_safetensors(p)
+                sae.load_state_dict(tensors)
+                out[name] = {"score": float(meta["score"]), "step": int(meta["step"])}
+        return out
+
+
 def chunk_batches(chunk: dict[str, torch.Tensor], batch_size: int, seed: int, r: int):
     """The batches of chunk r, in a shuffled order that depends only on (seed, r)."""
     n = len(next(iter(chunk.values())))
@@ -155,11 +188,18 @@ def train_dictionaries(
     checkpoint_every: int = 500,
     tracker=None,
     resume: bool = True,
+    calibrate: Callable[[], dict[str, float]] | None = None,
+    calibrate_every: int = 0,
 ) -> dict[str, float]:
-    """Run `trainer` to trainer.steps over the chunk stream; checkpoints in run_dir/checkpoints."""
+    """Run `trainer` to trainer.steps over the chunk stream; checkpoints in run_dir/checkpoints.
+
+    With `calibrate` (returning a score per dictionary, higher is better) called every
+    `calibrate_every` steps, the best-scoring weights of each dictionary are kept in run_dir/best.
+    """
     ckpt_dir = Path(run_dir) / "checkpoints"
     if resume and (last := latest_step_dir(ckpt_dir)) is not None:
         trainer.load(last)
+    best = BestKeeper(Path(run_dir) / "best", trainer) if calibrate else None
     first = make_chunk(0)
     per_chunk = max(1, len(next(iter(first.values()))) // trainer.batch_size)
     r = trainer.step // per_chunk
@@ -184,6 +224,12 @@ def train_dictionaries(
             if tracker:
                 tracker.log({f"train/{k}": v for k, v in metrics.items()}, step=trainer.step)
             bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in list(metrics.items())[:3]})
+        if best and (trainer.step % calibrate_every == 0 or trainer.step == trainer.steps):
+            scores = calibrate()
+            best.offer(scores)
+            if tracker:
+                tracker.log({f"calibration/{k}": v for k, v in scores.items()}, step=trainer.step)
+        # the best weights are written before the step checkpoint, so a resumed run never lacks them
         if trainer.step % checkpoint_every == 0 or trainer.step == trainer.steps:
             trainer.save(ckpt_dir)
     bar.close()

@@ -24,6 +24,8 @@ from ..model import load_model
 from ..reporting.plots import feature_density
 from ..runs import config_fingerprint, find_resumable, mark_done, mark_started
 from ..checkpointing import latest_step_dir
+from ..concepts import best_auc_per_concept, piece_square_concepts, roc_auc_matrix
+from ..dictionaries.train import BestKeeper
 from ..tracking import Tracker
 
 
@@ -35,6 +37,31 @@ def _sae_config(stage_cfg, site: str, d_in: int) -> SAEConfig:
 
 def _slug(site: str) -> str:
     return site.replace(".", "_")
+
+
+def calibration_set(model, store, idx, sites, sc, seed: int):
+    """(activations {site: [N, d] or [N*T, d]}, concept labels [N, C], concept names)."""
+    if sc.calibration_concepts != "board":
+        raise ConfigError(f"sae.calibration_concepts '{sc.calibration_concepts}': expected 'board'")
+    parts = list(activation_batches(model, store, idx, sites, batch_size=512, elo=sc.elo,
+                                    token_pooling=sc.token_pooling, seed=seed))
+    acts = {s: torch.cat([p[s] for p in parts]) for s in sites}
+    concepts = piece_square_concepts(store.batch(idx)["boards"]).keep(sc.calibration_min_positives)
+    if not concepts.names:
+        raise ConfigError(f"no concept has {sc.calibration_min_positives} positive calibration positions: "
+                          "raise sae.calibration_positions or lower sae.calibration_min_positives")
+    return acts, concepts.labels, concepts.names
+
+
+@torch.no_grad()
+def summed_best_auc(sae, acts: torch.Tensor, labels: torch.Tensor) -> float:
+    """Sum over concepts of the best feature's AUC (per position: a token-level SAE's feature
+    counts with its largest activation over the position's tokens)."""
+    z = torch.cat([sae.encode(a) for a in acts.split(4096)])
+    if len(z) != len(labels):
+        z = z.view(len(labels), -1, z.shape[-1]).amax(1)
+    best, _ = best_auc_per_concept(roc_auc_matrix(z, labels))
+    return float(torch.nan_to_num(best).sum())
 
 
 def run(cfg, run_dir: Path) -> dict:
@@ -81,10 +108,22 @@ def run(cfg, run_dir: Path) -> dict:
             print(f"resuming from {latest_step_dir(prev / 'checkpoints')}")
     mark_started(run_dir, fingerprint)
     tracker = Tracker(cfg, run_dir, job_type="sae")
+    calibrate, calibrated = None, {}
+    if sc.calibrate_every:
+        val_idx = store.split_indices("val")
+        cal_idx = np.sort(np.random.default_rng(cfg.seed + 2).permutation(val_idx)[: sc.calibration_positions])
+        cal_acts, cal_labels, cal_names = calibration_set(model, store, cal_idx, sites, sc, cfg.seed + 2)
+        print(f"calibration: {len(cal_names)} board concepts on {len(cal_idx)} validation positions")
+
+        def calibrate() -> dict[str, float]:
+            return {name: summed_best_auc(sae, cal_acts[s], cal_labels) for name, (sae, s) in saes.items()}
     try:
         final = train_dictionaries(trainer, lambda r: first if r == 0 else make_chunk(r), run_dir, seed=cfg.seed,
                                    log_every=sc.log_every, checkpoint_every=sc.checkpoint_every, tracker=tracker,
-                                   resume=False)
+                                   resume=False, calibrate=calibrate, calibrate_every=sc.calibrate_every)
+        if calibrate:
+            # the run's SAEs are the calibration's best, not the last step's
+            calibrated = BestKeeper(run_dir / "best", trainer).restore()
         rng = np.random.default_rng(cfg.seed + 1)
         eval_idx = np.sort(rng.permutation(test_idx)[: sc.eval_positions])
         results: dict = {"sites": {}}
@@ -112,11 +151,16 @@ def run(cfg, run_dir: Path) -> dict:
             tracker.log({f"eval/{name}/{k}": v for k, v in m.items()}, step=trainer.step)
             if cfg.logger.log_checkpoints:
                 tracker.log_artifact(folder, name=f"sae-{name}", type="sae")
+            if name in calibrated:
+                m.update({"calibration_score": calibrated[name]["score"], "calibration_step": calibrated[name]["step"],
+                          "calibration_concepts": len(cal_names)})
             results["sites"][s] = {"folder": str(folder), **m,
                                    **{f"train_{k.split('/')[-1]}": v for k, v in final.items() if k.startswith(name + "/")}}
             lines += [f"## {s}", "",
                       f"L0 {m['l0']:.1f}, variance explained {m['variance_explained']:.3f}, dead {m['dead_fraction_eval']:.3f}, "
                       f"dense {m['dense_fraction_eval']:.3f}", "",
+                      *([f"calibrated: best summed AUC {m['calibration_score']:.1f} over {m['calibration_concepts']} board "
+                         f"concepts at step {m['calibration_step']} (the saved SAE)", ""] if "calibration_score" in m else []),
                       "| model | top-1 agreement with clean | policy KL | move accuracy |", "|---|---|---|---|"]
             for v in ("clean", "sae", "mean", "zero"):
                 lines.append(f"| {v} | {m[f'{v}/agreement']:.3f} | {m[f'{v}/kl']:.4f} | {m[f'{v}/accuracy']:.3f} |")
@@ -131,7 +175,8 @@ def run(cfg, run_dir: Path) -> dict:
         summary = {}
         for s, m in results["sites"].items():
             for k in ("l0", "variance_explained", "dead_fraction_eval", "sae/agreement", "sae/kl", "zero/agreement",
-                      "mean/agreement", "sae/kl_recovered_vs_zero", "sae/kl_recovered_vs_mean"):
+                      "mean/agreement", "sae/kl_recovered_vs_zero", "sae/kl_recovered_vs_mean", "calibration_score",
+                      "calibration_step"):
                 if k in m:
                     summary[f"{s}:{k}"] = m[k]
         tracker.summary(summary)
