@@ -52,3 +52,19 @@ def test_piece_square_concepts_follow_the_side_to_move():
     kept = c.keep(1)
     # own king on e1 in both positions: no negative sample, so no AUC
     assert "own_pawn@e2" in kept.names and "own_king@e1" not in kept.names and "own_queen@h8" not in kept.names
+
+
+def test_auc_matrix_matches_scikit_learn_on_sae_like_features():
+    from sklearn.metrics import roc_auc_score
+
+    g = torch.Generator().manual_seed(3)
+    n, f, c = 3000, 40, 6  # n > 2048 exercises the float64 path
+    z = torch.relu(torch.randn(n, f, generator=g) - 1.5).round(decimals=1)  # exact zeros and ties
+    y = torch.rand(n, c, generator=g) < torch.linspace(0.02, 0.5, c)
+    y[:, 0] |= z[:, 0] > 0.5
+    auc = roc_auc_matrix(z, y)
+    ref = np.array([[roc_auc_score(y[:, j].numpy(), z[:, i].numpy()) for j in range(c)] for i in range(f)])
+    np.testing.assert_allclose(auc.numpy(), ref, atol=1e-6)
+    auc_small = roc_auc_matrix(z[:2000], y[:2000])
+    ref_small = np.array([[roc_auc_score(y[:2000, j].numpy(), z[:2000, i].numpy()) for j in range(c)] for i in range(f)])
+    np.testing.assert_allclose(auc_small.numpy(), ref_small, atol=1e-6)

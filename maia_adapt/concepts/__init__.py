@@ -1,5 +1,27 @@
 """Chess concepts as binary labels per position, and how well features detect them (ROC-AUC)."""
 from .auc import best_auc_per_concept, roc_auc_matrix
 from .board import BoardConcepts, piece_square_concepts
+from .chess_concepts import (
+    ConceptSpec,
+    all_position_concepts,
+    board_state_concepts,
+    concept_specs,
+    strategic_concepts,
+    threat_concepts,
+)
+from .realworld import load_puzzles, load_sts
 
-__all__ = ["BoardConcepts", "best_auc_per_concept", "piece_square_concepts", "roc_auc_matrix"]
+__all__ = [
+    "BoardConcepts",
+    "ConceptSpec",
+    "all_position_concepts",
+    "best_auc_per_concept",
+    "board_state_concepts",
+    "concept_specs",
+    "load_puzzles",
+    "load_sts",
+    "piece_square_concepts",
+    "roc_auc_matrix",
+    "strategic_concepts",
+    "threat_concepts",
+]

@@ -10,13 +10,23 @@ from __future__ import annotations
 import torch
 
 
-def average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """1-based ranks of each column of x [N, F], ties sharing their average rank."""
-    s, _ = torch.sort(x, dim=0)
-    st, xt = s.T.contiguous(), x.T.contiguous()
-    below = torch.searchsorted(st, xt, right=False)  # values strictly smaller
-    upto = torch.searchsorted(st, xt, right=True)  # values smaller or equal
-    return ((below + upto + 1).to(torch.float64) / 2).T
+def average_ranks(xt: torch.Tensor) -> torch.Tensor:
+    """1-based ranks within each row of xt [F, N], ties sharing their average rank.
+
+    Rows, not columns: sorting contiguous rows is ten times faster than sorting along dim 0.
+    A tie group spans sorted positions first..last; its members all get (first + last) / 2 + 1.
+    """
+    f, n = xt.shape
+    s, order = torch.sort(xt, dim=1)
+    starts = torch.ones_like(s, dtype=torch.bool)
+    starts[:, 1:] = s[:, 1:] != s[:, :-1]
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    pos = torch.arange(n, dtype=torch.int32).expand(f, n)
+    first = torch.where(starts, pos, 0).cummax(1).values
+    last = torch.where(ends, pos, n).flip(1).cummin(1).values.flip(1)
+    r = (first + last + 2).to(torch.float32) / 2
+    return torch.empty_like(r).scatter_(1, order, r)
 
 
 def roc_auc_matrix(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -26,12 +36,15 @@ def roc_auc_matrix(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """
     if scores.shape[0] != labels.shape[0]:
         raise ValueError(f"scores have {scores.shape[0]} samples but labels have {labels.shape[0]}")
-    ranks = average_ranks(scores.float())
-    y = labels.to(torch.float64)
+    n = scores.shape[0]
+    # float32 sums of half-integer ranks are exact while they stay below 2^22 (n <= 2048)
+    dtype = torch.float32 if n <= 2048 else torch.float64
+    ranks = average_ranks(scores.float().T.contiguous()).to(dtype)
+    y = labels.to(dtype)
     pos = y.sum(0)
-    neg = y.shape[0] - pos
-    rank_sum = ranks.T @ y  # [F, C]
-    auc = (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
+    neg = n - pos
+    rank_sum = ranks @ y  # [F, C]
+    auc = ((rank_sum - pos * (pos + 1) / 2) / (pos * neg)).to(torch.float64)
     auc[:, (pos == 0) | (neg == 0)] = float("nan")
     return auc.float()
 

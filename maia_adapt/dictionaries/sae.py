@@ -61,39 +61,31 @@ class SAEConfig:
 
 
 class _JumpReLU(torch.autograd.Function):
-    """z = pre * H(pre - t); d/dt through a rectangle kernel of width eps (Rajamanoharan et al. 2024)."""
+    """z = pre * H(pre - t) and the per-sample L0 count sum_i H(pre_i - t_i), in one pass.
+
+    The threshold gets its gradient through a rectangle kernel of width eps around it (Rajamanoharan
+    et al. 2024), from both outputs. Fusing them saves two thirds of the elementwise passes over the
+    [batch, F] pre-activations, which on a CPU cost as much as a fifth of the matmuls.
+    """
 
     @staticmethod
     def forward(ctx, pre, threshold, eps):
-        ctx.save_for_backward(pre, threshold)
+        above = pre > threshold
+        near = (pre - threshold).abs_() < eps / 2
+        ctx.save_for_backward(above, near, threshold)
         ctx.eps = eps
-        return pre * (pre > threshold)
+        return pre * above, above.sum(-1, dtype=pre.dtype)
 
     @staticmethod
-    def backward(ctx, grad):
-        pre, threshold = ctx.saved_tensors
-        eps = ctx.eps
-        near = ((pre - threshold).abs() < eps / 2).to(pre.dtype)
-        g_pre = grad * (pre > threshold)
-        g_t = (-(threshold / eps) * near * grad).sum(0)
+    def backward(ctx, g_z, g_l0):
+        above, near, threshold = ctx.saved_tensors
+        g_pre = g_z * above if g_z is not None else None
+        # dz/dt = -(t / eps) * kernel, dL0/dt = -(1 / eps) * kernel
+        inner = g_z * threshold if g_z is not None else torch.zeros_like(near, dtype=threshold.dtype)
+        if g_l0 is not None:
+            inner = inner + g_l0[:, None]
+        g_t = (inner * near).sum(0).mul_(-1.0 / ctx.eps)
         return g_pre, g_t, None
-
-
-class _Step(torch.autograd.Function):
-    """H(pre - t), the L0 count; its threshold gradient uses the same rectangle kernel."""
-
-    @staticmethod
-    def forward(ctx, pre, threshold, eps):
-        ctx.save_for_backward(pre, threshold)
-        ctx.eps = eps
-        return (pre > threshold).to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        pre, threshold = ctx.saved_tensors
-        eps = ctx.eps
-        near = ((pre - threshold).abs() < eps / 2).to(pre.dtype)
-        return torch.zeros_like(pre), (-(1.0 / eps) * near * grad).sum(0), None
 
 
 class SparseAutoencoder(nn.Module):
@@ -126,7 +118,7 @@ class SparseAutoencoder(nn.Module):
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         a = self.cfg.architecture
         if a == "jumprelu":
-            return _JumpReLU.apply(pre, self.threshold, self.cfg.bandwidth)
+            return _JumpReLU.apply(pre, self.threshold, self.cfg.bandwidth)[0]
         if a == "relu_l1":
             return F.relu(pre)
         if a == "topk" or (a == "batchtopk" and not self.training and self.inference_threshold < 0):
@@ -157,6 +149,9 @@ class SparseAutoencoder(nn.Module):
             vals, idx = F.relu(pre).topk(self.cfg.k, dim=-1)
             recon = F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum") + self.b_dec
             z = torch.zeros_like(pre).scatter(-1, idx, vals.detach())
+        elif self.cfg.architecture == "jumprelu":
+            z, l0_count = _JumpReLU.apply(pre, self.threshold, self.cfg.bandwidth)
+            recon = z @ self.W_dec + self.b_dec
         else:
             z = self.activate(pre)
             recon = z @ self.W_dec + self.b_dec
@@ -167,7 +162,7 @@ class SparseAutoencoder(nn.Module):
         loss = mse
         a = self.cfg.architecture
         if a == "jumprelu":
-            l0 = _Step.apply(pre, self.threshold, self.cfg.bandwidth).sum(-1).mean()
+            l0 = l0_count.mean()
             out["l0_loss"] = l0
             loss = loss + sparsity_scale * self.cfg.l0_coefficient * l0
         elif a == "relu_l1":
