@@ -91,3 +91,13 @@ def activation_batches(
         es, eo = elo_buckets_for(batch, elo, rng)
         _, cache = model.run_with_cache(batch["boards"].to(device), es.to(device), eo.to(device), names=sites)
         yield {s: pool(cache[s], token_pooling).float().cpu() for s in sites}
+
+
+@torch.no_grad()
+def position_codes(sae, acts: torch.Tensor, n_positions: int, chunk: int = 4096) -> torch.Tensor:
+    """Dictionary codes [n_positions, F] of activations [n_positions, d] (mean-pooled) or
+    [n_positions * tokens, d] (per token: a feature's value for a position is its largest over tokens)."""
+    z = torch.cat([sae.encode(a) for a in acts.split(chunk)])
+    if len(z) != n_positions:
+        z = z.view(n_positions, -1, z.shape[-1]).amax(1)
+    return z

@@ -122,7 +122,11 @@ class SAEStageConfig(SAEConfig):
     """stage=sae: the SAE hyper-parameters plus where its activations come from."""
 
     sites: list[str] = field(default_factory=lambda: ["blocks.${layer}.hook_resid_post"])
-    chunk_positions: int = 8192  # positions run through the model per activation chunk
+    chunk_positions: int = 8192  # positions per activation chunk (shuffled, cut into batches)
+    # the model's forward pass, not the SAE, is the cost on a CPU: run it once over this many train
+    # positions, keep their activations in memory and draw every chunk from them. 0: a fresh forward
+    # pass per chunk (every position seen once; for long runs on a GPU)
+    cache_positions: int = 32768
     eval_positions: int = 2000  # test-split positions for the spliced evaluation
     # calibration (the study's checkpoint choice): every N steps score the features against a
     # concept set on validation positions; the best summed AUC is the SAE that is saved. 0: off
@@ -136,6 +140,26 @@ class SAEStageConfig(SAEConfig):
 
 
 @dataclass
+class ThreatsConfig:
+    """stage=threats: which dictionary features detect which concepts (ROC-AUC)."""
+
+    saes: Optional[str] = None  # a stage=sae run directory or one SAE folder; null: raw units of `sites`
+    sites: list[str] = field(default_factory=list)  # with saes=null: hook names whose units are the features
+    positions: int = 4000  # positions of `split` scored (half selection, half held-out)
+    split: str = "test"
+    elo: str = "data"  # Elo conditioning of the model: data | random | 0..10
+    families: list[str] = field(default_factory=lambda: ["threat", "strategic", "capture", "board-state"])
+    min_positives: int = 10  # concepts with fewer positive (or negative) positions are left out
+    heldout_fraction: float = 0.5
+    top_k: int = 5  # features kept per concept
+    auc_threshold: float = 0.7  # the study's: a concept counts as detected at held-out AUC >= this
+    n_null: int = 20  # label shuffles for the null of the best selection AUC
+    n_boot: int = 200  # bootstrap resamples of the held-out AUC
+    max_per_class: Optional[int] = None  # balanced samples: up to this many positives and negatives per concept
+    batch_size: int = 512
+
+
+@dataclass
 class Config:
     stage: StageConfig = MISSING
     model: ModelConfig = MISSING
@@ -144,6 +168,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     sae: SAEStageConfig = field(default_factory=SAEStageConfig)
+    threats: ThreatsConfig = field(default_factory=ThreatsConfig)
     layer: int = 1  # transformer block used by the site presets (site=residual|attention|mlp|resid_post)
     experiment: str = "default"  # experiment name: W&B group and the run's label
     seed: int = 0

@@ -68,3 +68,68 @@ def test_auc_matrix_matches_scikit_learn_on_sae_like_features():
     auc_small = roc_auc_matrix(z[:2000], y[:2000])
     ref_small = np.array([[roc_auc_score(y[:2000, j].numpy(), z[:2000, i].numpy()) for j in range(c)] for i in range(f)])
     np.testing.assert_allclose(auc_small.numpy(), ref_small, atol=1e-6)
+
+
+def test_detection_finds_planted_features_and_rejects_noise():
+    from maia_adapt.concepts.detection import detect_concepts, paired_auc
+
+    g = torch.Generator().manual_seed(5)
+    n, f = 2000, 300
+    y = torch.rand(n, 3, generator=g) < torch.tensor([0.2, 0.3, 0.1])
+    z = torch.relu(torch.randn(n, f, generator=g) - 1.0)
+    z[:, 17] = torch.where(y[:, 0], 1.0 + torch.rand(n, generator=g), (torch.rand(n, generator=g) < 0.1).float())
+    z[:, 42] = torch.where(y[:, 1], 0.0, 1.0)  # fires exactly when concept 1 is absent
+    det = detect_concepts(z, y, ["a", "b", "noise"], top_k=3, n_null=10, n_boot=50, seed=1)
+    assert det.top_features[0, 0] == 17 and det.best_heldout_auc[0] > 0.9
+    assert det.ci_low[0] <= det.best_heldout_auc[0] <= det.ci_high[0] and det.ci_high[0] - det.ci_low[0] < 0.1
+    assert det.absence_feature[1] == 42 and det.absence_auc[1] == pytest.approx(1.0)
+    # the noise concept's best feature wins on the selection half by chance only
+    assert det.best_heldout_auc[2] < 0.6 and det.top_auc[2, 0] > det.best_heldout_auc[2]
+    assert 0.5 < det.null_max95[2] < 0.75
+    assert det.detected(0.7).tolist() == [True, False, False]
+    assert [r["feature"] for r in det.rows()][0] == 17
+    # paired AUC is the diagonal of the full matrix
+    full = roc_auc_matrix(z[:, :3], y)
+    np.testing.assert_allclose(paired_auc(z[:, :3], y).numpy(), full.diagonal().numpy(), atol=1e-6)
+    # balanced sampling per concept finds the same feature
+    bal = detect_concepts(z, y, ["a", "b", "noise"], n_null=0, n_boot=0, max_per_class=100, seed=1)
+    assert bal.top_features[0, 0] == 17
+
+
+def test_stage_threats_on_model_units_finds_board_state(shared_data, tmp_path):
+    import csv
+    import json
+    import subprocess
+    import sys
+
+    from maia_adapt.config import REPO_ROOT
+
+    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=threats", "data=lichess", "data.max_games=60",
+                        f"data.store_dir={tmp_path}/store", "logger=none", "threats.sites=[blocks.1.hook_resid_post]",
+                        "threats.positions=800", "threats.n_boot=20", "threats.n_null=5",
+                        "threats.families=[threat,board-state]", f"hydra.run.dir={tmp_path}/run"],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "run"
+    res = json.loads((run / "results.json").read_text())["sites"]["blocks.1.hook_resid_post (units)"]
+    # the residual stream of a trained Maia-2 encodes where pieces stand
+    assert res["detected_per_family"]["board-state"] >= 10
+    table = list(csv.DictReader(open(run / "concepts.csv")))
+    assert len(table) == 128 + 768 and {t["family"] for t in table} == {"threat", "board-state"}
+    assert all(0 <= float(t["positive_rate"]) <= 1 for t in table)
+    rows = list(csv.DictReader(open(run / "detection_blocks_1_hook_resid_post.csv")))
+    assert rows and all(float(r["ci_low"]) <= float(r["auc_heldout"]) + 1e-6 for r in rows if r["ci_low"] != "nan")
+
+
+def test_stage_threats_rejects_unknown_family(shared_data, tmp_path):
+    import subprocess
+    import sys
+
+    from maia_adapt.config import REPO_ROOT
+
+    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=threats", "data=lichess", "data.max_games=20",
+                        f"data.store_dir={tmp_path}/store", "logger=none", "threats.sites=[blocks.1.hook_resid_post]",
+                        "threats.families=[threats]", f"hydra.run.dir={tmp_path}/run"],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith("error: threats.families: unknown family 'threats'")

@@ -158,7 +158,7 @@ def test_calibration_score_rises_with_training(model, store, acts):
     assert 0.5 * len(names) < after <= len(names)
 
 
-def test_stage_sae_end_to_end_with_calibration(shared_data, tmp_path):
+def test_stage_sae_then_threats_end_to_end(shared_data, tmp_path):
     import json
     import subprocess
     import sys
@@ -182,3 +182,17 @@ def test_stage_sae_end_to_end_with_calibration(shared_data, tmp_path):
         assert sae.cfg.site == site and sae.cfg.architecture == "jumprelu"
     assert (run / "results.md").read_text().count("calibrated: best summed AUC") == 3
     assert sorted(p.name for p in (run / "best").iterdir()) == sorted(f"{s.replace('.', '_')}.safetensors" for s in res)
+
+    # stage=threats reads the three SAEs of that run
+    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=threats", "data=lichess", "data.max_games=80",
+                        f"data.store_dir={tmp_path}/store", "logger=none", f"threats.saes={run}", "threats.positions=600",
+                        "threats.n_boot=20", "threats.n_null=5", "threats.min_positives=5", f"hydra.run.dir={tmp_path}/thr"],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    thr = json.loads((tmp_path / "thr" / "results.json").read_text())
+    assert len(thr["sites"]) == 3 and 300 < thr["positions"] <= 600  # 80 games have fewer test positions
+    for site in thr["sites"].values():
+        assert site["features"] == 256 and 0 <= site["defensive_detected"] <= 64
+        assert site["best"][0]["auc_heldout"] > 0.7
+    assert len(list((tmp_path / "thr").glob("detection_*.csv"))) == 3
+    assert len(list((tmp_path / "thr").glob("threat_auc_*.png"))) == 3

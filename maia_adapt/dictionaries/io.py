@@ -58,3 +58,14 @@ def load_sae(path, device="cpu") -> SparseAutoencoder:
     if cfg.architecture == "batchtopk":
         sae.inference_threshold.fill_(float(tensors["threshold"][0]))
     return sae.to(device).eval()
+
+
+def find_saes(path) -> list[Path]:
+    """The SAE folders under a stage=sae run directory (saes/<site>/), or [path] for one SAE folder."""
+    path = Path(path)
+    if (path / "cfg.json").is_file():
+        return [path]
+    found = sorted(p.parent for p in path.glob("saes/*/cfg.json")) or sorted(p.parent for p in path.glob("*/cfg.json"))
+    if not found:
+        raise CheckpointError(f"{path}: no SAE found (expected a folder with cfg.json, or a stage=sae run directory with saes/)")
+    return found

@@ -50,3 +50,29 @@ def feature_density(freq, path, title: str) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def square_heatmaps(panels: dict[str, "np.ndarray"], path, title: str, vmin: float = 0.5, vmax: float = 1.0,
+                    label: str = "held-out AUC") -> Path:
+    """One 8x8 board heatmap per panel (values indexed by square a1=0 .. h8=63, rank 8 at the top)."""
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.8, 3.8), squeeze=False)
+    im = None
+    for ax, (name, values) in zip(axes[0], panels.items()):
+        grid = np.asarray(values, dtype=float).reshape(8, 8)[::-1]
+        im = ax.imshow(grid, vmin=vmin, vmax=vmax, cmap="viridis")
+        ax.set_xticks(range(8), list("abcdefgh"))
+        ax.set_yticks(range(8), [str(r) for r in range(8, 0, -1)])
+        ax.set_title(name, fontsize=10)
+        for r in range(8):
+            for c in range(8):
+                v = grid[r, c]
+                ax.text(c, r, "" if np.isnan(v) else f"{v:.2f}"[1:], ha="center", va="center", fontsize=6,
+                        color="white" if v < (vmin + vmax) / 2 else "black")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=label)
+    fig.suptitle(title, fontsize=10)
+    path = Path(path)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -6,6 +6,7 @@ import importlib
 REGISTRY = {
     "train": "maia_adapt.stages.train",
     "sae": "maia_adapt.stages.sae",
+    "threats": "maia_adapt.stages.threats",
 }
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from ..activations import activation_batches, site_dim
+from ..activations import activation_batches, position_codes, site_dim
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder, save_sae, train_dictionaries
 from ..dictionaries.evaluate import ablate_fn, site_mean, spliced_metrics, splice_fn
@@ -57,9 +57,7 @@ def calibration_set(model, store, idx, sites, sc, seed: int):
 def summed_best_auc(sae, acts: torch.Tensor, labels: torch.Tensor) -> float:
     """Sum over concepts of the best feature's AUC (per position: a token-level SAE's feature
     counts with its largest activation over the position's tokens)."""
-    z = torch.cat([sae.encode(a) for a in acts.split(4096)])
-    if len(z) != len(labels):
-        z = z.view(len(labels), -1, z.shape[-1]).amax(1)
+    z = position_codes(sae, acts, len(labels))
     best, _ = best_auc_per_concept(roc_auc_matrix(z, labels))
     return float(torch.nan_to_num(best).sum())
 
@@ -83,12 +81,26 @@ def run(cfg, run_dir: Path) -> dict:
     if len(train_idx) == 0:
         raise ConfigError("the position store has no training positions")
 
-    def make_chunk(r: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([cfg.seed, r])
-        idx = np.sort(rng.choice(train_idx, size=min(sc.chunk_positions, len(train_idx)), replace=False))
+    def forward_chunk(idx, seed) -> dict[str, torch.Tensor]:
         parts = list(activation_batches(model, store, idx, sites, batch_size=512, elo=sc.elo,
-                                        token_pooling=sc.token_pooling, seed=cfg.seed + r))
+                                        token_pooling=sc.token_pooling, seed=seed))
         return {s: torch.cat([p[s] for p in parts]) for s in sites}
+
+    cache = None
+    if sc.cache_positions:
+        idx = np.sort(np.random.default_rng([cfg.seed, 99]).permutation(train_idx)[: sc.cache_positions])
+        print(f"caching activations of {len(idx):,} train positions at {len(sites)} site(s)")
+        cache = forward_chunk(idx, cfg.seed)
+
+    def make_chunk(r: int) -> dict[str, torch.Tensor]:
+        """Chunk r: a deterministic function of r, so a resumed run sees the same batches."""
+        rng = np.random.default_rng([cfg.seed, r])
+        if cache is not None:
+            n = len(next(iter(cache.values())))
+            rows = torch.from_numpy(rng.choice(n, size=min(sc.chunk_positions * (n // len(idx)), n), replace=False))
+            return {s: v[rows] for s, v in cache.items()}
+        idx_r = np.sort(rng.choice(train_idx, size=min(sc.chunk_positions, len(train_idx)), replace=False))
+        return forward_chunk(idx_r, cfg.seed + r)
 
     saes = {}
     for s in sites:
