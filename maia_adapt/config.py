@@ -131,12 +131,29 @@ class SAEStageConfig(SAEConfig):
     # calibration (the study's checkpoint choice): every N steps score the features against a
     # concept set on validation positions; the best summed AUC is the SAE that is saved. 0: off
     calibrate_every: int = 0
-    calibration_concepts: str = "board"  # board: own/opponent piece on each square (768 concepts)
+    # board: own/opponent piece on each square (768); threats: the study's 128 square-wise threat
+    # concepts; all: every concept of maia_adapt.concepts (973)
+    calibration_concepts: str = "board"
     calibration_positions: int = 2000
     calibration_min_positives: int = 20  # concepts with fewer positive (or negative) positions are left out
     log_every: int = 50
     checkpoint_every: int = 500
     resume: bool = True
+
+
+@dataclass
+class ActivationsConfig:
+    """stage=activations: cache model (and dictionary) activations on disk, in shards."""
+
+    sites: list[str] = field(default_factory=lambda: ["blocks.${layer}.hook_resid_post"])
+    saes: Optional[str] = None  # a stage=sae run or SAE folder: its codes are cached too (its sites added)
+    positions: Optional[int] = 20000  # positions of `split`; null: all of them
+    split: str = "test"
+    elo: list[str] = field(default_factory=lambda: ["data"])  # Elo conditionings: 'data' and/or buckets 0..10
+    shard_positions: int = 4096  # rows per shard
+    dtype: str = "float16"  # of the site activations (dictionary codes are float32, sparse)
+    token_pooling: str = "mean"  # mean | none (keep the 8 tokens)
+    batch_size: int = 256
 
 
 @dataclass
@@ -157,6 +174,9 @@ class ThreatsConfig:
     n_boot: int = 200  # bootstrap resamples of the held-out AUC
     max_per_class: Optional[int] = None  # balanced samples: up to this many positives and negatives per concept
     batch_size: int = 512
+    dashboards: int = 24  # HTML pages for up to this many features (the best detectors); 0: none
+    dashboard_top_n: int = 12  # boards per feature page
+    elo_profile_positions: int = 256  # positions run at each of the 11 Elo buckets for the Elo plot
 
 
 @dataclass
@@ -169,6 +189,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     sae: SAEStageConfig = field(default_factory=SAEStageConfig)
     threats: ThreatsConfig = field(default_factory=ThreatsConfig)
+    activations: ActivationsConfig = field(default_factory=ActivationsConfig)
     layer: int = 1  # transformer block used by the site presets (site=residual|attention|mlp|resid_post)
     experiment: str = "default"  # experiment name: W&B group and the run's label
     seed: int = 0

@@ -169,6 +169,7 @@ def test_stage_sae_then_threats_end_to_end(shared_data, tmp_path):
                         f"data.store_dir={tmp_path}/store", "logger=none", "sae=jumprelu", "site=study",
                         "sae.dim=256", "sae.steps=40", "sae.batch_size=128", "sae.chunk_positions=2048",
                         "sae.calibrate_every=20", "sae.calibration_positions=300", "sae.calibration_min_positives=5",
+                        "sae.calibration_concepts=all",
                         "sae.eval_positions=200", "sae.log_every=10", f"hydra.run.dir={tmp_path}/run"],
                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -181,6 +182,7 @@ def test_stage_sae_then_threats_end_to_end(shared_data, tmp_path):
         sae = load_sae(m["folder"])
         assert sae.cfg.site == site and sae.cfg.architecture == "jumprelu"
     assert (run / "results.md").read_text().count("calibrated: best summed AUC") == 3
+    assert " all concepts at step" in (run / "results.md").read_text()
     assert sorted(p.name for p in (run / "best").iterdir()) == sorted(f"{s.replace('.', '_')}.safetensors" for s in res)
 
     # stage=threats reads the three SAEs of that run
@@ -196,3 +198,6 @@ def test_stage_sae_then_threats_end_to_end(shared_data, tmp_path):
         assert site["best"][0]["auc_heldout"] > 0.7
     assert len(list((tmp_path / "thr").glob("detection_*.csv"))) == 3
     assert len(list((tmp_path / "thr").glob("threat_auc_*.png"))) == 3
+    pages = list((tmp_path / "thr").glob("dashboards_*/feature_*.html"))
+    assert len(list((tmp_path / "thr").glob("dashboards_*/index.html"))) == 3 and len(pages) >= 3
+    assert pages[0].read_text().count("<svg") >= 5

@@ -7,6 +7,7 @@ REGISTRY = {
     "train": "maia_adapt.stages.train",
     "sae": "maia_adapt.stages.sae",
     "threats": "maia_adapt.stages.threats",
+    "activations": "maia_adapt.stages.activations",
 }
 
 

@@ -20,11 +20,11 @@ from ..dictionaries.evaluate import ablate_fn, site_mean, spliced_metrics, splic
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
-from ..model import load_model
+from .common import frozen_model
 from ..reporting.plots import feature_density
 from ..runs import config_fingerprint, find_resumable, mark_done, mark_started
 from ..checkpointing import latest_step_dir
-from ..concepts import best_auc_per_concept, piece_square_concepts, roc_auc_matrix
+from ..concepts import all_position_concepts, best_auc_per_concept, piece_square_concepts, roc_auc_matrix, threat_concepts
 from ..dictionaries.train import BestKeeper
 from ..tracking import Tracker
 
@@ -41,12 +41,14 @@ def _slug(site: str) -> str:
 
 def calibration_set(model, store, idx, sites, sc, seed: int):
     """(activations {site: [N, d] or [N*T, d]}, concept labels [N, C], concept names)."""
-    if sc.calibration_concepts != "board":
-        raise ConfigError(f"sae.calibration_concepts '{sc.calibration_concepts}': expected 'board'")
+    kinds = {"board": None, "threats": threat_concepts, "all": all_position_concepts}
+    if sc.calibration_concepts not in kinds:
+        raise ConfigError(f"sae.calibration_concepts '{sc.calibration_concepts}': expected one of {', '.join(kinds)}")
     parts = list(activation_batches(model, store, idx, sites, batch_size=512, elo=sc.elo,
                                     token_pooling=sc.token_pooling, seed=seed))
     acts = {s: torch.cat([p[s] for p in parts]) for s in sites}
-    concepts = piece_square_concepts(store.batch(idx)["boards"]).keep(sc.calibration_min_positives)
+    fn = kinds[sc.calibration_concepts]
+    concepts = (fn(store.fens(idx)) if fn else piece_square_concepts(store.batch(idx)["boards"])).keep(sc.calibration_min_positives)
     if not concepts.names:
         raise ConfigError(f"no concept has {sc.calibration_min_positives} positive calibration positions: "
                           "raise sae.calibration_positions or lower sae.calibration_min_positives")
@@ -65,11 +67,7 @@ def summed_best_auc(sae, acts: torch.Tensor, labels: torch.Tensor) -> float:
 def run(cfg, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     sc = cfg.sae
-    if not cfg.model.checkpoint:
-        raise ConfigError("stage=sae needs a trained model: set model.checkpoint (a .pt/.safetensors file or run directory)")
-    model = load_model(cfg.model.checkpoint)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = frozen_model(cfg, "sae")
     store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
     sites = list(sc.sites)
     if not sites:
@@ -171,7 +169,7 @@ def run(cfg, run_dir: Path) -> dict:
             lines += [f"## {s}", "",
                       f"L0 {m['l0']:.1f}, variance explained {m['variance_explained']:.3f}, dead {m['dead_fraction_eval']:.3f}, "
                       f"dense {m['dense_fraction_eval']:.3f}", "",
-                      *([f"calibrated: best summed AUC {m['calibration_score']:.1f} over {m['calibration_concepts']} board "
+                      *([f"calibrated: best summed AUC {m['calibration_score']:.1f} over {m['calibration_concepts']} {sc.calibration_concepts} "
                          f"concepts at step {m['calibration_step']} (the saved SAE)", ""] if "calibration_score" in m else []),
                       "| model | top-1 agreement with clean | policy KL | move accuracy |", "|---|---|---|---|"]
             for v in ("clean", "sae", "mean", "zero"):

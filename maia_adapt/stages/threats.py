@@ -21,18 +21,24 @@ from ..data.preprocess import open_or_build_store
 from ..dictionaries import find_saes, load_sae
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
-from ..model import load_model
+from .common import frozen_model
+from ..encoding import NUM_BUCKETS
+from ..reporting.dashboard import write_dashboards
 from ..reporting.plots import square_heatmaps
 from ..tracking import Tracker
 
 FAMILIES = ("threat", "strategic", "capture", "board-state")
 
 
-def select_families(concepts: BoardConcepts, families) -> tuple[BoardConcepts, list]:
-    specs = concept_specs()
+def check_families(families) -> None:
     for f in families:
         if f not in FAMILIES:
             raise ConfigError(f"threats.families: unknown family '{f}': expected some of {', '.join(FAMILIES)}")
+
+
+def select_families(concepts: BoardConcepts, families) -> tuple[BoardConcepts, list]:
+    check_families(families)
+    specs = concept_specs()
     keep = [i for i, s in enumerate(specs) if s.family in families]
     return BoardConcepts(concepts.labels[:, keep], [specs[i].name for i in keep]), [specs[i] for i in keep]
 
@@ -48,8 +54,9 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _features(model, store, idx, cfg, tc):
+def _features(model, store, idx, cfg, tc, elo=None):
     """{site: features [N, F]} from the SAEs of threats.saes, or the raw units of threats.sites."""
+    elo = tc.elo if elo is None else elo
     out = {}
     if tc.saes:
         saes = [load_sae(p) for p in find_saes(tc.saes)]
@@ -59,14 +66,14 @@ def _features(model, store, idx, cfg, tc):
         pooling = {s.cfg.site: s.cfg.token_pooling for s in saes}
         acts = {}
         for site in sites:
-            parts = activation_batches(model, store, idx, [site], tc.batch_size, elo=tc.elo, token_pooling=pooling[site])
+            parts = activation_batches(model, store, idx, [site], tc.batch_size, elo=elo, token_pooling=pooling[site])
             acts[site] = torch.cat([p[site] for p in parts])
         for sae in saes:
             out[f"{sae.cfg.site} (SAE {sae.cfg.architecture}, F={sae.cfg.dim})"] = position_codes(sae, acts[sae.cfg.site], len(idx))
         return out
     if not tc.sites:
         raise ConfigError("stage=threats needs threats.saes (a stage=sae run or SAE folder) or threats.sites (hook names)")
-    parts = list(activation_batches(model, store, idx, list(tc.sites), tc.batch_size, elo=tc.elo, token_pooling="mean"))
+    parts = list(activation_batches(model, store, idx, list(tc.sites), tc.batch_size, elo=elo, token_pooling="mean"))
     for site in tc.sites:
         out[f"{site} (units)"] = torch.cat([p[site] for p in parts])
     return out
@@ -79,19 +86,31 @@ def _threat_panels(rows: list[dict]) -> dict[str, np.ndarray]:
     return {kind: np.array([auc.get(f"{kind}@{sq}", np.nan) for sq in SQUARE_NAMES]) for kind in ("defensive", "offensive")}
 
 
+def _dashboards(out_dir: Path, name: str, feats, fens, rows, detected, profile, tc) -> Path:
+    """Pages for the features that best detect a concept (detected ones first, by held-out AUC)."""
+    ranked = sorted(zip(rows, detected.tolist()), key=lambda rd: (not rd[1], -np.nan_to_num(rd[0]["auc_heldout"])))
+    feature_concepts: dict[int, list[dict]] = {}
+    for r, _ in ranked:
+        if len(feature_concepts) >= tc.dashboards and r["feature"] not in feature_concepts:
+            continue
+        feature_concepts.setdefault(r["feature"], []).append(
+            {"concept": r["concept"], "auc": r["auc_selection"], "auc_heldout": r["auc_heldout"]})
+    return write_dashboards(out_dir, feats, fens, feature_concepts, elo_profile=profile, top_n=tc.dashboard_top_n,
+                            title=f"{name}: features that detect chess concepts")
+
+
 def run(cfg, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     tc = cfg.threats
-    if not cfg.model.checkpoint:
-        raise ConfigError("stage=threats needs a model: set model.checkpoint")
-    model = load_model(cfg.model.checkpoint)
+    check_families(tc.families)
+    model = frozen_model(cfg, "threats")
     store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
     pool = store.split_indices(tc.split)
     if len(pool) == 0:
         raise ConfigError(f"threats.split '{tc.split}' has no positions in the store")
     idx = np.sort(np.random.default_rng(cfg.seed).permutation(pool)[: tc.positions])
 
-    concepts, specs = select_families(all_position_concepts(store.fens(idx)), list(tc.families))
+    concepts, specs = select_families(all_position_concepts(fens := store.fens(idx)), list(tc.families))
     rate = concepts.labels.float().mean(0)
     write_csv(run_dir / "concepts.csv", [{"name": s.name, "family": s.family, "definition": s.definition,
                                           "positives": int(concepts.labels[:, i].sum()), "positive_rate": round(float(rate[i]), 5)}
@@ -106,6 +125,13 @@ def run(cfg, run_dir: Path) -> dict:
     lines = ["# Concept detection", "", f"model `{cfg.model.checkpoint}`, {len(idx)} `{tc.split}` positions "
              f"(half selection, half held-out), Elo conditioning `{tc.elo}`, {len(scored.names)} concepts scored; "
              f"detected = held-out AUC >= {tc.auc_threshold} and selection AUC above the 95% shuffled-label null.", ""]
+    profiles: dict[str, list] = {}
+    if tc.dashboards:
+        # each feature's mean activation when the model plays at each Elo bucket, same positions
+        sub = idx[: tc.elo_profile_positions]
+        for b in range(NUM_BUCKETS):
+            for name, f in _features(model, store, sub, cfg, tc, elo=b).items():
+                profiles.setdefault(name, []).append(f.mean(0))
     try:
         for name, feats in _features(model, store, idx, cfg, tc).items():
             det = detect_concepts(feats, scored.labels, scored.names, heldout_fraction=tc.heldout_fraction,
@@ -141,6 +167,11 @@ def run(cfg, run_dir: Path) -> dict:
                 lines.append(f"| {r['concept']} | {r['feature']} | {r['auc_selection']:.3f} | {r['auc_heldout']:.3f} | "
                              f"{r['ci_low']:.3f}-{r['ci_high']:.3f} | {r['null_max95']:.3f} | {r['positives']} |")
             lines.append("")
+            if tc.dashboards:
+                index = _dashboards(run_dir / f"dashboards_{slug}", name, feats, fens, rows, detected,
+                                    torch.stack(profiles[name]), tc)
+                site_res["dashboards"] = str(index)
+                lines += [f"Feature dashboards: [{index.parent.name}/index.html]({index.parent.name}/index.html)", ""]
             tracker.log({f"threats/{slug}/{k}": v for k, v in kinds.items()})
         atomic_write_json(run_dir / "results.json", results)
         atomic_write_text(run_dir / "results.md", "\n".join(lines))

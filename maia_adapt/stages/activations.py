@@ -1,0 +1,54 @@
+"""stage=activations: cache model and dictionary activations of a position set on disk, in shards.
+
+Writes run_dir/activations/ (see maia_adapt.activation_store): site activations, SAE codes (sparse),
+the model's predictions and the FENs, for every position under every Elo conditioning asked for.
+Re-running the same command after an interruption continues the unfinished run's cache.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..activation_store import ActivationCache, write_activation_cache
+from ..data.preprocess import open_or_build_store
+from ..dictionaries import find_saes, load_sae
+from ..errors import ConfigError
+from ..runs import config_fingerprint, find_resumable, mark_done, mark_started
+from .common import frozen_model
+
+
+def run(cfg, run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    ac = cfg.activations
+    model = frozen_model(cfg, "activations")
+    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
+    pool = store.split_indices(ac.split)
+    if len(pool) == 0:
+        raise ConfigError(f"activations.split '{ac.split}' has no positions in the store")
+    idx = np.sort(np.random.default_rng(cfg.seed).permutation(pool)[: ac.positions] if ac.positions else pool)
+    saes = {}
+    if ac.saes:
+        for folder in find_saes(ac.saes):
+            sae = load_sae(folder)
+            saes[folder.name] = sae
+    sites = list(dict.fromkeys([*ac.sites, *(s.cfg.site for s in saes.values())]))
+    elo = [e if e == "data" else int(e) for e in ac.elo]
+
+    fingerprint = config_fingerprint(cfg)
+    prev = find_resumable(run_dir, fingerprint, lambda d: (d / "activations" / "manifest.json").is_file())
+    out = (prev or run_dir) / "activations"
+    if prev:
+        print(f"continuing the unfinished cache in {out}")
+    mark_started(prev or run_dir, fingerprint)
+    t = time.time()
+    write_activation_cache(out, model, store, idx, sites, elo, saes, shard_positions=ac.shard_positions,
+                           batch_size=ac.batch_size, dtype=ac.dtype, token_pooling=ac.token_pooling)
+    seconds = time.time() - t
+    cache = ActivationCache(out)
+    mark_done(prev or run_dir)
+    size = sum(p.stat().st_size for p in out.iterdir())
+    return {"cache": str(out), "rows": len(cache), "positions": int(len(idx)), "sites": sites,
+            "dictionaries": list(saes), "shards": len(cache.manifest["shards"]), "megabytes": round(size / 2**20, 1),
+            "rows_per_s": round(len(cache) / max(seconds, 1e-9), 1)}

@@ -1,0 +1,122 @@
+"""Offline HTML feature dashboards: concept squares, page contents, and a headless-browser render."""
+import random
+import re
+import shutil
+import subprocess
+
+import chess
+import numpy as np
+import pytest
+import torch
+
+from maia_adapt.encoding import BUCKET_NAMES
+from maia_adapt.reporting.dashboard import HIGHLIGHT, concept_square, write_dashboards
+
+WHITE_FEN = "rnbqkbnr/pppppppp/8/8/4P3/8/PPPP1PPP/RNBQKBNR w KQkq - 0 1"
+BLACK_FEN = "rnbqkbnr/pppppppp/8/8/4P3/8/PPPP1PPP/RNBQKBNR b KQkq - 0 1"
+TOP_N = 12
+
+
+def _random_fens(n=40, seed=0):
+    """Positions from random legal play, both sides to move, some in check."""
+    rng = random.Random(seed)
+    fens = []
+    while len(fens) < n:
+        board = chess.Board()
+        for _ in range(rng.randint(1, 40)):
+            moves = list(board.legal_moves)
+            if not moves:
+                break
+            board.push(rng.choice(moves))
+        if not board.is_game_over():
+            fens.append(board.fen())
+    return fens
+
+
+def test_concept_square_mirrors_black_to_move():
+    assert concept_square("defensive@e1", WHITE_FEN) == chess.E1
+    assert concept_square("defensive@e1", BLACK_FEN) == chess.E8
+    assert concept_square("own_knight@f3", BLACK_FEN) == chess.F6
+    assert concept_square("capture_possible@d5", WHITE_FEN) == chess.D5
+    assert concept_square("in_check", BLACK_FEN) is None
+
+
+@pytest.fixture
+def dashboards(tmp_path):
+    fens = _random_fens()
+    n, f = len(fens), 6
+    g = torch.Generator().manual_seed(0)
+    feats = torch.relu(torch.randn(n, f, generator=g))
+    feats[:, 2] = torch.tensor([float(chess.Board(x).is_check()) + 0.01 * i for i, x in enumerate(fens)])
+    concepts = {
+        0: [{"concept": "defensive@e4", "auc": 0.91, "auc_heldout": 0.88},
+            {"concept": "own_knight@f3", "auc": 0.95, "auc_heldout": 0.93}],  # best by held-out AUC
+        2: [{"concept": "in_check", "auc": 0.99, "auc_heldout": 0.98}],
+        5: [{"concept": "capture_possible@d5", "auc": 0.8, "auc_heldout": 0.75}],
+    }
+    elo = torch.rand(len(BUCKET_NAMES), f, generator=g)
+    index = write_dashboards(tmp_path / "dash", feats, fens, concepts, elo_profile=elo, top_n=TOP_N)
+    return index, feats.numpy(), fens, concepts
+
+
+def _square_is_filled(svg: str, square: int) -> bool:
+    """python-chess draws a fill as a second rect over the square's rect, in the fill colour."""
+    m = re.search(rf'<rect x="(\d+)" y="(\d+)"[^>]*class="square [a-z]+ {chess.square_name(square)}"', svg)
+    overlay = rf'<rect x="{m.group(1)}" y="{m.group(2)}" [^>]*fill="{HIGHLIGHT[:7]}"'
+    return bool(re.search(overlay, svg))
+
+
+def test_dashboards_content(dashboards):
+    index, feats, fens, concepts = dashboards
+    index_html = index.read_text()
+    assert not list(index.parent.glob(".*tmp*")), "temporary files left behind"
+    for fid in concepts:
+        assert f'href="feature_{fid}.html"' in index_html
+        page = (index.parent / f"feature_{fid}.html").read_text()
+        assert page.count("<svg") == min(TOP_N, len(fens))
+        assert page.count('src="data:image/png;base64,') == 2  # histogram + Elo profile
+        assert "http://" not in page.replace('xmlns="http://www.w3.org', "").replace(
+            'xmlns:xlink="http://www.w3.org', "")  # nothing fetched from the network
+        values = [float(v) for v in re.findall(r'data-activation="([^"]+)"', page)]
+        assert values == sorted(values, reverse=True)
+        assert np.allclose(values, np.sort(feats[:, fid])[::-1][:TOP_N])
+        svgs = re.findall(r"<svg.*?</svg>", page, flags=re.S)
+        best = max(concepts[fid], key=lambda c: c["auc_heldout"])["concept"]
+        top = np.argsort(-feats[:, fid], kind="stable")[:TOP_N]
+        for svg, i in zip(svgs, top):
+            square = concept_square(best, fens[i])
+            if square is None:
+                assert f'fill="{HIGHLIGHT[:7]}"' not in svg
+            else:
+                assert _square_is_filled(svg, square), (fid, fens[i], best)
+    # both orientations occur among the top positions, so the mirroring is exercised
+    page0 = (index.parent / "feature_0.html").read_text()
+    assert "White to move" in page0 and "Black to move" in page0
+
+
+def test_dashboard_rejects_bad_shapes(tmp_path):
+    fens = _random_fens(5)
+    with pytest.raises(ValueError):
+        write_dashboards(tmp_path, np.zeros((4, 3)), fens, {0: []})
+    with pytest.raises(ValueError):
+        write_dashboards(tmp_path, np.zeros((5, 3)), fens, {7: []})
+
+
+def test_dashboard_renders_in_headless_chromium(dashboards, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    index, _, fens, _ = dashboards
+    page = index.parent / "feature_0.html"
+    base = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count("<svg") == min(TOP_N, len(fens))
+    assert "Feature 0" in dom.stdout
+    shot = tmp_path / "shot.png"
+    run = subprocess.run([*base, f"--screenshot={shot}", "--window-size=1200,900", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert shot.is_file() and shot.stat().st_size > 10_000
