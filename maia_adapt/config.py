@@ -162,9 +162,14 @@ class ThreatsConfig:
 
     saes: Optional[str] = None  # a stage=sae run directory or one SAE folder; null: raw units of `sites`
     sites: list[str] = field(default_factory=list)  # with saes=null: hook names whose units are the features
-    positions: int = 4000  # positions of `split` scored (half selection, half held-out)
+    # store: positions of the data's `split`; puzzles / sts: the lichess puzzles / the Strategic Test
+    # Suite, whose themes are added as concepts (family "puzzle theme" / "sts theme")
+    position_set: str = "store"
+    puzzles_path: str = "${paths.data_root}/puzzles/lichess_puzzles_5k.csv"
+    sts_path: str = "${paths.data_root}/sts/STS1-STS15_LAN_v3.epd"
+    positions: int = 4000  # positions scored (half selection, half held-out)
     split: str = "test"
-    elo: str = "data"  # Elo conditioning of the model: data | random | 0..10
+    elo: str = "data"  # Elo conditioning of the model: data | random | 0..10 (data on puzzles/sts: bucket 5)
     families: list[str] = field(default_factory=lambda: ["threat", "strategic", "capture", "board-state"])
     min_positives: int = 10  # concepts with fewer positive (or negative) positions are left out
     heldout_fraction: float = 0.5

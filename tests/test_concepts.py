@@ -133,3 +133,23 @@ def test_stage_threats_rejects_unknown_family(shared_data, tmp_path):
                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith("error: threats.families: unknown family 'threats'")
+
+
+def test_stage_threats_on_puzzles_scores_their_themes(shared_data, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from maia_adapt.config import REPO_ROOT
+
+    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=threats", "threats.position_set=puzzles",
+                        "logger=none", "threats.sites=[blocks.1.hook_resid_post]", "threats.positions=1500",
+                        "threats.n_boot=10", "threats.n_null=3", "threats.dashboards=0", "threats.families=[threat]",
+                        f"hydra.run.dir={tmp_path}/run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["positions"] == 1500
+    counts = res["sites"]["blocks.1.hook_resid_post (units)"]["detected_per_family"]
+    assert set(counts) == {"threat", "puzzle theme"}
+    table = (tmp_path / "run" / "concepts.csv").read_text()
+    assert "puzzle:fork,puzzle theme" in table and "puzzle:mateIn1,puzzle theme" in table

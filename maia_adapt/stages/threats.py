@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from ..activations import activation_batches, position_codes
-from ..concepts import BoardConcepts, all_position_concepts, concept_specs
+from ..concepts import BoardConcepts, ConceptSpec, all_position_concepts, concept_specs, load_puzzles, load_sts
 from ..concepts.detection import detect_concepts
 from ..data.preprocess import open_or_build_store
+from ..data.store import store_from_fens
 from ..dictionaries import find_saes, load_sae
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
@@ -99,18 +100,38 @@ def _dashboards(out_dir: Path, name: str, feats, fens, rows, detected, profile, 
                             title=f"{name}: features that detect chess concepts")
 
 
+def positions(cfg, run_dir: Path):
+    """(store, indices, theme labels or None, theme family) of the position set to score."""
+    tc = cfg.threats
+    rng = np.random.default_rng(cfg.seed)
+    if tc.position_set == "store":
+        store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
+        pool = store.split_indices(tc.split)
+        if len(pool) == 0:
+            raise ConfigError(f"threats.split '{tc.split}' has no positions in the store")
+        return store, np.sort(rng.permutation(pool)[: tc.positions]), None, None
+    loaders = {"puzzles": (load_puzzles, tc.puzzles_path, "puzzle theme"), "sts": (load_sts, tc.sts_path, "sts theme")}
+    if tc.position_set not in loaders:
+        raise ConfigError(f"threats.position_set '{tc.position_set}': expected store, puzzles or sts")
+    load, path, family = loaders[tc.position_set]
+    fens, themes = load(Path(path))
+    keep = np.sort(rng.permutation(len(fens))[: tc.positions])
+    # these positions have no players: 'data' conditioning means a mid-table bucket
+    elo = 5 if tc.elo in ("data", "random") else int(tc.elo)
+    store = store_from_fens([fens[i] for i in keep], run_dir / "positions", elo, elo)
+    return store, np.arange(len(keep)), BoardConcepts(themes.labels[keep], themes.names), family
+
+
 def run(cfg, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     tc = cfg.threats
     check_families(tc.families)
     model = frozen_model(cfg, "threats")
-    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
-    pool = store.split_indices(tc.split)
-    if len(pool) == 0:
-        raise ConfigError(f"threats.split '{tc.split}' has no positions in the store")
-    idx = np.sort(np.random.default_rng(cfg.seed).permutation(pool)[: tc.positions])
-
+    store, idx, themes, theme_family = positions(cfg, run_dir)
     concepts, specs = select_families(all_position_concepts(fens := store.fens(idx)), list(tc.families))
+    if themes is not None:
+        concepts = BoardConcepts(torch.cat([concepts.labels, themes.labels], 1), concepts.names + themes.names)
+        specs = specs + [ConceptSpec(n, theme_family, f"labelled '{n.split(':', 1)[1]}' in the source") for n in themes.names]
     rate = concepts.labels.float().mean(0)
     write_csv(run_dir / "concepts.csv", [{"name": s.name, "family": s.family, "definition": s.definition,
                                           "positives": int(concepts.labels[:, i].sum()), "positive_rate": round(float(rate[i]), 5)}
@@ -143,7 +164,7 @@ def run(cfg, run_dir: Path) -> dict:
             detected = det.detected(tc.auc_threshold)
             fam = {s.name: s.family for s in specs}
             counts = {f: int(sum(d for d, n in zip(detected.tolist(), scored.names) if fam[n] == f))
-                      for f in FAMILIES if f in tc.families}
+                      for f in dict.fromkeys(fam.values())}
             kinds = {k: int(sum(d for d, n in zip(detected.tolist(), scored.names) if n.startswith(k + "@")))
                      for k in ("defensive", "offensive")}
             png = square_heatmaps(_threat_panels(rows), run_dir / f"threat_auc_{slug}.png",
