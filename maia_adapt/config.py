@@ -157,6 +157,25 @@ class ActivationsConfig:
 
 
 @dataclass
+class TransitionalConfig:
+    """stage=transitional: per-bucket predictions, correct moves and transition points of a position set."""
+
+    position_set: str = "store"  # store: positions of the data; seed: the seed study's 264 positions
+    seed_path: str = "${paths.data_root}/transitional/seed_transitional_positions.json"
+    positions: Optional[int] = 2000  # store positions, spread over `splits`; null: all
+    splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])
+    # auto: the seed set's accepted moves, else Stockfish when installed, else the model's top-bucket
+    # move; engine | accepted (seed only) | model force one
+    oracle: str = "auto"
+    engine_path: Optional[str] = None  # null: stockfish on PATH or /usr/games/stockfish
+    depth: Optional[int] = 8
+    seconds: Optional[float] = None  # a time limit per search instead of (or besides) the depth
+    blunder_cp: int = 150  # the bucket-0 move loses at least this many centipawns: a blunder
+    oppo_bucket: Optional[int] = None  # null: opponent bucket = own bucket (the study's)
+    batch_size: int = 512
+
+
+@dataclass
 class ThreatsConfig:
     """stage=threats: which dictionary features detect which concepts (ROC-AUC)."""
 
@@ -195,6 +214,7 @@ class Config:
     sae: SAEStageConfig = field(default_factory=SAEStageConfig)
     threats: ThreatsConfig = field(default_factory=ThreatsConfig)
     activations: ActivationsConfig = field(default_factory=ActivationsConfig)
+    transitional: TransitionalConfig = field(default_factory=TransitionalConfig)
     layer: int = 1  # transformer block used by the site presets (site=residual|attention|mlp|resid_post)
     experiment: str = "default"  # experiment name: W&B group and the run's label
     seed: int = 0

@@ -76,3 +76,28 @@ def square_heatmaps(panels: dict[str, "np.ndarray"], path, title: str, vmin: flo
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def transition_histogram(series: dict[str, list[int]], path, title: str) -> Path:
+    """Bars of how many positions have each transition point (0..10, and 'never'), one bar per series."""
+    import numpy as np
+
+    labels = [*BUCKET_NAMES, "never"]
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    n = len(series)
+    width = 0.8 / max(n, 1)
+    for j, (name, tps) in enumerate(series.items()):
+        counts = np.bincount(np.asarray(tps, dtype=int), minlength=len(labels))[: len(labels)]
+        ax.bar(np.arange(len(labels)) + (j - (n - 1) / 2) * width, counts, width=width, label=name)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
+    ax.set_xlabel("transition point (first Elo bucket of the final run of correct moves)")
+    ax.set_ylabel("positions")
+    ax.set_title(title)
+    if n > 1:
+        ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

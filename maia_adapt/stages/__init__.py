@@ -8,6 +8,7 @@ REGISTRY = {
     "sae": "maia_adapt.stages.sae",
     "threats": "maia_adapt.stages.threats",
     "activations": "maia_adapt.stages.activations",
+    "transitional": "maia_adapt.stages.transitional",
 }
 
 

@@ -1,0 +1,109 @@
+"""stage=transitional: the transitional-position dataset of a position set.
+
+Writes transitional.csv (one row per position: FEN, split, per-bucket predictions and probabilities,
+correct move(s), transition point, monotone and blunder flags, active threat concepts), plots of the
+transition-point histogram and the per-bucket accuracy, results.md and summary numbers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..data.preprocess import open_or_build_store
+from ..data.store import store_from_fens
+from ..encoding import BUCKET_NAMES, NUM_BUCKETS
+from ..errors import ConfigError
+from ..io import atomic_write_json, atomic_write_text
+from ..reporting.plots import bar_by_bucket, transition_histogram
+from ..tracking import Tracker
+from ..transitional import NEVER, EngineOracle, build_transitional, find_engine, flat_rows, load_seed_positions
+from .common import frozen_model
+from .threats import write_csv
+
+
+def _position_set(cfg, run_dir: Path):
+    """(store, indices, accepted moves or None, seed transition points or None)."""
+    tc = cfg.transitional
+    if tc.position_set == "seed":
+        seed = load_seed_positions(tc.seed_path)
+        store = store_from_fens(seed["fens"], run_dir / "positions", 5, 5)
+        return store, np.arange(len(seed["fens"])), seed["all_best_moves"], seed["transition_points"]
+    if tc.position_set != "store":
+        raise ConfigError(f"transitional.position_set '{tc.position_set}': expected store or seed")
+    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
+    rng = np.random.default_rng(cfg.seed)
+    parts = [store.split_indices(s) for s in tc.splits]
+    pool = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    if len(pool) == 0:
+        raise ConfigError(f"transitional.splits {list(tc.splits)}: no positions in the store")
+    idx = np.sort(rng.permutation(pool)[: tc.positions] if tc.positions else pool)
+    return store, idx, None, None
+
+
+def run(cfg, run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    tc = cfg.transitional
+    model = frozen_model(cfg, "transitional")
+    store, idx, accepted, seed_tp = _position_set(cfg, run_dir)
+    oracle = tc.oracle
+    if oracle == "auto":
+        oracle = "accepted" if accepted is not None else ("engine" if find_engine(tc.engine_path) else "model")
+    if oracle == "accepted" and accepted is None:
+        raise ConfigError("transitional.oracle=accepted needs a position set with accepted moves (position_set=seed)")
+    bar = tqdm(total=len(idx), desc="positions", dynamic_ncols=True)
+    kw = dict(accepted=accepted, blunder_cp=tc.blunder_cp, oppo_bucket=tc.oppo_bucket, batch_size=tc.batch_size,
+              progress=bar.update)
+    if oracle == "engine":
+        path = find_engine(tc.engine_path)
+        if path is None:
+            raise ConfigError("transitional.oracle=engine needs Stockfish (apt-get install stockfish, or set "
+                              "transitional.engine_path); or use transitional.oracle=model")
+        with EngineOracle(path, depth=tc.depth, seconds=tc.seconds) as engine:
+            rows = build_transitional(model, store, idx, oracle="engine", engine=engine, **kw)
+    else:
+        rows = build_transitional(model, store, idx, oracle=oracle, **kw)
+    bar.close()
+    if seed_tp is not None:
+        # the seed data writes "never" as 10 (so a transition exactly at the top bucket reads as never)
+        seed_tp = [NEVER if int(t) >= NUM_BUCKETS - 1 else int(t) for t in seed_tp]
+        for r, t in zip(rows, seed_tp):
+            r["seed_transition_point"] = t
+    write_csv(run_dir / "transitional.csv", flat_rows(rows))
+
+    tps = np.array([r["transition_point"] for r in rows])
+    acc = np.stack([r["accuracy_by_bucket"] for r in rows]).mean(0)
+    trans = np.array([r["transitional"] for r in rows])
+    summary = {"positions": len(rows), "oracle": oracle, "transitional": int(trans.sum()),
+               "never": int((tps == NEVER).sum()), "always": int((tps == 0).sum()),
+               "non_monotone": int(sum(not r["monotone"] for r in rows)),
+               "mean_transition_point_of_transitional": float(tps[trans].mean()) if trans.any() else float("nan"),
+               "blunders": int(sum(r["blunder"] for r in rows)),
+               **{f"accuracy_bucket_{k}": float(a) for k, a in enumerate(acc)}}
+    for s in ("train", "val", "test"):
+        summary[f"transitional_{s}"] = int(sum(r["transitional"] and r["split"] == s for r in rows))
+    series = {"this model": tps.tolist()}
+    if seed_tp is not None:
+        series["seed study (official Maia-2)"] = seed_tp
+        summary["agreement_with_seed_transition_point"] = float(np.mean(tps == np.array(seed_tp)))
+    hist = transition_histogram(series, run_dir / "transition_points.png", f"transition points ({len(rows)} positions, oracle {oracle})")
+    curve = bar_by_bucket({"correct move": acc.tolist()}, run_dir / "accuracy_by_bucket.png",
+                          "fraction of positions where the model plays the correct move", ylabel="accuracy")
+    tracker = Tracker(cfg, run_dir, job_type="transitional")
+    try:
+        tracker.log_image("transitional/transition_points", hist)
+        tracker.log_image("transitional/accuracy_by_bucket", curve)
+        tracker.summary(summary)
+    finally:
+        tracker.finish()
+    lines = ["# Transitional positions", "", f"{len(rows)} positions, oracle `{oracle}`: {summary['transitional']} "
+             f"transitional (wrong at low skill, right from a bucket up), {summary['always']} right at every bucket, "
+             f"{summary['never']} never right, {summary['non_monotone']} non-monotone, {summary['blunders']} blunders "
+             f"(bucket-0 move loses >= {tc.blunder_cp} cp).", "", "![transition points](transition_points.png)", "",
+             "![accuracy](accuracy_by_bucket.png)", "", "| Elo bucket | correct | transition points here |", "|---|---|---|"]
+    for k in range(NUM_BUCKETS):
+        lines.append(f"| {BUCKET_NAMES[k]} | {acc[k]:.3f} | {int((tps == k).sum())} |")
+    atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
+    atomic_write_json(run_dir / "results.json", summary)
+    return summary

@@ -1,0 +1,242 @@
+"""Transitional positions: where the model's move is wrong at low skill and right from some Elo bucket up.
+
+For each position the model predicts a move at each of the 11 Elo buckets (self = opponent bucket
+unless an opponent bucket is fixed). Against a "correct" move (an engine's best move, a set of
+acceptable moves, or the model's own top-bucket move) each bucket is right or wrong; the
+*transition point* is the first bucket of the final run of right answers: 0 = right everywhere,
+NEVER (11) = wrong at the top bucket. A position whose right answers are not one unbroken run up to
+the top is *non-monotone* (its transition point still marks where the final run starts).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import chess
+import chess.engine
+import numpy as np
+import torch
+
+from .encoding import NUM_BUCKETS, decode_move
+from .errors import DataError, MaiaAdaptError
+from .model.inference import masked_probs
+
+NEVER = NUM_BUCKETS  # transition point of a position the model never gets right
+
+
+def transition_points(correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(transition point [N], monotone [N]) from correct [N, 11] bool."""
+    correct = np.asarray(correct, dtype=bool)
+    n, b = correct.shape
+    # length of the run of right answers ending at the top bucket
+    run = np.cumprod(correct[:, ::-1], axis=1).sum(1)
+    tp = b - run
+    monotone = correct.sum(1) == run  # no right answer below the final run
+    return tp.astype(np.int64), monotone
+
+
+@torch.no_grad()
+def predictions_by_bucket(model, store, indices, oppo_bucket: int | None = None, batch_size: int = 512):
+    """Top-1 legal move (UCI, real colours) and its probability at every Elo bucket: ([N][11], [N, 11])."""
+    model.eval()
+    moves: list[list[str]] = []
+    probs = np.zeros((len(indices), NUM_BUCKETS), dtype=np.float32)
+    for s in range(0, len(indices), batch_size):
+        idx = np.asarray(indices[s : s + batch_size])
+        b = store.batch(idx)
+        n = len(idx)
+        top = np.zeros((n, NUM_BUCKETS), dtype=np.int64)
+        for k in range(NUM_BUCKETS):
+            es = torch.full((n,), k, dtype=torch.long)
+            eo = es if oppo_bucket is None else torch.full((n,), int(oppo_bucket), dtype=torch.long)
+            logits, _, _ = model(b["boards"], es, eo)
+            p = masked_probs(logits, b["legal"])
+            pk, mk = p.max(-1)
+            top[:, k], probs[s : s + n, k] = mk.numpy(), pk.numpy()
+        turns = [f.split()[1] == "w" for f in store.fens(idx)]
+        moves += [[decode_move(int(m), w) for m in row] for row, w in zip(top, turns)]
+    return moves, probs
+
+
+def find_engine(path: str | None = None) -> str | None:
+    """The Stockfish binary: `path`, else `stockfish` on PATH, else Debian's /usr/games/stockfish."""
+    if path:
+        if not Path(path).is_file():
+            raise MaiaAdaptError(f"engine {path} not found: expected a UCI engine binary (e.g. apt-get install stockfish)")
+        return path
+    return shutil.which("stockfish") or (str(Path("/usr/games/stockfish")) if Path("/usr/games/stockfish").is_file() else None)
+
+
+@dataclass
+class EngineOracle:
+    """Best moves and move losses from a UCI engine at a fixed depth (or time) per position."""
+
+    path: str
+    depth: int | None = 10
+    seconds: float | None = None
+    threads: int = 1
+
+    def __enter__(self):
+        self.engine = chess.engine.SimpleEngine.popen_uci(self.path)
+        self.engine.configure({"Threads": self.threads})
+        return self
+
+    def __exit__(self, *exc):
+        self.engine.quit()
+
+    @property
+    def limit(self) -> chess.engine.Limit:
+        return chess.engine.Limit(depth=self.depth, time=self.seconds)
+
+    def analyse(self, fen: str, moves: list[str]) -> tuple[str, dict[str, int]]:
+        """(best move, {move: centipawns it loses against the best}) for the given candidate moves."""
+        board = chess.Board(fen)
+        info = self.engine.analyse(board, self.limit)
+        best = info["pv"][0].uci()
+        best_cp = info["score"].pov(board.turn).score(mate_score=10000)
+        losses = {best: 0}
+        for m in dict.fromkeys(moves):
+            if m in losses:
+                continue
+            after = board.copy(stack=False)
+            after.push_uci(m)
+            if after.is_checkmate():  # a finished game cannot be searched: score it directly
+                cp = 10000
+            elif after.is_game_over():
+                cp = 0
+            else:
+                cp = -self.engine.analyse(after, self.limit)["score"].pov(after.turn).score(mate_score=10000)
+            losses[m] = max(0, best_cp - cp)
+        return best, losses
+
+
+def load_seed_positions(path) -> dict:
+    """The seed study's transitional positions: fens, transition points, best move, all best moves."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} not found: expected the seed study's transitional positions (JSON)")
+    try:
+        raw = json.loads(path.read_text())
+        out = {"fens": raw["filtered_special_fens"], "transition_points": raw["filtered_transition_points"],
+               "best_moves": raw["filtered_best_transitional_moves"], "all_best_moves": raw["filtered_all_best_transitional_moves"]}
+    except (json.JSONDecodeError, KeyError) as e:
+        raise DataError(f"{path}: not the seed transitional-position JSON ({type(e).__name__}: {e})") from None
+    n = len(out["fens"])
+    if any(len(v) != n for v in out.values()):
+        raise DataError(f"{path}: its lists have different lengths ({', '.join(f'{k} {len(v)}' for k, v in out.items())})")
+    fixed = 0
+    for i, fen in enumerate(out["fens"]):
+        try:
+            board = chess.Board(fen)
+        except ValueError:
+            raise DataError(f"{path}: position {i} has a bad FEN '{fen}'") from None
+        # some seed FENs keep castling rights whose king or rook has moved; the position is otherwise
+        # fine, so drop the impossible rights rather than the position
+        if board.status() & chess.STATUS_BAD_CASTLING_RIGHTS:
+            board.castling_rights = board.clean_castling_rights()
+            out["fens"][i] = board.fen()
+            fixed += 1
+        if not board.is_valid():
+            raise DataError(f"{path}: position {i} is not a legal chess position: '{fen}'")
+    out["castling_rights_fixed"] = fixed
+    return out
+
+
+def build_transitional(
+    model,
+    store,
+    indices,
+    *,
+    oracle: str = "engine",
+    engine: EngineOracle | None = None,
+    accepted: list[list[str]] | None = None,
+    blunder_cp: int = 150,
+    oppo_bucket: int | None = None,
+    batch_size: int = 512,
+    progress=None,
+) -> list[dict]:
+    """One row per position: per-bucket predictions, correct move(s), transition point, blunder flag,
+    and the active threat concepts.
+
+    oracle: 'engine' (the engine's best move; also gives the blunder flag), 'accepted' (any move of
+    `accepted[i]`, e.g. the seed study's acceptable moves) or 'model' (the model's top-bucket move).
+    """
+    from .concepts import threat_concepts
+
+    indices = np.asarray(indices)
+    preds, probs = predictions_by_bucket(model, store, indices, oppo_bucket, batch_size)
+    fens = store.fens(indices)
+    threats = threat_concepts(fens)
+    game_ids = np.asarray(store.column("game_id")[indices])
+    split_of = {}
+    for name in ("train", "val", "test"):
+        for i in store.split_indices(name):
+            split_of[int(i)] = name
+    rows = []
+    for i, fen in enumerate(fens):
+        row_preds = preds[i]
+        cp_low = None
+        if oracle == "engine":
+            if engine is None:
+                raise MaiaAdaptError("oracle 'engine' needs a running EngineOracle")
+            best, losses = engine.analyse(fen, row_preds)
+            ok = [best]
+            cp_low = losses[row_preds[0]]
+        elif oracle == "accepted":
+            ok = list(accepted[i])
+        elif oracle == "model":
+            ok = [row_preds[-1]]
+        else:
+            raise MaiaAdaptError(f"transitional.oracle '{oracle}': expected engine, accepted or model")
+        rows.append({"fen": fen, "correct": ok, "preds": row_preds, "probs": probs[i], "cp_loss_low": cp_low,
+                     "game_id": int(game_ids[i]), "split": split_of.get(int(indices[i]), "none"),
+                     "threats": [n for n, v in zip(threats.names, threats.labels[i].tolist()) if v]})
+        if progress:
+            progress(1)
+    correct = np.array([[p in r["correct"] for p in r["preds"]] for r in rows], dtype=bool).reshape(len(rows), NUM_BUCKETS)
+    tp, mono = transition_points(correct)
+    for r, t, m, c in zip(rows, tp, mono, correct):
+        r.update({"transition_point": int(t), "monotone": bool(m), "transitional": bool(0 < t < NEVER),
+                  "blunder": r["cp_loss_low"] is not None and r["cp_loss_low"] >= blunder_cp,
+                  "accuracy_by_bucket": c})
+    return rows
+
+
+def flat_rows(rows: list[dict]) -> list[dict]:
+    """CSV-ready rows: lists joined by spaces, one column per bucket."""
+    out = []
+    for r in rows:
+        flat = {"fen": r["fen"], "split": r["split"], "game_id": r["game_id"], "correct_moves": " ".join(r["correct"]),
+                "transition_point": r["transition_point"], "transitional": int(r["transitional"]),
+                "monotone": int(r["monotone"]), "blunder": int(r["blunder"]),
+                "cp_loss_low": "" if r["cp_loss_low"] is None else r["cp_loss_low"], "threats": " ".join(r["threats"])}
+        flat.update({f"pred_{k}": m for k, m in enumerate(r["preds"])})
+        flat.update({f"prob_{k}": round(float(p), 4) for k, p in enumerate(r["probs"])})
+        if "seed_transition_point" in r:
+            flat["seed_transition_point"] = r["seed_transition_point"]
+        out.append(flat)
+    return out
+
+
+def read_transitional(path) -> list[dict]:
+    """Rows of a transitional.csv written by stage=transitional (a file or its run directory)."""
+    import csv
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "transitional.csv"
+    if not path.is_file():
+        raise DataError(f"{path} not found: expected transitional.csv from stage=transitional")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, r in enumerate(rows, start=2):
+        try:
+            r["transition_point"] = int(r["transition_point"])
+            r["correct"] = r["correct_moves"].split()
+            r["threats"] = r["threats"].split()
+            chess.Board(r["fen"])
+        except (KeyError, ValueError) as e:
+            raise DataError(f"{path}, line {i}: bad row ({type(e).__name__}: {e})") from None
+    return rows

@@ -1,0 +1,109 @@
+"""Transition points, the Stockfish oracle, the seed positions and stage=transitional."""
+import csv
+import json
+import subprocess
+import sys
+
+import chess
+import numpy as np
+import pytest
+
+from maia_adapt.config import ASSETS, REPO_ROOT
+from maia_adapt.data.store import store_from_fens
+from maia_adapt.errors import DataError
+from maia_adapt.model import load_model
+from maia_adapt.transitional import (NEVER, EngineOracle, build_transitional, find_engine, load_seed_positions,
+                                     predictions_by_bucket, transition_points)
+
+
+def test_transition_points_on_constructed_cases():
+    c = np.array([[1] * 11, [0] * 11, [0, 0, 0] + [1] * 8, [0, 1, 0, 0] + [1] * 7, [1] * 10 + [0], [0] * 10 + [1]], bool)
+    tp, mono = transition_points(c)
+    assert tp.tolist() == [0, NEVER, 3, 4, NEVER, 10]
+    assert mono.tolist() == [True, True, True, False, False, True]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(ASSETS / "maia2_small.safetensors")
+
+
+def test_predictions_are_legal_moves_in_real_colours(model, tmp_path):
+    fens = [chess.STARTING_FEN, "rnbqkbnr/pppp1ppp/8/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R b KQkq - 1 2"]
+    store = store_from_fens(fens, tmp_path / "s", 5, 5)
+    moves, probs = predictions_by_bucket(model, store, np.arange(2))
+    assert len(moves) == 2 and all(len(m) == 11 for m in moves)
+    for fen, row in zip(fens, moves):
+        board = chess.Board(fen)
+        assert all(chess.Move.from_uci(m) in board.legal_moves for m in row)
+    assert ((probs > 0) & (probs <= 1)).all()
+
+
+def test_model_oracle_never_gives_never(model, tmp_path):
+    fens = ["r1bqkb1r/pppp1ppp/2n2n2/4p2Q/2B1P3/8/PPPP1PPP/RNB1K1NR w KQkq - 4 4",
+            "rnbqkbnr/pppp1ppp/8/4p3/4P3/8/PPPP1PPP/RNBQKBNR w KQkq - 0 2"]
+    store = store_from_fens(fens, tmp_path / "s", 5, 5)
+    rows = build_transitional(model, store, np.arange(2), oracle="model")
+    for r in rows:
+        assert r["transition_point"] < NEVER and r["correct"] == [r["preds"][-1]]
+        assert r["transitional"] == (r["transition_point"] > 0)
+
+
+@pytest.mark.skipif(find_engine() is None, reason="Stockfish not installed (apt-get install stockfish)")
+def test_engine_oracle_finds_mate_and_prices_blunders(model, tmp_path):
+    # Scholar's mate available: Qxf7#; any other move is far worse
+    fen = "r1bqkb1r/pppp1ppp/2n2n2/4p2Q/2B1P3/8/PPPP1PPP/RNB1K1NR w KQkq - 4 4"
+    with EngineOracle(find_engine(), depth=8) as eng:
+        best, losses = eng.analyse(fen, ["h5f7", "h5h4", "a2a3"])
+        assert best == "h5f7" and losses["h5f7"] == 0
+        assert losses["a2a3"] > 300 and losses["h5h4"] > 300
+        store = store_from_fens([fen], tmp_path / "s", 5, 5)
+        [row] = build_transitional(model, store, np.arange(1), oracle="engine", engine=eng, blunder_cp=150)
+    assert row["correct"] == ["h5f7"]
+    assert row["blunder"] == (row["cp_loss_low"] >= 150)
+    assert row["accuracy_by_bucket"].tolist() == [p == "h5f7" for p in row["preds"]]
+
+
+def test_seed_positions_load_and_bad_file_is_named(shared_data, tmp_path):
+    seed = load_seed_positions(shared_data / "transitional/seed_transitional_positions.json")
+    assert len(seed["fens"]) == 264 and all(chess.Board(f).is_valid() for f in seed["fens"])
+    assert seed["castling_rights_fixed"] >= 1
+    for fen, moves in zip(seed["fens"], seed["all_best_moves"]):
+        assert all(chess.Move.from_uci(m) in chess.Board(fen).legal_moves for m in moves)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"filtered_special_fens": ["x"]}))
+    with pytest.raises(DataError, match="bad.json"):
+        load_seed_positions(bad)
+
+
+def test_stage_transitional_on_seed_positions(shared_data, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=transitional", "transitional.position_set=seed",
+                        "logger=none", f"hydra.run.dir={tmp_path}/run"], cwd=REPO_ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "run" / "transitional.csv")))
+    assert len(rows) == 264
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["oracle"] == "accepted"
+    tps = [int(r["transition_point"]) for r in rows]
+    assert res["transitional"] == sum(0 < t < NEVER for t in tps) and res["never"] == tps.count(NEVER)
+    for r in rows[:50]:
+        preds = [r[f"pred_{k}"] for k in range(11)]
+        ok = [p in r["correct_moves"].split() for p in preds]
+        assert transition_points(np.array([ok]))[0][0] == int(r["transition_point"])
+    assert (tmp_path / "run" / "transition_points.png").stat().st_size > 5000
+
+
+@pytest.mark.skipif(find_engine() is None, reason="Stockfish not installed (apt-get install stockfish)")
+def test_stage_transitional_on_games_with_stockfish(shared_data, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=transitional", "data=lichess", "data.max_games=40",
+                        f"data.store_dir={tmp_path}/store", "transitional.positions=60", "transitional.depth=6",
+                        "logger=none", f"hydra.run.dir={tmp_path}/run"], cwd=REPO_ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["oracle"] == "engine" and res["positions"] == 60
+    rows = list(csv.DictReader(open(tmp_path / "run" / "transitional.csv")))
+    assert {r["split"] for r in rows} <= {"train", "val", "test"}
+    assert all(r["cp_loss_low"] != "" for r in rows)
+    assert sum(int(r["blunder"]) for r in rows) == res["blunders"]
