@@ -176,6 +176,24 @@ class TransitionalConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """stage=finetune: calibrate low-skill levels toward the correct move on concept positions."""
+
+    transitional: Optional[str] = None  # a stage=transitional run directory or its transitional.csv
+    # positions whose active threat concepts include this one ('defensive@e4') or any of this kind
+    # ('defensive', the study's); '' = every position. Per-concept variants: a multirun over it
+    concept: str = "defensive"
+    trainable: str = "all"  # all | policy_head (fc_1 only) | heads | transformer | prefixes 'fc_1.,transformer.'
+    freeze_elo: bool = True
+    steps: int = 300
+    lr: float = 3.0e-4
+    batch_size: int = 128
+    side_info_weight: float = 1.0
+    eval_every: int = 25  # validation loss (every bucket) for choosing the checkpoint
+    heldout_positions: int = 2000  # ordinary test positions of `data`: is human-likeness kept? 0: skip
+
+
+@dataclass
 class ThreatsConfig:
     """stage=threats: which dictionary features detect which concepts (ROC-AUC)."""
 
@@ -215,6 +233,7 @@ class Config:
     threats: ThreatsConfig = field(default_factory=ThreatsConfig)
     activations: ActivationsConfig = field(default_factory=ActivationsConfig)
     transitional: TransitionalConfig = field(default_factory=TransitionalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     layer: int = 1  # transformer block used by the site presets (site=residual|attention|mlp|resid_post)
     experiment: str = "default"  # experiment name: W&B group and the run's label
     seed: int = 0

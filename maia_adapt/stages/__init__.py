@@ -9,6 +9,7 @@ REGISTRY = {
     "threats": "maia_adapt.stages.threats",
     "activations": "maia_adapt.stages.activations",
     "transitional": "maia_adapt.stages.transitional",
+    "finetune": "maia_adapt.stages.finetune",
 }
 
 

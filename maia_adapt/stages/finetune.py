@@ -1,0 +1,121 @@
+"""stage=finetune: skill calibration on concept positions of a transitional dataset, before vs after.
+
+Writes model.safetensors (the best-validation checkpoint; usable as model.checkpoint=<this run>),
+results.md / results.json (per Elo bucket: accuracy against the correct move on the test positions and
+on ordinary held-out positions, before and after; transition points before and after and their
+shift), transition_points.png, accuracy plots, metrics.jsonl.
+"""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..data.preprocess import open_or_build_store
+from ..encoding import BUCKET_NAMES, NUM_BUCKETS
+from ..errors import ConfigError
+from ..finetune import MoveSet, concept_rows, finetune, select_trainable, transition_report
+from ..io import atomic_write_json, atomic_write_text
+from ..model.checkpoint import save_model
+from ..model.training import evaluate
+from ..reporting.plots import bar_by_bucket, transition_histogram
+from ..tracking import Tracker
+from ..transitional import NEVER, read_transitional
+from .common import frozen_model
+
+
+def split_rows(rows: list[dict]) -> dict[str, list[dict]]:
+    """train/val/test rows by the dataset's game split; a set without val or test rows (the seed
+    positions) is split 60/20/20 by a hash of the FEN, so the split never depends on row order."""
+    out = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
+    if out["val"] and out["test"]:
+        return out
+    out = {"train": [], "val": [], "test": []}
+    for r in rows:
+        h = zlib.crc32(r["fen"].encode()) % 10
+        out["train" if h < 6 else "val" if h < 8 else "test"].append(r)
+    return out
+
+
+def run(cfg, run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    fc = cfg.finetune
+    if not fc.transitional:
+        raise ConfigError("stage=finetune needs finetune.transitional (a stage=transitional run directory or CSV)")
+    rows = read_transitional(fc.transitional)
+    chosen = concept_rows(rows, fc.concept) if fc.concept else rows
+    parts = {k: MoveSet.build(v, run_dir / f"positions_{k}") for k, v in split_rows(chosen).items()}
+    model = frozen_model(cfg, "finetune")
+    trained = select_trainable(model, fc.trainable, fc.freeze_elo)
+    n_params = sum(p.numel() for n, p in model.named_parameters() if n in set(trained))
+    print(f"{len(chosen)} of {len(rows)} positions hold '{fc.concept or 'any'}': "
+          + ", ".join(f"{k} {len(v.rows)}" for k, v in parts.items()) + f"; training {n_params:,} parameters")
+
+    heldout = None
+    if fc.heldout_positions:
+        store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
+        test_idx = store.split_indices("test")
+        heldout = (store, np.sort(np.random.default_rng(cfg.seed).permutation(test_idx)[: fc.heldout_positions]))
+
+    def report(m) -> dict:
+        rep = transition_report(m, parts["test"])
+        if heldout is not None:
+            rep["heldout"] = evaluate(m, *heldout)
+        return rep
+
+    before = report(model)
+    tracker = Tracker(cfg, run_dir, job_type="finetune")
+    try:
+        bar = tqdm(total=fc.steps, desc="finetune", dynamic_ncols=True)
+        fit = finetune(model, parts["train"], parts["val"], steps=fc.steps, lr=fc.lr, batch_size=fc.batch_size,
+                       side_info_weight=fc.side_info_weight, eval_every=fc.eval_every, seed=cfg.seed,
+                       tracker=tracker, progress=bar.update)
+        bar.close()
+        save_model(model, run_dir / "model.safetensors", finetune=str(dict(concept=fc.concept, trainable=fc.trainable)))
+        after = report(model)
+
+        tb, ta = before["transition_points"], after["transition_points"]
+        was_trans = (tb > 0) & (tb < NEVER)
+        summary = {
+            "positions_train": len(parts["train"].rows), "positions_val": len(parts["val"].rows),
+            "positions_test": len(parts["test"].rows), "trainable_parameters": n_params, **{k: v for k, v in fit.items() if k != "val_losses"},
+            "mean_transition_point_before": float(tb.mean()), "mean_transition_point_after": float(ta.mean()),
+            "mean_shift": float((ta - tb).mean()),
+            "mean_shift_of_transitional": float((ta - tb)[was_trans].mean()) if was_trans.any() else float("nan"),
+            "never_before": int((tb == NEVER).sum()), "never_after": int((ta == NEVER).sum()),
+            "correct_everywhere_before": int((tb == 0).sum()), "correct_everywhere_after": int((ta == 0).sum()),
+            "test_accuracy_before": float(before["accuracy"].mean()), "test_accuracy_after": float(after["accuracy"].mean()),
+        }
+        if heldout is not None:
+            summary["heldout_accuracy_before"] = before["heldout"]["accuracy"]
+            summary["heldout_accuracy_after"] = after["heldout"]["accuracy"]
+        hist = transition_histogram({"before": tb.tolist(), "after": ta.tolist()}, run_dir / "transition_points.png",
+                                    f"transition points of {len(tb)} test positions ({fc.concept or 'all'})")
+        acc = bar_by_bucket({"before": before["accuracy"].tolist(), "after": after["accuracy"].tolist()},
+                            run_dir / "accuracy_by_bucket.png", "correct move on the test positions", ylabel="accuracy")
+        for name, png in (("transition_points", hist), ("accuracy_by_bucket", acc)):
+            tracker.log_image(f"finetune/{name}", png)
+        lines = ["# Calibration fine-tuning", "",
+                 f"concept `{fc.concept or 'all'}`, trainable `{fc.trainable}` ({n_params:,} parameters), Elo embedding "
+                 f"{'frozen' if fc.freeze_elo else 'trained'}; {summary['positions_train']} train / {summary['positions_val']} "
+                 f"val / {summary['positions_test']} test positions; best validation loss {fit['best_val_loss']:.4f} at step "
+                 f"{fit['best_step']} of {fc.steps}.", "",
+                 f"Mean transition point {summary['mean_transition_point_before']:.2f} -> {summary['mean_transition_point_after']:.2f} "
+                 f"(shift {summary['mean_shift']:+.2f}; never right: {summary['never_before']} -> {summary['never_after']}; "
+                 f"right at every bucket: {summary['correct_everywhere_before']} -> {summary['correct_everywhere_after']}).", "",
+                 "![transition points](transition_points.png)", "", "![accuracy](accuracy_by_bucket.png)", "",
+                 "| Elo bucket | test: correct move before | after | held-out: human move before | after |", "|---|---|---|---|---|"]
+        for k in range(NUM_BUCKETS):
+            h = (f"{before['heldout'][f'accuracy_bucket_{k}']:.3f} | {after['heldout'][f'accuracy_bucket_{k}']:.3f}"
+                 if heldout is not None else "- | -")
+            lines.append(f"| {BUCKET_NAMES[k]} | {before['accuracy'][k]:.3f} | {after['accuracy'][k]:.3f} | {h} |")
+        atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
+        atomic_write_json(run_dir / "results.json", {**summary, "accuracy_before": before["accuracy"].tolist(),
+                                                     "accuracy_after": after["accuracy"].tolist(),
+                                                     "val_losses": fit["val_losses"]})
+        tracker.summary(summary)
+    finally:
+        tracker.finish()
+    return summary
