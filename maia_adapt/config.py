@@ -162,7 +162,7 @@ class TransitionalConfig:
 
     position_set: str = "store"  # store: positions of the data; seed: the seed study's 264 positions
     seed_path: str = "${paths.data_root}/transitional/seed_transitional_positions.json"
-    positions: Optional[int] = 2000  # store positions, spread over `splits`; null: all
+    positions: Optional[int] = 2000  # store positions per split of `splits`; null: all
     splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])
     # auto: the seed set's accepted moves, else Stockfish when installed, else the model's top-bucket
     # move; engine | accepted (seed only) | model force one
@@ -191,6 +191,42 @@ class FinetuneConfig:
     side_info_weight: float = 1.0
     eval_every: int = 25  # validation loss (every bucket) for choosing the checkpoint
     heldout_positions: int = 2000  # ordinary test positions of `data`: is human-likeness kept? 0: skip
+
+
+@dataclass
+class ProbeConfig:
+    """stage=probe: linear probes per concept and Elo bucket (awareness), and the logit lens."""
+
+    sites: list[str] = field(default_factory=lambda: ["blocks.${layer}.hook_resid_post"])
+    families: list[str] = field(default_factory=lambda: ["threat", "strategic"])
+    train_positions: int = 4000  # from the train split
+    test_positions: int = 2000  # from the test split (other games)
+    buckets: list[int] = field(default_factory=lambda: list(range(11)))
+    min_positives: int = 20  # concepts with fewer positives (or negatives) in train or test are left out
+    l2: float = 1.0e-3
+    shuffled_control: bool = True
+    logit_lens: bool = True
+    batch_size: int = 256
+
+
+@dataclass
+class InterventionConfig:
+    """stage=intervention: amplify concept features / add directions and measure transition-point shifts."""
+
+    kind: str = "sae"  # sae (amplify the concept's top SAE features) | probe (probe direction) | steering (mean difference)
+    transitional: Optional[str] = None  # stage=transitional run (or CSV): train rows choose, test rows judge
+    concept: str = "defensive"  # each position is intervened on for its active concepts of this kind (or one concept)
+    site: str = "blocks.${layer}.hook_resid_post"
+    saes: Optional[str] = None  # kind=sae: the stage=sae run (or SAE folder) whose SAE reads `site`
+    threats: Optional[str] = None  # kind=sae: the stage=threats run whose detection table ranks the features
+    probes: Optional[str] = None  # kind=probe: the stage=probe run
+    probe_bucket: int = 10  # kind=probe: which bucket's probe gives the direction
+    strengths: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])  # sae: feature multiplier; else x steering norm
+    top_n: list[int] = field(default_factory=lambda: [1, 3, 5])  # kind=sae: features per concept (grid)
+    keep_error: bool = True  # kind=sae: keep the reconstruction error (False: the study's variant)
+    n_boot: int = 1000
+    heldout_positions: int = 1000  # ordinary test positions of `data`: is the played (human) move still predicted?
+    batch_size: int = 256
 
 
 @dataclass
@@ -234,6 +270,8 @@ class Config:
     activations: ActivationsConfig = field(default_factory=ActivationsConfig)
     transitional: TransitionalConfig = field(default_factory=TransitionalConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    intervention: InterventionConfig = field(default_factory=InterventionConfig)
     layer: int = 1  # transformer block used by the site presets (site=residual|attention|mlp|resid_post)
     experiment: str = "default"  # experiment name: W&B group and the run's label
     seed: int = 0

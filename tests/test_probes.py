@@ -186,3 +186,29 @@ def test_logit_lens_by_bucket_shapes(real):
     assert out["agreement"].shape == out["accuracy"].shape == (3, 2)
     assert (out["agreement"][-1] == 1).all()  # the last lens is the policy
     assert ((out["accuracy"] >= 0) & (out["accuracy"] <= 1)).all() and out["n_with_move"] > 0
+
+
+def test_stage_probe_end_to_end(shared_data, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from maia_adapt.config import REPO_ROOT
+    from maia_adapt.probes import load_probe
+
+    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=probe", "data=lichess", "data.max_games=120",
+                        f"data.store_dir={tmp_path}/store", "logger=none", "probe.train_positions=1000",
+                        "probe.test_positions=500", "probe.buckets=[0,10]", "probe.families=[board-state]",
+                        f"hydra.run.dir={tmp_path}/run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "run"
+    res = json.loads((run / "results.json").read_text())
+    site = res["sites"]["blocks.1.hook_resid_post"]
+    assert len(site["mean_auc_per_bucket"]) == 2 and min(site["mean_auc_per_bucket"]) > 0.75
+    assert abs(site["mean_control_auc"] - 0.5) < 0.1
+    lens = res["logit_lens"]
+    assert lens["lenses"][-1] == "blocks.1.hook_resid_post" and all(a == 1.0 for a in lens["agreement"][-1])
+    probe = load_probe(run / "probes" / "blocks_1_hook_resid_post" / "bucket_10.safetensors")
+    assert probe.weight.shape[1] == len(res["concepts"])
+    assert (run / "probe_auc_blocks_1_hook_resid_post.png").is_file() and (run / "logit_lens.png").is_file()

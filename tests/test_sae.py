@@ -201,3 +201,19 @@ def test_stage_sae_then_threats_end_to_end(shared_data, tmp_path):
     pages = list((tmp_path / "thr").glob("dashboards_*/feature_*.html"))
     assert len(list((tmp_path / "thr").glob("dashboards_*/index.html"))) == 3 and len(pages) >= 3
     assert pages[0].read_text().count("<svg") >= 5
+
+    # stage=intervention amplifies the resid_post SAE's top threat features on the seed positions
+    base = [sys.executable, "-m", "maia_adapt.run", "logger=none"]
+    r = subprocess.run([*base, "stage=transitional", "transitional.position_set=seed", f"hydra.run.dir={tmp_path}/tr"],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([*base, "stage=intervention", f"intervention.transitional={tmp_path}/tr", f"intervention.saes={run}",
+                        f"intervention.threats={tmp_path}/thr", "intervention.strengths=[1.0,3.0]", "intervention.top_n=[2]",
+                        "intervention.n_boot=50", "intervention.heldout_positions=0", f"hydra.run.dir={tmp_path}/iv"],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    iv = json.loads((tmp_path / "iv" / "results.json").read_text())
+    assert iv["kind"] == "sae" and {g["strength"] for g in iv["grid"]} == {1.0, 3.0}
+    # strength 1 with the error kept is the identity: the grid's first point equals no intervention
+    # on the train rows, so the chosen setting can only be at least as good
+    assert max(g["train_accuracy"] for g in iv["grid"]) >= iv["grid"][0]["train_accuracy"]

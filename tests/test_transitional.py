@@ -97,12 +97,12 @@ def test_stage_transitional_on_seed_positions(shared_data, tmp_path):
 @pytest.mark.skipif(find_engine() is None, reason="Stockfish not installed (apt-get install stockfish)")
 def test_stage_transitional_on_games_with_stockfish(shared_data, tmp_path):
     r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=transitional", "data=lichess", "data.max_games=40",
-                        f"data.store_dir={tmp_path}/store", "transitional.positions=60", "transitional.depth=6",
+                        f"data.store_dir={tmp_path}/store", "transitional.positions=20", "transitional.depth=6",
                         "logger=none", f"hydra.run.dir={tmp_path}/run"], cwd=REPO_ROOT, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert res["oracle"] == "engine" and res["positions"] == 60
+    assert res["oracle"] == "engine" and res["positions"] == 60  # 20 from each split
     rows = list(csv.DictReader(open(tmp_path / "run" / "transitional.csv")))
     assert {r["split"] for r in rows} <= {"train", "val", "test"}
     assert all(r["cp_loss_low"] != "" for r in rows)

@@ -101,3 +101,23 @@ def transition_histogram(series: dict[str, list[int]], path, title: str) -> Path
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def bucket_heatmap(values, rows: list[str], path, title: str, vmin: float = 0.5, vmax: float = 1.0,
+                   label: str = "test AUC") -> Path:
+    """Heatmap of values [len(rows), 11]: one row per concept (or lens), one column per Elo bucket."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.22 * len(rows)))
+    im = ax.imshow(values, vmin=vmin, vmax=vmax, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(values.shape[1]), BUCKET_NAMES[: values.shape[1]], rotation=30, fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_xlabel("Elo bucket the model is conditioned on")
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -10,6 +10,8 @@ REGISTRY = {
     "activations": "maia_adapt.stages.activations",
     "transitional": "maia_adapt.stages.transitional",
     "finetune": "maia_adapt.stages.finetune",
+    "probe": "maia_adapt.stages.probe",
+    "intervention": "maia_adapt.stages.intervention",
 }
 
 

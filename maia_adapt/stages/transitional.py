@@ -34,11 +34,12 @@ def _position_set(cfg, run_dir: Path):
         raise ConfigError(f"transitional.position_set '{tc.position_set}': expected store or seed")
     store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
     rng = np.random.default_rng(cfg.seed)
-    parts = [store.split_indices(s) for s in tc.splits]
-    pool = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-    if len(pool) == 0:
+    # up to `positions` from each split: val and test are a few percent of the games, and a
+    # calibration run needs enough of them to choose and to judge its checkpoint
+    parts = [rng.permutation(store.split_indices(s))[: tc.positions or None] for s in tc.splits]
+    idx = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+    if len(idx) == 0:
         raise ConfigError(f"transitional.splits {list(tc.splits)}: no positions in the store")
-    idx = np.sort(rng.permutation(pool)[: tc.positions] if tc.positions else pool)
     return store, idx, None, None
 
 

@@ -1,0 +1,109 @@
+"""stage=probe: does the model represent each concept equally well at every skill level?
+
+For each site, linear probes (one per concept) are trained on train-split positions and tested on
+test-split positions (other games) with the model conditioned on each Elo bucket; a probe trained on
+shuffled labels is the control. The logit lens reads the policy off each block's residual stream per
+bucket. Writes probes/<site>/bucket_<b>.safetensors, probe_auc_<site>.png, probe_<site>.csv,
+logit_lens.png, results.md and results.json.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..concepts import all_position_concepts
+from ..data.preprocess import open_or_build_store
+from ..encoding import BUCKET_NAMES
+from ..errors import ConfigError
+from ..io import atomic_write_json, atomic_write_text
+from ..probes import logit_lens_by_bucket, probes_per_bucket, save_probe
+from ..reporting.plots import bucket_heatmap
+from ..tracking import Tracker
+from .common import frozen_model
+from .threats import check_families, select_families, write_csv
+
+
+def run(cfg, run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    pc = cfg.probe
+    check_families(pc.families)
+    model = frozen_model(cfg, "probe")
+    for s in pc.sites:
+        model.check_hook_name(s)
+    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
+    rng = np.random.default_rng(cfg.seed)
+    train_idx = np.sort(rng.permutation(store.split_indices("train"))[: pc.train_positions])
+    test_idx = np.sort(rng.permutation(store.split_indices("test"))[: pc.test_positions])
+    if not len(train_idx) or not len(test_idx):
+        raise ConfigError("stage=probe needs positions in both the train and the test split of the data")
+    tr, _ = select_families(all_position_concepts(store.fens(train_idx)), list(pc.families))
+    te, _ = select_families(all_position_concepts(store.fens(test_idx)), list(pc.families))
+    ok = [(tr.labels[:, c].sum() >= pc.min_positives) & ((~tr.labels[:, c]).sum() >= pc.min_positives)
+          & (te.labels[:, c].sum() >= pc.min_positives) & ((~te.labels[:, c]).sum() >= pc.min_positives)
+          for c in range(len(tr.names))]
+    keep = [c for c, k in enumerate(ok) if k]
+    if not keep:
+        raise ConfigError(f"no concept has {pc.min_positives} positives in both splits: raise probe.train_positions/"
+                          "test_positions or lower probe.min_positives")
+    names = [tr.names[c] for c in keep]
+    y_tr, y_te = tr.labels[:, keep], te.labels[:, keep]
+    print(f"{len(names)} concepts, {len(train_idx)} train / {len(test_idx)} test positions, buckets {list(pc.buckets)}")
+
+    tracker = Tracker(cfg, run_dir, job_type="probe")
+    results: dict = {"concepts": names, "buckets": list(pc.buckets), "sites": {}}
+    lines = ["# Linear probes per Elo bucket", "", f"{len(names)} concepts ({', '.join(pc.families)}), "
+             f"{len(train_idx)} train / {len(test_idx)} test positions (different games), l2 {pc.l2}.", ""]
+    summary = {}
+    try:
+        for site in pc.sites:
+            torch.manual_seed(cfg.seed)
+            res = probes_per_bucket(model, store, train_idx, test_idx, site, y_tr, y_te, names, buckets=pc.buckets,
+                                    l2=pc.l2, seed=cfg.seed, shuffled_control=pc.shuffled_control,
+                                    batch_size=pc.batch_size)
+            slug = site.replace(".", "_")
+            for b, probe in res["probes"].items():
+                save_probe(probe, run_dir / "probes" / slug / f"bucket_{b}.safetensors", {"site": site, "elo_bucket": b})
+            auc = res["auc"].numpy()
+            ctrl = res["control_auc"].numpy()
+            png = bucket_heatmap(auc.T, names, run_dir / f"probe_auc_{slug}.png", f"{site}: probe test AUC per Elo bucket")
+            tracker.log_image(f"probe/{slug}", png)
+            write_csv(run_dir / f"probe_{slug}.csv", [
+                {"concept": n, **{f"auc_{BUCKET_NAMES[b]}": round(float(auc[i, c]), 4) for i, b in enumerate(pc.buckets)},
+                 **{f"control_{BUCKET_NAMES[b]}": round(float(ctrl[i, c]), 4) for i, b in enumerate(pc.buckets)}}
+                for c, n in enumerate(names)])
+            per_bucket = np.nanmean(auc, axis=1)
+            spread = np.nanmax(auc, axis=0) - np.nanmin(auc, axis=0)
+            results["sites"][site] = {"mean_auc_per_bucket": per_bucket.tolist(),
+                                      "mean_control_auc": float(np.nanmean(ctrl)),
+                                      "mean_auc_spread_across_buckets": float(np.nanmean(spread))}
+            summary[f"{slug}:mean_auc"] = float(np.nanmean(auc))
+            summary[f"{slug}:mean_control_auc"] = float(np.nanmean(ctrl))
+            summary[f"{slug}:mean_spread_across_buckets"] = float(np.nanmean(spread))
+            lines += [f"## {site}", "", f"mean test AUC {np.nanmean(auc):.3f} (shuffled-label control "
+                      f"{np.nanmean(ctrl):.3f}); a concept's AUC varies across buckets by {np.nanmean(spread):.3f} on average.",
+                      "", f"![probe AUC]({png.name})", "", "| Elo bucket | mean probe AUC | mean control AUC |", "|---|---|---|"]
+            lines += [f"| {BUCKET_NAMES[b]} | {per_bucket[i]:.3f} | {np.nanmean(ctrl[i]):.3f} |" for i, b in enumerate(pc.buckets)]
+            lines.append("")
+        if pc.logit_lens:
+            lens = logit_lens_by_bucket(model, store, test_idx, buckets=pc.buckets, batch_size=pc.batch_size)
+            agree, acc = lens["agreement"].numpy(), lens["accuracy"].numpy()
+            png = bucket_heatmap(agree, lens["lenses"], run_dir / "logit_lens.png",
+                                 "logit lens: top-1 agreement with the model's policy", vmin=0.0, vmax=1.0, label="agreement")
+            tracker.log_image("probe/logit_lens", png)
+            results["logit_lens"] = {"lenses": lens["lenses"], "agreement": agree.tolist(), "accuracy": acc.tolist()}
+            lines += ["## Logit lens", "", "The policy head read off each block's residual stream (after the model's final "
+                      "norms): top-1 agreement with the real policy and accuracy on the played move, per bucket.", "",
+                      "![logit lens](logit_lens.png)", "",
+                      "| lens | " + " | ".join(BUCKET_NAMES[b] for b in pc.buckets) + " |",
+                      "|---|" + "---|" * len(pc.buckets)]
+            for i, name in enumerate(lens["lenses"]):
+                lines.append(f"| {name} agreement | " + " | ".join(f"{v:.2f}" for v in agree[i]) + " |")
+                lines.append(f"| {name} accuracy | " + " | ".join(f"{v:.2f}" for v in acc[i]) + " |")
+        atomic_write_json(run_dir / "results.json", results)
+        atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
+        tracker.summary(summary)
+    finally:
+        tracker.finish()
+    return summary

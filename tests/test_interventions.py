@@ -1,0 +1,131 @@
+"""Interventions: identity at strength 1, splicing without the error term, a known direction moves the
+predicted move as expected, controls and steering vectors, and stage=intervention end to end."""
+import json
+import subprocess
+import sys
+
+import chess
+import numpy as np
+import pytest
+import torch
+
+from maia_adapt.config import ASSETS, REPO_ROOT
+from maia_adapt.dictionaries import SAEConfig, SparseAutoencoder
+from maia_adapt.dictionaries.evaluate import splice_fn
+from maia_adapt.errors import MaiaAdaptError
+from maia_adapt.interventions import (add_direction, bootstrap_diff, matched_random_features, sae_amplify,
+                                      steering_vector)
+from maia_adapt.model import load_model
+from maia_adapt.model.inference import encode_fens
+
+SITE = "blocks.1.hook_resid_post"
+FENS = ["r1bqkb1r/pppp1ppp/2n2n2/4p2Q/2B1P3/8/PPPP1PPP/RNB1K1NR w KQkq - 4 4",
+        "rnbqkbnr/pppp1ppp/8/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R b KQkq - 1 2",
+        "8/5pk1/6p1/8/3Q4/6P1/5PKP/3r4 b - - 0 40"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = load_model(ASSETS / "maia2_small.safetensors").eval()
+    boards, legal, _ = encode_fens(FENS)
+    elo = torch.tensor([3, 3, 3])
+    _, cache = model.run_with_cache(boards, elo, elo, names=[SITE])
+    sae = SparseAutoencoder(SAEConfig(architecture="topk", d_in=256, dim=512, k=32, site=SITE))
+    sae.init_from_data(cache[SITE].mean(1).repeat(50, 1) + 0.1 * torch.randn(150, 256, generator=torch.Generator().manual_seed(0)))
+    return model, boards, legal, elo, sae.eval()
+
+
+def test_strength_one_with_error_kept_changes_nothing(setup):
+    model, boards, legal, elo, sae = setup
+    clean = model(boards, elo, elo)
+    mask = torch.ones(3, 512)
+    with torch.no_grad(), model.hooks([(SITE, sae_amplify(sae, mask, 1.0, keep_error=True))]):
+        out = model(boards, elo, elo)
+    for a, b in zip(clean, out):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_without_error_term_strength_one_is_the_splice(setup):
+    model, boards, legal, elo, sae = setup
+    with torch.no_grad(), model.hooks([(SITE, sae_amplify(sae, torch.zeros(3, 512), 1.0, keep_error=False))]):
+        ours = model(boards, elo, elo)[0]
+    with torch.no_grad(), model.hooks([(SITE, splice_fn(sae, "mean"))]):
+        spliced = model(boards, elo, elo)[0]
+    torch.testing.assert_close(ours, spliced, atol=1e-5, rtol=0)
+
+
+def test_amplifying_changes_only_through_the_chosen_features(setup):
+    model, boards, legal, elo, sae = setup
+    with torch.no_grad():
+        _, cache = model.run_with_cache(boards, elo, elo, names=[SITE])
+        z = sae.encode(cache[SITE].mean(1))
+    active = z[0].nonzero()[0, 0].item()
+    mask = torch.zeros(3, 512)
+    mask[0, active] = 1.0  # only position 0, only one feature
+    seen = {}
+
+    def record(x, name):
+        seen["x"] = x
+        return x
+
+    with torch.no_grad(), model.hooks([(SITE, sae_amplify(sae, mask, 5.0)), (SITE, record)]):
+        model(boards, elo, elo)
+    delta = (seen["x"] - cache[SITE]).mean(1)
+    assert torch.allclose(delta[1:], torch.zeros_like(delta[1:]), atol=1e-6)
+    expected = 4.0 * z[0, active] * sae.W_dec[active] / sae.norm_scale
+    torch.testing.assert_close(delta[0], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_known_direction_moves_the_prediction_to_the_target_move(setup):
+    model, boards, legal, elo, _ = setup
+    b, l, e = boards[:1], legal[:1], elo[:1]
+    _, cache = model.run_with_cache(b, e, e, names=[SITE])
+    x = cache[SITE].mean(1).clone().requires_grad_(True)
+    logits = model.fc_1(model.last_ln(model.transformer.norm(cache[SITE] - cache[SITE].mean(1, keepdim=True) + x[:, None]).mean(1)))
+    masked = logits.masked_fill(~l, float("-inf"))
+    first, second = masked[0].topk(2).indices.tolist()
+    (logits[0, second] - logits[0, first]).backward()
+    direction = x.grad[0] / x.grad[0].norm()
+    moved = None
+    for alpha in (0.5, 1, 2, 4, 8, 16, 32):
+        with torch.no_grad(), model.hooks([(SITE, add_direction(direction, alpha))]):
+            top = model(b, e, e)[0].masked_fill(~l, float("-inf")).argmax(-1).item()
+        if top != first:
+            moved = top
+            break
+    assert moved == second  # the first move the direction brings up is the one it points to
+
+
+def test_controls_and_steering_vectors():
+    rng = np.random.default_rng(0)
+    freq = torch.linspace(0, 1, 1000)
+    ctrl = matched_random_features(freq, [10, 500, 990], rng)
+    assert all(c != f and abs(freq[c] - freq[f]) <= 0.05 for c, f in zip(ctrl, [10, 500, 990]))
+    acts = torch.randn(200, 8)
+    lab = torch.zeros(200, dtype=torch.bool)
+    lab[:50] = True
+    acts[:50, 3] += 2.0
+    v = steering_vector(acts, lab)
+    assert v.argmax() == 3 and v[3] > 1.5
+    with pytest.raises(MaiaAdaptError, match="with and without"):
+        steering_vector(acts, torch.ones(200, dtype=torch.bool))
+    mean, lo, hi = bootstrap_diff(np.ones(100), np.zeros(100))
+    assert mean == lo == hi == 1.0
+
+
+def test_stage_intervention_steering_on_seed_positions(shared_data, tmp_path):
+    run = lambda args: subprocess.run([sys.executable, "-m", "maia_adapt.run", *args, "logger=none"], cwd=REPO_ROOT,
+                                      capture_output=True, text=True, timeout=900)
+    r = run(["stage=transitional", "transitional.position_set=seed", f"hydra.run.dir={tmp_path}/tr"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run(["stage=intervention", "intervention.kind=steering", f"intervention.transitional={tmp_path}/tr",
+             "intervention.strengths=[1.0,4.0]", "intervention.n_boot=100", "data=lichess", "data.max_games=40",
+             f"data.store_dir={tmp_path}/store", "intervention.heldout_positions=200", f"hydra.run.dir={tmp_path}/iv"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "iv" / "results.json").read_text())
+    assert res["strength"] in (1.0, 4.0) and len(res["grid"]) == 2
+    assert res["train_positions"] > res["test_positions"] > 0
+    lo, hi = res["effect_minus_control_ci"]
+    assert lo <= res["effect_minus_control"] <= hi
+    assert 0 <= res["heldout_human_accuracy_intervened"] <= 1
+    assert (tmp_path / "iv" / "transition_points.png").is_file()
