@@ -123,7 +123,7 @@ def test_stage_intervention_steering_on_seed_positions(shared_data, tmp_path):
              f"data.store_dir={tmp_path}/store", "intervention.heldout_positions=200", f"hydra.run.dir={tmp_path}/iv"])
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "iv" / "results.json").read_text())
-    assert res["strength"] in (1.0, 4.0) and len(res["grid"]) == 2
+    assert res["strength"] in (1.0, 4.0) and [g["strength"] for g in res["grid"]] == [None, 1.0, 4.0]
     assert res["train_positions"] > res["test_positions"] > 0
     lo, hi = res["effect_minus_control_ci"]
     assert lo <= res["effect_minus_control"] <= hi
