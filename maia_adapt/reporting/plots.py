@@ -11,16 +11,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..encoding import BUCKET_NAMES  # noqa: E402
 
 
-def bar_by_bucket(series: dict[str, list[float]], path, title: str, ylabel: str = "top-1 accuracy") -> Path:
-    """One group of bars per Elo bucket, one bar per named series (e.g. before / after)."""
+def grouped_bars(series: dict[str, list[float]], labels: list[str], path, title: str, xlabel: str, ylabel: str) -> Path:
+    """One group of bars per label, one bar per named series (e.g. before / after)."""
     fig, ax = plt.subplots(figsize=(9, 3.6))
     n = len(series)
     width = 0.8 / max(n, 1)
     for j, (name, values) in enumerate(series.items()):
         xs = [i + (j - (n - 1) / 2) * width for i in range(len(values))]
         ax.bar(xs, values, width=width, label=name)
-    ax.set_xticks(range(len(BUCKET_NAMES)), BUCKET_NAMES, rotation=30, fontsize=8)
-    ax.set_xlabel("Elo bucket (self)")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if n > 1:
@@ -31,6 +31,11 @@ def bar_by_bucket(series: dict[str, list[float]], path, title: str, ylabel: str 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def bar_by_bucket(series: dict[str, list[float]], path, title: str, ylabel: str = "top-1 accuracy") -> Path:
+    """One group of bars per Elo bucket, one bar per named series."""
+    return grouped_bars(series, list(BUCKET_NAMES), path, title, "Elo bucket (self)", ylabel)
 
 
 def feature_density(freq, path, title: str) -> Path:
@@ -83,24 +88,10 @@ def transition_histogram(series: dict[str, list[int]], path, title: str) -> Path
     import numpy as np
 
     labels = [*BUCKET_NAMES, "never"]
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    n = len(series)
-    width = 0.8 / max(n, 1)
-    for j, (name, tps) in enumerate(series.items()):
-        counts = np.bincount(np.asarray(tps, dtype=int), minlength=len(labels))[: len(labels)]
-        ax.bar(np.arange(len(labels)) + (j - (n - 1) / 2) * width, counts, width=width, label=name)
-    ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
-    ax.set_xlabel("transition point (first Elo bucket of the final run of correct moves)")
-    ax.set_ylabel("positions")
-    ax.set_title(title)
-    if n > 1:
-        ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    counts = {name: np.bincount(np.asarray(tps, dtype=int), minlength=len(labels))[: len(labels)].tolist()
+              for name, tps in series.items()}
+    return grouped_bars(counts, labels, path, title,
+                        "transition point (first Elo bucket of the final run of correct moves)", "positions")
 
 
 def bucket_heatmap(values, rows: list[str], path, title: str, vmin: float = 0.5, vmax: float = 1.0,
