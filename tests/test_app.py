@@ -85,3 +85,13 @@ def test_experiment_preset_composes():
     text = r.stdout
     assert "experiment: train_small" in text and "name: maia2_small" in text and "name: lichess" in text
     assert "lichess_rated_rapid_58k.pgn.zst" in text and "max_steps: 3000" in text
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml") if p.stem != "none"))
+def test_every_experiment_preset_composes_and_has_a_readme(name):
+    r = _run([f"experiment={name}", "--cfg", "job", "--resolve"], timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = OmegaConf.create(r.stdout)
+    assert cfg.experiment == name
+    assert (ROOT / "experiments" / name / "README.md").is_file()
+    assert f"experiment={name}" in (ROOT / "experiments" / name / "README.md").read_text()
