@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from .dictionaries.sae import SAEConfig
+from .dictionaries.transcoder import TranscoderConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -258,6 +259,20 @@ class ThreatsConfig:
 
 
 @dataclass
+class TranscoderStageConfig(TranscoderConfig):
+    """stage=transcoder: transcoders of the FFNs of `layers` (null: the top-level `layer`)."""
+
+    layers: Optional[list[int]] = None
+    chunk_positions: int = 4096  # positions per chunk (x 8 tokens = samples)
+    cache_positions: int = 16384  # activations of this many train positions computed once and reused
+    eval_positions: int = 1000  # test positions for the spliced evaluation
+    grid_positions: int = 200  # test positions for the 11 x 11 (self, opponent) agreement grid
+    log_every: int = 50
+    checkpoint_every: int = 500
+    resume: bool = True
+
+
+@dataclass
 class Config:
     stage: StageConfig = MISSING
     model: ModelConfig = MISSING
@@ -272,6 +287,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     intervention: InterventionConfig = field(default_factory=InterventionConfig)
+    transcoder: TranscoderStageConfig = field(default_factory=TranscoderStageConfig)
     layer: int = 1  # transformer block used by the site presets (site=residual|attention|mlp|resid_post)
     experiment: str = "default"  # experiment name: W&B group and the run's label
     seed: int = 0

@@ -94,3 +94,30 @@ def spliced_metrics(model, store, indices, site: str, variants: dict, batch_size
             # fraction of the behaviour (policy KL) that the dictionary recovers relative to ablation
             out[f"sae/kl_recovered_vs_{abl}"] = 1.0 - out["sae/kl"] / out[f"{abl}/kl"]
     return out
+
+
+@torch.no_grad()
+def agreement_grid(model, store, indices, hooks: list, batch_size: int = 256) -> dict:
+    """Top-1 agreement between the clean and the hooked model for every (self, opponent) Elo bucket
+    pair [11, 11], plus both models' win probabilities over all pairs (for correlation and QQ plots)."""
+    from ..encoding import NUM_BUCKETS
+    from ..model.inference import masked_probs
+
+    model.eval()
+    agree = torch.zeros(NUM_BUCKETS, NUM_BUCKETS)
+    wins_clean, wins_hooked = [], []
+    n = 0
+    for s in range(0, len(indices), batch_size):
+        b = store.batch(np.sort(np.asarray(indices[s : s + batch_size])))
+        m = len(b["move"])
+        for i in range(NUM_BUCKETS):
+            for j in range(NUM_BUCKETS):
+                es, eo = torch.full((m,), i), torch.full((m,), j)
+                lc, _, vc = model(b["boards"], es, eo)
+                with model.hooks(hooks):
+                    lh, _, vh = model(b["boards"], es, eo)
+                agree[i, j] += (masked_probs(lc, b["legal"]).argmax(-1) == masked_probs(lh, b["legal"]).argmax(-1)).sum()
+                wins_clean.append((vc.float() / 2 + 0.5).clamp(0, 1))  # as in inference.predict
+                wins_hooked.append((vh.float() / 2 + 0.5).clamp(0, 1))
+        n += m
+    return {"agreement": agree / max(n, 1), "win_clean": torch.cat(wins_clean), "win_hooked": torch.cat(wins_hooked)}

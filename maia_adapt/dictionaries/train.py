@@ -74,16 +74,18 @@ class DictionaryTrainer:
             x = batch[site]
             for g in self.opts[name].param_groups:
                 g["lr"] = cfg.lr * lr_factor(self.step, self.steps, cfg.warmup_steps, cfg.decay_start)
-            sparsity = min(1.0, (self.step + 1) / max(1, cfg.sparsity_warmup_steps))
+            sparsity = min(1.0, (self.step + 1) / max(1, getattr(cfg, "sparsity_warmup_steps", 0)))
             dead = self.stats[name].since >= cfg.dead_after
-            res = sae.losses(x, sparsity_scale=sparsity, dead=dead)
+            # a transcoder predicts another site's activation; an SAE its own input
+            extra = {"target": batch[sae.target_site]} if getattr(sae, "target_site", None) else {}
+            res = sae.losses(x, sparsity_scale=sparsity, dead=dead, **extra)
             self.opts[name].zero_grad(set_to_none=True)
             res["loss"].backward()
             sae.project_decoder_grad()
             self.opts[name].step()
             sae.normalise_decoder()
             self.stats[name].update(res["z"])
-            target = x * sae.norm_scale
+            target = res["target"] if "target" in res else x * sae.norm_scale
             var = (target - target.mean(0)).pow(2).sum(-1).mean()
             out.update({
                 f"{name}/loss": res["loss"].item(),

@@ -112,3 +112,45 @@ def bucket_heatmap(values, rows: list[str], path, title: str, vmin: float = 0.5,
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def elo_grid_heatmap(values, path, title: str, label: str = "top-1 agreement") -> Path:
+    """An 11 x 11 heatmap over (self, opponent) Elo buckets with the values written in."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(7.5, 6.2))
+    im = ax.imshow(values, cmap="viridis", vmin=min(0.5, float(values.min())), vmax=1.0)
+    ax.set_xticks(range(len(BUCKET_NAMES)), BUCKET_NAMES, rotation=45, fontsize=7)
+    ax.set_yticks(range(len(BUCKET_NAMES)), BUCKET_NAMES, fontsize=7)
+    ax.set_xlabel("opponent Elo bucket")
+    ax.set_ylabel("own Elo bucket")
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=5.5, color="white")
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def qq_plot(a, b, path, title: str, xlabel: str, ylabel: str) -> Path:
+    """Quantiles of b against quantiles of a, with the diagonal."""
+    import numpy as np
+
+    q = np.linspace(0, 1, 101)
+    qa, qb = np.quantile(np.asarray(a), q), np.quantile(np.asarray(b), q)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1)
+    ax.plot(qa, qb, ".", ms=4)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

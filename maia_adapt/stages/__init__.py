@@ -12,6 +12,7 @@ REGISTRY = {
     "finetune": "maia_adapt.stages.finetune",
     "probe": "maia_adapt.stages.probe",
     "intervention": "maia_adapt.stages.intervention",
+    "transcoder": "maia_adapt.stages.transcoder",
 }
 
 

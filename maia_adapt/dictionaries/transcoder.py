@@ -1,0 +1,187 @@
+"""Wide sparse transcoders: a sparse replacement for a transformer block's FFN.
+
+The transcoder reads the FFN's input (`blocks.{i}.hook_mlp_in`, after its LayerNorm) and predicts its
+output (`blocks.{i}.hook_mlp_out`), per token, through a TopK (or ReLU) bottleneck of `dim` latents
+with unit-norm decoder rows; an optional linear skip path (skip transcoders) carries what is linear.
+Inputs and targets are normalised to E|x|^2 = d during training and the scales are folded into the
+weights when saved, so the saved module works on raw activations. It plugs into DictionaryTrainer
+like an SAE: `losses(x, target=y)` and the decoder upkeep methods.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import CheckpointError, ConfigError
+from ..io import atomic_write_json, load_safetensors, save_safetensors
+
+
+@dataclass
+class TranscoderConfig:
+    dim: int = 4096
+    k: int = 32  # active latents per token; 0 = plain ReLU
+    d_in: int = 0
+    d_out: int = 0
+    skip: bool = False  # a linear skip path from input to output
+    aux_k: int = 256  # AuxK: dead latents model what the live ones miss; 0 disables
+    aux_coefficient: float = 1 / 32
+    dead_after: int = 100_000
+    dense_threshold: float = 0.1
+    lr: float = 2e-3
+    batch_size: int = 1024
+    steps: int = 2000
+    warmup_steps: int = 100
+    decay_start: float = 0.8
+    sparsity_warmup_steps: int = 0
+    seed: int = 0
+    layer: int = 1
+    site: str = "blocks.1.hook_mlp_in"
+    target_site: str = "blocks.1.hook_mlp_out"
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> "TranscoderConfig":
+        if self.k < 0 or self.k > self.dim:
+            raise ConfigError(f"transcoder.k={self.k}: expected 0 (ReLU) or 1..transcoder.dim ({self.dim})")
+        return self
+
+
+class Transcoder(nn.Module):
+    def __init__(self, cfg: TranscoderConfig):
+        super().__init__()
+        self.cfg = cfg.validate()
+        g = torch.Generator().manual_seed(cfg.seed)
+        w = torch.randn(cfg.dim, cfg.d_out, generator=g)
+        self.W_dec = nn.Parameter(w / w.norm(dim=1, keepdim=True))
+        # encoder rows start random and small: input and output spaces differ, so no transpose trick
+        self.W_enc = nn.Parameter(torch.randn(cfg.d_in, cfg.dim, generator=g) / math.sqrt(cfg.d_in))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.dim))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_out))
+        self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_out)) if cfg.skip else None
+        self.register_buffer("in_scale", torch.tensor(1.0))
+        self.register_buffer("out_scale", torch.tensor(1.0))
+        self.target_site = cfg.target_site
+
+    @property
+    def norm_scale(self) -> torch.Tensor:  # what DictionaryTrainer multiplies the *target* by
+        return self.out_scale
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        pre = F.relu((x * self.in_scale) @ self.W_enc + self.b_enc)
+        if not self.cfg.k:
+            return pre
+        vals, idx = pre.topk(self.cfg.k, dim=-1)
+        return torch.zeros_like(pre).scatter(-1, idx, vals)
+
+    def decode(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        out = z @ self.W_dec + self.b_dec
+        if self.W_skip is not None and x is not None:
+            out = out + (x * self.in_scale) @ self.W_skip
+        return out / self.out_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x), x)
+
+    def losses(self, x: torch.Tensor, target: torch.Tensor, sparsity_scale: float = 1.0, dead=None) -> dict:
+        pre = F.relu((x * self.in_scale) @ self.W_enc + self.b_enc)
+        if self.cfg.k:
+            vals, idx = pre.topk(self.cfg.k, dim=-1)
+            recon = F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum") + self.b_dec
+            z = torch.zeros_like(pre).scatter(-1, idx, vals.detach())
+        else:
+            z = pre
+            recon = z @ self.W_dec + self.b_dec
+        if self.W_skip is not None:
+            recon = recon + (x * self.in_scale) @ self.W_skip
+        y = target * self.out_scale
+        err = y - recon
+        mse = err.pow(2).sum(-1).mean()
+        out = {"mse": mse, "z": z.detach(), "recon": recon.detach(), "target": y}
+        loss = mse
+        if self.cfg.aux_k and dead is not None and dead.any():
+            k_aux = min(self.cfg.aux_k, int(dead.sum()))
+            vals, idx = pre.masked_fill(~dead, 0.0).topk(k_aux, dim=-1)
+            aux_recon = torch.zeros_like(pre).scatter(-1, idx, vals) @ self.W_dec
+            aux = (err.detach() - aux_recon).pow(2).sum(-1).mean() / err.detach().pow(2).sum(-1).mean().clamp_min(1e-8)
+            out["aux_loss"] = aux
+            loss = loss + self.cfg.aux_coefficient * aux
+        out["loss"] = loss
+        return out
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def project_decoder_grad(self) -> None:
+        if self.W_dec.grad is not None:
+            self.W_dec.grad.sub_((self.W_dec.grad * self.W_dec).sum(1, keepdim=True) * self.W_dec)
+
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Normalisation scales from samples of inputs and targets; b_dec at the target mean."""
+        self.in_scale.fill_(math.sqrt(x.shape[1] / x.pow(2).sum(1).mean().clamp_min(1e-12).item()))
+        self.out_scale.fill_(math.sqrt(y.shape[1] / y.pow(2).sum(1).mean().clamp_min(1e-12).item()))
+        self.b_dec.copy_((y * self.out_scale).mean(0))
+
+    @torch.no_grad()
+    def fold_normalisation(self) -> None:
+        """Same function of raw activations with both scales 1."""
+        si, so = float(self.in_scale), float(self.out_scale)
+        self.W_enc.mul_(si)
+        if self.W_skip is not None:
+            self.W_skip.mul_(si / so)
+        self.W_dec.div_(so)
+        self.b_dec.div_(so)
+        self.in_scale.fill_(1.0)
+        self.out_scale.fill_(1.0)
+
+
+def save_transcoder(tc: Transcoder, folder, extra: dict | None = None) -> Path:
+    folder = Path(folder)
+    folded = copy.deepcopy(tc).cpu()
+    folded.fold_normalisation()
+    tensors = {"W_enc": folded.W_enc, "b_enc": folded.b_enc, "W_dec": folded.W_dec, "b_dec": folded.b_dec}
+    if folded.W_skip is not None:
+        tensors["W_skip"] = folded.W_skip
+    save_safetensors(tensors, folder / "transcoder.safetensors", {"format": "maia-adapt-transcoder-v1"})
+    atomic_write_json(folder / "cfg.json", {"architecture": "transcoder", "d_in": tc.cfg.d_in, "d_out": tc.cfg.d_out,
+                                            "d_sae": tc.cfg.dim, "k": tc.cfg.k, "hook_name": tc.cfg.site,
+                                            "hook_name_out": tc.cfg.target_site, "training": asdict(tc.cfg), **(extra or {})})
+    return folder
+
+
+def load_transcoder(path) -> Transcoder:
+    path = Path(path)
+    if not (path / "cfg.json").is_file():
+        raise CheckpointError(f"{path}: no cfg.json (expected a folder written by stage=transcoder)")
+    meta = json.loads((path / "cfg.json").read_text())
+    tc = Transcoder(TranscoderConfig(**meta["training"]))
+    tensors, _ = load_safetensors(path / "transcoder.safetensors")
+    for k, v in tensors.items():
+        want = tuple(getattr(tc, k).shape)
+        if tuple(v.shape) != want:
+            raise CheckpointError(f"{path / 'transcoder.safetensors'}: key '{k}' has shape {tuple(v.shape)}, cfg.json implies {want}")
+        getattr(tc, k).data.copy_(v)
+    return tc.eval()
+
+
+def splice_hooks(tc: Transcoder, layer: int) -> list:
+    """Hooks that replace block `layer`'s FFN output by the transcoder's prediction from its input."""
+    seen = {}
+
+    def grab(x, name):
+        seen["x"] = x
+        return x
+
+    def replace(x, name):
+        inp = seen.pop("x")
+        return tc(inp.reshape(-1, inp.shape[-1])).reshape(x.shape).to(x.dtype)
+
+    return [(f"blocks.{layer}.hook_mlp_in", grab), (f"blocks.{layer}.hook_mlp_out", replace)]

@@ -1,0 +1,149 @@
+"""stage=transcoder: sparse transcoders that imitate the FFN of one or more transformer blocks.
+
+Per layer l: input blocks.l.hook_mlp_in, target blocks.l.hook_mlp_out, every token a sample, trained
+from one forward pass over cached activations; saved as transcoders/layer_<l>/{transcoder.safetensors,
+cfg.json}. Evaluation: FVU, L0, dead fraction on test tokens; the transcoder spliced in place of the
+FFN against the model and against a zero-ablated FFN (top-1 agreement, policy KL); the agreement on
+the 11 x 11 (own, opponent) Elo grid and the win-probability correlation with a QQ plot.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from ..activations import activation_batches
+from ..checkpointing import latest_step_dir
+from ..data.preprocess import open_or_build_store
+from ..dictionaries import DictionaryTrainer, train_dictionaries
+from ..dictionaries.evaluate import ablate_fn, agreement_grid, spliced_metrics
+from ..dictionaries.transcoder import Transcoder, TranscoderConfig, save_transcoder, splice_hooks
+from ..errors import ConfigError
+from ..io import atomic_write_json, atomic_write_text
+from ..reporting.plots import elo_grid_heatmap, qq_plot
+from ..runs import config_fingerprint, find_resumable, mark_done, mark_started
+from ..tracking import Tracker
+from .common import frozen_model
+
+
+def _config(tc, layer: int, d: int) -> TranscoderConfig:
+    names = {f.name for f in dataclasses.fields(TranscoderConfig)}
+    raw = OmegaConf.to_container(tc, resolve=True) if OmegaConf.is_config(tc) else dataclasses.asdict(tc)
+    return TranscoderConfig(**{**{k: v for k, v in raw.items() if k in names}, "layer": layer, "d_in": d, "d_out": d,
+                               "site": f"blocks.{layer}.hook_mlp_in", "target_site": f"blocks.{layer}.hook_mlp_out"})
+
+
+def run(cfg, run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    tc = cfg.transcoder
+    layers = list(tc.layers) if tc.layers else [cfg.layer]
+    model = frozen_model(cfg, "transcoder")
+    for l in layers:
+        if not 0 <= l < model.cfg.num_blocks_vit:
+            raise ConfigError(f"transcoder layer {l}: the model has blocks 0..{model.cfg.num_blocks_vit - 1}")
+    sites = [s for l in layers for s in (f"blocks.{l}.hook_mlp_in", f"blocks.{l}.hook_mlp_out")]
+    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
+    train_idx, test_idx = store.split_indices("train"), store.split_indices("test")
+    if not len(train_idx) or not len(test_idx):
+        raise ConfigError("stage=transcoder needs train and test positions in the data")
+
+    def tokens(idx, seed) -> dict[str, torch.Tensor]:
+        parts = list(activation_batches(model, store, idx, sites, batch_size=256, elo="random", token_pooling="none", seed=seed))
+        return {s: torch.cat([p[s] for p in parts]) for s in sites}
+
+    rng = np.random.default_rng([cfg.seed, 99])
+    cache = tokens(np.sort(rng.permutation(train_idx)[: tc.cache_positions]), cfg.seed)
+    n = len(cache[sites[0]])
+
+    def make_chunk(r: int) -> dict[str, torch.Tensor]:
+        rows = torch.from_numpy(np.random.default_rng([cfg.seed, r]).choice(n, size=min(tc.chunk_positions * 8, n), replace=False))
+        return {s: v[rows] for s, v in cache.items()}
+
+    dicts = {}
+    for l in layers:
+        t = Transcoder(_config(tc, l, model.cfg.dim_vit))
+        t.init_from_data(cache[f"blocks.{l}.hook_mlp_in"][:65536], cache[f"blocks.{l}.hook_mlp_out"][:65536])
+        dicts[f"layer_{l}"] = (t, f"blocks.{l}.hook_mlp_in")
+    trainer = DictionaryTrainer(dicts, tc.steps, tc.batch_size)
+    fingerprint = config_fingerprint(cfg)
+    if tc.resume:
+        prev = find_resumable(run_dir, fingerprint, lambda d: latest_step_dir(d / "checkpoints") is not None)
+        if prev is not None:
+            trainer.load(latest_step_dir(prev / "checkpoints"))
+            print(f"resuming from {latest_step_dir(prev / 'checkpoints')}")
+    mark_started(run_dir, fingerprint)
+    tracker = Tracker(cfg, run_dir, job_type="transcoder")
+    summary, results = {}, {"layers": {}}
+    lines = ["# Transcoders", "", f"model `{cfg.model.checkpoint}`, F={tc.dim}, k={tc.k or 'ReLU'}, skip {tc.skip}", ""]
+    try:
+        train_dictionaries(trainer, make_chunk, run_dir, seed=cfg.seed, log_every=tc.log_every,
+                           checkpoint_every=tc.checkpoint_every, tracker=tracker, resume=False)
+        ev_rng = np.random.default_rng(cfg.seed + 1)
+        eval_idx = np.sort(ev_rng.permutation(test_idx)[: tc.eval_positions])
+        grid_idx = eval_idx[: tc.grid_positions]
+        test_tokens = tokens(eval_idx, cfg.seed + 1)
+        for name, (t, _) in dicts.items():
+            t.eval()
+            l = t.cfg.layer
+            folder = save_transcoder(t, run_dir / "transcoders" / name, {"model_checkpoint": str(cfg.model.checkpoint)})
+            x, y = test_tokens[t.cfg.site], test_tokens[t.cfg.target_site]
+            with torch.no_grad():
+                z = torch.cat([t.encode(c) for c in x.split(8192)])
+                pred = torch.cat([t(c) for c in x.split(8192)])
+            fvu = float((y - pred).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+            m = spliced_metrics(model, store, eval_idx, t.cfg.target_site, {"clean": None, "zero": ablate_fn(None)})
+            spliced = _splice_metrics(model, store, eval_idx, t, l)
+            grid = agreement_grid(model, store, grid_idx, splice_hooks(t, l))
+            wc, wh = grid["win_clean"].numpy(), grid["win_hooked"].numpy()
+            corr = float(np.corrcoef(wc, wh)[0, 1])
+            heat = elo_grid_heatmap(grid["agreement"].numpy(), run_dir / f"agreement_grid_{name}.png",
+                                    f"layer {l}: top-1 agreement, transcoder spliced vs model")
+            qq = qq_plot(wc, wh, run_dir / f"win_qq_{name}.png", f"layer {l}: win probability (r = {corr:.3f})",
+                         "model", "transcoder spliced")
+            for png in (heat, qq):
+                tracker.log_image(f"transcoder/{png.stem}", png)
+            res = {"folder": str(folder), "fvu": fvu, "l0": float((z > 0).sum(1).float().mean()),
+                   "dead_fraction_eval": float(((z > 0).sum(0) == 0).float().mean()),
+                   "agreement": spliced["agreement"], "kl": spliced["kl"], "zero/agreement": m["zero/agreement"],
+                   "zero/kl": m["zero/kl"], "grid_agreement_mean": float(grid["agreement"].mean()),
+                   "grid_agreement_min": float(grid["agreement"].min()), "win_correlation": corr,
+                   "grid_agreement": grid["agreement"].tolist()}
+            results["layers"][name] = res
+            tracker.log({f"eval/{name}/{k}": v for k, v in res.items() if isinstance(v, float)})
+            summary.update({f"{name}:{k}": res[k] for k in ("fvu", "l0", "dead_fraction_eval", "agreement", "kl",
+                                                           "zero/agreement", "grid_agreement_mean", "win_correlation")})
+            lines += [f"## layer {l}", "", f"FVU {fvu:.3f}, L0 {res['l0']:.1f}, dead {res['dead_fraction_eval']:.3f}; "
+                      f"spliced top-1 agreement {res['agreement']:.3f} (zero-ablated FFN {res['zero/agreement']:.3f}), policy KL "
+                      f"{res['kl']:.4f}; over the 11 x 11 Elo grid mean agreement {res['grid_agreement_mean']:.3f} (min "
+                      f"{res['grid_agreement_min']:.3f}); win-probability correlation {corr:.3f}.", "",
+                      f"![grid]({heat.name}) ![qq]({qq.name})", ""]
+        atomic_write_json(run_dir / "results.json", results)
+        atomic_write_text(run_dir / "results.md", "\n".join(lines))
+        tracker.summary(summary)
+    finally:
+        tracker.finish()
+    mark_done(run_dir)
+    return summary
+
+
+@torch.no_grad()
+def _splice_metrics(model, store, idx, t: Transcoder, layer: int, batch_size: int = 256) -> dict:
+    """Top-1 agreement and policy KL of the model with the transcoder in place of the FFN (data Elo)."""
+    import torch.nn.functional as F
+
+    from ..model.inference import masked_probs
+
+    agree, kl, n = 0.0, 0.0, 0
+    for s in range(0, len(idx), batch_size):
+        b = store.batch(np.sort(idx[s : s + batch_size]))
+        lc, _, _ = model(b["boards"], b["elo_self"], b["elo_oppo"])
+        with model.hooks(splice_hooks(t, layer)):
+            lh, _, _ = model(b["boards"], b["elo_self"], b["elo_oppo"])
+        pc, ph = masked_probs(lc, b["legal"]), masked_probs(lh, b["legal"])
+        agree += float((pc.argmax(-1) == ph.argmax(-1)).sum())
+        kl += float(F.kl_div(ph.clamp_min(1e-12).log(), pc, reduction="sum"))
+        n += len(pc)
+    return {"agreement": agree / max(n, 1), "kl": kl / max(n, 1)}
