@@ -273,6 +273,20 @@ class TranscoderStageConfig(TranscoderConfig):
 
 
 @dataclass
+class CircuitsConfig:
+    """stage=circuits: layer-0 -> layer-1 transcoder feature circuits and their skill dependence."""
+
+    transcoders: Optional[str] = None  # a stage=transcoder run with transcoders/layer_0 and layer_1
+    finetuned: Optional[str] = None  # a calibrated model (e.g. a stage=finetune run) to compare with
+    positions: int = 1000  # test positions
+    top_down: int = 12  # layer-1 features kept (most skill-relevant / most changed by fine-tuning)
+    top_up: int = 40  # layer-0 candidates per circuit (most skill-relevant)
+    edges_per_node: int = 3
+    dashboards: bool = True
+    batch_size: int = 256
+
+
+@dataclass
 class Config:
     stage: StageConfig = MISSING
     model: ModelConfig = MISSING
@@ -288,6 +302,7 @@ class Config:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     intervention: InterventionConfig = field(default_factory=InterventionConfig)
     transcoder: TranscoderStageConfig = field(default_factory=TranscoderStageConfig)
+    circuits: CircuitsConfig = field(default_factory=CircuitsConfig)
     layer: int = 1  # transformer block used by the site presets (site=residual|attention|mlp|resid_post)
     experiment: str = "default"  # experiment name: W&B group and the run's label
     seed: int = 0

@@ -13,6 +13,7 @@ REGISTRY = {
     "probe": "maia_adapt.stages.probe",
     "intervention": "maia_adapt.stages.intervention",
     "transcoder": "maia_adapt.stages.transcoder",
+    "circuits": "maia_adapt.stages.circuits",
 }
 
 

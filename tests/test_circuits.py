@@ -1,0 +1,70 @@
+"""Circuits: connections equal the explicit product, batched attributions equal the loop, stage end to end."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from maia_adapt.circuits import attributions, attributions_loop, circuit_edges, connections, skill_relevance
+from maia_adapt.config import REPO_ROOT
+from maia_adapt.dictionaries.transcoder import Transcoder, TranscoderConfig
+
+
+def _tc(seed, d=6, f=5):
+    t = Transcoder(TranscoderConfig(d_in=d, d_out=d, dim=f, k=0, seed=seed))
+    t.in_scale.fill_(1.7)
+    t.out_scale.fill_(0.6)
+    return t
+
+
+def test_connections_equal_the_explicit_product():
+    t0, t1 = _tc(0), _tc(1)
+    gamma = torch.linspace(0.5, 1.5, 6)
+    conn = connections(t0, t1, gamma)
+    for i in range(5):
+        for j in range(5):
+            # one unit of feature i adds W_dec0[i] / out_scale0 to the stream; feature j reads
+            # (LN-scaled stream * in_scale1) . W_enc1[:, j]
+            explicit = sum(float(t0.W_dec[i, k]) / 0.6 * float(gamma[k]) * 1.7 * float(t1.W_enc[k, j]) for k in range(6))
+            assert abs(float(conn[i, j]) - explicit) < 1e-5
+
+
+def test_batched_attributions_equal_the_loop():
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.relu(torch.randn(300, 20, generator=g))
+    z1 = torch.relu(torch.randn(300, 15, generator=g) - 0.5)
+    conn = torch.randn(20, 15, generator=g)
+    fast = attributions(z0, z1, conn)
+    up, down = [0, 3, 7, 19], [1, 2, 14]
+    slow = attributions_loop(z0, z1, conn, up, down)
+    torch.testing.assert_close(fast[up][:, down], slow, atol=1e-5, rtol=1e-5)
+    edges = circuit_edges(fast, up, down, per_node=2)
+    assert len(edges) == 6
+    for j in down:  # the two kept edges into j are its strongest
+        kept = {u for u, jj, _ in edges if jj == j}
+        weakest_kept = min(abs(float(fast[u, j])) for u in kept)
+        assert all(abs(float(fast[u, j])) <= weakest_kept for u in up if u not in kept)
+    means = torch.zeros(11, 3)
+    means[:, 1] = torch.linspace(0, 1, 11)
+    assert skill_relevance(means).argmax() == 1 and skill_relevance(means, means + 0.5).tolist() == [5.5] * 3
+
+
+def test_stage_circuits_end_to_end(shared_data, tmp_path):
+    base = [sys.executable, "-m", "maia_adapt.run", "data=lichess", "data.max_games=60", f"data.store_dir={tmp_path}/store",
+            "logger=none"]
+    r = subprocess.run([*base, "stage=transcoder", "transcoder.steps=30", "transcoder.dim=256", "transcoder.k=16",
+                        "transcoder.cache_positions=800", "transcoder.eval_positions=60", "transcoder.grid_positions=4",
+                        "transcoder.layers=[0,1]", f"hydra.run.dir={tmp_path}/tc"], cwd=REPO_ROOT, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([*base, "stage=circuits", f"circuits.transcoders={tmp_path}/tc", "circuits.positions=120",
+                        "circuits.top_down=4", "circuits.top_up=10", f"hydra.run.dir={tmp_path}/run"], cwd=REPO_ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert len(res["selected_layer1"]) == 4
+    assert len(res["edges"]) == 12
+    assert (tmp_path / "run" / "circuit.png").stat().st_size > 5000
+    assert (tmp_path / "run" / "dashboards" / "index.html").is_file()
+    assert np.isfinite(res["strongest_edge"])
