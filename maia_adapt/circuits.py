@@ -17,6 +17,7 @@ from .activations import activation_batches
 from .encoding import NUM_BUCKETS
 
 
+@torch.no_grad()
 def connections(tc0, tc1, ln_weight: torch.Tensor | None = None) -> torch.Tensor:
     """[F0, F1] input-invariant connections from layer-0 to layer-1 transcoder features."""
     dec = tc0.W_dec / tc0.out_scale  # what one unit of feature i adds to the residual stream (raw units)

@@ -22,11 +22,12 @@ def test_connections_equal_the_explicit_product():
     t0, t1 = _tc(0), _tc(1)
     gamma = torch.linspace(0.5, 1.5, 6)
     conn = connections(t0, t1, gamma)
+    w_dec, w_enc = t0.W_dec.detach(), t1.W_enc.detach()
     for i in range(5):
         for j in range(5):
             # one unit of feature i adds W_dec0[i] / out_scale0 to the stream; feature j reads
             # (LN-scaled stream * in_scale1) . W_enc1[:, j]
-            explicit = sum(float(t0.W_dec[i, k]) / 0.6 * float(gamma[k]) * 1.7 * float(t1.W_enc[k, j]) for k in range(6))
+            explicit = sum(float(w_dec[i, k]) / 0.6 * float(gamma[k]) * 1.7 * float(w_enc[k, j]) for k in range(6))
             assert abs(float(conn[i, j]) - explicit) < 1e-5
 
 

@@ -88,7 +88,30 @@ class _JumpReLU(torch.autograd.Function):
         return g_pre, g_t, None
 
 
-class SparseAutoencoder(nn.Module):
+class UnitDecoderMixin:
+    """Decoder upkeep shared by SAEs and transcoders: unit-norm rows and AuxK for dead latents."""
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def project_decoder_grad(self) -> None:
+        """Remove the gradient component parallel to each (unit) decoder row."""
+        if self.W_dec.grad is not None:
+            w = self.W_dec
+            self.W_dec.grad.sub_((self.W_dec.grad * w).sum(1, keepdim=True) * w)
+
+    def aux_loss(self, acts: torch.Tensor, err: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+        """AuxK (Gao et al. 2024): the top dead latents of acts [B, F] reconstruct the residual err,
+        relative to the residual's own size, so dead latents get gradient toward useful directions."""
+        k_aux = min(self.cfg.aux_k, int(dead.sum()))
+        vals, idx = acts.masked_fill(~dead, 0.0).topk(k_aux, dim=-1)
+        aux_recon = torch.zeros_like(acts).scatter(-1, idx, vals) @ self.W_dec
+        return (err.detach() - aux_recon).pow(2).sum(-1).mean() / err.detach().pow(2).sum(-1).mean().clamp_min(1e-8)
+
+
+class SparseAutoencoder(UnitDecoderMixin, nn.Module):
     def __init__(self, cfg: SAEConfig):
         super().__init__()
         self.cfg = cfg.validate()
@@ -171,11 +194,7 @@ class SparseAutoencoder(nn.Module):
             loss = loss + sparsity_scale * self.cfg.l1_coefficient * l1
         elif self.cfg.aux_k and dead is not None and dead.any():
             # AuxK (Gao et al. 2024): dead latents learn to reconstruct what the live ones miss
-            k_aux = min(self.cfg.aux_k, int(dead.sum()))
-            aux_pre = F.relu(pre).masked_fill(~dead, 0.0)
-            vals, idx = aux_pre.topk(k_aux, dim=-1)
-            aux_recon = torch.zeros_like(pre).scatter(-1, idx, vals) @ self.W_dec
-            aux = (err.detach() - aux_recon).pow(2).sum(-1).mean() / err.detach().pow(2).sum(-1).mean().clamp_min(1e-8)
+            aux = self.aux_loss(F.relu(pre), err, dead)
             out["aux_loss"] = aux
             loss = loss + self.cfg.aux_coefficient * aux
         if a == "batchtopk" and self.training:
@@ -187,17 +206,6 @@ class SparseAutoencoder(nn.Module):
                 self.inference_threshold.copy_(m if t < 0 else 0.99 * t + 0.01 * m)
         out["loss"] = loss
         return out
-
-    @torch.no_grad()
-    def normalise_decoder(self) -> None:
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
-
-    @torch.no_grad()
-    def project_decoder_grad(self) -> None:
-        """Remove the gradient component parallel to each (unit) decoder row."""
-        if self.W_dec.grad is not None:
-            w = self.W_dec
-            self.W_dec.grad.sub_((self.W_dec.grad * w).sum(1, keepdim=True) * w)
 
     @torch.no_grad()
     def init_from_data(self, x: torch.Tensor) -> None:

@@ -173,6 +173,23 @@ class BestKeeper:
         return out
 
 
+def start_or_resume(trainer: DictionaryTrainer, cfg, run_dir: Path, resume: bool = True) -> Path | None:
+    """Mark run_dir as a run of these settings and, with resume, load the last checkpoint of an
+    unfinished earlier run of the same settings; returns that checkpoint, if any."""
+    from ..runs import config_fingerprint, find_resumable, mark_started
+
+    fingerprint = config_fingerprint(cfg)
+    last = None
+    if resume:
+        prev = find_resumable(run_dir, fingerprint, lambda d: latest_step_dir(d / "checkpoints") is not None)
+        if prev is not None:
+            last = latest_step_dir(prev / "checkpoints")
+            trainer.load(last)
+            print(f"resuming from {last}")
+    mark_started(run_dir, fingerprint)
+    return last
+
+
 def chunk_batches(chunk: dict[str, torch.Tensor], batch_size: int, seed: int, r: int):
     """The batches of chunk r, in a shuffled order that depends only on (seed, r)."""
     n = len(next(iter(chunk.values())))

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_json, load_safetensors, save_safetensors
+from .sae import UnitDecoderMixin
 
 
 @dataclass
@@ -52,7 +53,7 @@ class TranscoderConfig:
         return self
 
 
-class Transcoder(nn.Module):
+class Transcoder(UnitDecoderMixin, nn.Module):
     def __init__(self, cfg: TranscoderConfig):
         super().__init__()
         self.cfg = cfg.validate()
@@ -105,23 +106,11 @@ class Transcoder(nn.Module):
         out = {"mse": mse, "z": z.detach(), "recon": recon.detach(), "target": y}
         loss = mse
         if self.cfg.aux_k and dead is not None and dead.any():
-            k_aux = min(self.cfg.aux_k, int(dead.sum()))
-            vals, idx = pre.masked_fill(~dead, 0.0).topk(k_aux, dim=-1)
-            aux_recon = torch.zeros_like(pre).scatter(-1, idx, vals) @ self.W_dec
-            aux = (err.detach() - aux_recon).pow(2).sum(-1).mean() / err.detach().pow(2).sum(-1).mean().clamp_min(1e-8)
+            aux = self.aux_loss(pre, err, dead)
             out["aux_loss"] = aux
             loss = loss + self.cfg.aux_coefficient * aux
         out["loss"] = loss
         return out
-
-    @torch.no_grad()
-    def normalise_decoder(self) -> None:
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
-
-    @torch.no_grad()
-    def project_decoder_grad(self) -> None:
-        if self.W_dec.grad is not None:
-            self.W_dec.grad.sub_((self.W_dec.grad * self.W_dec).sum(1, keepdim=True) * self.W_dec)
 
     @torch.no_grad()
     def init_from_data(self, x: torch.Tensor, y: torch.Tensor) -> None:

@@ -11,6 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..encoding import BUCKET_NAMES  # noqa: E402
 
 
+def _save(fig, path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def grouped_bars(series: dict[str, list[float]], labels: list[str], path, title: str, xlabel: str, ylabel: str) -> Path:
     """One group of bars per label, one bar per named series (e.g. before / after)."""
     fig, ax = plt.subplots(figsize=(9, 3.6))
@@ -26,11 +34,7 @@ def grouped_bars(series: dict[str, list[float]], labels: list[str], path, title:
     if n > 1:
         ax.legend()
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def bar_by_bucket(series: dict[str, list[float]], path, title: str, ylabel: str = "top-1 accuracy") -> Path:
@@ -50,11 +54,7 @@ def feature_density(freq, path, title: str) -> Path:
     ax.set_xlabel("log10 firing frequency")
     ax.set_ylabel("features")
     ax.set_title(f"{title}\n{int((freq == 0).sum())} of {len(freq)} never fire", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def square_heatmaps(panels: dict[str, "np.ndarray"], path, title: str, vmin: float = 0.5, vmax: float = 1.0,
@@ -107,11 +107,7 @@ def bucket_heatmap(values, rows: list[str], path, title: str, vmin: float = 0.5,
     ax.set_xlabel("Elo bucket the model is conditioned on")
     fig.colorbar(im, ax=ax, label=label)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def elo_grid_heatmap(values, path, title: str, label: str = "top-1 agreement") -> Path:
@@ -130,11 +126,7 @@ def elo_grid_heatmap(values, path, title: str, label: str = "top-1 agreement") -
             ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=5.5, color="white")
     fig.colorbar(im, ax=ax, label=label)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def qq_plot(a, b, path, title: str, xlabel: str, ylabel: str) -> Path:
@@ -149,8 +141,4 @@ def qq_plot(a, b, path, title: str, xlabel: str, ylabel: str) -> Path:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

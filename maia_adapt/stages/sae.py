@@ -19,14 +19,13 @@ from ..dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder, save
 from ..dictionaries.evaluate import ablate_fn, site_mean, spliced_metrics, splice_fn
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS
 from ..errors import ConfigError
-from ..io import atomic_write_json, atomic_write_text
-from .common import frozen_model
-from ..reporting.plots import feature_density
-from ..runs import config_fingerprint, find_resumable, mark_done, mark_started
-from ..checkpointing import latest_step_dir
 from ..concepts import all_position_concepts, best_auc_per_concept, piece_square_concepts, roc_auc_matrix, threat_concepts
-from ..dictionaries.train import BestKeeper
+from ..dictionaries.train import BestKeeper, start_or_resume
+from ..io import atomic_write_json, atomic_write_text
+from ..reporting.plots import feature_density
+from ..runs import mark_done
 from ..tracking import Tracker
+from .common import frozen_model
 
 
 def _sae_config(stage_cfg, site: str, d_in: int) -> SAEConfig:
@@ -109,14 +108,7 @@ def run(cfg, run_dir: Path) -> dict:
         sae.init_from_data(first[s])
     trainer = DictionaryTrainer(saes, sc.steps, sc.batch_size)
 
-    fingerprint = config_fingerprint(cfg)
-    prev = None
-    if sc.resume:
-        prev = find_resumable(run_dir, fingerprint, lambda d: latest_step_dir(d / "checkpoints") is not None)
-        if prev is not None:
-            trainer.load(latest_step_dir(prev / "checkpoints"))
-            print(f"resuming from {latest_step_dir(prev / 'checkpoints')}")
-    mark_started(run_dir, fingerprint)
+    start_or_resume(trainer, cfg, run_dir, sc.resume)
     tracker = Tracker(cfg, run_dir, job_type="sae")
     calibrate, calibrated = None, {}
     if sc.calibrate_every:

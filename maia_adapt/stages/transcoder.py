@@ -16,15 +16,15 @@ import torch
 from omegaconf import OmegaConf
 
 from ..activations import activation_batches
-from ..checkpointing import latest_step_dir
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import DictionaryTrainer, train_dictionaries
+from ..dictionaries.train import start_or_resume
 from ..dictionaries.evaluate import ablate_fn, agreement_grid, spliced_metrics
 from ..dictionaries.transcoder import Transcoder, TranscoderConfig, save_transcoder, splice_hooks
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
 from ..reporting.plots import elo_grid_heatmap, qq_plot
-from ..runs import config_fingerprint, find_resumable, mark_done, mark_started
+from ..runs import mark_done
 from ..tracking import Tracker
 from .common import frozen_model
 
@@ -68,13 +68,7 @@ def run(cfg, run_dir: Path) -> dict:
         t.init_from_data(cache[f"blocks.{l}.hook_mlp_in"][:65536], cache[f"blocks.{l}.hook_mlp_out"][:65536])
         dicts[f"layer_{l}"] = (t, f"blocks.{l}.hook_mlp_in")
     trainer = DictionaryTrainer(dicts, tc.steps, tc.batch_size)
-    fingerprint = config_fingerprint(cfg)
-    if tc.resume:
-        prev = find_resumable(run_dir, fingerprint, lambda d: latest_step_dir(d / "checkpoints") is not None)
-        if prev is not None:
-            trainer.load(latest_step_dir(prev / "checkpoints"))
-            print(f"resuming from {latest_step_dir(prev / 'checkpoints')}")
-    mark_started(run_dir, fingerprint)
+    start_or_resume(trainer, cfg, run_dir, tc.resume)
     tracker = Tracker(cfg, run_dir, job_type="transcoder")
     summary, results = {}, {"layers": {}}
     lines = ["# Transcoders", "", f"model `{cfg.model.checkpoint}`, F={tc.dim}, k={tc.k or 'ReLU'}, skip {tc.skip}", ""]
