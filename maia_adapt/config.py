@@ -225,6 +225,7 @@ class InterventionConfig:
     strengths: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])  # sae: feature multiplier; else x steering norm
     top_n: list[int] = field(default_factory=lambda: [1, 3, 5])  # kind=sae: features per concept (grid)
     keep_error: bool = True  # kind=sae: keep the reconstruction error (False: the study's variant)
+    per_bucket: bool = True  # each Elo bucket gets its best train setting (the study's); False: one for all
     n_boot: int = 1000
     heldout_positions: int = 1000  # ordinary test positions of `data`: is the played (human) move still predicted?
     batch_size: int = 256

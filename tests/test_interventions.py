@@ -124,7 +124,7 @@ def test_stage_intervention_steering_on_seed_positions(shared_data, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "iv" / "results.json").read_text())
     assert res["strength"] in (1.0, 4.0) and [g["strength"] for g in res["grid"]] == [None, 1.0, 4.0]
-    assert res["train_positions"] > res["test_positions"] > 0
+    assert res["train_positions"] > res["test_positions"] > 0 and len(res["per_bucket_settings"]) == 11
     lo, hi = res["effect_minus_control_ci"]
     assert lo <= res["effect_minus_control"] <= hi
     assert 0 <= res["heldout_human_accuracy_intervened"] <= 1

@@ -23,13 +23,13 @@ from ..dictionaries import find_saes, load_sae
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS, decode_move
 from ..errors import ConfigError
 from ..finetune import MoveSet, concept_rows
-from ..interventions import (add_direction, bootstrap_diff, evaluate_under, matched_random_features, sae_amplify,
+from ..interventions import (BucketReport, add_direction, bootstrap_diff, evaluate_under, matched_random_features, sae_amplify,
                              steering_vector)
 from ..io import atomic_write_json, atomic_write_text
 from ..probes import load_probe
 from ..reporting.plots import bar_by_bucket, transition_histogram
 from ..tracking import Tracker
-from ..transitional import NEVER, read_transitional
+from ..transitional import NEVER, read_transitional, transition_points
 from .common import frozen_model
 from .finetune import split_rows
 
@@ -124,6 +124,12 @@ class DirectionIntervention:
         return lambda pos: add_direction(d[pos], strength)
 
 
+def assemble(reports: list) -> "BucketReport":
+    """Bucket k's column from reports[k]: per-bucket settings evaluated as one intervention."""
+    correct = np.stack([r.correct[:, k] for k, r in enumerate(reports)], axis=1)
+    return BucketReport(correct.mean(0), correct, transition_points(correct)[0])
+
+
 def _heldout(cfg, ic, run_dir: Path) -> MoveSet | None:
     """Ordinary test positions of the data with the played move as the 'correct' one."""
     if not ic.heldout_positions:
@@ -156,13 +162,22 @@ def run(cfg, run_dir: Path) -> dict:
     method = kinds[ic.kind](ic, model, train, cfg.seed)
     ev = lambda moves, hook=None: evaluate_under(model, moves.store, moves.rows, ic.site, hook, ic.batch_size)
 
-    grid = [{"strength": None, "top_n": None, "train_accuracy": float(ev(train).accuracy.mean())}]  # no intervention
+    base_train = ev(train).accuracy
+    grid = [{"strength": None, "top_n": None, "train_accuracy": float(base_train.mean()),
+             "train_accuracy_by_bucket": base_train.tolist()}]  # no intervention
     for setting in method.settings():
-        rep = ev(train, method.make(train.rows, setting, control=False))
-        grid.append({"strength": setting[0], "top_n": setting[1], "train_accuracy": float(rep.accuracy.mean())})
+        acc = ev(train, method.make(train.rows, setting, control=False)).accuracy
+        grid.append({"strength": setting[0], "top_n": setting[1], "train_accuracy": float(acc.mean()),
+                     "train_accuracy_by_bucket": acc.tolist()})
     best = max(grid[1:], key=lambda g: g["train_accuracy"])
     setting = (best["strength"], best["top_n"])
-    base, eff, ctrl = ev(test), ev(test, method.make(test.rows, setting, False)), ev(test, method.make(test.rows, setting, True))
+    # the study's protocol: each Elo bucket gets the setting that serves it best on the train rows
+    per_bucket = [max(grid[1:], key=lambda g: g["train_accuracy_by_bucket"][k]) for k in range(NUM_BUCKETS)]
+    per_bucket = [(g["strength"], g["top_n"]) for g in per_bucket] if ic.per_bucket else [setting] * NUM_BUCKETS
+    base = ev(test)
+    evals = {st: (ev(test, method.make(test.rows, st, False)), ev(test, method.make(test.rows, st, True)))
+             for st in dict.fromkeys(per_bucket)}
+    eff, ctrl = (assemble([evals[st][i] for st in per_bucket]) for i in (0, 1))
 
     per_pos = lambda r: r.correct.mean(1)
     effect = bootstrap_diff(per_pos(eff), per_pos(base), ic.n_boot, cfg.seed)
@@ -170,6 +185,7 @@ def run(cfg, run_dir: Path) -> dict:
     summary = {
         "kind": ic.kind, "concept": ic.concept, "site": ic.site, "train_positions": len(train.rows),
         "test_positions": len(test.rows), "strength": setting[0], "top_n": setting[1],
+        "per_bucket_settings": [list(st) for st in per_bucket],
         "accuracy_base": float(base.accuracy.mean()), "accuracy_intervened": float(eff.accuracy.mean()),
         "accuracy_control": float(ctrl.accuracy.mean()),
         "effect": effect[0], "effect_ci": [effect[1], effect[2]],
@@ -181,7 +197,8 @@ def run(cfg, run_dir: Path) -> dict:
     }
     held = _heldout(cfg, ic, run_dir)
     if held is not None:
-        hb, he = ev(held), ev(held, method.make(held.rows, setting, False))
+        hb = ev(held)
+        he = assemble([ev(held, method.make(held.rows, st, False)) for st in per_bucket])
         summary.update({"heldout_human_accuracy_base": float(hb.accuracy.mean()),
                         "heldout_human_accuracy_intervened": float(he.accuracy.mean())})
 
@@ -198,9 +215,10 @@ def run(cfg, run_dir: Path) -> dict:
         tracker.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     finally:
         tracker.finish()
+    chose = ("a setting per Elo bucket (see the table)" if ic.per_bucket else f"strength {setting[0]}"
+             + (f", top-{setting[1]} features per concept" if setting[1] else ""))
     lines = ["# Intervention", "", f"`{ic.kind}` on `{ic.concept}` concepts at `{ic.site}`; {len(train.rows)} train "
-             f"positions chose strength {setting[0]}" + (f", top-{setting[1]} features per concept" if setting[1] else "")
-             + f"; judged on {len(test.rows)} test positions.", "",
+             f"positions chose {chose}; judged on {len(test.rows)} test positions.", "",
              f"Correct-move accuracy over all buckets: {summary['accuracy_base']:.3f} -> {summary['accuracy_intervened']:.3f} "
              f"(control {summary['accuracy_control']:.3f}); effect {effect[0]:+.3f} [{effect[1]:+.3f}, {effect[2]:+.3f}], "
              f"minus control {vs_control[0]:+.3f} [{vs_control[1]:+.3f}, {vs_control[2]:+.3f}] (95% bootstrap). "
@@ -211,9 +229,9 @@ def run(cfg, run_dir: Path) -> dict:
         lines += [f"Ordinary held-out games, human move predicted: {summary['heldout_human_accuracy_base']:.3f} -> "
                   f"{summary['heldout_human_accuracy_intervened']:.3f}.", ""]
     lines += ["![accuracy](accuracy_by_bucket.png)", "", "![transition points](transition_points.png)", "",
-              "| Elo bucket | none | intervened | control |", "|---|---|---|---|"]
-    lines += [f"| {BUCKET_NAMES[k]} | {base.accuracy[k]:.3f} | {eff.accuracy[k]:.3f} | {ctrl.accuracy[k]:.3f} |"
-              for k in range(NUM_BUCKETS)]
+              "| Elo bucket | none | intervened | control | setting (strength, top-n) |", "|---|---|---|---|---|"]
+    lines += [f"| {BUCKET_NAMES[k]} | {base.accuracy[k]:.3f} | {eff.accuracy[k]:.3f} | {ctrl.accuracy[k]:.3f} | "
+              f"{per_bucket[k][0]}, {per_bucket[k][1] or '-'} |" for k in range(NUM_BUCKETS)]
     lines += ["", "Grid on the train positions:", "", "| strength | top-n | mean accuracy |", "|---|---|---|"]
     lines += [f"| {g['strength'] or 'none'} | {g['top_n'] or '-'} | {g['train_accuracy']:.3f} |" for g in grid]
     atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
