@@ -41,3 +41,14 @@ def test_corpus_round_trips_through_the_store(tmp_path):
     assert sorted(set(store.column("elo_self").tolist())) == list(range(11))
     first = chess.pgn.read_game(io.StringIO(text))
     assert store.fens([0])[0] == first.board().fen()
+
+
+def test_embedded_corpus_gives_every_split(tmp_path):
+    from maia_adapt.config import ASSETS
+    from maia_adapt.data import GameFilter, build_store
+
+    store = build_store([ASSETS / "selfplay.pgn.zst"], tmp_path / "s", GameFilter(), workers=1)
+    sites = [g["site"] for g in store.games]
+    assert len(set(sites)) == len(sites) == 440  # one Site per game: splits are drawn by game
+    sizes = {s: len(store.split_indices(s)) for s in ("train", "val", "test")}
+    assert sizes["train"] > sizes["val"] > 0 and sizes["test"] > 0

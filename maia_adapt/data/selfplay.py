@@ -90,7 +90,9 @@ def write_selfplay_corpus(model, path, games_per_pair: int = 4, pairs: str = "di
     for s in tqdm(range(0, len(todo), batch), desc="self-play batches"):
         chunk = todo[s : s + batch]
         games = play_games(model, [w for w, _ in chunk], [b for _, b in chunk], seed=seed + s, **kw)
-        for g in games:
+        for i, g in enumerate(games):
+            # a Site per game: train/val/test splits are drawn by game from it
+            g.headers["Site"] = f"maia-adapt/selfplay/{seed}/{s + i}"
             print(g, file=buf, end="\n\n")
     data = buf.getvalue().encode()
     path = Path(path)
