@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from .activations import activation_batches
-from .concepts.auc import average_ranks
+from .concepts.auc import paired_auc
 from .errors import MaiaAdaptError
 from .io import load_safetensors, save_safetensors
 from .model.inference import masked_probs
@@ -131,17 +131,6 @@ def train_probes(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, epochs: int
     return LinearProbe(mean, std, weight.detach().clone(), bias.detach().clone(), names)
 
 
-def probe_auc(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """AUC [C] of logits[:, c] for y[:, c]: the diagonal of roc_auc_matrix at O(N C), not O(N C^2)."""
-    n = len(y)
-    ranks = average_ranks(logits.float().T.contiguous().cpu()).double()
-    yd = y.T.double().cpu()
-    pos = yd.sum(1)
-    auc = ((ranks * yd).sum(1) - pos * (pos + 1) / 2) / (pos * (n - pos))
-    auc[(pos == 0) | (pos == n)] = float("nan")
-    return auc.float()
-
-
 @torch.no_grad()
 def evaluate_probes(probe: LinearProbe, x: torch.Tensor, y: torch.Tensor) -> dict:
     """Per-concept AUC (NaN where y has one class only), accuracy at logit 0 and positive counts."""
@@ -149,7 +138,7 @@ def evaluate_probes(probe: LinearProbe, x: torch.Tensor, y: torch.Tensor) -> dic
     y = y.bool().to(logits.device)
     return {
         "names": probe.names,
-        "auc": probe_auc(logits, y),
+        "auc": paired_auc(logits, y),
         "accuracy": ((logits > 0) == y).float().mean(0).cpu(),
         "positives": y.sum(0).cpu(),
     }

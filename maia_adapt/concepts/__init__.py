@@ -1,5 +1,5 @@
 """Chess concepts as binary labels per position, and how well features detect them (ROC-AUC)."""
-from .auc import best_auc_per_concept, roc_auc_matrix
+from .auc import best_auc_per_concept, paired_auc, roc_auc_matrix
 from .board import BoardConcepts, piece_square_concepts
 from .chess_concepts import (
     ConceptSpec,
@@ -20,6 +20,7 @@ __all__ = [
     "concept_specs",
     "load_puzzles",
     "load_sts",
+    "paired_auc",
     "piece_square_concepts",
     "roc_auc_matrix",
     "strategic_concepts",

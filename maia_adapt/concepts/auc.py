@@ -29,6 +29,13 @@ def average_ranks(xt: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(r).scatter_(1, order, r)
 
 
+def auc_from_rank_sums(rank_sum: torch.Tensor, pos: torch.Tensor, n: int) -> torch.Tensor:
+    """Mann-Whitney AUC from the positives' rank sums and counts (broadcasting); NaN where a concept
+    has no positive or no negative sample."""
+    auc = ((rank_sum - pos * (pos + 1) / 2) / (pos * (n - pos))).to(torch.float64)
+    return auc.masked_fill((pos == 0) | (pos == n), float("nan"))
+
+
 def roc_auc_matrix(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """[F, C] AUC of feature f for concept c; scores [N, F] float, labels [N, C] bool.
 
@@ -41,12 +48,15 @@ def roc_auc_matrix(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     dtype = torch.float32 if n <= 2048 else torch.float64
     ranks = average_ranks(scores.float().T.contiguous()).to(dtype)
     y = labels.to(dtype)
-    pos = y.sum(0)
-    neg = n - pos
-    rank_sum = ranks @ y  # [F, C]
-    auc = ((rank_sum - pos * (pos + 1) / 2) / (pos * neg)).to(torch.float64)
-    auc[:, (pos == 0) | (neg == 0)] = float("nan")
-    return auc.float()
+    return auc_from_rank_sums(ranks @ y, y.sum(0), n).float()  # [F, C]
+
+
+def paired_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[C] AUC of column c of scores [N, C] for column c of labels [N, C]: the diagonal of
+    roc_auc_matrix at O(N C) instead of O(N C^2)."""
+    ranks = average_ranks(scores.float().T.contiguous().cpu()).double()  # [C, N]
+    y = labels.T.double().cpu()
+    return auc_from_rank_sums((ranks * y).sum(1), y.sum(1), y.shape[1]).float()
 
 
 def best_auc_per_concept(auc: torch.Tensor, two_sided: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

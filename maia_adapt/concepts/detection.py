@@ -13,18 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .auc import average_ranks, roc_auc_matrix
-
-
-def paired_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """[C] AUC of column c of scores [N, C] for column c of labels [N, C] (NaN where undefined)."""
-    ranks = average_ranks(scores.float().T.contiguous()).double()  # [C, N]
-    y = labels.T.double()
-    pos = y.sum(1)
-    neg = y.shape[1] - pos
-    auc = ((ranks * y).sum(1) - pos * (pos + 1) / 2) / (pos * neg)
-    auc[(pos == 0) | (neg == 0)] = float("nan")
-    return auc.float()
+from .auc import auc_from_rank_sums, average_ranks, paired_auc, roc_auc_matrix
 
 
 def _balanced_auc(features: torch.Tensor, labels: torch.Tensor, max_per_class: int, rng) -> torch.Tensor:
@@ -121,8 +110,7 @@ def detect_concepts(
     ranks = average_ranks(fs.float().T.contiguous()).double()  # [F, Ns], reused for every shuffle
     for _ in range(n_null):
         y = ys[torch.from_numpy(rng.permutation(len(sel)))].double()
-        pos = y.sum(0)
-        a = ((ranks @ y) - pos * (pos + 1) / 2) / (pos * (len(sel) - pos))
+        a = auc_from_rank_sums(ranks @ y, y.sum(0), len(sel))
         nulls.append(torch.nan_to_num(a, nan=-1.0).max(dim=0).values)
     null95 = torch.stack(nulls).float().quantile(0.95, dim=0) if nulls else torch.full_like(heldout, float("nan"))
     null95[null95 < 0] = float("nan")
