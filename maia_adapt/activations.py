@@ -93,6 +93,12 @@ def activation_batches(
         yield {s: pool(cache[s], token_pooling).float().cpu() for s in sites}
 
 
+def collect_activations(model, store, indices, sites: list[str], **kw) -> dict[str, torch.Tensor]:
+    """{site: all rows of activation_batches(...) concatenated}, from one pass of the model."""
+    parts = list(activation_batches(model, store, indices, sites, **kw))
+    return {s: torch.cat([p[s] for p in parts]) for s in sites}
+
+
 @torch.no_grad()
 def position_codes(sae, acts: torch.Tensor, n_positions: int, chunk: int = 4096) -> torch.Tensor:
     """Dictionary codes [n_positions, F] of activations [n_positions, d] (mean-pooled) or

@@ -39,6 +39,18 @@ def atomic_write_json(path, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=1, default=str) + "\n")
 
 
+def atomic_write_csv(path, rows: list[dict]) -> Path:
+    """A CSV with a header from the first row's keys, written atomically."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())
+
+
 def save_safetensors(tensors: dict[str, torch.Tensor], path, metadata: dict | None = None) -> Path:
     """Save tensors with string metadata (non-string values are JSON-encoded), atomically."""
     from safetensors.torch import save

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .activations import activation_batches
+from .activations import collect_activations
 from .concepts.auc import paired_auc
 from .errors import MaiaAdaptError
 from .io import load_safetensors, save_safetensors
@@ -145,8 +145,8 @@ def evaluate_probes(probe: LinearProbe, x: torch.Tensor, y: torch.Tensor) -> dic
 
 
 def _site_activations(model, store, indices, site, bucket, batch_size, device) -> torch.Tensor:
-    return torch.cat([b[site] for b in activation_batches(model, store, np.asarray(indices), [site],
-                                                         batch_size=batch_size, elo=bucket, device=device)])
+    return collect_activations(model, store, np.asarray(indices), [site], batch_size=batch_size, elo=bucket,
+                               device=device)[site]
 
 
 def probes_per_bucket(model, store, train_idx, test_idx, site: str, labels_train: torch.Tensor,

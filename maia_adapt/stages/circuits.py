@@ -9,21 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ..circuits import (attributions, circuit_edges, codes_by_bucket, connections, plot_circuit, rng_positions,
                         skill_relevance, top_indices)
 from ..data.preprocess import open_or_build_store
 from ..dictionaries.transcoder import load_transcoder
 from ..encoding import BUCKET_NAMES
 from ..errors import ConfigError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..model import load_model
 from ..reporting.dashboard import write_dashboards
 from ..reporting.plots import bucket_heatmap
 from ..tracking import Tracker
 from .common import frozen_model
-from .threats import write_csv
 
 
 def run(cfg, run_dir: Path) -> dict:
@@ -61,8 +58,8 @@ def run(cfg, run_dir: Path) -> dict:
             if tuned:
                 row.update({f"tuned_{BUCKET_NAMES[k]}": round(float(tuned[l][k, f]), 5) for k in range(len(BUCKET_NAMES))})
             rows.append(row)
-        write_csv(run_dir / f"features_layer_{l}.csv", rows)
-    write_csv(run_dir / "circuit.csv", [{"layer0_feature": i, "layer1_feature": j, "attribution": round(v, 6),
+        atomic_write_csv(run_dir / f"features_layer_{l}.csv", rows)
+    atomic_write_csv(run_dir / "circuit.csv", [{"layer0_feature": i, "layer1_feature": j, "attribution": round(v, 6),
                                          "connection": round(float(conn[i, j]), 6)} for i, j, v in edges]
               or [{"layer0_feature": "", "layer1_feature": "", "attribution": "", "connection": ""}])
     what = "change under fine-tuning" if tuned else "spread across Elo buckets"
@@ -93,7 +90,7 @@ def run(cfg, run_dir: Path) -> dict:
              f"attribution A[i, j] = E[z0_i | z1_j > 0] x C[i, j], C = (W_dec0 * gamma) W_enc1.", "",
              "![circuit](circuit.png)", "", "![profile](skill_profile.png)", ""]
     if index is not None:
-        lines += [f"Top positions of each selected feature: [dashboards/index.html](dashboards/index.html)", ""]
+        lines += ["Top positions of each selected feature: [dashboards/index.html](dashboards/index.html)", ""]
     lines += ["| layer-0 feature | layer-1 feature | attribution | connection |", "|---|---|---|---|"]
     lines += [f"| {i} | {j} | {v:+.4f} | {float(conn[i, j]):+.4f} |" for i, j, v in edges]
     atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")

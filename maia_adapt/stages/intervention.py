@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..activations import activation_batches
+from ..activations import collect_activations
 from ..concepts import threat_concepts
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import find_saes, load_sae
@@ -40,7 +40,7 @@ def _concepts_of(row: dict, concept: str) -> list[str]:
 
 def _pooled_acts(model, moves: MoveSet, site: str, batch_size: int) -> torch.Tensor:
     idx = np.arange(len(moves.rows))
-    return torch.cat([b[site] for b in activation_batches(model, moves.store, idx, [site], batch_size, elo="data")])
+    return collect_activations(model, moves.store, idx, [site], batch_size=batch_size, elo="data")[site]
 
 
 class SAEIntervention:

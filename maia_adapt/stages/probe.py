@@ -17,12 +17,12 @@ from ..concepts import all_position_concepts
 from ..data.preprocess import open_or_build_store
 from ..encoding import BUCKET_NAMES
 from ..errors import ConfigError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..probes import logit_lens_by_bucket, probes_per_bucket, save_probe
 from ..reporting.plots import bucket_heatmap
 from ..tracking import Tracker
 from .common import frozen_model
-from .threats import check_families, select_families, write_csv
+from .threats import check_families, select_families
 
 
 def run(cfg, run_dir: Path) -> dict:
@@ -69,7 +69,7 @@ def run(cfg, run_dir: Path) -> dict:
             ctrl = res["control_auc"].numpy()
             png = bucket_heatmap(auc.T, names, run_dir / f"probe_auc_{slug}.png", f"{site}: probe test AUC per Elo bucket")
             tracker.log_image(f"probe/{slug}", png)
-            write_csv(run_dir / f"probe_{slug}.csv", [
+            atomic_write_csv(run_dir / f"probe_{slug}.csv", [
                 {"concept": n, **{f"auc_{BUCKET_NAMES[b]}": round(float(auc[i, c]), 4) for i, b in enumerate(pc.buckets)},
                  **{f"control_{BUCKET_NAMES[b]}": round(float(ctrl[i, c]), 4) for i, b in enumerate(pc.buckets)}}
                 for c, n in enumerate(names)])

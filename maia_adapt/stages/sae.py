@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from ..activations import activation_batches, position_codes, site_dim
+from ..activations import activation_batches, collect_activations, position_codes, site_dim
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder, save_sae, train_dictionaries
 from ..dictionaries.evaluate import ablate_fn, site_mean, spliced_metrics, splice_fn
@@ -43,9 +43,7 @@ def calibration_set(model, store, idx, sites, sc, seed: int):
     kinds = {"board": None, "threats": threat_concepts, "all": all_position_concepts}
     if sc.calibration_concepts not in kinds:
         raise ConfigError(f"sae.calibration_concepts '{sc.calibration_concepts}': expected one of {', '.join(kinds)}")
-    parts = list(activation_batches(model, store, idx, sites, batch_size=512, elo=sc.elo,
-                                    token_pooling=sc.token_pooling, seed=seed))
-    acts = {s: torch.cat([p[s] for p in parts]) for s in sites}
+    acts = collect_activations(model, store, idx, sites, batch_size=512, elo=sc.elo, token_pooling=sc.token_pooling, seed=seed)
     fn = kinds[sc.calibration_concepts]
     concepts = (fn(store.fens(idx)) if fn else piece_square_concepts(store.batch(idx)["boards"])).keep(sc.calibration_min_positives)
     if not concepts.names:
@@ -79,9 +77,8 @@ def run(cfg, run_dir: Path) -> dict:
         raise ConfigError("the position store has no training positions")
 
     def forward_chunk(idx, seed) -> dict[str, torch.Tensor]:
-        parts = list(activation_batches(model, store, idx, sites, batch_size=512, elo=sc.elo,
-                                        token_pooling=sc.token_pooling, seed=seed))
-        return {s: torch.cat([p[s] for p in parts]) for s in sites}
+        return collect_activations(model, store, idx, sites, batch_size=512, elo=sc.elo,
+                                   token_pooling=sc.token_pooling, seed=seed)
 
     cache = None
     if sc.cache_positions:

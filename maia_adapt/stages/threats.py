@@ -8,20 +8,19 @@ detection_<site>.csv, threat_auc_<site>.png, results.md and results.json.
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..activations import activation_batches, position_codes
+from ..activations import collect_activations, position_codes
 from ..concepts import BoardConcepts, ConceptSpec, all_position_concepts, concept_specs, load_puzzles, load_sts
 from ..concepts.detection import detect_concepts
 from ..data.preprocess import open_or_build_store
 from ..data.store import store_from_fens
 from ..dictionaries import find_saes, load_sae
 from ..errors import ConfigError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from .common import frozen_model
 from ..encoding import NUM_BUCKETS
 from ..reporting.dashboard import write_dashboards
@@ -44,40 +43,26 @@ def select_families(concepts: BoardConcepts, families) -> tuple[BoardConcepts, l
     return BoardConcepts(concepts.labels[:, keep], [specs[i].name for i in keep]), [specs[i] for i in keep]
 
 
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-    return path
-
-
-def _features(model, store, idx, cfg, tc, elo=None):
-    """{site: features [N, F]} from the SAEs of threats.saes, or the raw units of threats.sites."""
-    elo = tc.elo if elo is None else elo
-    out = {}
+def _load_saes(tc) -> list:
     if tc.saes:
-        saes = [load_sae(p) for p in find_saes(tc.saes)]
-        for sae in saes:
-            model.check_hook_name(sae.cfg.site)
-        sites = sorted({s.cfg.site for s in saes})
-        pooling = {s.cfg.site: s.cfg.token_pooling for s in saes}
-        acts = {}
-        for site in sites:
-            parts = activation_batches(model, store, idx, [site], tc.batch_size, elo=elo, token_pooling=pooling[site])
-            acts[site] = torch.cat([p[site] for p in parts])
-        for sae in saes:
-            out[f"{sae.cfg.site} (SAE {sae.cfg.architecture}, F={sae.cfg.dim})"] = position_codes(sae, acts[sae.cfg.site], len(idx))
-        return out
+        return [load_sae(p) for p in find_saes(tc.saes)]
     if not tc.sites:
         raise ConfigError("stage=threats needs threats.saes (a stage=sae run or SAE folder) or threats.sites (hook names)")
-    parts = list(activation_batches(model, store, idx, list(tc.sites), tc.batch_size, elo=elo, token_pooling="mean"))
-    for site in tc.sites:
-        out[f"{site} (units)"] = torch.cat([p[site] for p in parts])
-    return out
+    return []
+
+
+def _features(model, store, idx, saes: list, tc, elo=None) -> dict[str, torch.Tensor]:
+    """{site: features [N, F]} from the SAEs, or the raw units of threats.sites when there are none."""
+    elo = tc.elo if elo is None else elo
+    if not saes:
+        acts = collect_activations(model, store, idx, list(tc.sites), batch_size=tc.batch_size, elo=elo)
+        return {f"{site} (units)": a for site, a in acts.items()}
+    acts = {}
+    for pooling in dict.fromkeys(s.cfg.token_pooling for s in saes):
+        sites = list(dict.fromkeys(s.cfg.site for s in saes if s.cfg.token_pooling == pooling))
+        acts[pooling] = collect_activations(model, store, idx, sites, batch_size=tc.batch_size, elo=elo, token_pooling=pooling)
+    return {f"{s.cfg.site} (SAE {s.cfg.architecture}, F={s.cfg.dim})": position_codes(s, acts[s.cfg.token_pooling][s.cfg.site], len(idx))
+            for s in saes}
 
 
 def _threat_panels(rows: list[dict]) -> dict[str, np.ndarray]:
@@ -127,13 +112,16 @@ def run(cfg, run_dir: Path) -> dict:
     tc = cfg.threats
     check_families(tc.families)
     model = frozen_model(cfg, "threats")
+    saes = _load_saes(tc)
+    for sae in saes:
+        model.check_hook_name(sae.cfg.site)
     store, idx, themes, theme_family = positions(cfg, run_dir)
     concepts, specs = select_families(all_position_concepts(fens := store.fens(idx)), list(tc.families))
     if themes is not None:
         concepts = BoardConcepts(torch.cat([concepts.labels, themes.labels], 1), concepts.names + themes.names)
         specs = specs + [ConceptSpec(n, theme_family, f"labelled '{n.split(':', 1)[1]}' in the source") for n in themes.names]
     rate = concepts.labels.float().mean(0)
-    write_csv(run_dir / "concepts.csv", [{"name": s.name, "family": s.family, "definition": s.definition,
+    atomic_write_csv(run_dir / "concepts.csv", [{"name": s.name, "family": s.family, "definition": s.definition,
                                           "positives": int(concepts.labels[:, i].sum()), "positive_rate": round(float(rate[i]), 5)}
                                          for i, s in enumerate(specs)])
     scored = concepts.keep(tc.min_positives)
@@ -151,16 +139,16 @@ def run(cfg, run_dir: Path) -> dict:
         # each feature's mean activation when the model plays at each Elo bucket, same positions
         sub = idx[: tc.elo_profile_positions]
         for b in range(NUM_BUCKETS):
-            for name, f in _features(model, store, sub, cfg, tc, elo=b).items():
+            for name, f in _features(model, store, sub, saes, tc, elo=b).items():
                 profiles.setdefault(name, []).append(f.mean(0))
     try:
-        for name, feats in _features(model, store, idx, cfg, tc).items():
+        for name, feats in _features(model, store, idx, saes, tc).items():
             det = detect_concepts(feats, scored.labels, scored.names, heldout_fraction=tc.heldout_fraction,
                                   top_k=tc.top_k, n_null=tc.n_null, n_boot=tc.n_boot, max_per_class=tc.max_per_class,
                                   seed=cfg.seed)
             rows = det.rows()
             slug = name.split(" ")[0].replace(".", "_")
-            write_csv(run_dir / f"detection_{slug}.csv", rows)
+            atomic_write_csv(run_dir / f"detection_{slug}.csv", rows)
             detected = det.detected(tc.auc_threshold)
             fam = {s.name: s.family for s in specs}
             counts = {f: int(sum(d for d, n in zip(detected.tolist(), scored.names) if fam[n] == f))

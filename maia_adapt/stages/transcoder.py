@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from ..activations import activation_batches
+from ..activations import collect_activations
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import DictionaryTrainer, train_dictionaries
 from ..dictionaries.train import start_or_resume
@@ -51,8 +51,7 @@ def run(cfg, run_dir: Path) -> dict:
         raise ConfigError("stage=transcoder needs train and test positions in the data")
 
     def tokens(idx, seed) -> dict[str, torch.Tensor]:
-        parts = list(activation_batches(model, store, idx, sites, batch_size=256, elo="random", token_pooling="none", seed=seed))
-        return {s: torch.cat([p[s] for p in parts]) for s in sites}
+        return collect_activations(model, store, idx, sites, batch_size=256, elo="random", token_pooling="none", seed=seed)
 
     rng = np.random.default_rng([cfg.seed, 99])
     cache = tokens(np.sort(rng.permutation(train_idx)[: tc.cache_positions]), cfg.seed)

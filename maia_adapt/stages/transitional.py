@@ -15,12 +15,11 @@ from ..data.preprocess import open_or_build_store
 from ..data.store import store_from_fens
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS
 from ..errors import ConfigError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..reporting.plots import bar_by_bucket, transition_histogram
 from ..tracking import Tracker
 from ..transitional import NEVER, EngineOracle, build_transitional, find_engine, flat_rows, load_seed_positions
 from .common import frozen_model
-from .threats import write_csv
 
 
 def _position_set(cfg, run_dir: Path):
@@ -71,7 +70,7 @@ def run(cfg, run_dir: Path) -> dict:
         seed_tp = [NEVER if int(t) >= NUM_BUCKETS - 1 else int(t) for t in seed_tp]
         for r, t in zip(rows, seed_tp):
             r["seed_transition_point"] = t
-    write_csv(run_dir / "transitional.csv", flat_rows(rows))
+    atomic_write_csv(run_dir / "transitional.csv", flat_rows(rows))
 
     tps = np.array([r["transition_point"] for r in rows])
     acc = np.stack([r["accuracy_by_bucket"] for r in rows]).mean(0)
