@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .data.store import store_from_fens
 from .encoding import NUM_BUCKETS
 from .errors import ConfigError
-from .transitional import predictions_by_bucket, transition_points
+from .transitional import correct_by_bucket, predictions_by_bucket, transition_points
 
 # presets of finetune.trainable; anything else is a comma-separated list of parameter-name prefixes
 TRAINABLE = {
@@ -138,6 +138,6 @@ def finetune(model, train: MoveSet, val: MoveSet, *, steps: int, lr: float, batc
 def transition_report(model, moves: MoveSet, batch_size: int = 512) -> dict:
     """Per-bucket accuracy against the correct moves, and transition points, of a move set."""
     preds, _ = predictions_by_bucket(model, moves.store, np.arange(len(moves.rows)), batch_size=batch_size)
-    correct = np.array([[p in r["correct"] for p in row] for row, r in zip(preds, moves.rows)], dtype=bool)
+    correct = correct_by_bucket(preds, moves.rows)
     tp, mono = transition_points(correct)
     return {"accuracy": correct.mean(0), "transition_points": tp, "monotone": mono, "predictions": preds}

@@ -14,10 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .encoding import NUM_BUCKETS, decode_move
 from .errors import MaiaAdaptError
-from .model.inference import masked_probs
-from .transitional import transition_points
+from .transitional import correct_by_bucket, predictions_by_bucket, transition_points
 
 
 def _pooled(x: torch.Tensor) -> torch.Tensor:
@@ -88,29 +86,13 @@ class BucketReport:
     transition_points: np.ndarray  # [N]
 
 
-@torch.no_grad()
-def evaluate_under(model, store, rows: list[dict], site: str | None = None, make_hook=None, batch_size: int = 256,
-                   buckets=range(NUM_BUCKETS)) -> BucketReport:
+def evaluate_under(model, store, rows: list[dict], site: str | None = None, make_hook=None, batch_size: int = 256) -> BucketReport:
     """Correct-move accuracy per Elo bucket with an intervention active: make_hook(positions) returns
-    the hook fn for a batch of row indices (None: no intervention)."""
-    model.eval()
-    buckets = list(buckets)
-    correct = np.zeros((len(rows), len(buckets)), dtype=bool)
-    fens = store.fens(np.arange(len(rows)))
-    for s in range(0, len(rows), batch_size):
-        pos = np.arange(s, min(len(rows), s + batch_size))
-        b = store.batch(pos)
-        hooks = [(site, make_hook(pos))] if make_hook is not None else []
-        for j, k in enumerate(buckets):
-            es = torch.full((len(pos),), k, dtype=torch.long)
-            with model.hooks(hooks):
-                logits, _, _ = model(b["boards"], es, es)
-            top = masked_probs(logits, b["legal"]).argmax(-1).tolist()
-            for i, (p, m) in enumerate(zip(pos, top)):
-                white = fens[p].split()[1] == "w"
-                correct[p, j] = decode_move(m, white) in rows[p]["correct"]
-    tp, _ = transition_points(correct) if len(buckets) == NUM_BUCKETS else (np.full(len(rows), -1), None)
-    return BucketReport(correct.mean(0), correct, tp)
+    the hook fn at `site` for a batch of row indices (None: no intervention)."""
+    hooks_for = (lambda pos: [(site, make_hook(pos))]) if make_hook is not None else None
+    preds, _ = predictions_by_bucket(model, store, np.arange(len(rows)), batch_size=batch_size, hooks_for=hooks_for)
+    correct = correct_by_bucket(preds, rows)
+    return BucketReport(correct.mean(0), correct, transition_points(correct)[0])
 
 
 def bootstrap_diff(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:

@@ -38,8 +38,10 @@ def transition_points(correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
-def predictions_by_bucket(model, store, indices, oppo_bucket: int | None = None, batch_size: int = 512):
-    """Top-1 legal move (UCI, real colours) and its probability at every Elo bucket: ([N][11], [N, 11])."""
+def predictions_by_bucket(model, store, indices, oppo_bucket: int | None = None, batch_size: int = 512, hooks_for=None):
+    """Top-1 legal move (UCI, real colours) and its probability at every Elo bucket: ([N][11], [N, 11]).
+
+    hooks_for(batch indices) gives the hooks to run each batch under (an intervention), or None."""
     model.eval()
     moves: list[list[str]] = []
     probs = np.zeros((len(indices), NUM_BUCKETS), dtype=np.float32)
@@ -48,16 +50,23 @@ def predictions_by_bucket(model, store, indices, oppo_bucket: int | None = None,
         b = store.batch(idx)
         n = len(idx)
         top = np.zeros((n, NUM_BUCKETS), dtype=np.int64)
+        hooks = hooks_for(idx) if hooks_for is not None else []
         for k in range(NUM_BUCKETS):
             es = torch.full((n,), k, dtype=torch.long)
             eo = es if oppo_bucket is None else torch.full((n,), int(oppo_bucket), dtype=torch.long)
-            logits, _, _ = model(b["boards"], es, eo)
+            with model.hooks(hooks):
+                logits, _, _ = model(b["boards"], es, eo)
             p = masked_probs(logits, b["legal"])
             pk, mk = p.max(-1)
             top[:, k], probs[s : s + n, k] = mk.numpy(), pk.numpy()
         turns = [f.split()[1] == "w" for f in store.fens(idx)]
         moves += [[decode_move(int(m), w) for m in row] for row, w in zip(top, turns)]
     return moves, probs
+
+
+def correct_by_bucket(preds: list[list[str]], rows: list[dict]) -> np.ndarray:
+    """[N, 11] bool: whether each bucket's move is among the row's correct moves."""
+    return np.array([[p in r["correct"] for p in row] for row, r in zip(preds, rows)], dtype=bool).reshape(len(rows), NUM_BUCKETS)
 
 
 def find_engine(path: str | None = None) -> str | None:
@@ -195,7 +204,7 @@ def build_transitional(
                      "threats": [n for n, v in zip(threats.names, threats.labels[i].tolist()) if v]})
         if progress:
             progress(1)
-    correct = np.array([[p in r["correct"] for p in r["preds"]] for r in rows], dtype=bool).reshape(len(rows), NUM_BUCKETS)
+    correct = correct_by_bucket(preds, rows)
     tp, mono = transition_points(correct)
     for r, t, m, c in zip(rows, tp, mono, correct):
         r.update({"transition_point": int(t), "monotone": bool(m), "transitional": bool(0 < t < NEVER),
