@@ -21,7 +21,7 @@ from ..concepts import threat_concepts
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import find_saes, load_sae
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS, decode_move
-from ..errors import ConfigError
+from ..errors import ConfigError, MaiaAdaptError
 from ..finetune import MoveSet, concept_rows
 from ..interventions import (BucketReport, add_direction, bootstrap_diff, evaluate_under, matched_random_features, sae_amplify,
                              steering_vector)
@@ -99,7 +99,7 @@ class DirectionIntervention:
                 if c in probe.names:
                     try:
                         probed[c] = probe.direction(c) * v.norm()
-                    except Exception:  # a probe that never saw the concept has no direction
+                    except MaiaAdaptError:  # a probe that never saw the concept has no direction
                         continue
             self.vectors = probed
         if not self.vectors:
