@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from . import distributed
 from .encoding import NUM_BUCKETS
 from .errors import MaiaAdaptError
 
@@ -69,7 +70,24 @@ def elo_buckets_for(batch: dict, elo, rng: np.random.Generator) -> tuple[torch.T
     return full, full.clone()
 
 
-@torch.no_grad()
+def _numbered_batches(model, store, indices, sites, batch_size=256, elo="data", token_pooling="mean", seed=0,
+                      device="cpu", shard: bool = False) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """(batch number, {site: [n, features]}); with shard, only this rank's batches of a DDP run.
+    Random Elo draws depend on (seed, batch number) alone, so sharding does not change them."""
+    for s in sites:
+        model.check_hook_name(s)
+    model.eval()
+    rank, world = (distributed.rank(), distributed.world_size()) if shard else (0, 1)
+    with torch.no_grad():
+        for j, start in enumerate(range(0, len(indices), batch_size)):
+            if j % world != rank:
+                continue
+            batch = store.batch(np.asarray(indices[start : start + batch_size]))
+            es, eo = elo_buckets_for(batch, elo, np.random.default_rng([seed, j]))
+            _, cache = model.run_with_cache(batch["boards"].to(device), es.to(device), eo.to(device), names=sites)
+            yield j, {s: pool(cache[s], token_pooling).float().cpu() for s in sites}
+
+
 def activation_batches(
     model,
     store,
@@ -82,20 +100,17 @@ def activation_batches(
     device="cpu",
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield {site: [n, features] float32} for the positions `indices` of a position store, in order."""
-    for s in sites:
-        model.check_hook_name(s)
-    rng = np.random.default_rng(seed)
-    model.eval()
-    for start in range(0, len(indices), batch_size):
-        batch = store.batch(np.asarray(indices[start : start + batch_size]))
-        es, eo = elo_buckets_for(batch, elo, rng)
-        _, cache = model.run_with_cache(batch["boards"].to(device), es.to(device), eo.to(device), names=sites)
-        yield {s: pool(cache[s], token_pooling).float().cpu() for s in sites}
+    for _, acts in _numbered_batches(model, store, indices, sites, batch_size, elo, token_pooling, seed, device):
+        yield acts
 
 
-def collect_activations(model, store, indices, sites: list[str], **kw) -> dict[str, torch.Tensor]:
-    """{site: all rows of activation_batches(...) concatenated}, from one pass of the model."""
-    parts = list(activation_batches(model, store, indices, sites, **kw))
+def collect_activations(model, store, indices, sites: list[str], shard: bool = False, **kw) -> dict[str, torch.Tensor]:
+    """{site: all rows of activation_batches(...) concatenated}, from one pass of the model.
+
+    With shard=True in a DDP run, each rank runs the model on its share of the batches and every rank
+    receives all the rows (the same tensors as one process would compute)."""
+    local = dict(_numbered_batches(model, store, indices, sites, shard=shard, **kw))
+    parts = distributed.gather_in_order(local) if shard else [local[j] for j in sorted(local)]
     return {s: torch.cat([p[s] for p in parts]) for s in sites}
 
 

@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from .dictionaries.sae import SAEConfig
+from .errors import ConfigError
 from .dictionaries.transcoder import TranscoderConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +95,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = True  # autocast on CUDA only
     compile: bool = False
+    # batch: BatchNorm normalises each batch (SyncBatchNorm over the global batch under DDP on GPUs;
+    # on CPU, where PyTorch has no SyncBatchNorm, each rank's part); frozen: running statistics only
+    batchnorm: str = "batch"
     resume: bool = True  # continue an interrupted run of the same settings
     init_from_checkpoint: bool = False  # start from model.checkpoint instead of random weights
 
@@ -307,7 +311,84 @@ class Config:
     layer: int = 1  # transformer block used by the site presets (site=residual|attention|mlp|resid_post)
     experiment: str = "default"  # experiment name: W&B group and the run's label
     seed: int = 0
+    # the summary entry a sweeper optimises (e.g. 'blocks.1.hook_resid_post:sae/kl_recovered_vs_zero')
+    objective: Optional[str] = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into the run record
+
+
+# value ranges the schema's types cannot express: (keys, test, what was expected)
+_POSITIVE_INT = ("train.batch_size", "train.max_steps", "train.eval_every", "train.checkpoint_every", "train.log_every",
+                 "sae.dim", "sae.batch_size", "sae.steps", "sae.chunk_positions", "sae.eval_positions", "sae.log_every",
+                 "sae.checkpoint_every", "transcoder.dim", "transcoder.batch_size", "transcoder.steps",
+                 "transcoder.chunk_positions", "transcoder.cache_positions", "transcoder.eval_positions",
+                 "transcoder.log_every", "transcoder.checkpoint_every", "finetune.steps", "finetune.batch_size",
+                 "probe.train_positions", "probe.test_positions", "threats.positions", "activations.shard_positions",
+                 "model.dim_cnn", "model.num_blocks_cnn", "model.dim_vit", "model.num_blocks_vit", "model.heads",
+                 "model.dim_head", "model.elo_dim", "data.workers", "data.shard_size")
+_NON_NEGATIVE_INT = ("train.warmup_steps", "train.eval_positions", "sae.cache_positions", "sae.calibrate_every",
+                     "sae.aux_k", "transcoder.aux_k", "transcoder.k", "data.first_n_plies", "threats.n_null",
+                     "threats.n_boot", "threats.dashboards")
+_POSITIVE_FLOAT = ("train.lr", "sae.lr", "transcoder.lr", "finetune.lr")
+_FRACTION = ("data.val_fraction", "data.test_fraction", "model.dropout_cnn", "model.dropout_vit", "model.dropout",
+             "train.min_lr_ratio", "threats.heldout_fraction", "sae.dense_threshold", "transcoder.dense_threshold")
+# Elo settings: (key, words accepted besides a bucket 0..10); a list value is checked item by item
+_ELO = (("threats.elo", ("data", "random")), ("sae.elo", ("data", "random")), ("activations.elo", ("data",)),
+        ("probe.buckets", ()), ("intervention.probe_bucket", ()), ("transitional.oppo_bucket", ()))
+
+
+def _is_bucket(v) -> bool:
+    return str(v).strip().isdigit() and 0 <= int(v) < 11
+
+
+def _get(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part] if part in node else None
+        if node is None:
+            return None
+    return node
+
+
+def validate(cfg) -> None:
+    """Fail before a stage starts, naming the key, when a value is outside what it can mean."""
+    import math
+
+    def bad(key, value, expected):
+        raise ConfigError(f"{key}={value!r}: expected {expected}")
+
+    for key in _POSITIVE_INT:
+        v = _get(cfg, key)
+        if v is not None and v < 1:
+            bad(key, v, "a positive integer")
+    for key in _NON_NEGATIVE_INT:
+        v = _get(cfg, key)
+        if v is not None and v < 0:
+            bad(key, v, "0 or more")
+    for key in _POSITIVE_FLOAT:
+        v = _get(cfg, key)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            bad(key, v, "a finite number > 0")
+    for key in _FRACTION:
+        v = _get(cfg, key)
+        if v is not None and not (math.isfinite(v) and 0 <= v <= 1):
+            bad(key, v, "a fraction between 0 and 1")
+    for key, words in _ELO:
+        values = _get(cfg, key)
+        for v in values if OmegaConf.is_list(values) else [values]:
+            if v is not None and v not in words and not _is_bucket(v):
+                bad(key, v, "an Elo bucket 0..10" + "".join(f" or '{w}'" for w in words))
+    if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
+        bad("data.val_fraction + data.test_fraction", cfg.data.val_fraction + cfg.data.test_fraction, "less than 1")
+    if cfg.sae.architecture not in ("jumprelu", "topk", "batchtopk", "relu_l1"):
+        bad("sae.architecture", cfg.sae.architecture, "jumprelu, topk, batchtopk or relu_l1")
+    if cfg.sae.architecture in ("topk", "batchtopk") and not 1 <= cfg.sae.k <= cfg.sae.dim:
+        bad("sae.k", cfg.sae.k, f"1..sae.dim ({cfg.sae.dim})")
+    if cfg.transcoder.k > cfg.transcoder.dim:
+        bad("transcoder.k", cfg.transcoder.k, f"0 (ReLU) or 1..transcoder.dim ({cfg.transcoder.dim})")
+    if cfg.train.batchnorm not in ("batch", "frozen"):
+        bad("train.batchnorm", cfg.train.batchnorm, "batch or frozen")
+    if cfg.train.lr_schedule not in ("cosine", "linear", "constant"):
+        bad("train.lr_schedule", cfg.train.lr_schedule, "cosine, linear or constant")
 
 
 def register() -> None:

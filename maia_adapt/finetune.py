@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .data.store import store_from_fens
 from .encoding import NUM_BUCKETS
 from .errors import ConfigError
+from .model.training import train_mode
 from .transitional import correct_by_bucket, predictions_by_bucket, transition_points
 
 # presets of finetune.trainable; anything else is a comma-separated list of parameter-name prefixes
@@ -94,15 +95,6 @@ def all_bucket_loss(model, moves: MoveSet, side_info_weight: float, batch_size: 
     return total / count
 
 
-def train_mode(model) -> None:
-    """Training mode with BatchNorm frozen: a few hundred concept positions, each repeated at 11 Elo
-    buckets, would drag the running statistics of the whole trunk toward themselves."""
-    model.train()
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
 def finetune(model, train: MoveSet, val: MoveSet, *, steps: int, lr: float, batch_size: int, side_info_weight: float,
              eval_every: int, seed: int, tracker=None, progress=None) -> dict:
     """Fine-tune in place on (position, bucket) pairs drawn at random; the lowest-val-loss weights are
@@ -113,7 +105,7 @@ def finetune(model, train: MoveSet, val: MoveSet, *, steps: int, lr: float, batc
     best = (all_bucket_loss(model, val, side_info_weight), 0, copy.deepcopy(model.state_dict()))
     history = [(0, best[0])]
     for step in range(1, steps + 1):
-        train_mode(model)
+        train_mode(model, freeze_batchnorm=True)
         pos = np.sort(rng.integers(0, len(train.rows), batch_size))
         loss = calibration_loss(model, train.batch(pos, rng.integers(0, NUM_BUCKETS, batch_size)), side_info_weight)
         opt.zero_grad(set_to_none=True)

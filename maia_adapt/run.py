@@ -18,8 +18,23 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from . import config as _config  # noqa: F401  (registers the schemas)
+from . import distributed
 from .errors import MaiaAdaptError
 from .io import atomic_write_json, atomic_write_text
+
+# the run directory's timestamp; under torchrun rank 0's, so that every rank writes to one directory
+_STAMP = {"t": None}
+
+
+def _run_stamp(fmt: str) -> str:
+    if _STAMP["t"] is None:
+        _STAMP["t"] = distributed.run_stamp()
+    return _STAMP["t"].strftime(fmt)
+
+
+if not OmegaConf.has_resolver("run_stamp"):
+    # cached on the config, so a job that a launcher pickles to another process keeps the same stamp
+    OmegaConf.register_new_resolver("run_stamp", _run_stamp, use_cache=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -39,13 +54,26 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     from .stages import get_stage
 
     stage = get_stage(cfg.stage.name)
+    _config.validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if distributed.is_main():
+        atomic_write_text(run_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     seed_everything(cfg.seed)
     summary = stage(cfg, run_dir) or {}
-    atomic_write_json(run_dir / "summary.json", summary)
-    atomic_write_text(run_dir / "summary.md", _summary_md(cfg, summary))
+    if distributed.is_main():  # the other ranks of a DDP run only train
+        atomic_write_json(run_dir / "summary.json", summary)
+        atomic_write_text(run_dir / "summary.md", _summary_md(cfg, summary))
     return summary
+
+
+def objective(cfg: DictConfig, summary: dict) -> float | None:
+    """The value a sweeper (Optuna) optimises: the summary entry named by `objective`."""
+    if not cfg.objective:
+        return None
+    if cfg.objective not in summary:
+        raise MaiaAdaptError(f"objective '{cfg.objective}' is not in the {cfg.stage.name} summary; "
+                             f"expected one of: {', '.join(sorted(summary))}")
+    return float(summary[cfg.objective])
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -54,17 +82,18 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(hc.runtime.output_dir)
     try:
         summary = execute(cfg, run_dir)
+        value = objective(cfg, summary)
     except (MaiaAdaptError, OSError) as e:
         if hc.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    print(f"run directory: {run_dir}")
-    print(json.dumps(summary, indent=1, default=str))
-    # a sweeper (e.g. Optuna) optimises the stage's declared objective
-    objective = summary.get("objective")
-    return float(objective) if isinstance(objective, (int, float)) else None
+    if distributed.is_main():
+        print(f"run directory: {run_dir}")
+        print(json.dumps(summary, indent=1, default=str))
+    return value
 
 
 if __name__ == "__main__":
+    distributed.init_from_env()  # before Hydra: the ranks agree on the run directory's timestamp
     main()

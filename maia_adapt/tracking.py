@@ -2,7 +2,7 @@
 
 W&B runs offline by default (no account, no network; `wandb sync` uploads later) with its files in
 the run directory; `logger=none` switches it off. Metrics always go to run_dir/metrics.jsonl as well,
-so every run is readable without W&B.
+so every run is readable without W&B. In a DDP run only rank 0 logs.
 """
 from __future__ import annotations
 
@@ -20,8 +20,11 @@ class Tracker:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.wandb = None
+        from .distributed import is_main
+
+        self.active = is_main()
         lc = cfg.logger
-        if lc.backend == "none" or lc.mode == "disabled":
+        if lc.backend == "none" or lc.mode == "disabled" or not self.active:
             return
         if lc.backend != "wandb":
             from .errors import ConfigError
@@ -50,6 +53,8 @@ class Tracker:
             self.wandb = None
 
     def log(self, metrics: dict, step: int | None = None) -> None:
+        if not self.active:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps({"step": step, **metrics}, default=float) + "\n")
         if self.wandb is not None:

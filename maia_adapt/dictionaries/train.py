@@ -4,6 +4,10 @@ The stream is a sequence of *chunks*: `make_chunk(r)` returns {site: [N, d]} act
 a deterministic function of r (positions sampled with a seed derived from r). Each chunk is shuffled
 with a permutation derived from r and cut into batches, so step s always sees the same batch: a run
 resumed at step s recomputes chunk s // batches_per_chunk and continues exactly.
+
+Under torchrun every rank holds the same chunk (its forward pass is split across the ranks, see
+`collect_activations(shard=True)`), trains on its slice of each global batch, and DDP averages the
+gradients; firing statistics are summed over the ranks, and rank 0 alone writes checkpoints.
 """
 from __future__ import annotations
 
@@ -15,8 +19,10 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
+from .. import distributed
 from ..checkpointing import latest_step_dir, load_optimizer, optimizer_tensors, read_state, write_step_dir
 from ..io import load_safetensors, save_safetensors
 from .sae import SparseAutoencoder
@@ -45,24 +51,41 @@ class FiringStats:
         self.window_fires = torch.zeros(self.dim, dtype=torch.long)
 
     def update(self, z: torch.Tensor) -> None:
-        fired = (z > 0).sum(0).cpu()
-        self.since += z.shape[0]
+        # summed over the ranks of a DDP run, so every rank agrees on which latents are dead
+        fired = distributed.all_reduce_sum((z > 0).sum(0)).cpu()
+        n = z.shape[0] * distributed.world_size()
+        self.since += n
         self.since[fired > 0] = 0
         self.window_fires += fired
-        self.window_samples += z.shape[0]
+        self.window_samples += n
 
     def reset_window(self) -> None:
         self.window_fires.zero_()
         self.window_samples = 0
 
 
+class _Losses(nn.Module):
+    """A dictionary whose forward is its training losses: what DDP wraps to average the gradients."""
+
+    def __init__(self, dictionary: nn.Module):
+        super().__init__()
+        self.dictionary = dictionary
+
+    def forward(self, x, **kw):
+        return self.dictionary.losses(x, **kw)
+
+
 class DictionaryTrainer:
-    """Trains named dictionaries {name: (module, site)} on batches {site: activations}."""
+    """Trains named dictionaries {name: (module, site)} on batches {site: activations}.
+
+    `batch_size` is the global batch; under torchrun each rank is given its slice of it."""
 
     def __init__(self, dictionaries: dict[str, tuple[SparseAutoencoder, str]], steps: int, batch_size: int):
         self.dicts = dictionaries
         self.steps = steps
         self.batch_size = batch_size
+        self.rows = distributed.local_rows(batch_size, "batch_size")
+        self.loss_fns = {n: distributed.wrap(_Losses(m)) for n, (m, _) in dictionaries.items()}
         self.opts = {n: torch.optim.Adam(m.parameters(), lr=m.cfg.lr, betas=(0.9, 0.999)) for n, (m, _) in dictionaries.items()}
         self.stats = {n: FiringStats(m.cfg.dim) for n, (m, _) in dictionaries.items()}
         self.step = 0
@@ -78,7 +101,7 @@ class DictionaryTrainer:
             dead = self.stats[name].since >= cfg.dead_after
             # a transcoder predicts another site's activation; an SAE its own input
             extra = {"target": batch[sae.target_site]} if getattr(sae, "target_site", None) else {}
-            res = sae.losses(x, sparsity_scale=sparsity, dead=dead, **extra)
+            res = self.loss_fns[name](x, sparsity_scale=sparsity, dead=dead, **extra)
             self.opts[name].zero_grad(set_to_none=True)
             res["loss"].backward()
             sae.project_decoder_grad()
@@ -97,7 +120,7 @@ class DictionaryTrainer:
                 if k in res:
                     out[f"{name}/{k}"] = res[k].item()
         self.step += 1
-        return out
+        return distributed.mean_over_ranks(out)
 
     def firing_metrics(self) -> dict[str, float]:
         out = {}
@@ -180,13 +203,16 @@ def start_or_resume(trainer: DictionaryTrainer, cfg, run_dir: Path, resume: bool
 
     fingerprint = config_fingerprint(cfg)
     last = None
-    if resume:
+    if resume and distributed.is_main():
         prev = find_resumable(run_dir, fingerprint, lambda d: latest_step_dir(d / "checkpoints") is not None)
         if prev is not None:
             last = latest_step_dir(prev / "checkpoints")
-            trainer.load(last)
             print(f"resuming from {last}")
-    mark_started(run_dir, fingerprint)
+    last = distributed.broadcast(last)  # every rank loads the checkpoint rank 0 chose
+    if last is not None:
+        trainer.load(last)
+    if distributed.is_main():
+        mark_started(run_dir, fingerprint)
     return last
 
 
@@ -216,9 +242,11 @@ def train_dictionaries(
     `calibrate_every` steps, the best-scoring weights of each dictionary are kept in run_dir/best.
     """
     ckpt_dir = Path(run_dir) / "checkpoints"
-    if resume and (last := latest_step_dir(ckpt_dir)) is not None:
+    if resume and (last := distributed.broadcast(latest_step_dir(ckpt_dir))) is not None:
         trainer.load(last)
-    best = BestKeeper(Path(run_dir) / "best", trainer) if calibrate else None
+    main = distributed.is_main()
+    # rank 0 calibrates and keeps the best weights; the others wait for it at the next gradient sync
+    best = BestKeeper(Path(run_dir) / "best", trainer) if calibrate and main else None
     first = make_chunk(0)
     per_chunk = max(1, len(next(iter(first.values()))) // trainer.batch_size)
     r = trainer.step // per_chunk
@@ -226,13 +254,13 @@ def train_dictionaries(
     batches = chunk_batches(chunk, trainer.batch_size, seed, r)
     metrics: dict[str, float] = {}
     t0, seen = time.time(), 0
-    bar = tqdm(total=trainer.steps, initial=trainer.step, desc="dictionaries", dynamic_ncols=True)
+    bar = tqdm(total=trainer.steps, initial=trainer.step, desc="dictionaries", dynamic_ncols=True, disable=not main)
     while trainer.step < trainer.steps:
         i = trainer.step % per_chunk
         if trainer.step // per_chunk != r:
             r = trainer.step // per_chunk
             batches = chunk_batches(make_chunk(r), trainer.batch_size, seed, r)
-        metrics = trainer.train_step(batches[i])
+        metrics = trainer.train_step({s: v[trainer.rows] for s, v in batches[i].items()})
         seen += trainer.batch_size
         bar.update(1)
         if trainer.step % log_every == 0 or trainer.step == trainer.steps:
@@ -249,7 +277,8 @@ def train_dictionaries(
             if tracker:
                 tracker.log({f"calibration/{k}": v for k, v in scores.items()}, step=trainer.step)
         # the best weights are written before the step checkpoint, so a resumed run never lacks them
-        if trainer.step % checkpoint_every == 0 or trainer.step == trainer.steps:
+        if main and (trainer.step % checkpoint_every == 0 or trainer.step == trainer.steps):
             trainer.save(ckpt_dir)
     bar.close()
+    distributed.barrier()
     return metrics

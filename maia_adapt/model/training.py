@@ -1,7 +1,8 @@
 """Training Maia-2 on a position store: losses, schedule, evaluation, resumable checkpoints.
 
 Every step draws its batch and its dropout noise from (seed, step) alone, so a run resumed from a
-checkpoint at step s continues exactly as the uninterrupted run would have.
+checkpoint at step s continues exactly as the uninterrupted run would have. Under torchrun each rank
+takes its slice of the same global batch and DDP averages the gradients (see maia_adapt.distributed).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .. import distributed
 from ..checkpointing import latest_step_dir, load_optimizer, optimizer_tensors, read_state, write_step_dir
 from ..encoding import NUM_BUCKETS
 from ..errors import MaiaAdaptError
@@ -29,9 +31,19 @@ class LossWeights:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """'auto' is CUDA when available; under torchrun, CUDA means this rank's GPU."""
+    return distributed.device_for(name)
+
+
+def train_mode(model, freeze_batchnorm: bool = False) -> None:
+    """Training mode; with freeze_batchnorm, BatchNorm layers keep normalising with their running
+    statistics and do not update them (fine-tuning on a few hundred positions, or DDP on CPU where
+    PyTorch has no SyncBatchNorm and exact agreement with one process is wanted)."""
+    model.train()
+    if freeze_batchnorm:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 
 def to_device(batch: dict, device) -> dict:
@@ -152,7 +164,9 @@ def train_model(
     Checkpoints go to run_dir/checkpoints; `resume_from` is a step_* folder to continue from.
     """
     device = resolve_device(cfg.device)
-    model.to(device).train()
+    freeze_bn = getattr(cfg, "batchnorm", "batch") == "frozen"
+    model.to(device)
+    train_mode(model, freeze_bn)
     w = LossWeights(cfg.side_info_coefficient, cfg.value_coefficient)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_idx = store.split_indices("train")
@@ -167,17 +181,22 @@ def train_model(
         start = int(state["step"])
         model.to(device)
     amp = device.type == "cuda" and cfg.bf16
-    step_fn = torch.compile(model) if cfg.compile else model
+    rows = distributed.local_rows(cfg.batch_size, "train.batch_size")
+    step_fn = distributed.wrap(model, device)
+    step_fn = torch.compile(step_fn) if cfg.compile else step_fn
+    main = distributed.is_main()
     ckpt_dir = Path(run_dir) / "checkpoints"
     last_eval: dict = {}
     t0, seen = time.time(), 0
-    bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="train", dynamic_ncols=True)
+    bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="train", dynamic_ncols=True,
+               disable=not main)
     for step in bar:
         lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.lr_schedule, cfg.min_lr_ratio)
         for g in opt.param_groups:
             g["lr"] = lr
-        torch.manual_seed(seed * 1_000_003 + step)  # dropout noise depends on the step only
-        batch = to_device(store.batch(_batch_indices(train_idx, seed, step, cfg.batch_size)), device)
+        # dropout noise depends on the step (and rank) only
+        torch.manual_seed(seed * 1_000_003 + step + 7919 * distributed.rank())
+        batch = to_device(store.batch(_batch_indices(train_idx, seed, step, cfg.batch_size)[rows]), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = maia2_losses(step_fn, batch, w)
         loss = out["loss"]
@@ -188,21 +207,24 @@ def train_model(
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        seen += cfg.batch_size
+        seen += cfg.batch_size  # positions of the global batch
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.max_steps:
             rate = seen / (time.time() - t0)
-            metrics = {f"train/{k}": out[k].item() for k in ("loss", "policy_loss", "side_info_loss", "value_loss")}
+            metrics = distributed.mean_over_ranks(
+                {f"train/{k}": out[k].item() for k in ("loss", "policy_loss", "side_info_loss", "value_loss")})
             metrics.update({"train/lr": lr, "train/positions_per_s": rate})
-            bar.set_postfix(loss=f"{loss.item():.3f}", pos_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", pos_s=f"{rate:.0f}")
             if tracker:
                 tracker.log(metrics, step=done)
-        if len(eval_idx) and (done % cfg.eval_every == 0 or done == cfg.max_steps):
+        # rank 0 evaluates and writes; the other ranks wait for it in the next step's gradient sync
+        if main and len(eval_idx) and (done % cfg.eval_every == 0 or done == cfg.max_steps):
             last_eval = evaluate(model, store, eval_idx, device=device, w=w)
             if tracker:
                 tracker.log({f"val/{k}": v for k, v in last_eval.items() if not k.startswith("count")}, step=done)
-            model.train()
-        if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
+            train_mode(model, freeze_bn)
+        if main and (done % cfg.checkpoint_every == 0 or done == cfg.max_steps):
             save_training_checkpoint(ckpt_dir, done, model, opt, {"val_accuracy": last_eval.get("accuracy")})
     bar.close()
+    distributed.barrier()
     return last_eval

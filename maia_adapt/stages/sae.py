@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from .. import distributed
 from ..activations import activation_batches, collect_activations, position_codes, site_dim
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder, save_sae, train_dictionaries
@@ -65,7 +66,7 @@ def run(cfg, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     sc = cfg.sae
     model = frozen_model(cfg, "sae")
-    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
+    store = distributed.main_first(lambda: open_or_build_store(cfg.data, cfg.paths.cache_dir))
     sites = list(sc.sites)
     if not sites:
         raise ConfigError("sae.sites is empty: expected at least one hook name")
@@ -77,8 +78,9 @@ def run(cfg, run_dir: Path) -> dict:
         raise ConfigError("the position store has no training positions")
 
     def forward_chunk(idx, seed) -> dict[str, torch.Tensor]:
+        # under torchrun each rank runs the model on its share of the positions
         return collect_activations(model, store, idx, sites, batch_size=512, elo=sc.elo,
-                                   token_pooling=sc.token_pooling, seed=seed)
+                                   token_pooling=sc.token_pooling, seed=seed, shard=True)
 
     cache = None
     if sc.cache_positions:
@@ -108,7 +110,7 @@ def run(cfg, run_dir: Path) -> dict:
     start_or_resume(trainer, cfg, run_dir, sc.resume)
     tracker = Tracker(cfg, run_dir, job_type="sae")
     calibrate, calibrated = None, {}
-    if sc.calibrate_every:
+    if sc.calibrate_every and distributed.is_main():
         val_idx = store.split_indices("val")
         cal_idx = np.sort(np.random.default_rng(cfg.seed + 2).permutation(val_idx)[: sc.calibration_positions])
         cal_acts, cal_labels, cal_names = calibration_set(model, store, cal_idx, sites, sc, cfg.seed + 2)
@@ -120,6 +122,8 @@ def run(cfg, run_dir: Path) -> dict:
         final = train_dictionaries(trainer, lambda r: first if r == 0 else make_chunk(r), run_dir, seed=cfg.seed,
                                    log_every=sc.log_every, checkpoint_every=sc.checkpoint_every, tracker=tracker,
                                    resume=False, calibrate=calibrate, calibrate_every=sc.calibrate_every)
+        if not distributed.is_main():
+            return {}
         if calibrate:
             # the run's SAEs are the calibration's best, not the last step's
             calibrated = BestKeeper(run_dir / "best", trainer).restore()

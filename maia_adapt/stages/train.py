@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import distributed
 from ..data.preprocess import open_or_build_store
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS
 from ..errors import ConfigError
@@ -21,7 +22,8 @@ from ..tracking import Tracker
 
 def run(cfg, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
-    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
+    # under torchrun rank 0 builds the position store (if it is not cached) while the others wait
+    store = distributed.main_first(lambda: open_or_build_store(cfg.data, cfg.paths.cache_dir))
     if cfg.train.init_from_checkpoint:
         if not cfg.model.checkpoint:
             raise ConfigError("train.init_from_checkpoint=true needs model.checkpoint (a .pt/.safetensors file or run directory)")
@@ -30,15 +32,19 @@ def run(cfg, run_dir: Path) -> dict:
         model = Maia2(Maia2Config.from_any(cfg.model))
     fingerprint = config_fingerprint(cfg)
     resume = None
-    if cfg.train.resume:
+    if cfg.train.resume and distributed.is_main():
         prev = find_resumable(run_dir, fingerprint, lambda d: latest_checkpoint(d / "checkpoints") is not None)
         if prev is not None:
             resume = latest_checkpoint(prev / "checkpoints")
             print(f"resuming from {resume}")
-    mark_started(run_dir, fingerprint)
+    resume = distributed.broadcast(resume)
+    if distributed.is_main():
+        mark_started(run_dir, fingerprint)
     tracker = Tracker(cfg, run_dir, job_type="train")
     try:
         train_model(model, store, cfg.train, run_dir, tracker=tracker, seed=cfg.seed, resume_from=resume)
+        if not distributed.is_main():
+            return {}
         device = resolve_device(cfg.train.device)
         test_idx = store.split_indices("test")
         rng = np.random.default_rng(cfg.seed + 1)

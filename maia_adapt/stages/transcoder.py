@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from .. import distributed
 from ..activations import collect_activations
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import DictionaryTrainer, train_dictionaries
@@ -45,16 +46,18 @@ def run(cfg, run_dir: Path) -> dict:
         if not 0 <= l < model.cfg.num_blocks_vit:
             raise ConfigError(f"transcoder layer {l}: the model has blocks 0..{model.cfg.num_blocks_vit - 1}")
     sites = [s for l in layers for s in (f"blocks.{l}.hook_mlp_in", f"blocks.{l}.hook_mlp_out")]
-    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
+    store = distributed.main_first(lambda: open_or_build_store(cfg.data, cfg.paths.cache_dir))
     train_idx, test_idx = store.split_indices("train"), store.split_indices("test")
     if not len(train_idx) or not len(test_idx):
         raise ConfigError("stage=transcoder needs train and test positions in the data")
 
-    def tokens(idx, seed) -> dict[str, torch.Tensor]:
-        return collect_activations(model, store, idx, sites, batch_size=256, elo="random", token_pooling="none", seed=seed)
+    def tokens(idx, seed, shard=False) -> dict[str, torch.Tensor]:
+        return collect_activations(model, store, idx, sites, batch_size=256, elo="random", token_pooling="none",
+                                   seed=seed, shard=shard)
 
     rng = np.random.default_rng([cfg.seed, 99])
-    cache = tokens(np.sort(rng.permutation(train_idx)[: tc.cache_positions]), cfg.seed)
+    # under torchrun each rank runs the model on its share of the positions
+    cache = tokens(np.sort(rng.permutation(train_idx)[: tc.cache_positions]), cfg.seed, shard=True)
     n = len(cache[sites[0]])
 
     def make_chunk(r: int) -> dict[str, torch.Tensor]:
@@ -74,6 +77,8 @@ def run(cfg, run_dir: Path) -> dict:
     try:
         train_dictionaries(trainer, make_chunk, run_dir, seed=cfg.seed, log_every=tc.log_every,
                            checkpoint_every=tc.checkpoint_every, tracker=tracker, resume=False)
+        if not distributed.is_main():
+            return {}
         ev_rng = np.random.default_rng(cfg.seed + 1)
         eval_idx = np.sort(ev_rng.permutation(test_idx)[: tc.eval_positions])
         grid_idx = eval_idx[: tc.grid_positions]
