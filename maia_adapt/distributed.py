@@ -40,7 +40,13 @@ def is_main() -> bool:
 
 
 def init_from_env() -> bool:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); True when this is a DDP run."""
+    """Join the process group that torchrun (or a SLURM job of several tasks, started through
+    Hydra's submitit launcher) describes; True when this is a DDP run."""
+    if "RANK" not in os.environ and os.environ.get("SUBMITIT_EXECUTOR") == "slurm" \
+            and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export()  # RANK, WORLD_SIZE, MASTER_ADDR... from SLURM's variables
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not dist.is_initialized():

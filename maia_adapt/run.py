@@ -78,6 +78,7 @@ def objective(cfg: DictConfig, summary: dict) -> float | None:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    distributed.init_from_env()  # a SLURM job of several tasks joins here (torchrun ranks already have)
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     try:

@@ -24,6 +24,7 @@ def config_fingerprint(cfg, ignore=()) -> str:
 
 
 def mark_started(run_dir: Path, fingerprint: str) -> None:
+    (Path(run_dir) / DONE_FILE).unlink(missing_ok=True)  # a run directory used again is not done until it is
     (Path(run_dir) / FINGERPRINT_FILE).write_text(fingerprint + "\n")
 
 
@@ -32,8 +33,13 @@ def mark_done(run_dir: Path) -> None:
 
 
 def find_resumable(run_dir: Path, fingerprint: str, has_checkpoint) -> Path | None:
-    """The newest sibling run directory with this fingerprint, not done, for which has_checkpoint(dir)."""
+    """The run directory itself (a job requeued by SLURM, or a fixed hydra.run.dir) or else the newest
+    sibling with this fingerprint, not done, for which has_checkpoint(dir)."""
     run_dir = Path(run_dir).resolve()
+    own = run_dir / FINGERPRINT_FILE
+    if own.is_file() and own.read_text().strip() == fingerprint and not (run_dir / DONE_FILE).exists() \
+            and has_checkpoint(run_dir):
+        return run_dir
     candidates = []
     for d in run_dir.parent.glob("*"):
         if d.resolve() == run_dir or not d.is_dir() or (d / DONE_FILE).exists():
