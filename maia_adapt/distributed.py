@@ -46,7 +46,7 @@ def init_from_env() -> bool:
             and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         from submitit.helpers import TorchDistributedEnvironment
 
-        TorchDistributedEnvironment().export()  # RANK, WORLD_SIZE, MASTER_ADDR... from SLURM's variables
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)  # RANK etc. from SLURM_*
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not dist.is_initialized():
