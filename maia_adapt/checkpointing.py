@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch
 
+from .errors import CheckpointError
+
 
 def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "") -> tuple[dict, dict]:
     sd = opt.state_dict()
@@ -46,13 +48,17 @@ def write_step_dir(ckpt_dir, step: int, write: Callable[[Path], None], state: di
     final = ckpt_dir / f"step_{step:07d}"
     tmp = ckpt_dir / f".tmp_step_{step:07d}_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write(tmp)
-    (tmp / "state.json").write_text(json.dumps({"step": step, **state}))
-    for p in tmp.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
+    try:
+        tmp.mkdir()
+        write(tmp)
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state}))
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                with open(p, "rb") as fh:
+                    os.fsync(fh.fileno())
+    except Exception as e:  # e.g. a full disk; safetensors reports it as its own error type
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not write checkpoint {final}: {e}") from e
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -25,8 +25,10 @@ def atomic_write_bytes(path, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not e.filename:  # a full disk: say which file could not be written
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
     return path
 

@@ -1,6 +1,5 @@
 """Maia-2: same outputs as the official model, checkpoint loading errors, hook points, inference."""
 import chess
-import numpy as np
 import pytest
 import torch
 

@@ -6,7 +6,6 @@ import copy
 import json
 from pathlib import Path
 
-import torch
 
 from ..errors import CheckpointError
 from ..io import atomic_write_json, load_safetensors, save_safetensors

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MaiaAdaptError
+from ..errors import CheckpointError
 from .maia2 import Maia2, Maia2Config
 
 CONFIG_KEY = "maia_adapt.model_config"
@@ -44,7 +44,7 @@ def infer_config(state: dict, heads: int | None = None) -> Maia2Config:
             num_moves=state["fc_1.weight"].shape[0],
         )
     except KeyError as e:
-        raise MaiaAdaptError(f"not a Maia-2 state dict: key {e.args[0]} is missing") from None
+        raise CheckpointError(f"not a Maia-2 state dict: key {e.args[0]} is missing") from None
 
 
 def load_state_strict(model: Maia2, state: dict, source: str) -> None:
@@ -52,14 +52,14 @@ def load_state_strict(model: Maia2, state: dict, source: str) -> None:
     own = model.state_dict()
     for k, v in state.items():
         if k not in own:
-            raise MaiaAdaptError(f"{source}: unknown key '{k}' (not a parameter of this Maia-2 architecture)")
+            raise CheckpointError(f"{source}: unknown key '{k}' (not a parameter of this Maia-2 architecture)")
         if tuple(v.shape) != tuple(own[k].shape):
-            raise MaiaAdaptError(
+            raise CheckpointError(
                 f"{source}: key '{k}' has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}"
             )
     missing = [k for k in own if k not in state]
     if missing:
-        raise MaiaAdaptError(f"{source}: key '{missing[0]}' is missing ({len(missing)} missing in all)")
+        raise CheckpointError(f"{source}: key '{missing[0]}' is missing ({len(missing)} missing in all)")
     model.load_state_dict(state, strict=True)
 
 
@@ -72,9 +72,9 @@ def read_checkpoint(path) -> tuple[dict, Maia2Config | None]:
                 path = path / name
                 break
         else:
-            raise MaiaAdaptError(f"{path}: no model.safetensors or checkpoints/last.safetensors in this run directory")
+            raise CheckpointError(f"{path}: no model.safetensors or checkpoints/last.safetensors in this run directory")
     if not path.is_file():
-        raise MaiaAdaptError(f"checkpoint {path} not found: expected an official .pt file or a .safetensors file")
+        raise CheckpointError(f"checkpoint {path} not found: expected an official .pt file or a .safetensors file")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -83,17 +83,17 @@ def read_checkpoint(path) -> tuple[dict, Maia2Config | None]:
                 meta = f.metadata() or {}
                 state = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise MaiaAdaptError(f"checkpoint {path} is not a readable safetensors file ({e})") from None
+            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({e})") from None
         cfg = Maia2Config(**json.loads(meta[CONFIG_KEY])) if CONFIG_KEY in meta else None
         return _strip_module(state), cfg
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise MaiaAdaptError(f"checkpoint {path} could not be read by torch.load ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"checkpoint {path} could not be read by torch.load ({type(e).__name__}: {e})") from None
     if isinstance(obj, dict) and "model_state_dict" in obj:
         obj = obj["model_state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise MaiaAdaptError(f"checkpoint {path}: expected a state dict or a dict with 'model_state_dict'")
+        raise CheckpointError(f"checkpoint {path}: expected a state dict or a dict with 'model_state_dict'")
     return _strip_module(obj), None
 
 
