@@ -95,6 +95,40 @@ def main(cfg: DictConfig) -> float | None:
     return value
 
 
+def config_error_line(e: BaseException) -> str:
+    """One line for a Hydra/OmegaConf composition error: the key, what was wrong, what is allowed."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    chain = [e]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    for err in chain:
+        if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
+            return f"{err.full_key}: {str(getattr(err, 'msg', err)).splitlines()[0]}"
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    if len(lines) > 1 and lines[1].startswith("Available options"):  # an unknown group option
+        options = lines[2:lines.index("Config search path:")] if "Config search path:" in lines else lines[2:]
+        first = lines[0].split(": ", 1)[-1] if lines[0].startswith("In '") else lines[0]
+        return f"{first}: {lines[1].lower().rstrip(':')}: {', '.join(options)}"
+    return " ".join(lines)
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Compose the config once before Hydra does, so that a typo, a wrong type or an unknown option is
+    one line on stderr. Sweeps (-m), Hydra's flags and hydra.verbose=true are left to Hydra itself."""
+    if any(a.startswith("-") for a in argv) or any(a.replace(" ", "").startswith("hydra.verbose=") for a in argv):
+        return
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=str(_config.REPO_ROOT / "conf"), version_base="1.3"):
+            compose("config", overrides=argv)
+    except Exception as e:  # every composition error, whatever Hydra or OmegaConf calls it
+        print(f"error: {config_error_line(e)}", file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     distributed.init_from_env()  # before Hydra: the ranks agree on the run directory's timestamp
+    check_overrides(sys.argv[1:])
     main()

@@ -1,7 +1,4 @@
 """stage=train and the training loop on real games: learning, exact resume, the app end to end."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -55,31 +52,3 @@ def test_resume_from_a_checkpoint_gives_the_same_weights(store, tmp_path):
     train_model(resumed, store, _cfg(max_steps=20), tmp_path / "c", seed=3, resume_from=ckpt[0])
     for k, v in straight.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
-
-
-def _app(args, env_extra=None, **kw):
-    env = {**os.environ, "WANDB_MODE": "offline", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "maia_adapt.run", *args], cwd=kw.get("cwd", ROOT), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _tiny_args(tmp_path, steps):
-    return ["stage=train", "data=lichess", "data.max_games=80", f"data.store_dir={tmp_path}/store",
-            "model.dim_cnn=16", "model.num_blocks_cnn=1", "model.dim_vit=64", "model.elo_dim=8", "model.heads=4",
-            "model.dim_head=16", f"train.max_steps={steps}", "train.batch_size=32", "train.checkpoint_every=5",
-            "train.eval_every=10000", "train.eval_positions=300", "train.log_every=5", "logger=none",
-            f"hydra.run.dir={tmp_path}/runs/${{now:%H-%M-%S-%f}}"]
-
-
-def test_app_errors_are_one_line(tmp_path):
-    p = _app(["stage=train", "data.pgn=[/nonexistent/games.pgn]", "logger=none", f"hydra.run.dir={tmp_path}/r"])
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 1
-    lines = [l for l in err.strip().splitlines() if l.strip()]
-    assert lines[-1].startswith("error: PGN file /nonexistent/games.pgn not found") and "Traceback" not in err
-    p = _app(["stage=train", "model.dimm=3"])
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 1 and "Key 'dimm' not in 'ModelConfig'" in err
-    p = _app(["stage=nope"])
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 1 and "Could not find 'stage/nope'" in err and "train" in err

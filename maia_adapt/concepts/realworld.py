@@ -13,7 +13,8 @@ from pathlib import Path
 import chess
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, MaiaAdaptError
+from ..model.inference import parse_fen
 from .board import BoardConcepts
 
 _PUZZLE_COLUMNS = ("FEN", "Moves", "Themes")
@@ -40,9 +41,9 @@ def _open(path: Path):
 def _puzzle_position(row: dict, where: str) -> str:
     """FEN of the puzzle position: the row's FEN after the first move of `Moves` (the opponent's)."""
     try:
-        board = chess.Board(row["FEN"])
-    except ValueError as e:
-        raise DataError(f"{where}: bad FEN {row['FEN']!r} ({e})") from None
+        board = parse_fen(row["FEN"])  # legal chess, not just well-formed
+    except MaiaAdaptError as e:
+        raise DataError(f"{where}: {e}") from None
     moves = row["Moves"].split()
     if not moves:
         raise DataError(f"{where}: empty Moves field")

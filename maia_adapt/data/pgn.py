@@ -168,7 +168,8 @@ def open_text(path) -> Iterator[str]:
     if not path.is_file():
         from ..errors import DataError
 
-        raise DataError(f"PGN file {path} not found: expected a .pgn or .pgn.zst file")
+        raise DataError(f"PGN file {path} {'is a directory' if path.is_dir() else 'not found'}: "
+                        "expected a .pgn or .pgn.zst file")
     with open(path, "rb") as raw:
         if path.suffix == ".zst":
             stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)

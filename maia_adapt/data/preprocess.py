@@ -185,7 +185,8 @@ def build_store(
     paths = [Path(p) for p in ([pgn_paths] if isinstance(pgn_paths, (str, Path)) else pgn_paths)]
     for p in paths:
         if not p.is_file():
-            raise DataError(f"PGN file {p} not found: expected a .pgn or .pgn.zst file (set data.pgn or MAIA_ADAPT_DATA)")
+            what = "is a directory" if p.is_dir() else "not found"
+            raise DataError(f"PGN file {p} {what}: expected a .pgn or .pgn.zst file (set data.pgn or MAIA_ADAPT_DATA)")
     writer = StoreWriter(out_dir, shard_size, meta={"fingerprint": fingerprint, "sources": [str(p) for p in paths]})
     stats: Counter = Counter()
     errors: Counter = Counter()
@@ -250,18 +251,18 @@ def open_or_build_store(data_cfg, cache_dir) -> PositionStore:
         raise DataError("data.pgn is empty: expected at least one .pgn or .pgn.zst file")
     fp = data_fingerprint(data_cfg)
     out = Path(data_cfg.store_dir) if data_cfg.store_dir else Path(cache_dir) / "stores" / f"{data_cfg.name}-{fp}"
-    if (out / "manifest.json").is_file():
-        store = PositionStore(out)
-        if store.manifest.get("fingerprint") == fp:
-            return store
-    store = build_store(
-        list(data_cfg.pgn), out, GameFilter.from_any(data_cfg), workers=data_cfg.workers, shard_size=data_cfg.shard_size,
-        val_fraction=data_cfg.val_fraction, test_fraction=data_cfg.test_fraction, split_seed=data_cfg.split_seed,
-        fingerprint=fp,
-    )
+    store = PositionStore(out) if (out / "manifest.json").is_file() else None
+    if store is None or store.manifest.get("fingerprint") != fp:
+        store = build_store(
+            list(data_cfg.pgn), out, GameFilter.from_any(data_cfg), workers=data_cfg.workers,
+            shard_size=data_cfg.shard_size, val_fraction=data_cfg.val_fraction, test_fraction=data_cfg.test_fraction,
+            split_seed=data_cfg.split_seed, fingerprint=fp,
+        )
+        s = store.manifest["summary"]
+        print(f"position store {out}: {s['games_kept']:,} games, {s['positions']:,} positions; skipped {s['skipped']}"
+              + (f"; stream errors: {s['stream_errors']}" if s["stream_errors"] else ""))
     s = store.manifest["summary"]
-    print(f"position store {out}: {s['games_kept']:,} games, {s['positions']:,} positions; skipped {s['skipped']}"
-          + (f"; stream errors: {s['stream_errors']}" if s["stream_errors"] else ""))
-    if len(store) == 0:
-        raise DataError(f"no positions in {list(data_cfg.pgn)} pass the data filters (empty position set)")
+    if len(store) == 0:  # also when an earlier run cached the empty store
+        why = f": {s['stream_errors'][0]}" if s["stream_errors"] else ""
+        raise DataError(f"no positions in {list(data_cfg.pgn)} pass the data filters (empty position set){why}")
     return store

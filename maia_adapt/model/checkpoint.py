@@ -104,7 +104,11 @@ def load_model(path, config=None, device="cpu", eval: bool = True) -> Maia2:
     the file's metadata or, for official checkpoints, from the tensor shapes.
     """
     state, file_cfg = read_checkpoint(path)
-    cfg = Maia2Config.from_any(config) if config is not None else (file_cfg or infer_config(state))
+    try:
+        cfg = Maia2Config.from_any(config) if config is not None else (file_cfg or infer_config(state))
+    except CheckpointError as e:  # e.g. an SAE or another model's file given as model.checkpoint
+        keys = ", ".join(sorted(state)[:4])
+        raise CheckpointError(f"checkpoint {path}: {e} (it holds {keys}...: another architecture?)") from None
     model = Maia2(cfg)
     load_state_strict(model, state, str(path))
     model.to(device)

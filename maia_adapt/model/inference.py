@@ -31,13 +31,13 @@ def parse_fen(fen: str) -> chess.Board:
     try:
         board = chess.Board(fen)
     except ValueError as e:
-        raise MaiaAdaptError(f"bad FEN '{fen}': {e}") from None
+        raise MaiaAdaptError(f"bad FEN {fen!r}: {e}") from None
     status = board.status()
     if status != chess.STATUS_VALID:
         flags = [n for n in dir(chess.Status) if n.isupper() and getattr(chess.Status, n) & status]
-        raise MaiaAdaptError(f"FEN '{fen}' is not a legal chess position ({', '.join(flags)})")
+        raise MaiaAdaptError(f"FEN {fen!r} is not a legal chess position ({', '.join(flags)})")
     if board.is_game_over(claim_draw=False) and not any(board.generate_legal_moves()):
-        raise MaiaAdaptError(f"FEN '{fen}' has no legal moves (checkmate or stalemate)")
+        raise MaiaAdaptError(f"FEN {fen!r} has no legal moves (checkmate or stalemate)")
     return board
 
 

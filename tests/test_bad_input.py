@@ -1,0 +1,144 @@
+"""Bad input through the app: one `error:` line naming the key, file or value and what was expected,
+exit status 1 and no traceback (the traceback with hydra.verbose=true). Plus fuzzing of the FEN
+reader and of config values (the PGN fuzz test is in test_data.py)."""
+import math
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from maia_adapt.config import REPO_ROOT, validate
+from maia_adapt.dictionaries import SAEConfig, SparseAutoencoder, save_sae
+from maia_adapt.errors import MaiaAdaptError
+from maia_adapt.model.inference import parse_fen
+from maia_adapt.run import config_error_line
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TRAIN = ["stage=train", "model.dim_cnn=16", "model.num_blocks_cnn=1", "model.dim_vit=64", "model.elo_dim=8",
+              "model.heads=4", "model.dim_head=16", "train.max_steps=4", "train.batch_size=16",
+              "train.checkpoint_every=2", "train.eval_positions=50"]
+
+
+def _app(args, tmp_path, preexec_fn=None):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, "-m", "maia_adapt.run", *args, "logger=none", f"hydra.run.dir={tmp_path}/run"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, preexec_fn=preexec_fn)
+
+
+def _error_line(p) -> str:
+    assert p.returncode == 1, (p.returncode, p.stderr[-2000:])
+    assert "Traceback" not in p.stderr, p.stderr[-2000:]
+    last = [l for l in p.stderr.splitlines() if l.strip()][-1]
+    assert last.startswith("error: "), p.stderr[-2000:]
+    return last
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "garbage.pgn.zst").write_bytes(os.urandom(5000))
+    (d / "binary.pgn").write_bytes(bytes(range(256)) * 20)
+    (d / "no_elo.pgn").write_text('[Event "casual"]\n[White "a"]\n[Black "b"]\n\n1. e4 e5 1-0\n\n')
+    (d / "pgn_dir").mkdir()
+    sae = SparseAutoencoder(SAEConfig(d_in=256, dim=64, k=4, site="blocks.1.hook_resid_post"))
+    save_sae(sae, d / "sae")
+    (d / "puzzles.csv").write_text("PuzzleId,FEN,Moves,Rating,Themes\n"
+                                   "p1,r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3,f1b5 a7a6,1500,opening\n"
+                                   "p2,rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKKNR w - - 0 1,e2e4 e7e5,1500,opening\n"
+                                   "p3,8/8/8/8/8/8/8/K6k w - - 0 1,a1a2 h1h2,1500,endgame\n")
+    return d
+
+
+CASES = {
+    "config typo": (["stage=train", "train.lrr=3"], "train.lrr: Key 'lrr' not in 'TrainConfig'"),
+    "wrong type": (["stage=train", "train.batch_size=abc"], "train.batch_size: Value 'abc'"),
+    "unknown option": (["stage=nope"], "Could not find 'stage/nope': available options in 'stage': activations"),
+    "non-finite value": (["stage=train", "train.lr=nan"], "train.lr=nan: expected a finite number > 0"),
+    "unknown hook site": (["stage=sae", "sae.sites=[blocks.9.hook_foo]"],
+                          "unknown hook site 'blocks.9.hook_foo': expected one of hook_cnn_out"),
+    "Elo out of range": (["stage=threats", "threats.elo=12"], "threats.elo='12': expected an Elo bucket 0..10"),
+    "Elo out of range in a list": (["stage=probe", "probe.buckets=[3,11]"], "probe.buckets=11: expected an Elo bucket"),
+    "missing checkpoint": (["stage=sae", "model.checkpoint=/nonexistent/maia2.pt"],
+                           "checkpoint /nonexistent/maia2.pt not found"),
+    "checkpoint of another architecture": (["stage=sae", "model.checkpoint={d}/sae/sae.safetensors"],
+                                           "sae.safetensors: not a Maia-2 state dict"),
+    "PGN path is a directory": ([*TINY_TRAIN, "data.pgn=[{d}/pgn_dir]"], "pgn_dir is a directory: expected a .pgn"),
+    "unreadable compressed file": ([*TINY_TRAIN, "data.pgn=[{d}/garbage.pgn.zst]"],
+                                   "(empty position set): {d}/garbage.pgn.zst: compressed stream is corrupt"),
+    "binary file as PGN": ([*TINY_TRAIN, "data.pgn=[{d}/binary.pgn]"], "empty position set"),
+    "empty position set": ([*TINY_TRAIN, "data.pgn=[{d}/no_elo.pgn]"], "no_elo.pgn'] pass the data filters (empty position set)"),
+    "FEN that is not legal chess": (["stage=threats", "threats.sites=[blocks.1.hook_resid_post]", "threats.position_set=puzzles",
+                                     "threats.puzzles_path={d}/puzzles.csv"],
+                                    "puzzles.csv:3: FEN 'rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKKNR w - - 0 1' "
+                                    "is not a legal chess position"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_error_line(case, bad_files, tmp_path):
+    args, expected = CASES[case]
+    line = _error_line(_app([a.format(d=bad_files) for a in args], tmp_path))
+    assert expected.format(d=bad_files) in line, line
+
+
+def test_disk_full_is_one_error_line_and_leaves_no_partial_checkpoint(tmp_path):
+    def small_disk():  # writes past 100 kB fail as on a full disk (EFBIG instead of ENOSPC)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    line = _error_line(_app(TINY_TRAIN, tmp_path, preexec_fn=small_disk))
+    assert "could not write checkpoint" in line and "step_0000002" in line and "File too large" in line
+    assert list((tmp_path / "run" / "checkpoints").iterdir()) == []
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    p = _app(["stage=sae", "sae.sites=[blocks.9.hook_foo]", "hydra.verbose=true"], tmp_path)
+    assert p.returncode == 1 and "Traceback" in p.stderr and "unknown hook site" in p.stderr
+
+
+# ---- fuzzing ---------------------------------------------------------------------------------
+
+VALID = ["rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKBNR w KQkq - 0 1",
+         "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3",
+         "8/8/4k3/8/8/4K3/4P3/8 b - - 0 60"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(base=st.sampled_from(VALID), cut=st.integers(0, 80), junk=st.text(max_size=12), pos=st.integers(0, 80))
+def test_fuzz_fen_reader_accepts_legal_positions_or_names_the_fen(base, cut, junk, pos):
+    fen = base[:pos] + junk + base[pos:cut] if cut > pos else junk + base
+    try:
+        board = parse_fen(fen)
+    except MaiaAdaptError as e:
+        assert repr(fen) in str(e) and "\n" not in str(e)
+        return
+    assert board.is_valid() and any(board.generate_legal_moves())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.sampled_from(["train.lr", "train.batch_size", "train.max_steps", "sae.k", "sae.dim", "sae.architecture",
+                            "threats.elo", "data.val_fraction", "model.dropout", "transcoder.k", "probe.buckets",
+                            "train.lr_schedule", "seed", "layer", "train.bf16"]),
+       value=st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+                       st.text(alphabet="abcxyz0123456789.-_[],'= ", max_size=12), st.booleans()))
+def test_fuzz_config_values_fail_with_one_line_naming_the_key(key, value):
+    text = repr(value) if isinstance(value, float) and not math.isfinite(value) else str(value)
+    override = f"{key}={text}"
+    try:
+        with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=[override])
+    except Exception as e:  # Hydra's and OmegaConf's composition errors: reported as one line
+        line = config_error_line(e)
+        assert line and "\n" not in line
+        return
+    try:
+        validate(cfg)
+    except MaiaAdaptError as e:
+        assert str(e).startswith(key) and "\n" not in str(e), str(e)
