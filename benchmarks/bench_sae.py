@@ -1,6 +1,7 @@
 """SAE training throughput against this machine's float32 matmul roofline.
 
     python benchmarks/bench_sae.py [--d 1024] [--f 16384] [--batch 1024] [--steps 5]
+    python benchmarks/bench_sae.py --device cuda --bf16 [--compile] --steps 50   # the GPU path
 
 Counts the matmul FLOPs of one training step: dense SAE 10*d*F per sample (encoder forward 2dF and
 weight gradient 2dF; decoder forward 2dF, weight gradient 2dF and input gradient 2dF). TopK with a
@@ -14,30 +15,45 @@ import time
 import torch
 
 from maia_adapt.dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder
+from maia_adapt.dictionaries.transcoder import Transcoder, TranscoderConfig
 
 
-def matmul_gflops(d: int, f: int, b: int) -> float:
-    a, w = torch.randn(b, d), torch.randn(d, f)
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_gflops(d: int, f: int, b: int, device="cpu", dtype=torch.float32) -> float:
+    a, w = torch.randn(b, d, device=device, dtype=dtype), torch.randn(d, f, device=device, dtype=dtype)
     for _ in range(2):
         a @ w
     best = float("inf")
     for _ in range(5):
+        _sync(device)
         t = time.perf_counter()
         a @ w
+        _sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * b * d * f / best / 1e9
 
 
-def bench(arch: str, d: int, f: int, b: int, steps: int, k: int) -> float:
-    cfg = SAEConfig(architecture=arch, d_in=d, dim=f, k=k, batch_size=b, steps=steps + 2, aux_k=0)
-    sae = SparseAutoencoder(cfg)
-    x = torch.randn(b, d)
-    trainer = DictionaryTrainer({"s": (sae, "x")}, steps + 2, b)
-    trainer.train_step({"x": x})
-    trainer.train_step({"x": x})
+def bench(arch: str, d: int, f: int, b: int, steps: int, k: int, device="cpu", bf16=False, compile=False) -> float:
+    """Training samples per second of one SAE (arch) or one transcoder (arch='transcoder')."""
+    if arch == "transcoder":
+        module = Transcoder(TranscoderConfig(d_in=d, d_out=d, dim=f, k=k, batch_size=b, steps=steps + 3, aux_k=0,
+                                             site="x", target_site="y"))
+        batch = {"x": torch.randn(b, d, device=device), "y": torch.randn(b, d, device=device)}
+    else:
+        module = SparseAutoencoder(SAEConfig(architecture=arch, d_in=d, dim=f, k=k, batch_size=b, steps=steps + 3, aux_k=0))
+        batch = {"x": torch.randn(b, d, device=device)}
+    trainer = DictionaryTrainer({"s": (module, "x")}, steps + 3, b, device=device, bf16=bf16, compile=compile)
+    for _ in range(3):  # warm-up (and compilation)
+        trainer.train_step(batch)
+    _sync(device)
     t = time.perf_counter()
     for _ in range(steps):
-        trainer.train_step({"x": x})
+        trainer.train_step(batch)
+    _sync(device)
     return steps * b / (time.perf_counter() - t)
 
 
@@ -48,17 +64,24 @@ def main():
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--k", type=int, default=256)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the losses (CUDA)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the losses")
     a = ap.parse_args()
-    peak = matmul_gflops(a.d, a.f, a.batch)
-    print(f"threads={torch.get_num_threads()} d={a.d} F={a.f} batch={a.batch}; float32 matmul {peak:.0f} GFLOP/s")
-    print("| SAE | samples/s | matmul FLOPs/sample | achieved GFLOP/s | fraction of matmul roofline |")
+    dtype = torch.bfloat16 if a.bf16 and a.device.startswith("cuda") else torch.float32
+    peak = matmul_gflops(a.d, a.f, a.batch, a.device, dtype)
+    print(f"device={a.device} threads={torch.get_num_threads()} d={a.d} F={a.f} batch={a.batch} bf16={a.bf16} "
+          f"compile={a.compile}; {str(dtype)[6:]} matmul {peak:.0f} GFLOP/s")
+    print("| dictionary | samples/s | matmul FLOPs/sample | achieved GFLOP/s | fraction of matmul roofline |")
     print("|---|---|---|---|---|")
-    for arch, flops in (("jumprelu", 10 * a.d * a.f), ("relu_l1", 10 * a.d * a.f), ("topk", 4 * a.d * a.f + 6 * a.d * a.k)):
-        sps = bench(arch, a.d, a.f, a.batch, a.steps, a.k)
+    sparse = 4 * a.d * a.f + 6 * a.d * a.k
+    for arch, flops in (("jumprelu", 10 * a.d * a.f), ("relu_l1", 10 * a.d * a.f), ("topk", sparse), ("transcoder", sparse)):
+        sps = bench(arch, a.d, a.f, a.batch, a.steps, a.k, a.device, a.bf16, a.compile)
         g = sps * flops / 1e9
-        name = f"{arch} (k={a.k}, sparse decoder)" if arch == "topk" else arch
+        name = f"{arch} (k={a.k}, sparse decoder)" if arch in ("topk", "transcoder") else arch
         print(f"| {name} | {sps:,.0f} | {flops / 1e6:.0f} M | {g:.0f} | {g / peak:.0%} |")
-    print(f"\nROC-AUC of {a.f} features x 768 concepts on 2,000 samples: {bench_auc(f=a.f):.2f} s")
+    if a.device == "cpu":
+        print(f"\nROC-AUC of {a.f} features x 768 concepts on 2,000 samples: {bench_auc(f=a.f):.2f} s")
 
 
 def bench_auc(n: int = 2000, f: int = 16384, c: int = 768) -> float:

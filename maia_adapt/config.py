@@ -98,6 +98,9 @@ class TrainConfig:
     # batch: BatchNorm normalises each batch (SyncBatchNorm over the global batch under DDP on GPUs;
     # on CPU, where PyTorch has no SyncBatchNorm, each rank's part); frozen: running statistics only
     batchnorm: str = "batch"
+    # DataLoader processes preparing the next batches (0: in the training process); on CUDA the
+    # batches are pinned and copied asynchronously
+    loader_workers: int = 0
     resume: bool = True  # continue an interrupted run of the same settings
     init_from_checkpoint: bool = False  # start from model.checkpoint instead of random weights
 
@@ -144,6 +147,9 @@ class SAEStageConfig(SAEConfig):
     log_every: int = 50
     checkpoint_every: int = 500
     resume: bool = True
+    device: str = "auto"  # where the model runs and the dictionaries train: auto | cpu | cuda
+    bf16: bool = True  # bfloat16 autocast of the dictionary losses (CUDA only)
+    compile: bool = False  # torch.compile the dictionary losses
 
 
 @dataclass
@@ -275,6 +281,9 @@ class TranscoderStageConfig(TranscoderConfig):
     log_every: int = 50
     checkpoint_every: int = 500
     resume: bool = True
+    device: str = "auto"  # where the model runs and the dictionaries train: auto | cpu | cuda
+    bf16: bool = True  # bfloat16 autocast of the dictionary losses (CUDA only)
+    compile: bool = False  # torch.compile the dictionary losses
 
 
 @dataclass
@@ -325,7 +334,7 @@ _POSITIVE_INT = ("train.batch_size", "train.max_steps", "train.eval_every", "tra
                  "probe.train_positions", "probe.test_positions", "threats.positions", "activations.shard_positions",
                  "model.dim_cnn", "model.num_blocks_cnn", "model.dim_vit", "model.num_blocks_vit", "model.heads",
                  "model.dim_head", "model.elo_dim", "data.workers", "data.shard_size")
-_NON_NEGATIVE_INT = ("train.warmup_steps", "train.eval_positions", "sae.cache_positions", "sae.calibrate_every",
+_NON_NEGATIVE_INT = ("train.warmup_steps", "train.loader_workers", "train.eval_positions", "sae.cache_positions", "sae.calibrate_every",
                      "sae.aux_k", "transcoder.aux_k", "transcoder.k", "data.first_n_plies", "threats.n_null",
                      "threats.n_boot", "threats.dashboards")
 _POSITIVE_FLOAT = ("train.lr", "sae.lr", "transcoder.lr", "finetune.lr")

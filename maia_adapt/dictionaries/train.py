@@ -78,14 +78,23 @@ class _Losses(nn.Module):
 class DictionaryTrainer:
     """Trains named dictionaries {name: (module, site)} on batches {site: activations}.
 
-    `batch_size` is the global batch; under torchrun each rank is given its slice of it."""
+    `batch_size` is the global batch; under torchrun each rank is given its slice of it. On a GPU,
+    `bf16` runs the losses under bfloat16 autocast (parameters and optimizer stay float32) and
+    `compile` puts them through torch.compile."""
 
-    def __init__(self, dictionaries: dict[str, tuple[SparseAutoencoder, str]], steps: int, batch_size: int):
+    def __init__(self, dictionaries: dict[str, tuple[SparseAutoencoder, str]], steps: int, batch_size: int,
+                 device: torch.device | str = "cpu", bf16: bool = False, compile: bool = False):
         self.dicts = dictionaries
         self.steps = steps
         self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.autocast = bf16 and self.device.type == "cuda"
         self.rows = distributed.local_rows(batch_size, "batch_size")
-        self.loss_fns = {n: distributed.wrap(_Losses(m)) for n, (m, _) in dictionaries.items()}
+        for m, _ in dictionaries.values():
+            m.to(self.device)
+        self.loss_fns = {n: distributed.wrap(_Losses(m), self.device) for n, (m, _) in dictionaries.items()}
+        if compile:
+            self.loss_fns = {n: torch.compile(f) for n, f in self.loss_fns.items()}
         self.opts = {n: torch.optim.Adam(m.parameters(), lr=m.cfg.lr, betas=(0.9, 0.999)) for n, (m, _) in dictionaries.items()}
         self.stats = {n: FiringStats(m.cfg.dim) for n, (m, _) in dictionaries.items()}
         self.step = 0
@@ -101,7 +110,8 @@ class DictionaryTrainer:
             dead = self.stats[name].since >= cfg.dead_after
             # a transcoder predicts another site's activation; an SAE its own input
             extra = {"target": batch[sae.target_site]} if getattr(sae, "target_site", None) else {}
-            res = self.loss_fns[name](x, sparsity_scale=sparsity, dead=dead, **extra)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                res = self.loss_fns[name](x, sparsity_scale=sparsity, dead=dead.to(self.device), **extra)
             self.opts[name].zero_grad(set_to_none=True)
             res["loss"].backward()
             sae.project_decoder_grad()
@@ -260,7 +270,9 @@ def train_dictionaries(
         if trainer.step // per_chunk != r:
             r = trainer.step // per_chunk
             batches = chunk_batches(make_chunk(r), trainer.batch_size, seed, r)
-        metrics = trainer.train_step({s: v[trainer.rows] for s, v in batches[i].items()})
+        # chunks may live on the CPU (pinned) or already on the trainer's device
+        batch = {s: v[trainer.rows].to(trainer.device, non_blocking=True) for s, v in batches[i].items()}
+        metrics = trainer.train_step(batch)
         seen += trainer.batch_size
         bar.update(1)
         if trainer.step % log_every == 0 or trainer.step == trainer.steps:

@@ -150,6 +150,21 @@ def _batch_indices(train_idx: np.ndarray, seed: int, step: int, batch_size: int)
     return np.sort(train_idx[rng.integers(0, len(train_idx), batch_size)])
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Item i = this rank's rows of the global batch of step start + i: a function of the step alone,
+    so DataLoader workers (which prepare batches ahead, pinned on CUDA) never change the result."""
+
+    def __init__(self, store, train_idx: np.ndarray, seed: int, batch_size: int, rows: slice, start: int, stop: int):
+        self.store, self.train_idx, self.seed, self.batch_size, self.rows = store, train_idx, seed, batch_size, rows
+        self.start, self.stop = start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> dict:
+        return self.store.batch(_batch_indices(self.train_idx, self.seed, self.start + i, self.batch_size)[self.rows])
+
+
 def train_model(
     model: Maia2,
     store,
@@ -188,15 +203,21 @@ def train_model(
     ckpt_dir = Path(run_dir) / "checkpoints"
     last_eval: dict = {}
     t0, seen = time.time(), 0
-    bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="train", dynamic_ncols=True,
-               disable=not main)
-    for step in bar:
+    workers = getattr(cfg, "loader_workers", 0)
+    loader = torch.utils.data.DataLoader(
+        StepBatches(store, train_idx, seed, cfg.batch_size, rows, start, cfg.max_steps), batch_size=None,
+        shuffle=False, num_workers=workers, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+    bar = tqdm(zip(range(start, cfg.max_steps), loader), initial=start, total=cfg.max_steps, desc="train",
+               dynamic_ncols=True, disable=not main)
+    for step, cpu_batch in bar:
         lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.lr_schedule, cfg.min_lr_ratio)
         for g in opt.param_groups:
             g["lr"] = lr
         # dropout noise depends on the step (and rank) only
         torch.manual_seed(seed * 1_000_003 + step + 7919 * distributed.rank())
-        batch = to_device(store.batch(_batch_indices(train_idx, seed, step, cfg.batch_size)[rows]), device)
+        batch = to_device(cpu_batch, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = maia2_losses(step_fn, batch, w)
         loss = out["loss"]

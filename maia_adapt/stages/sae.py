@@ -25,6 +25,7 @@ from ..dictionaries.train import BestKeeper, start_or_resume
 from ..io import atomic_write_json, atomic_write_text
 from ..reporting.plots import feature_density
 from ..runs import mark_done
+from ..model.training import resolve_device
 from ..tracking import Tracker
 from .common import frozen_model
 
@@ -39,12 +40,14 @@ def _slug(site: str) -> str:
     return site.replace(".", "_")
 
 
-def calibration_set(model, store, idx, sites, sc, seed: int):
+def calibration_set(model, store, idx, sites, sc, seed: int, device="cpu"):
     """(activations {site: [N, d] or [N*T, d]}, concept labels [N, C], concept names)."""
     kinds = {"board": None, "threats": threat_concepts, "all": all_position_concepts}
     if sc.calibration_concepts not in kinds:
         raise ConfigError(f"sae.calibration_concepts '{sc.calibration_concepts}': expected one of {', '.join(kinds)}")
-    acts = collect_activations(model, store, idx, sites, batch_size=512, elo=sc.elo, token_pooling=sc.token_pooling, seed=seed)
+    acts = collect_activations(model, store, idx, sites, batch_size=512, elo=sc.elo, token_pooling=sc.token_pooling, seed=seed,
+                               device=device)
+    acts = {s: v.to(device) for s, v in acts.items()}
     fn = kinds[sc.calibration_concepts]
     concepts = (fn(store.fens(idx)) if fn else piece_square_concepts(store.batch(idx)["boards"])).keep(sc.calibration_min_positives)
     if not concepts.names:
@@ -57,7 +60,7 @@ def calibration_set(model, store, idx, sites, sc, seed: int):
 def summed_best_auc(sae, acts: torch.Tensor, labels: torch.Tensor) -> float:
     """Sum over concepts of the best feature's AUC (per position: a token-level SAE's feature
     counts with its largest activation over the position's tokens)."""
-    z = position_codes(sae, acts, len(labels))
+    z = position_codes(sae, acts, len(labels)).cpu()
     best, _ = best_auc_per_concept(roc_auc_matrix(z, labels))
     return float(torch.nan_to_num(best).sum())
 
@@ -65,7 +68,8 @@ def summed_best_auc(sae, acts: torch.Tensor, labels: torch.Tensor) -> float:
 def run(cfg, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     sc = cfg.sae
-    model = frozen_model(cfg, "sae")
+    device = resolve_device(sc.device)
+    model = frozen_model(cfg, "sae").to(device)
     store = distributed.main_first(lambda: open_or_build_store(cfg.data, cfg.paths.cache_dir))
     sites = list(sc.sites)
     if not sites:
@@ -79,8 +83,9 @@ def run(cfg, run_dir: Path) -> dict:
 
     def forward_chunk(idx, seed) -> dict[str, torch.Tensor]:
         # under torchrun each rank runs the model on its share of the positions
-        return collect_activations(model, store, idx, sites, batch_size=512, elo=sc.elo,
-                                   token_pooling=sc.token_pooling, seed=seed, shard=True)
+        acts = collect_activations(model, store, idx, sites, batch_size=512, elo=sc.elo,
+                                   token_pooling=sc.token_pooling, seed=seed, shard=True, device=device)
+        return {s: v.to(device) for s, v in acts.items()}  # the chunk (or cache) lives where training runs
 
     cache = None
     if sc.cache_positions:
@@ -105,7 +110,7 @@ def run(cfg, run_dir: Path) -> dict:
     first = make_chunk(0)
     for sae, s in saes.values():
         sae.init_from_data(first[s])
-    trainer = DictionaryTrainer(saes, sc.steps, sc.batch_size)
+    trainer = DictionaryTrainer(saes, sc.steps, sc.batch_size, device=device, bf16=sc.bf16, compile=sc.compile)
 
     start_or_resume(trainer, cfg, run_dir, sc.resume)
     tracker = Tracker(cfg, run_dir, job_type="sae")
@@ -113,7 +118,7 @@ def run(cfg, run_dir: Path) -> dict:
     if sc.calibrate_every and distributed.is_main():
         val_idx = store.split_indices("val")
         cal_idx = np.sort(np.random.default_rng(cfg.seed + 2).permutation(val_idx)[: sc.calibration_positions])
-        cal_acts, cal_labels, cal_names = calibration_set(model, store, cal_idx, sites, sc, cfg.seed + 2)
+        cal_acts, cal_labels, cal_names = calibration_set(model, store, cal_idx, sites, sc, cfg.seed + 2, device)
         print(f"calibration: {len(cal_names)} board concepts on {len(cal_idx)} validation positions")
 
         def calibrate() -> dict[str, float]:
@@ -124,6 +129,9 @@ def run(cfg, run_dir: Path) -> dict:
                                    resume=False, calibrate=calibrate, calibrate_every=sc.calibrate_every)
         if not distributed.is_main():
             return {}
+        model.cpu()  # the evaluation below runs on the CPU
+        for sae, _ in saes.values():
+            sae.cpu()
         if calibrate:
             # the run's SAEs are the calibration's best, not the last step's
             calibrated = BestKeeper(run_dir / "best", trainer).restore()

@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
 from ..reporting.plots import elo_grid_heatmap, qq_plot
 from ..runs import mark_done
+from ..model.training import resolve_device
 from ..tracking import Tracker
 from .common import frozen_model
 
@@ -41,7 +42,8 @@ def run(cfg, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     tc = cfg.transcoder
     layers = list(tc.layers) if tc.layers else [cfg.layer]
-    model = frozen_model(cfg, "transcoder")
+    device = resolve_device(tc.device)
+    model = frozen_model(cfg, "transcoder").to(device)
     for l in layers:
         if not 0 <= l < model.cfg.num_blocks_vit:
             raise ConfigError(f"transcoder layer {l}: the model has blocks 0..{model.cfg.num_blocks_vit - 1}")
@@ -53,11 +55,12 @@ def run(cfg, run_dir: Path) -> dict:
 
     def tokens(idx, seed, shard=False) -> dict[str, torch.Tensor]:
         return collect_activations(model, store, idx, sites, batch_size=256, elo="random", token_pooling="none",
-                                   seed=seed, shard=shard)
+                                   seed=seed, shard=shard, device=device)
 
     rng = np.random.default_rng([cfg.seed, 99])
     # under torchrun each rank runs the model on its share of the positions
     cache = tokens(np.sort(rng.permutation(train_idx)[: tc.cache_positions]), cfg.seed, shard=True)
+    cache = {s: v.to(device) for s, v in cache.items()}  # kept where training runs
     n = len(cache[sites[0]])
 
     def make_chunk(r: int) -> dict[str, torch.Tensor]:
@@ -69,7 +72,7 @@ def run(cfg, run_dir: Path) -> dict:
         t = Transcoder(_config(tc, l, model.cfg.dim_vit))
         t.init_from_data(cache[f"blocks.{l}.hook_mlp_in"][:65536], cache[f"blocks.{l}.hook_mlp_out"][:65536])
         dicts[f"layer_{l}"] = (t, f"blocks.{l}.hook_mlp_in")
-    trainer = DictionaryTrainer(dicts, tc.steps, tc.batch_size)
+    trainer = DictionaryTrainer(dicts, tc.steps, tc.batch_size, device=device, bf16=tc.bf16, compile=tc.compile)
     start_or_resume(trainer, cfg, run_dir, tc.resume)
     tracker = Tracker(cfg, run_dir, job_type="transcoder")
     summary, results = {}, {"layers": {}}
@@ -79,6 +82,10 @@ def run(cfg, run_dir: Path) -> dict:
                            checkpoint_every=tc.checkpoint_every, tracker=tracker, resume=False)
         if not distributed.is_main():
             return {}
+        model.cpu()  # the evaluation below runs on the CPU
+        device = torch.device("cpu")
+        for t, _ in dicts.values():
+            t.cpu()
         ev_rng = np.random.default_rng(cfg.seed + 1)
         eval_idx = np.sort(ev_rng.permutation(test_idx)[: tc.eval_positions])
         grid_idx = eval_idx[: tc.grid_positions]
