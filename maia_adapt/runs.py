@@ -28,6 +28,15 @@ def mark_started(run_dir: Path, fingerprint: str) -> None:
     (Path(run_dir) / FINGERPRINT_FILE).write_text(fingerprint + "\n")
 
 
+def clear_stale(run_dir: Path, *folders: str) -> None:
+    """Remove what an earlier, different run left in a reused run directory (a preset's fixed
+    hydra.run.dir), so that a fresh start never resumes from another run's checkpoints."""
+    import shutil
+
+    for f in folders:
+        shutil.rmtree(Path(run_dir) / f, ignore_errors=True)
+
+
 def mark_done(run_dir: Path) -> None:
     (Path(run_dir) / DONE_FILE).write_text("ok\n")
 

@@ -209,7 +209,7 @@ class BestKeeper:
 def start_or_resume(trainer: DictionaryTrainer, cfg, run_dir: Path, resume: bool = True) -> Path | None:
     """Mark run_dir as a run of these settings and, with resume, load the last checkpoint of an
     unfinished earlier run of the same settings; returns that checkpoint, if any."""
-    from ..runs import config_fingerprint, find_resumable, mark_started
+    from ..runs import clear_stale, config_fingerprint, find_resumable, mark_started
 
     fingerprint = config_fingerprint(cfg)
     last = None
@@ -218,6 +218,8 @@ def start_or_resume(trainer: DictionaryTrainer, cfg, run_dir: Path, resume: bool
         if prev is not None:
             last = latest_step_dir(prev / "checkpoints")
             print(f"resuming from {last}")
+    if last is None and distributed.is_main():
+        clear_stale(run_dir, "checkpoints", "best")
     last = distributed.broadcast(last)  # every rank loads the checkpoint rank 0 chose
     if last is not None:
         trainer.load(last)

@@ -15,7 +15,7 @@ from ..activation_store import ActivationCache, write_activation_cache
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import find_saes, load_sae
 from ..errors import ConfigError
-from ..runs import config_fingerprint, find_resumable, mark_done, mark_started
+from ..runs import clear_stale, config_fingerprint, find_resumable, mark_done, mark_started
 from .common import frozen_model
 
 
@@ -41,6 +41,8 @@ def run(cfg, run_dir: Path) -> dict:
     out = (prev or run_dir) / "activations"
     if prev:
         print(f"continuing the unfinished cache in {out}")
+    else:
+        clear_stale(run_dir, "activations")
     mark_started(prev or run_dir, fingerprint)
     t = time.time()
     write_activation_cache(out, model, store, idx, sites, elo, saes, shard_positions=ac.shard_positions,

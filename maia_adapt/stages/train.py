@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..model import Maia2, Maia2Config, load_model, save_model
 from ..model.training import evaluate, latest_checkpoint, resolve_device, train_model
 from ..reporting import bar_by_bucket
-from ..runs import config_fingerprint, find_resumable, mark_done, mark_started
+from ..runs import clear_stale, config_fingerprint, find_resumable, mark_done, mark_started
 from ..tracking import Tracker
 
 
@@ -37,6 +37,8 @@ def run(cfg, run_dir: Path) -> dict:
         if prev is not None:
             resume = latest_checkpoint(prev / "checkpoints")
             print(f"resuming from {resume}")
+    if resume is None and distributed.is_main():
+        clear_stale(run_dir, "checkpoints")
     resume = distributed.broadcast(resume)
     if distributed.is_main():
         mark_started(run_dir, fingerprint)
