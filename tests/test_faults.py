@@ -135,3 +135,22 @@ def test_truncated_model_file_is_a_clear_error(tmp_path):
         load_model(tmp_path / "cut.safetensors")
     with pytest.raises(CheckpointError, match="cut.safetensors"):
         load_safetensors(tmp_path / "cut.safetensors")
+
+
+def test_a_reused_run_directory_of_other_settings_starts_fresh(tmp_path):
+    fixed = [f"hydra.run.dir={tmp_path}/fixed", "logger=none"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+
+    def run(*extra):
+        p = subprocess.run([sys.executable, "-m", "maia_adapt.run", *TRAIN[:7], "train.eval_positions=50",
+                            "train.checkpoint_every=5", *extra, *fixed], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return json.loads(p.stdout[p.stdout.index("{"):])
+
+    run("train.max_steps=20")
+    # other settings in the same folder, stopped before its end: its checkpoints alone remain
+    second = run("train.max_steps=10", "train.lr=3e-3")
+    assert second["resumed_from"] is None
+    names = sorted(p.name for p in (tmp_path / "fixed" / "checkpoints").glob("step_*"))
+    assert names == ["step_0000005", "step_0000010"]
