@@ -53,7 +53,7 @@ def main():
         for name, args in jobs.items():
             rates = []
             for procs in (1, a.procs):
-                m = run(args, procs, Path(tmp) / f"{name[:5]}_{procs}" / "run")
+                m = run(args, procs, Path(tmp) / f"{name.split()[0]}_{procs}" / "run")
                 rates.append(next(v for k, v in m.items() if k.endswith("_per_s")))
             print(f"| {name} | {rates[0]:,.0f}/s | {rates[1]:,.0f}/s | {rates[1] / rates[0]:.2f}x |")
 
