@@ -154,3 +154,26 @@ def test_a_reused_run_directory_of_other_settings_starts_fresh(tmp_path):
     assert second["resumed_from"] is None
     names = sorted(p.name for p in (tmp_path / "fixed" / "checkpoints").glob("step_*"))
     assert names == ["step_0000005", "step_0000010"]
+
+
+def test_a_resumed_dictionary_run_keeps_the_calibration_best_of_the_killed_one(tmp_path):
+    from maia_adapt.dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder
+    from maia_adapt.dictionaries.train import BestKeeper, start_or_resume
+    from maia_adapt.runs import config_fingerprint, mark_started
+
+    def trainer():
+        sae = SparseAutoencoder(SAEConfig(d_in=16, dim=32, k=4, site="x"))
+        return DictionaryTrainer({"s": (sae, "x")}, 10, 8)
+
+    cfg = {"stage": "sae", "seed": 0}
+    killed = tmp_path / "runs" / "a"
+    killed.mkdir(parents=True)
+    mark_started(killed, config_fingerprint(cfg))
+    t = trainer()
+    t.step = 5
+    BestKeeper(killed / "best", t).offer({"s": 12.5})
+    t.save(killed / "checkpoints")
+    again = trainer()
+    assert start_or_resume(again, cfg, tmp_path / "runs" / "b").name == "step_0000005"
+    assert again.step == 5
+    assert BestKeeper(tmp_path / "runs" / "b" / "best", again).scores == {"s": 12.5}

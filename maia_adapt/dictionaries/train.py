@@ -211,6 +211,8 @@ def start_or_resume(trainer: DictionaryTrainer, cfg, run_dir: Path, resume: bool
     unfinished earlier run of the same settings; returns that checkpoint, if any."""
     from ..runs import clear_stale, config_fingerprint, find_resumable, mark_started
 
+    import shutil
+
     fingerprint = config_fingerprint(cfg)
     last = None
     if resume and distributed.is_main():
@@ -218,6 +220,9 @@ def start_or_resume(trainer: DictionaryTrainer, cfg, run_dir: Path, resume: bool
         if prev is not None:
             last = latest_step_dir(prev / "checkpoints")
             print(f"resuming from {last}")
+            if prev.resolve() != Path(run_dir).resolve() and (prev / "best").is_dir():
+                # the calibration's best weights so far belong to the run as much as its checkpoint
+                shutil.copytree(prev / "best", Path(run_dir) / "best", dirs_exist_ok=True)
     if last is None and distributed.is_main():
         clear_stale(run_dir, "checkpoints", "best")
     last = distributed.broadcast(last)  # every rank loads the checkpoint rank 0 chose
