@@ -57,3 +57,31 @@ def find_resumable(run_dir: Path, fingerprint: str, has_checkpoint) -> Path | No
         if fp.is_file() and fp.read_text().strip() == fingerprint and has_checkpoint(d):
             candidates.append(d)
     return max(candidates, key=lambda d: d.stat().st_mtime) if candidates else None
+
+
+def resume_point(run_dir: Path, fingerprint: str, resume: bool = True, carry: tuple[str, ...] = ()) -> Path | None:
+    """The checkpoint (checkpoints/step_*) a run of these settings continues from, or None.
+
+    Rank 0 decides and every rank of a DDP run gets the same answer. With a checkpoint of an
+    unfinished run (find_resumable), the folders in `carry` (e.g. the calibration's best/) come along
+    from that run's directory; without one, what an earlier, different run left in run_dir is
+    removed (checkpoints/ and `carry`). Either way run_dir is marked as started."""
+    import shutil
+
+    from . import distributed
+    from .checkpointing import latest_step_dir
+
+    last = None
+    if distributed.is_main():
+        has_checkpoint = lambda d: latest_step_dir(d / "checkpoints") is not None  # noqa: E731
+        prev = find_resumable(run_dir, fingerprint, has_checkpoint) if resume else None
+        if prev is not None:
+            last = latest_step_dir(prev / "checkpoints")
+            print(f"resuming from {last}")
+            for folder in carry:
+                if prev.resolve() != Path(run_dir).resolve() and (prev / folder).is_dir():
+                    shutil.copytree(prev / folder, Path(run_dir) / folder, dirs_exist_ok=True)
+        else:
+            clear_stale(run_dir, "checkpoints", *carry)
+        mark_started(run_dir, fingerprint)
+    return distributed.broadcast(last)

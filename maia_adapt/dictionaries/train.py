@@ -208,28 +208,13 @@ class BestKeeper:
 
 def start_or_resume(trainer: DictionaryTrainer, cfg, run_dir: Path, resume: bool = True) -> Path | None:
     """Mark run_dir as a run of these settings and, with resume, load the last checkpoint of an
-    unfinished earlier run of the same settings; returns that checkpoint, if any."""
-    from ..runs import clear_stale, config_fingerprint, find_resumable, mark_started
+    unfinished earlier run of the same settings (and keep its calibration best); returns that
+    checkpoint, if any."""
+    from ..runs import config_fingerprint, resume_point
 
-    import shutil
-
-    fingerprint = config_fingerprint(cfg)
-    last = None
-    if resume and distributed.is_main():
-        prev = find_resumable(run_dir, fingerprint, lambda d: latest_step_dir(d / "checkpoints") is not None)
-        if prev is not None:
-            last = latest_step_dir(prev / "checkpoints")
-            print(f"resuming from {last}")
-            if prev.resolve() != Path(run_dir).resolve() and (prev / "best").is_dir():
-                # the calibration's best weights so far belong to the run as much as its checkpoint
-                shutil.copytree(prev / "best", Path(run_dir) / "best", dirs_exist_ok=True)
-    if last is None and distributed.is_main():
-        clear_stale(run_dir, "checkpoints", "best")
-    last = distributed.broadcast(last)  # every rank loads the checkpoint rank 0 chose
+    last = resume_point(run_dir, config_fingerprint(cfg), resume, carry=("best",))
     if last is not None:
         trainer.load(last)
-    if distributed.is_main():
-        mark_started(run_dir, fingerprint)
     return last
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import distributed
-from ..checkpointing import latest_step_dir, load_optimizer, optimizer_tensors, read_state, write_step_dir
+from ..checkpointing import load_optimizer, optimizer_tensors, read_state, write_step_dir
 from ..encoding import NUM_BUCKETS
 from ..errors import MaiaAdaptError
 from .maia2 import Maia2
@@ -123,10 +123,6 @@ def save_training_checkpoint(ckpt_dir: Path, step: int, model: Maia2, opt, extra
     final = write_step_dir(ckpt_dir, step, write, extra, keep)
     atomic_write_bytes(Path(ckpt_dir) / "last.safetensors", (final / "model.safetensors").read_bytes())
     return final
-
-
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    return latest_step_dir(ckpt_dir)
 
 
 def load_training_checkpoint(path: Path, model: Maia2, opt) -> dict:

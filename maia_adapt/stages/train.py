@@ -14,9 +14,9 @@ from ..data.preprocess import open_or_build_store
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS
 from ..errors import ConfigError
 from ..model import Maia2, Maia2Config, load_model, save_model
-from ..model.training import evaluate, latest_checkpoint, resolve_device, train_model
+from ..model.training import evaluate, resolve_device, train_model
 from ..reporting import bar_by_bucket
-from ..runs import clear_stale, config_fingerprint, find_resumable, mark_done, mark_started
+from ..runs import config_fingerprint, mark_done, resume_point
 from ..tracking import Tracker
 
 
@@ -30,18 +30,7 @@ def run(cfg, run_dir: Path) -> dict:
         model = load_model(cfg.model.checkpoint, eval=False)
     else:
         model = Maia2(Maia2Config.from_any(cfg.model))
-    fingerprint = config_fingerprint(cfg)
-    resume = None
-    if cfg.train.resume and distributed.is_main():
-        prev = find_resumable(run_dir, fingerprint, lambda d: latest_checkpoint(d / "checkpoints") is not None)
-        if prev is not None:
-            resume = latest_checkpoint(prev / "checkpoints")
-            print(f"resuming from {resume}")
-    if resume is None and distributed.is_main():
-        clear_stale(run_dir, "checkpoints")
-    resume = distributed.broadcast(resume)
-    if distributed.is_main():
-        mark_started(run_dir, fingerprint)
+    resume = resume_point(run_dir, config_fingerprint(cfg), cfg.train.resume)
     tracker = Tracker(cfg, run_dir, job_type="train")
     try:
         train_model(model, store, cfg.train, run_dir, tracker=tracker, seed=cfg.seed, resume_from=resume)
