@@ -20,6 +20,7 @@ from omegaconf import MISSING, OmegaConf
 from .dictionaries.sae import SAEConfig
 from .errors import ConfigError
 from .dictionaries.transcoder import TranscoderConfig
+from .model.training import lr_at
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -126,7 +127,19 @@ class PathsConfig:
 
 
 @dataclass
-class SAEStageConfig(SAEConfig):
+class DictionaryRunConfig:
+    """How stage=sae and stage=transcoder run their DictionaryTrainer."""
+
+    log_every: int = 50
+    checkpoint_every: int = 500
+    resume: bool = True
+    device: str = "auto"  # where the model runs and the dictionaries train: auto | cpu | cuda
+    bf16: bool = True  # bfloat16 autocast of the dictionary losses (CUDA only)
+    compile: bool = False  # torch.compile the dictionary losses
+
+
+@dataclass
+class SAEStageConfig(DictionaryRunConfig, SAEConfig):
     """stage=sae: the SAE hyper-parameters plus where its activations come from."""
 
     sites: list[str] = field(default_factory=lambda: ["blocks.${layer}.hook_resid_post"])
@@ -144,12 +157,6 @@ class SAEStageConfig(SAEConfig):
     calibration_concepts: str = "board"
     calibration_positions: int = 2000
     calibration_min_positives: int = 20  # concepts with fewer positive (or negative) positions are left out
-    log_every: int = 50
-    checkpoint_every: int = 500
-    resume: bool = True
-    device: str = "auto"  # where the model runs and the dictionaries train: auto | cpu | cuda
-    bf16: bool = True  # bfloat16 autocast of the dictionary losses (CUDA only)
-    compile: bool = False  # torch.compile the dictionary losses
 
 
 @dataclass
@@ -270,7 +277,7 @@ class ThreatsConfig:
 
 
 @dataclass
-class TranscoderStageConfig(TranscoderConfig):
+class TranscoderStageConfig(DictionaryRunConfig, TranscoderConfig):
     """stage=transcoder: transcoders of the FFNs of `layers` (null: the top-level `layer`)."""
 
     layers: Optional[list[int]] = None
@@ -278,12 +285,6 @@ class TranscoderStageConfig(TranscoderConfig):
     cache_positions: int = 16384  # activations of this many train positions computed once and reused
     eval_positions: int = 1000  # test positions for the spliced evaluation
     grid_positions: int = 200  # test positions for the 11 x 11 (self, opponent) agreement grid
-    log_every: int = 50
-    checkpoint_every: int = 500
-    resume: bool = True
-    device: str = "auto"  # where the model runs and the dictionaries train: auto | cpu | cuda
-    bf16: bool = True  # bfloat16 autocast of the dictionary losses (CUDA only)
-    compile: bool = False  # torch.compile the dictionary losses
 
 
 @dataclass
@@ -349,15 +350,6 @@ def _is_bucket(v) -> bool:
     return str(v).strip().isdigit() and 0 <= int(v) < 11
 
 
-def _get(cfg, key: str):
-    node = cfg
-    for part in key.split("."):
-        node = node[part] if part in node else None
-        if node is None:
-            return None
-    return node
-
-
 def validate(cfg) -> None:
     """Fail before a stage starts, naming the key, when a value is outside what it can mean."""
     import math
@@ -366,38 +358,33 @@ def validate(cfg) -> None:
         raise ConfigError(f"{key}={value!r}: expected {expected}")
 
     for key in _POSITIVE_INT:
-        v = _get(cfg, key)
+        v = OmegaConf.select(cfg, key)
         if v is not None and v < 1:
             bad(key, v, "a positive integer")
     for key in _NON_NEGATIVE_INT:
-        v = _get(cfg, key)
+        v = OmegaConf.select(cfg, key)
         if v is not None and v < 0:
             bad(key, v, "0 or more")
     for key in _POSITIVE_FLOAT:
-        v = _get(cfg, key)
+        v = OmegaConf.select(cfg, key)
         if v is not None and not (math.isfinite(v) and v > 0):
             bad(key, v, "a finite number > 0")
     for key in _FRACTION:
-        v = _get(cfg, key)
+        v = OmegaConf.select(cfg, key)
         if v is not None and not (math.isfinite(v) and 0 <= v <= 1):
             bad(key, v, "a fraction between 0 and 1")
     for key, words in _ELO:
-        values = _get(cfg, key)
+        values = OmegaConf.select(cfg, key)
         for v in values if OmegaConf.is_list(values) else [values]:
             if v is not None and v not in words and not _is_bucket(v):
                 bad(key, v, "an Elo bucket 0..10" + "".join(f" or '{w}'" for w in words))
     if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
         bad("data.val_fraction + data.test_fraction", cfg.data.val_fraction + cfg.data.test_fraction, "less than 1")
-    if cfg.sae.architecture not in ("jumprelu", "topk", "batchtopk", "relu_l1"):
-        bad("sae.architecture", cfg.sae.architecture, "jumprelu, topk, batchtopk or relu_l1")
-    if cfg.sae.architecture in ("topk", "batchtopk") and not 1 <= cfg.sae.k <= cfg.sae.dim:
-        bad("sae.k", cfg.sae.k, f"1..sae.dim ({cfg.sae.dim})")
-    if cfg.transcoder.k > cfg.transcoder.dim:
-        bad("transcoder.k", cfg.transcoder.k, f"0 (ReLU) or 1..transcoder.dim ({cfg.transcoder.dim})")
+    SAEConfig(architecture=cfg.sae.architecture, k=cfg.sae.k, dim=cfg.sae.dim).validate()
+    TranscoderConfig(k=cfg.transcoder.k, dim=cfg.transcoder.dim).validate()
     if cfg.train.batchnorm not in ("batch", "frozen"):
         bad("train.batchnorm", cfg.train.batchnorm, "batch or frozen")
-    if cfg.train.lr_schedule not in ("cosine", "linear", "constant"):
-        bad("train.lr_schedule", cfg.train.lr_schedule, "cosine, linear or constant")
+    lr_at(0, 1.0, 0, 1, cfg.train.lr_schedule)  # the schedule's own check, before the first step
 
 
 def register() -> None:
