@@ -110,7 +110,7 @@ def collect_activations(model, store, indices, sites: list[str], shard: bool = F
     With shard=True in a DDP run, each rank runs the model on its share of the batches and every rank
     receives all the rows (the same tensors as one process would compute)."""
     local = dict(_numbered_batches(model, store, indices, sites, shard=shard, **kw))
-    parts = distributed.gather_in_order(local) if shard else [local[j] for j in sorted(local)]
+    parts = distributed.gather_in_order(local) if shard else list(local.values())  # batches come in order
     return {s: torch.cat([p[s] for p in parts]) for s in sites}
 
 

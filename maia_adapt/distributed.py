@@ -35,6 +35,10 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def is_main() -> bool:
     return rank() == 0
 
@@ -52,21 +56,12 @@ def init_from_env() -> bool:
     if not dist.is_initialized():
         cuda = torch.cuda.is_available() and os.environ.get("MAIA_ADAPT_DDP_BACKEND", "") != "gloo"
         if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(local_rank())
         # two processes on two cores must not each start a full thread pool
         threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
         torch.set_num_threads(threads)
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=60))
     return True
-
-
-def device_for(name: str) -> torch.device:
-    """train.device under DDP: 'auto'/'cuda' become this rank's GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if is_distributed() and name == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device(name)
 
 
 def broadcast(obj: T) -> T:

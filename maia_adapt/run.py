@@ -22,7 +22,8 @@ from . import distributed
 from .errors import MaiaAdaptError
 from .io import atomic_write_json, atomic_write_text
 
-# the run directory's timestamp; under torchrun rank 0's, so that every rank writes to one directory
+# the run directory's timestamp; under torchrun rank 0's, so that every rank writes to one directory.
+# A plain dict, not functools.cache: launchers pickle this module's resolver by value into their workers
 _STAMP = {"t": None}
 
 

@@ -252,16 +252,17 @@ def open_or_build_store(data_cfg, cache_dir) -> PositionStore:
     fp = data_fingerprint(data_cfg)
     out = Path(data_cfg.store_dir) if data_cfg.store_dir else Path(cache_dir) / "stores" / f"{data_cfg.name}-{fp}"
     store = PositionStore(out) if (out / "manifest.json").is_file() else None
-    if store is None or store.manifest.get("fingerprint") != fp:
+    built = store is None or store.manifest.get("fingerprint") != fp
+    if built:
         store = build_store(
             list(data_cfg.pgn), out, GameFilter.from_any(data_cfg), workers=data_cfg.workers,
             shard_size=data_cfg.shard_size, val_fraction=data_cfg.val_fraction, test_fraction=data_cfg.test_fraction,
             split_seed=data_cfg.split_seed, fingerprint=fp,
         )
-        s = store.manifest["summary"]
+    s = store.manifest["summary"]
+    if built:
         print(f"position store {out}: {s['games_kept']:,} games, {s['positions']:,} positions; skipped {s['skipped']}"
               + (f"; stream errors: {s['stream_errors']}" if s["stream_errors"] else ""))
-    s = store.manifest["summary"]
     if len(store) == 0:  # also when an earlier run cached the empty store
         why = f": {s['stream_errors'][0]}" if s["stream_errors"] else ""
         raise DataError(f"no positions in {list(data_cfg.pgn)} pass the data filters (empty position set){why}")

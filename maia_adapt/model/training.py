@@ -32,7 +32,11 @@ class LossWeights:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' is CUDA when available; under torchrun, CUDA means this rank's GPU."""
-    return distributed.device_for(name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if distributed.is_distributed() and name == "cuda":
+        return torch.device("cuda", distributed.local_rank())
+    return torch.device(name)
 
 
 def train_mode(model, freeze_batchnorm: bool = False) -> None:
