@@ -99,6 +99,9 @@ class TrainConfig:
     # batch: BatchNorm normalises each batch (SyncBatchNorm over the global batch under DDP on GPUs;
     # on CPU, where PyTorch has no SyncBatchNorm, each rank's part); frozen: running statistics only
     batchnorm: str = "batch"
+    # uniform: positions as the data has them; elo_balanced: each Elo bucket of the player to move
+    # equally often (the rare <1100 and >=2000 buckets are otherwise ~10x under-represented)
+    sampling: str = "uniform"
     # DataLoader processes preparing the next batches (0: in the training process); on CUDA the
     # batches are pinned and copied asynchronously
     loader_workers: int = 0
@@ -384,6 +387,8 @@ def validate(cfg) -> None:
     TranscoderConfig(k=cfg.transcoder.k, dim=cfg.transcoder.dim).validate()
     if cfg.train.batchnorm not in ("batch", "frozen"):
         bad("train.batchnorm", cfg.train.batchnorm, "batch or frozen")
+    if cfg.train.sampling not in ("uniform", "elo_balanced"):
+        bad("train.sampling", cfg.train.sampling, "uniform or elo_balanced")
     lr_at(0, 1.0, 0, 1, cfg.train.lr_schedule)  # the schedule's own check, before the first step
 
 

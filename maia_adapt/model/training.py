@@ -145,24 +145,40 @@ def load_training_checkpoint(path: Path, model: Maia2, opt) -> dict:
 
 # ---- the loop --------------------------------------------------------------------------------
 
-def _batch_indices(train_idx: np.ndarray, seed: int, step: int, batch_size: int) -> np.ndarray:
+def elo_groups(store, train_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training rows grouped by the mover's Elo bucket: (rows in bucket order, group starts, group
+    sizes), empty buckets left out, for train.sampling=elo_balanced."""
+    buckets = store.column("elo_self")[train_idx]
+    order = train_idx[np.argsort(buckets, kind="stable")]
+    counts = np.bincount(buckets, minlength=NUM_BUCKETS)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    keep = counts > 0
+    return order, starts[keep], counts[keep]
+
+
+def _batch_indices(train_idx: np.ndarray, seed: int, step: int, batch_size: int, groups=None) -> np.ndarray:
     rng = np.random.default_rng([seed, step])
-    return np.sort(train_idx[rng.integers(0, len(train_idx), batch_size)])
+    if groups is None:
+        return np.sort(train_idx[rng.integers(0, len(train_idx), batch_size)])
+    order, starts, counts = groups
+    g = rng.integers(0, len(counts), batch_size)
+    return np.sort(order[starts[g] + (rng.random(batch_size) * counts[g]).astype(np.int64)])
 
 
 class StepBatches(torch.utils.data.Dataset):
     """Item i = this rank's rows of the global batch of step start + i: a function of the step alone,
     so DataLoader workers (which prepare batches ahead, pinned on CUDA) never change the result."""
 
-    def __init__(self, store, train_idx: np.ndarray, seed: int, batch_size: int, rows: slice, start: int, stop: int):
+    def __init__(self, store, train_idx: np.ndarray, seed: int, batch_size: int, rows: slice, start: int, stop: int,
+                 groups=None):
         self.store, self.train_idx, self.seed, self.batch_size, self.rows = store, train_idx, seed, batch_size, rows
-        self.start, self.stop = start, stop
+        self.start, self.stop, self.groups = start, stop, groups
 
     def __len__(self) -> int:
         return self.stop - self.start
 
     def __getitem__(self, i: int) -> dict:
-        return self.store.batch(_batch_indices(self.train_idx, self.seed, self.start + i, self.batch_size)[self.rows])
+        return self.store.batch(_batch_indices(self.train_idx, self.seed, self.start + i, self.batch_size, self.groups)[self.rows])
 
 
 def train_model(
@@ -205,7 +221,9 @@ def train_model(
     t0, seen = time.time(), 0
     workers = getattr(cfg, "loader_workers", 0)
     loader = torch.utils.data.DataLoader(
-        StepBatches(store, train_idx, seed, cfg.batch_size, rows, start, cfg.max_steps), batch_size=None,
+        StepBatches(store, train_idx, seed, cfg.batch_size, rows, start, cfg.max_steps,
+                    elo_groups(store, train_idx) if getattr(cfg, "sampling", "uniform") == "elo_balanced" else None),
+        batch_size=None,
         shuffle=False, num_workers=workers, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
