@@ -102,6 +102,12 @@ class TrainConfig:
     # uniform: positions as the data has them; elo_balanced: each Elo bucket of the player to move
     # equally often (the rare <1100 and >=2000 buckets are otherwise ~10x under-represented)
     sampling: str = "uniform"
+    # distillation (model/distill.py): null, or maia1 = every position also supervised at
+    # teacher_buckets random Elo buckets by the Maia-1 network of each bucket's band
+    teacher: Optional[str] = None
+    teacher_buckets: int = 4
+    distill_coefficient: float = 1.0
+    teacher_history: bool = True  # the teachers see the game's move history (false: lc0's bare-FEN mode)
     # DataLoader processes preparing the next batches (0: in the training process); on CUDA the
     # batches are pinned and copied asynchronously
     loader_workers: int = 0
@@ -389,6 +395,10 @@ def validate(cfg) -> None:
         bad("train.batchnorm", cfg.train.batchnorm, "batch or frozen")
     if cfg.train.sampling not in ("uniform", "elo_balanced"):
         bad("train.sampling", cfg.train.sampling, "uniform or elo_balanced")
+    if cfg.train.teacher not in (None, "maia1"):
+        bad("train.teacher", cfg.train.teacher, "null or maia1")
+    if not 1 <= cfg.train.teacher_buckets <= 11:
+        bad("train.teacher_buckets", cfg.train.teacher_buckets, "a number of Elo buckets 1..11")
     lr_at(0, 1.0, 0, 1, cfg.train.lr_schedule)  # the schedule's own check, before the first step
 
 

@@ -21,6 +21,7 @@ from .. import distributed
 from ..checkpointing import load_optimizer, optimizer_tensors, read_state, write_step_dir
 from ..encoding import NUM_BUCKETS
 from ..errors import MaiaAdaptError
+from .distill import distill_loss
 from .maia2 import Maia2
 
 
@@ -170,15 +171,19 @@ class StepBatches(torch.utils.data.Dataset):
     so DataLoader workers (which prepare batches ahead, pinned on CUDA) never change the result."""
 
     def __init__(self, store, train_idx: np.ndarray, seed: int, batch_size: int, rows: slice, start: int, stop: int,
-                 groups=None):
+                 groups=None, lc0_planes: np.ndarray | None = None):
         self.store, self.train_idx, self.seed, self.batch_size, self.rows = store, train_idx, seed, batch_size, rows
-        self.start, self.stop, self.groups = start, stop, groups
+        self.start, self.stop, self.groups, self.lc0_planes = start, stop, groups, lc0_planes
 
     def __len__(self) -> int:
         return self.stop - self.start
 
     def __getitem__(self, i: int) -> dict:
-        return self.store.batch(_batch_indices(self.train_idx, self.seed, self.start + i, self.batch_size, self.groups)[self.rows])
+        idx = _batch_indices(self.train_idx, self.seed, self.start + i, self.batch_size, self.groups)[self.rows]
+        batch = self.store.batch(idx)
+        if self.lc0_planes is not None:  # the teachers' packed inputs (distillation)
+            batch["lc0"] = torch.from_numpy(np.ascontiguousarray(self.lc0_planes[idx]))
+        return batch
 
 
 def train_model(
@@ -189,10 +194,14 @@ def train_model(
     tracker=None,
     seed: int = 0,
     resume_from: Path | None = None,
+    teacher=None,
+    lc0_planes: np.ndarray | None = None,
 ) -> dict:
     """Train `model` on `store` with the TrainConfig `cfg`; returns the final evaluation.
 
     Checkpoints go to run_dir/checkpoints; `resume_from` is a step_* folder to continue from.
+    With a `teacher` (model.distill.Maia1Teacher) and its packed inputs for every store row
+    (`lc0_planes`), the loss adds cfg.distill_coefficient x the distillation KL.
     """
     device = resolve_device(cfg.device)
     freeze_bn = getattr(cfg, "batchnorm", "batch") == "frozen"
@@ -222,7 +231,8 @@ def train_model(
     workers = getattr(cfg, "loader_workers", 0)
     loader = torch.utils.data.DataLoader(
         StepBatches(store, train_idx, seed, cfg.batch_size, rows, start, cfg.max_steps,
-                    elo_groups(store, train_idx) if getattr(cfg, "sampling", "uniform") == "elo_balanced" else None),
+                    elo_groups(store, train_idx) if getattr(cfg, "sampling", "uniform") == "elo_balanced" else None,
+                    lc0_planes if teacher is not None else None),
         batch_size=None,
         shuffle=False, num_workers=workers, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
         persistent_workers=False,
@@ -238,6 +248,10 @@ def train_model(
         batch = to_device(cpu_batch, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = maia2_losses(step_fn, batch, w)
+            if teacher is not None:
+                gen = torch.Generator().manual_seed(seed * 1_000_003 + step)  # the buckets depend on the step only
+                out["distill_loss"] = distill_loss(step_fn, teacher, batch, cfg.teacher_buckets, gen)
+                out["loss"] = out["loss"] + cfg.distill_coefficient * out["distill_loss"]
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise MaiaAdaptError(f"non-finite training loss at step {step}: lower train.lr or check the data")
@@ -251,7 +265,8 @@ def train_model(
         if done % cfg.log_every == 0 or done == cfg.max_steps:
             rate = seen / (time.time() - t0)
             metrics = distributed.mean_over_ranks(
-                {f"train/{k}": out[k].item() for k in ("loss", "policy_loss", "side_info_loss", "value_loss")})
+                {f"train/{k}": out[k].item() for k in ("loss", "policy_loss", "side_info_loss", "value_loss", "distill_loss")
+                 if k in out})
             metrics.update({"train/lr": lr, "train/positions_per_s": rate})
             bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", pos_s=f"{rate:.0f}")
             if tracker:

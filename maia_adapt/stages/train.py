@@ -14,6 +14,7 @@ from ..data.preprocess import open_or_build_store
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS
 from ..errors import ConfigError
 from ..model import Maia2, Maia2Config, load_model, save_model
+from ..model.distill import prepare_teacher
 from ..model.training import evaluate, resolve_device, train_model
 from ..reporting import bar_by_bucket
 from ..runs import config_fingerprint, mark_done, resume_point
@@ -30,10 +31,17 @@ def run(cfg, run_dir: Path) -> dict:
         model = load_model(cfg.model.checkpoint, eval=False)
     else:
         model = Maia2(Maia2Config.from_any(cfg.model))
+    teacher = lc0_planes = None
+    if cfg.train.teacher:
+        if distributed.world_size() > 1:
+            raise ConfigError("train.teacher=maia1 runs in one process: distillation under torchrun is not supported")
+        teacher, lc0_planes = prepare_teacher(Path(cfg.paths.models_root) / "maia1", store, resolve_device(cfg.train.device),
+                                              cfg.train.teacher_history, cfg.train.bf16, cfg.data.workers)
     resume = resume_point(run_dir, config_fingerprint(cfg), cfg.train.resume)
     tracker = Tracker(cfg, run_dir, job_type="train")
     try:
-        train_model(model, store, cfg.train, run_dir, tracker=tracker, seed=cfg.seed, resume_from=resume)
+        train_model(model, store, cfg.train, run_dir, tracker=tracker, seed=cfg.seed, resume_from=resume,
+                    teacher=teacher, lc0_planes=lc0_planes)
         if not distributed.is_main():
             return {}
         device = resolve_device(cfg.train.device)
