@@ -22,7 +22,8 @@ from ..encoding.planes import LEGAL_BYTES, legal_move_indices
 from ..errors import DataError
 from .pgn import EVAL_MISSING
 
-VERSION = 1
+# 2: games.json holds each game's start_fen and moves (UCI), so positions can be replayed with history
+VERSION = 2
 # field -> (dtype, per-position shape)
 FIELDS: dict[str, tuple[str, tuple[int, ...]]] = {
     "bitboards": ("<u8", (12,)),
@@ -194,6 +195,24 @@ class PositionStore:
             "index": t(idx),
         }
 
+    def history(self, indices) -> list[tuple[str | None, list[str], int]]:
+        """(start FEN or None for the standard start, the game's moves before the position in UCI, ply)
+        for each position: chess.Board(start_fen) with those moves pushed is the position, and its
+        move stack is the real game history (what lc0/Maia-1 inputs need)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        gids, plies = self.column("game_id")[idx], self.column("ply")[idx]
+        games = self.games
+        cache: dict[int, list[str]] = {}
+        out = []
+        for g, ply in zip(gids.tolist(), plies.tolist()):
+            if g not in cache:
+                if "moves" not in games[g]:
+                    raise DataError(f"{self.path}: game {g} has no move history (a store from before version 2): rebuild it")
+                cache[g] = games[g]["moves"].split()
+            k = ply - games[g].get("ply0", 0)
+            out.append((games[g].get("start_fen"), cache[g][:k], int(ply)))
+        return out
+
     def fens(self, indices) -> list[str]:
         """Exact FENs (real colours, not mirrored) rebuilt from the stored bitboards."""
         idx = np.asarray(indices, dtype=np.int64)
@@ -264,6 +283,8 @@ def store_from_fens(fens, out_dir, elo_self, elo_oppo, moves=None) -> PositionSt
         cols["game_id"][i] = i
         cols["ply"][i] = 2 * (board.fullmove_number - 1) + (0 if board.turn else 1)
         cols["halfmove"][i] = min(board.halfmove_clock, 255)
-        writer.add_game({"id": i, "site": "", "split": 0, "fen": fen})
+        # a bare FEN has no history; ply0 maps the stored ply to an index into the (empty) moves
+        writer.add_game({"id": i, "site": "", "split": 0, "fen": fen, "start_fen": fen, "moves": "",
+                         "ply0": int(cols["ply"][i])})
     writer.add(cols)
     return writer.close({"positions": n})
