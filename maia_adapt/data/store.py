@@ -200,17 +200,31 @@ class PositionStore:
         for each position: chess.Board(start_fen) with those moves pushed is the position, and its
         move stack is the real game history (what lc0/Maia-1 inputs need)."""
         idx = np.asarray(indices, dtype=np.int64)
-        gids, plies = self.column("game_id")[idx], self.column("ply")[idx]
+        plies = self.column("ply")[idx].tolist()
+        out: list = [None] * len(idx)
+        for start_fen, moves, rows, ks in self.history_by_game(idx):
+            for r, k in zip(rows.tolist(), ks.tolist()):
+                out[r] = (start_fen, moves[:k], plies[r])
+        return out
+
+    def history_by_game(self, indices) -> list[tuple[str | None, list[str], np.ndarray, np.ndarray]]:
+        """The positions grouped by game, for replaying each game once: (start FEN or None, all of the
+        game's moves in UCI, rows into `indices`, moves played before each of those positions)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        gids = np.asarray(self.column("game_id")[idx]).astype(np.int64)
+        plies = np.asarray(self.column("ply")[idx]).astype(np.int64)
         games = self.games
-        cache: dict[int, list[str]] = {}
+        order = np.argsort(gids, kind="stable")
+        starts = np.flatnonzero(np.r_[True, gids[order][1:] != gids[order][:-1]]) if len(idx) else np.zeros(0, int)
         out = []
-        for g, ply in zip(gids.tolist(), plies.tolist()):
-            if g not in cache:
-                if "moves" not in games[g]:
-                    raise DataError(f"{self.path}: game {g} has no move history (a store from before version 2): rebuild it")
-                cache[g] = games[g]["moves"].split()
-            k = ply - games[g].get("ply0", 0)
-            out.append((games[g].get("start_fen"), cache[g][:k], int(ply)))
+        for s, e in zip(starts, np.r_[starts[1:], len(order)].astype(int)):
+            rows = order[s:e]
+            game = games[int(gids[rows[0]])]
+            if "moves" not in game:
+                raise DataError(f"{self.path}: game {game.get('id')} has no move history (a store from before "
+                                "version 2): rebuild it")
+            # ply counts the game's own moves; ply0 is the ply of its first position (a bare-FEN set's)
+            out.append((game.get("start_fen"), game["moves"].split(), rows, plies[rows] - game.get("ply0", 0)))
         return out
 
     def fens(self, indices) -> list[str]:
