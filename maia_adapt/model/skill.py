@@ -270,12 +270,12 @@ def load_skill_model(model_cfg, history: Optional[bool] = None, device="cpu") ->
     checkpoint (`model.checkpoint`). `history` overrides `model.history` (Maia-1 only)."""
     name = str(model_cfg.name)
     if name == "maia1":
-        from .maia1 import load_maia1, load_maia1_family
-
         root = Path(str(model_cfg.checkpoint)) if model_cfg.checkpoint else None
         if root is None or not root.is_dir():
             raise CheckpointError(f"Maia-1 networks not found: {root} is not a folder of maia-1100.pb.gz ... "
                                   "maia-1900.pb.gz (set MAIA_ADAPT_MODELS to the folder above maia1/, or model.checkpoint)")
+        from .maia1 import load_maia1, load_maia1_family
+
         hist = bool(model_cfg.history if history is None else history)
         rating = model_cfg.rating
         if rating is not None:

@@ -16,8 +16,8 @@ from ..model.training import resolve_device
 
 def run(cfg, run_dir: Path) -> dict:
     ev = cfg.evaluate
-    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
     model = load_skill_model(cfg.model, history=ev.history, device=resolve_device(ev.device))
+    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
     hist = getattr(model, "history", None)
     title = (f"{model.name}{'' if hist is None else (', with history' if hist else ', no history')}"
              f" on {cfg.data.name} ({ev.split} split)")
