@@ -211,8 +211,18 @@ def test_maia1_history_changes_the_inputs(selfplay_store):
 
     idx = np.arange(len(selfplay_store))[selfplay_store.column("ply")[:] > 10][:50]
     with_h, without = lc0_store_planes(selfplay_store, idx, True), lc0_store_planes(selfplay_store, idx, False)
-    assert torch.equal(with_h[:, :13], without[:, :13])  # the current position is the same
+    # the current position's pieces, castling, side to move and fifty-move counter are the same
+    assert torch.equal(with_h[:, :12], without[:, :12]) and torch.equal(with_h[:, 104:], without[:, 104:])
     assert not torch.equal(with_h[:, 13:104], without[:, 13:104])  # the 7 earlier slots are not
+    # grouped replay = encoding each position's board (with its move stack) on its own
+    from maia_adapt.encoding.lc0 import lc0_planes
+
+    for row in (0, 17, 49):
+        start_fen, moves, _ = selfplay_store.history([idx[row]])[0]
+        board = chess.Board(start_fen) if start_fen else chess.Board()
+        for m in moves:
+            board.push_uci(m)
+        assert torch.equal(with_h[row], torch.from_numpy(lc0_planes(board)))
 
 
 # ---- the stage, end to end ----------------------------------------------------------------------------
