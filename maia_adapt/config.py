@@ -51,8 +51,14 @@ class ModelConfig:
     dropout_cnn: float = 0.5
     dropout_vit: float = 0.1
     dropout: float = 0.1
-    # official .pt file, our .safetensors file or a run directory; null = random initialisation
+    # official .pt file, our .safetensors file or a run directory; null = random initialisation.
+    # model=maia1: the folder of maia-1100.pb.gz ... maia-1900.pb.gz
     checkpoint: Optional[str] = None
+    # model=maia1 only: one network (1100..1900) used for every Elo bucket; null = the family, bucket b
+    # -> the network of its band (0 -> 1100, 10 -> 1900; see maia_adapt/model/skill.py)
+    rating: Optional[int] = None
+    # model=maia1 only: lc0 inputs carry the game's history (false: lc0's bare-FEN mode, position repeated)
+    history: bool = True
 
 
 @dataclass
@@ -131,6 +137,7 @@ class LoggerConfig:
 class PathsConfig:
     root: str = "${repo_root:}"
     data_root: str = "${oc.env:MAIA_ADAPT_DATA,${paths.root}/../shared/data}"
+    models_root: str = "${oc.env:MAIA_ADAPT_MODELS,${paths.root}/../shared/models}"  # published networks (Maia-1)
     cache_dir: str = "${paths.root}/cache"
     assets: str = "${assets:}"
 
@@ -311,6 +318,23 @@ class CircuitsConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """stage=evaluate (and the end of stage=train): move accuracy and the skill matrix of any model."""
+
+    split: str = "test"  # train | val | test | all
+    # positions drawn uniformly at random from the split (so `top1` is the split's own accuracy and each
+    # bucket gets rows in proportion to its share); null: every position of the split
+    positions: Optional[int] = 20000
+    # Maia-1 only: inputs with the game's history (null: model.history)
+    history: Optional[bool] = None
+    # the opponent bucket under each conditioning column: data (the real opponent's; default) | same (= column)
+    oppo: str = "data"
+    n_boot: int = 1000  # paired bootstrap resamples of games for every 95% interval
+    batch_size: int = 512
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
 class Config:
     stage: StageConfig = MISSING
     model: ModelConfig = MISSING
@@ -327,6 +351,7 @@ class Config:
     intervention: InterventionConfig = field(default_factory=InterventionConfig)
     transcoder: TranscoderStageConfig = field(default_factory=TranscoderStageConfig)
     circuits: CircuitsConfig = field(default_factory=CircuitsConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     layer: int = 1  # transformer block used by the site presets (site=residual|attention|mlp|resid_post)
     experiment: str = "default"  # experiment name: W&B group and the run's label
     seed: int = 0
@@ -343,7 +368,8 @@ _POSITIVE_INT = ("train.batch_size", "train.max_steps", "train.eval_every", "tra
                  "transcoder.log_every", "transcoder.checkpoint_every", "finetune.steps", "finetune.batch_size",
                  "probe.train_positions", "probe.test_positions", "threats.positions", "activations.shard_positions",
                  "model.dim_cnn", "model.num_blocks_cnn", "model.dim_vit", "model.num_blocks_vit", "model.heads",
-                 "model.dim_head", "model.elo_dim", "data.workers", "data.shard_size")
+                 "model.dim_head", "model.elo_dim", "data.workers", "data.shard_size", "evaluate.positions",
+                 "evaluate.n_boot", "evaluate.batch_size")
 _NON_NEGATIVE_INT = ("train.warmup_steps", "train.loader_workers", "train.eval_positions", "sae.cache_positions", "sae.calibrate_every",
                      "sae.aux_k", "transcoder.aux_k", "transcoder.k", "data.first_n_plies", "threats.n_null",
                      "threats.n_boot", "threats.dashboards")
@@ -391,6 +417,14 @@ def validate(cfg) -> None:
         bad("data.val_fraction + data.test_fraction", cfg.data.val_fraction + cfg.data.test_fraction, "less than 1")
     SAEConfig(architecture=cfg.sae.architecture, k=cfg.sae.k, dim=cfg.sae.dim).validate()
     TranscoderConfig(k=cfg.transcoder.k, dim=cfg.transcoder.dim).validate()
+    if cfg.model.rating is not None and cfg.model.rating not in range(1100, 2000, 100):
+        bad("model.rating", cfg.model.rating, "a Maia-1 band 1100, 1200, ..., 1900 or null")
+    if cfg.model.rating is not None and cfg.model.name != "maia1":
+        bad("model.rating", cfg.model.rating, "null unless model=maia1 (Maia-2 is conditioned by Elo buckets)")
+    if cfg.evaluate.split not in ("train", "val", "test", "all"):
+        bad("evaluate.split", cfg.evaluate.split, "train, val, test or all")
+    if cfg.evaluate.oppo not in ("data", "same"):
+        bad("evaluate.oppo", cfg.evaluate.oppo, "data or same")
     if cfg.train.batchnorm not in ("batch", "frozen"):
         bad("train.batchnorm", cfg.train.batchnorm, "batch or frozen")
     if cfg.train.sampling not in ("uniform", "elo_balanced"):

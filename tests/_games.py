@@ -25,3 +25,17 @@ def real_positions(pgn_zst: Path, n_games: int) -> tuple[tuple[chess.Board, ches
                 out.append((board.copy(stack=False), move))
                 board.push(move)
     return tuple(out)
+
+
+@lru_cache(maxsize=4)
+def real_games(pgn_zst: Path, n_games: int) -> tuple[tuple[str, ...], ...]:
+    """The UCI move lists of the first n_games games (all start from the standard position)."""
+    out = []
+    with open(pgn_zst, "rb") as fh:
+        text = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(fh), encoding="utf-8")
+        for _ in range(n_games):
+            game = chess.pgn.read_game(text)
+            if game is None:
+                break
+            out.append(tuple(m.uci() for m in game.mainline_moves()))
+    return tuple(out)

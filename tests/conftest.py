@@ -1,5 +1,6 @@
-"""Shared fixtures. Real data lives in ../shared/data (or $MAIA_ADAPT_DATA); tests that need it skip
-with a clear reason when it is absent, e.g. on a fresh clone elsewhere."""
+"""Shared fixtures. Real data lives in ../shared/data (or $MAIA_ADAPT_DATA), the published Maia-1
+networks in ../shared/models (or $MAIA_ADAPT_MODELS); tests that need them skip with a clear reason
+when they are absent, e.g. on a fresh clone elsewhere."""
 from __future__ import annotations
 
 import os
@@ -22,4 +23,18 @@ def shared_data() -> Path:
     root = _data_root()
     if not (root / "README.md").is_file():
         pytest.skip(f"real data not found at {root} (set MAIA_ADAPT_DATA to the shared/data folder)")
+    return root
+
+
+def _models_root() -> Path:
+    env = os.environ.get("MAIA_ADAPT_MODELS")
+    return Path(env) if env else (ROOT.parent / "shared" / "models")
+
+
+@pytest.fixture(scope="session")
+def shared_models() -> Path:
+    """The shared models folder (maia1/maia-1100.pb.gz ... maia-1900.pb.gz, GPL-3.0, read by path)."""
+    root = _models_root()
+    if not (root / "maia1" / "maia-1100.pb.gz").is_file():
+        pytest.skip(f"Maia-1 networks not found at {root}/maia1 (set MAIA_ADAPT_MODELS to the shared/models folder)")
     return root

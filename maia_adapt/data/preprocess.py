@@ -37,13 +37,16 @@ from .pgn import (
     resolve_san,
     split_games,
 )
-from .store import FIELDS, PositionStore, StoreWriter, game_split
+from .store import FIELDS, VERSION as STORE_VERSION, PositionStore, StoreWriter, game_split
 
 _TABLE = None
 
 
-def encode_game(game: Game, filt: GameFilter) -> dict[str, np.ndarray]:
-    """Columns (see store.FIELDS) for the kept positions of one game; raises PGNError if unreadable."""
+def encode_game(game: Game, filt: GameFilter, moves_out: list | None = None) -> dict[str, np.ndarray]:
+    """Columns (see store.FIELDS) for the kept positions of one game; raises PGNError if unreadable.
+
+    `moves_out`, when given, receives the game's moves in UCI up to the last one read, so that any
+    stored position can be replayed with its history (PositionStore.history)."""
     global _TABLE
     if _TABLE is None:
         _TABLE = move_table()
@@ -59,6 +62,8 @@ def encode_game(game: Game, filt: GameFilter) -> dict[str, np.ndarray]:
     for ply, (san, comment) in enumerate(moves):
         legal = list(board.generate_legal_moves())
         move = resolve_san(board, san, legal)
+        if moves_out is not None:
+            moves_out.append(move.uci())
         ev = parse_eval(comment)
         keep = ply >= filt.first_n_plies
         if keep and filt.clock_threshold is not None:
@@ -118,12 +123,13 @@ def _work(args):
     games, filt = args
     out = []
     for g in games:
+        moves: list[str] = []
         try:
-            out.append((g, encode_game(g, filt), None))
+            out.append((g, encode_game(g, filt, moves), moves, None))
         except PGNError as e:
-            out.append((g, None, e.args[0]))
+            out.append((g, None, None, e.args[0]))
         except (ValueError, AssertionError) as e:  # python-chess rejects a position: count, never stop
-            out.append((g, None, f"invalid position ({type(e).__name__})"))
+            out.append((g, None, None, f"invalid position ({type(e).__name__})"))
     return out
 
 
@@ -198,7 +204,7 @@ def build_store(
     try:
         results = pool.imap(_work, batches) if pool else map(_work, batches)
         for res in results:
-            for game, cols, err in res:
+            for game, cols, moves, err in res:
                 if err is not None:
                     errors[err] += 1
                     continue
@@ -210,6 +216,8 @@ def build_store(
                 writer.add_game({
                     "id": game_id, "site": h.get("Site", ""), "white_elo": h.get("WhiteElo"), "black_elo": h.get("BlackElo"),
                     "result": h.get("Result"), "source": game.source, "index": game.index, "split": split, "positions": n,
+                    # the game's history: stored position (game_id, ply) is start_fen + moves[:ply]
+                    "start_fen": h.get("FEN") or None, "moves": " ".join(moves),
                 })
                 game_id += 1
                 positions += n
@@ -241,7 +249,7 @@ def data_fingerprint(data_cfg) -> str:
     files = [(str(Path(p).resolve()), Path(p).stat().st_size, int(Path(p).stat().st_mtime)) if Path(p).is_file() else str(p)
              for p in data_cfg.pgn]
     key = {"files": files, "filter": filt.__dict__, "val": data_cfg.val_fraction, "test": data_cfg.test_fraction,
-           "seed": data_cfg.split_seed, "v": 1}
+           "seed": data_cfg.split_seed, "v": STORE_VERSION}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

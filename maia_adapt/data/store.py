@@ -22,7 +22,8 @@ from ..encoding.planes import LEGAL_BYTES, legal_move_indices
 from ..errors import DataError
 from .pgn import EVAL_MISSING
 
-VERSION = 1
+# 2: games.json holds each game's start_fen and moves (UCI), so positions can be replayed with history
+VERSION = 2
 # field -> (dtype, per-position shape)
 FIELDS: dict[str, tuple[str, tuple[int, ...]]] = {
     "bitboards": ("<u8", (12,)),
@@ -194,6 +195,38 @@ class PositionStore:
             "index": t(idx),
         }
 
+    def history(self, indices) -> list[tuple[str | None, list[str], int]]:
+        """(start FEN or None for the standard start, the game's moves before the position in UCI, ply)
+        for each position: chess.Board(start_fen) with those moves pushed is the position, and its
+        move stack is the real game history (what lc0/Maia-1 inputs need)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        plies = self.column("ply")[idx].tolist()
+        out: list = [None] * len(idx)
+        for start_fen, moves, rows, ks in self.history_by_game(idx):
+            for r, k in zip(rows.tolist(), ks.tolist()):
+                out[r] = (start_fen, moves[:k], plies[r])
+        return out
+
+    def history_by_game(self, indices) -> list[tuple[str | None, list[str], np.ndarray, np.ndarray]]:
+        """The positions grouped by game, for replaying each game once: (start FEN or None, all of the
+        game's moves in UCI, rows into `indices`, moves played before each of those positions)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        gids = np.asarray(self.column("game_id")[idx]).astype(np.int64)
+        plies = np.asarray(self.column("ply")[idx]).astype(np.int64)
+        games = self.games
+        order = np.argsort(gids, kind="stable")
+        starts = np.flatnonzero(np.r_[True, gids[order][1:] != gids[order][:-1]]) if len(idx) else np.zeros(0, int)
+        out = []
+        for s, e in zip(starts, np.r_[starts[1:], len(order)].astype(int)):
+            rows = order[s:e]
+            game = games[int(gids[rows[0]])]
+            if "moves" not in game:
+                raise DataError(f"{self.path}: game {game.get('id')} has no move history (a store from before "
+                                "version 2): rebuild it")
+            # ply counts the game's own moves; ply0 is the ply of its first position (a bare-FEN set's)
+            out.append((game.get("start_fen"), game["moves"].split(), rows, plies[rows] - game.get("ply0", 0)))
+        return out
+
     def fens(self, indices) -> list[str]:
         """Exact FENs (real colours, not mirrored) rebuilt from the stored bitboards."""
         idx = np.asarray(indices, dtype=np.int64)
@@ -264,6 +297,8 @@ def store_from_fens(fens, out_dir, elo_self, elo_oppo, moves=None) -> PositionSt
         cols["game_id"][i] = i
         cols["ply"][i] = 2 * (board.fullmove_number - 1) + (0 if board.turn else 1)
         cols["halfmove"][i] = min(board.halfmove_clock, 255)
-        writer.add_game({"id": i, "site": "", "split": 0, "fen": fen})
+        # a bare FEN has no history; ply0 maps the stored ply to an index into the (empty) moves
+        writer.add_game({"id": i, "site": "", "split": 0, "fen": fen, "start_fen": fen, "moves": "",
+                         "ply0": int(cols["ply"][i])})
     writer.add(cols)
     return writer.close({"positions": n})

@@ -142,3 +142,33 @@ def qq_plot(a, b, path, title: str, xlabel: str, ylabel: str) -> Path:
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     return _save(fig, path)
+
+
+def skill_matrix_heatmap(values, col_labels: list[str], counts, path, title: str) -> Path:
+    """The skill matrix [11, C] (rows: player's Elo bucket, columns: conditioning bucket or network),
+    as accuracy and as accuracy minus the row's mean: the second panel shows which setting predicts
+    each skill level best, free of how predictable that level is overall."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float) * 100
+    with np.errstate(invalid="ignore"):
+        centred = values - np.nanmean(values, axis=1, keepdims=True) if values.shape[1] > 1 else values * 0
+    rows = [f"{name} ({int(n):,})" for name, n in zip(BUCKET_NAMES, counts)]
+    width = 2.2 + 0.55 * len(col_labels)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * width + 1.5, 5.2))
+    span = np.nanmax(np.abs(centred)) if np.isfinite(centred).any() and np.nanmax(np.abs(centred)) > 0 else 1.0
+    for ax, grid, cmap, lim, label in ((axes[0], values, "viridis", None, "top-1 accuracy (%)"),
+                                        (axes[1], centred, "RdBu_r", span, "minus the row's mean (points)")):
+        im = ax.imshow(grid, cmap=cmap, aspect="auto", **({"vmin": -lim, "vmax": lim} if lim else {}))
+        ax.set_xticks(range(len(col_labels)), col_labels, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(rows)), rows, fontsize=7)
+        ax.set_xlabel("model conditioned on (bucket or network)")
+        ax.set_ylabel("player to move: Elo bucket (positions)")
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                if np.isfinite(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=5.5,
+                            color="black" if cmap == "RdBu_r" else "white")
+        fig.colorbar(im, ax=ax, label=label, shrink=0.85)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

@@ -14,6 +14,7 @@ REGISTRY = {
     "intervention": "maia_adapt.stages.intervention",
     "transcoder": "maia_adapt.stages.transcoder",
     "circuits": "maia_adapt.stages.circuits",
+    "evaluate": "maia_adapt.stages.evaluate",
 }
 
 

@@ -13,8 +13,10 @@ from .. import distributed
 from ..data.preprocess import open_or_build_store
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS
 from ..errors import ConfigError
+from ..evaluation import evaluate_run, json_safe
 from ..model import Maia2, Maia2Config, load_model, save_model
 from ..model.distill import prepare_teacher
+from ..model.skill import Maia2Skill
 from ..model.training import evaluate, resolve_device, train_model
 from ..reporting import bar_by_bucket
 from ..runs import config_fingerprint, mark_done, resume_point
@@ -49,6 +51,11 @@ def run(cfg, run_dir: Path) -> dict:
         rng = np.random.default_rng(cfg.seed + 1)
         test_idx = np.sort(rng.permutation(test_idx)[: cfg.train.eval_positions])
         result = evaluate(model, store, test_idx, device=device)
+        # the numbers stage=evaluate reports (top1, top1_macro, per bucket, skill gaps, skill matrix), on
+        # the same test positions
+        skill = evaluate_run(Maia2Skill(model, name=cfg.model.name), store, cfg.evaluate, run_dir,
+                             f"{cfg.model.name} after {cfg.train.max_steps} steps (test split)", seed=cfg.seed,
+                             indices=test_idx)
         model.cpu().eval()
         path = save_model(model, run_dir / "model.safetensors", steps=int(cfg.train.max_steps))
         acc = [result[f"accuracy_bucket_{i}"] for i in range(NUM_BUCKETS)]
@@ -74,7 +81,9 @@ def run(cfg, run_dir: Path) -> dict:
             "test_positions": result["positions"],
             "test_value_mse": result["value_loss"],
             **{f"test_accuracy_bucket_{i}": acc[i] for i in range(NUM_BUCKETS)},
+            **skill,
         }
+        summary = json_safe(summary)  # strict JSON: an empty bucket's accuracy is null, not NaN
         tracker.summary(summary)
     finally:
         tracker.finish()

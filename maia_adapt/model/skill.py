@@ -1,0 +1,298 @@
+"""One skill-conditioned model interface that Maia-2 and the Maia-1 family both satisfy.
+
+A stage that takes a `SkillModel` works with either: it asks the model for its inputs
+(`inputs(store, indices)` or `inputs_from_boards(boards)`), then for policy logits in Maia-2's
+1880-move vocabulary (side-to-move frame, the store's `move`/`legal` indexing) under an Elo
+conditioning given per row as buckets 0..10.
+
+- `Maia2Skill` wraps a `Maia2`: the buckets are its Elo embedding inputs (self and opponent).
+- `Maia1Family` wraps the published Maia-1 networks (one per rating band). "Elo bucket b" means the
+  network of that band: buckets 1..9 -> maia-1100 .. maia-1900; bucket 0 (<1100) -> maia-1100 and
+  bucket 10 (>=2000) -> maia-1900, the nearest band there is. The opponent bucket is ignored (Maia-1
+  has no opponent input). A batch with mixed buckets routes each row to its network. With one
+  network (`model.rating=1500`) every bucket uses it. `history=False` feeds lc0's bare-FEN input
+  (the current position repeated in all 8 history slots) instead of the game's real history.
+
+`conditions()` lists the distinct behaviours over the 11 buckets, so a caller that needs all 11
+(the skill matrix) runs each distinct network once: 11 passes for Maia-2, 9 for the family, 1 for
+a single network.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterable, Optional, Protocol, runtime_checkable
+
+import chess
+import numpy as np
+import torch
+
+from ..encoding import BUCKET_NAMES, NUM_BUCKETS, board_planes, legal_mask
+from ..errors import CheckpointError, ConfigError
+
+MAIA1_RATINGS = tuple(range(1100, 2000, 100))
+
+
+def maia1_rating_for_bucket(bucket: int) -> int:
+    """The Maia-1 band standing for a Maia-2 Elo bucket: 1..9 -> 1100..1900, 0 -> 1100, 10 -> 1900."""
+    if not 0 <= int(bucket) < NUM_BUCKETS:
+        raise ValueError(f"Elo bucket {bucket} out of range: expected 0..{NUM_BUCKETS - 1}")
+    return 1000 + 100 * min(max(int(bucket), 1), 9)
+
+
+@runtime_checkable
+class SkillModel(Protocol):
+    name: str
+    buckets: tuple[int, ...]  # the Elo buckets it can be conditioned on (0..10)
+    hook_names: list[str]
+
+    def inputs(self, store, indices) -> dict[str, torch.Tensor]:
+        """Model inputs plus `legal` [B,1880], `move`, `elo_self`, `elo_oppo`, `index` for store rows."""
+
+    def inputs_from_boards(self, boards: list[chess.Board]) -> dict[str, torch.Tensor]:
+        """Model inputs plus `legal` for python-chess boards (their move stacks are the history)."""
+
+    def policy_logits(self, inputs: dict, elo_self, elo_oppo) -> torch.Tensor:
+        """[B,1880] logits in Maia-2's vocabulary; illegal moves are -inf or left for the caller to mask."""
+
+    def value(self, inputs: dict, elo_self, elo_oppo) -> torch.Tensor:
+        """[B] expected result for the side to move, in [-1, 1]."""
+
+    def conditions(self) -> list[tuple[int, list[int]]]:
+        """(a representative bucket, every bucket that behaves identically) for the 11 buckets."""
+
+    def label(self, bucket: int) -> str:
+        """What conditioning on `bucket` means, for tables and plots ('<1100', 'maia-1100')."""
+
+    def hooks(self, fwd_hooks: Iterable[tuple[str, object]]):
+        """Context manager installing (hook name, fn(x, name)) hooks, as Maia2.hooks."""
+
+    def run_with_cache(self, inputs: dict, elo_self, elo_oppo, names=None) -> tuple[torch.Tensor, dict]:
+        """(policy logits, {hook name: activation [B, ...]})."""
+
+    def to(self, device) -> "SkillModel":
+        ...
+
+
+def _rows(elo, n: int, device) -> torch.Tensor:
+    """Buckets as a LongTensor [n] from a scalar, a sequence or a tensor."""
+    t = torch.as_tensor(elo, dtype=torch.long, device=device)
+    return t.expand(n).contiguous() if t.ndim == 0 else t.to(device)
+
+
+class Maia2Skill:
+    """A Maia-2 network behind the SkillModel interface."""
+
+    def __init__(self, model, name: str = "maia2"):
+        self.model = model.eval()
+        self.name = name
+        self.buckets = tuple(range(NUM_BUCKETS))
+        self.hook_names = list(model.hook_names)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device) -> "Maia2Skill":
+        self.model.to(device)
+        return self
+
+    def inputs(self, store, indices) -> dict[str, torch.Tensor]:
+        return store.batch(indices)
+
+    def inputs_from_boards(self, boards) -> dict[str, torch.Tensor]:
+        return {"boards": torch.from_numpy(board_planes(boards)), "legal": torch.from_numpy(legal_mask(boards))}
+
+    def _forward(self, inputs, elo_self, elo_oppo):
+        boards = inputs["boards"].to(self.device)
+        n = boards.size(0)
+        return self.model(boards, _rows(elo_self, n, self.device), _rows(elo_oppo, n, self.device))
+
+    def policy_logits(self, inputs, elo_self, elo_oppo) -> torch.Tensor:
+        return self._forward(inputs, elo_self, elo_oppo)[0]
+
+    def value(self, inputs, elo_self, elo_oppo) -> torch.Tensor:
+        return self._forward(inputs, elo_self, elo_oppo)[2]
+
+    def conditions(self) -> list[tuple[int, list[int]]]:
+        return [(b, [b]) for b in self.buckets]
+
+    def label(self, bucket: int) -> str:
+        return BUCKET_NAMES[bucket]
+
+    def hooks(self, fwd_hooks):
+        return self.model.hooks(fwd_hooks)
+
+    def run_with_cache(self, inputs, elo_self, elo_oppo, names=None):
+        boards = inputs["boards"].to(self.device)
+        n = boards.size(0)
+        out, cache = self.model.run_with_cache(boards, _rows(elo_self, n, self.device), _rows(elo_oppo, n, self.device), names)
+        return out[0], cache
+
+
+def lc0_store_planes(store, indices, history: bool = True) -> torch.Tensor:
+    """lc0 input planes [n,112,8,8] (float) for store rows, replaying each game once.
+
+    Rows are grouped by game; `lc0_planes_game` walks a game's moves one time and emits the planes
+    before the move at each requested ply, so n positions from G games cost G replays, not n."""
+    from ..encoding.lc0 import lc0_planes_game, unpack_lc0_planes
+
+    idx = np.asarray(indices, dtype=np.int64)
+    out = np.zeros((len(idx), 112, 8), dtype=np.uint8)
+    for start_fen, moves, rows, ks in store.history_by_game(idx):
+        out[rows] = lc0_planes_game(start_fen, moves, ks.tolist(), history=history, pack=True)
+    return unpack_lc0_planes(out)
+
+
+class Maia1Family:
+    """The Maia-1 networks behind the SkillModel interface (see the module docstring for the mapping)."""
+
+    def __init__(self, nets: dict, history: bool = True, name: str = "maia1", rating: Optional[int] = None):
+        if not nets:
+            raise CheckpointError("Maia1Family needs at least one network")
+        self.nets = {int(r): net.eval() for r, net in sorted(nets.items())}
+        self.rating = rating
+        self.history = history
+        self.name = name if rating is None else f"{name}-{rating}"
+        self.buckets = tuple(range(NUM_BUCKETS))
+        self.hook_names = list(next(iter(self.nets.values())).hook_names)
+
+    def rating_for_bucket(self, bucket: int) -> int:
+        if self.rating is not None:
+            return self.rating
+        r = maia1_rating_for_bucket(bucket)
+        if r not in self.nets:
+            raise ConfigError(f"Elo bucket {bucket} needs network maia-{r}, which is not loaded "
+                              f"(loaded: {', '.join(map(str, self.nets))})")
+        return r
+
+    @property
+    def device(self) -> torch.device:
+        return next(next(iter(self.nets.values())).parameters()).device
+
+    def to(self, device) -> "Maia1Family":
+        for net in self.nets.values():
+            net.to(device)
+        return self
+
+    def inputs(self, store, indices) -> dict[str, torch.Tensor]:
+        batch = store.batch(indices)
+        batch.pop("boards")  # Maia-2's planes; Maia-1 reads lc0's
+        batch["lc0"] = lc0_store_planes(store, indices, self.history)
+        return batch
+
+    def inputs_from_boards(self, boards) -> dict[str, torch.Tensor]:
+        from ..encoding.lc0 import lc0_planes
+
+        planes = np.stack([lc0_planes(b, history=self.history) for b in boards])
+        return {"lc0": torch.from_numpy(planes).float(), "legal": torch.from_numpy(legal_mask(boards))}
+
+    def _groups(self, elo_self, n: int) -> list[tuple[int, torch.Tensor | None]]:
+        """(rating, row indices or None for all rows) for each network the rows need."""
+        buckets = _rows(elo_self, n, "cpu")
+        ratings = torch.tensor([self.rating_for_bucket(b) for b in range(NUM_BUCKETS)])[buckets]
+        distinct = ratings.unique().tolist()
+        if len(distinct) == 1:
+            return [(distinct[0], None)]
+        return [(r, (ratings == r).nonzero().flatten()) for r in distinct]
+
+    def _run(self, inputs, elo_self, fn):
+        """fn(net, planes) -> tensor [b, ...] for each network's rows, scattered back into row order."""
+        planes = inputs["lc0"].to(self.device)
+        n = planes.size(0)
+        out = None
+        for rating, rows in self._groups(elo_self, n):
+            part = fn(self.nets[rating], planes if rows is None else planes[rows.to(self.device)])
+            if rows is None:
+                return part
+            if out is None:
+                out = part.new_empty((n, *part.shape[1:]))
+            out[rows.to(out.device)] = part
+        return out
+
+    def policy_logits(self, inputs, elo_self, elo_oppo=None) -> torch.Tensor:
+        from ..encoding.lc0 import lc0_policy_to_maia2
+
+        return self._run(inputs, elo_self, lambda net, x: lc0_policy_to_maia2(net(x)[0], x))
+
+    def wdl(self, inputs, elo_self, elo_oppo=None) -> torch.Tensor:
+        """[B,3] win/draw/loss probabilities for the side to move."""
+        return self._run(inputs, elo_self, lambda net, x: net(x)[1].float().softmax(-1))
+
+    def value(self, inputs, elo_self, elo_oppo=None) -> torch.Tensor:
+        p = self.wdl(inputs, elo_self)
+        return p[:, 0] - p[:, 2]
+
+    def conditions(self) -> list[tuple[int, list[int]]]:
+        groups: dict[int, list[int]] = {}
+        for b in self.buckets:
+            groups.setdefault(self.rating_for_bucket(b), []).append(b)
+        return [(bs[0], bs) for bs in groups.values()]
+
+    def label(self, bucket: int) -> str:
+        return f"maia-{self.rating_for_bucket(bucket)}"
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks):
+        fwd_hooks = list(fwd_hooks)
+        with contextlib.ExitStack() as stack:
+            for net in self.nets.values():
+                stack.enter_context(net.hooks(fwd_hooks))
+            yield self
+
+    def run_with_cache(self, inputs, elo_self, elo_oppo=None, names=None):
+        from ..encoding.lc0 import lc0_policy_to_maia2
+
+        names = self.hook_names if names is None else list(names)
+        planes = inputs["lc0"].to(self.device)
+        n = planes.size(0)
+        cache: dict[str, torch.Tensor] = {}
+        logits = None
+        for rating, rows in self._groups(elo_self, n):
+            x = planes if rows is None else planes[rows.to(self.device)]
+            (pol, _), part = self.nets[rating].run_with_cache(x, names=names)
+            pol = lc0_policy_to_maia2(pol, x)
+            if rows is None:
+                return pol, part
+            r = rows.to(self.device)
+            if logits is None:
+                logits = pol.new_empty((n, *pol.shape[1:]))
+            logits[r] = pol
+            for k, v in part.items():
+                if k not in cache:
+                    cache[k] = v.new_empty((n, *v.shape[1:]))
+                cache[k][r] = v
+        return logits, cache
+
+
+def load_skill_model(model_cfg, history: Optional[bool] = None, device="cpu") -> SkillModel:
+    """The SkillModel of a `model` config: `maia1` (the family, or `model.rating`'s network) or a Maia-2
+    checkpoint (`model.checkpoint`). `history` overrides `model.history` (Maia-1 only)."""
+    name = str(model_cfg.name)
+    if name == "maia1":
+        root = Path(str(model_cfg.checkpoint)) if model_cfg.checkpoint else None
+        if root is None or not root.is_dir():
+            raise CheckpointError(f"Maia-1 networks not found: {root} is not a folder of maia-1100.pb.gz ... "
+                                  "maia-1900.pb.gz (set MAIA_ADAPT_MODELS to the folder above maia1/, or model.checkpoint)")
+        from .maia1 import load_maia1, load_maia1_family
+
+        hist = bool(model_cfg.history if history is None else history)
+        rating = model_cfg.rating
+        if rating is not None:
+            if int(rating) not in MAIA1_RATINGS:
+                raise ConfigError(f"model.rating={rating}: expected one of {', '.join(map(str, MAIA1_RATINGS))} or null")
+            path = root / f"maia-{int(rating)}.pb.gz"
+            if not path.is_file():
+                raise CheckpointError(f"Maia-1 network {path} not found (set MAIA_ADAPT_MODELS or model.checkpoint)")
+            nets = {int(rating): load_maia1(path)}
+        else:
+            nets = load_maia1_family(root)
+        return Maia1Family(nets, history=hist, rating=None if rating is None else int(rating)).to(device)
+    from .checkpoint import load_model
+
+    if not model_cfg.checkpoint:
+        raise ConfigError(f"model={name} needs weights: set model.checkpoint (a .pt/.safetensors file or run directory)")
+    model = load_model(model_cfg.checkpoint, device=device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return Maia2Skill(model, name=name)
