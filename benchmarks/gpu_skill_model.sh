@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# On one GPU: distillation of the Maia-1 family into the small Maia-2, side by side from one store:
+# experiment=skill_model (fine-tuning the shipped model) and the same teacher from random weights.
+#   benchmarks/gpu_skill_model.sh PGN OUTDIR [SECONDS_PER_RUN]   (Maia-1 nets under $MAIA_ADAPT_MODELS/maia1)
+set -uo pipefail
+pgn=$1; out=$2; limit=${3:-600}
+store=$out/store
+common=("data.pgn=[$pgn]" data.store_dir=$store data.workers=16 train.device=cuda train.loader_workers=4 logger=none)
+mkdir -p "$out"
+run() {
+  local name=$1; shift
+  local t0=$SECONDS
+  timeout "$limit" python3 -m maia_adapt.run "${common[@]}" hydra.run.dir="$out/$name" "$@" >"$out/$name.log" 2>&1
+  echo "$name: exit $? after $((SECONDS - t0)) s"
+}
+run distill_finetune experiment=skill_model &
+# the first run builds the store and the teachers' inputs; the second reuses both
+until [ -f "$store/lc0_planes_history.npy" ]; do sleep 2; done
+echo "store and lc0 planes built after $SECONDS s"
+run distill_scratch experiment=skill_model train.init_from_checkpoint=false train.lr=4e-3 train.warmup_steps=200 \
+    train.max_steps=3500 &
+wait
