@@ -18,5 +18,5 @@ run distill_finetune experiment=skill_model &
 until [ -f "$store/lc0_planes_history.npy" ]; do sleep 2; done
 echo "store and lc0 planes built after $SECONDS s"
 run distill_scratch experiment=skill_model train.init_from_checkpoint=false train.lr=4e-3 train.warmup_steps=200 \
-    train.max_steps=3500 &
+    train.max_steps=4000 &
 wait
