@@ -65,6 +65,7 @@ class DataConfig:
     require_elos: bool = True
     require_result: bool = True
     skip_bots: bool = True
+    keep_from_position: bool = False  # keep lichess Variant "From Position" games (other variants are always dropped)
     clock_threshold: Optional[float] = None  # seconds; null: no clock filter (the real data has no clocks)
     first_n_plies: int = 10
     max_ply: int = 300
