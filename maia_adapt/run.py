@@ -6,7 +6,6 @@ shows the traceback.
 """
 from __future__ import annotations
 
-import json
 import random
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import config as _config  # noqa: F401  (registers the schemas)
 from . import distributed
 from .errors import MaiaAdaptError
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text, to_json
 
 # the run directory's timestamp; under torchrun rank 0's, so that every rank writes to one directory.
 # A plain dict, not functools.cache: launchers pickle this module's resolver by value into their workers
@@ -92,7 +91,7 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(1)
     if distributed.is_main():
         print(f"run directory: {run_dir}")
-        print(json.dumps(summary, indent=1, default=str))
+        print(to_json(summary, indent=1))
     return value
 
 

@@ -22,6 +22,7 @@ from ..encoding.elo import elo_to_bucket
 from ..encoding.planes import pack_board
 from ..encoding.vocab import move_table
 from ..errors import DataError
+from ..io import atomic_write_json
 from .pgn import (
     EVAL_MISSING,
     RESULTS,
@@ -238,7 +239,7 @@ def build_store(
     store = writer.close(summary)
     counts = np.bincount(store.column("elo_self"), minlength=11).tolist() if len(store) else [0] * 11
     summary["positions_per_elo_bucket"] = counts
-    (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_json(Path(out_dir) / "summary.json", summary)
     return store
 
 
