@@ -76,7 +76,7 @@ def objective(cfg: DictConfig, summary: dict) -> float | None:
     return float(summary[cfg.objective])
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     distributed.init_from_env()  # a SLURM job of several tasks joins here (torchrun ranks already have)
     hc = HydraConfig.get()
@@ -121,7 +121,7 @@ def check_overrides(argv: list[str]) -> None:
     from hydra import compose, initialize_config_dir
 
     try:
-        with initialize_config_dir(config_dir=str(_config.REPO_ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(_config.CONF_DIR), version_base="1.3"):
             compose("config", overrides=argv)
     except Exception as e:  # every composition error, whatever Hydra or OmegaConf calls it
         print(f"error: {config_error_line(e)}", file=sys.stderr)
