@@ -132,10 +132,9 @@ def test_cut_short_zst_is_reported_and_its_partial_game_dropped_at_every_cut(tmp
         assert s["games_kept"] == complete, cut
         assert [g["index"] for g in store.games] == list(range(complete)), cut
         assert [g["positions"] for g in store.games] == full_pos[:complete], cut
-        if cut:
-            assert len(s["stream_errors"]) == 1 and f"cut{cut}.pgn.zst" in s["stream_errors"][0]
-            assert f"at byte {cut:,}" in s["stream_errors"][0] and "cut short" in s["stream_errors"][0]
-            assert s["stream_errors"][0] in capfd.readouterr().err
+        assert len(s["stream_errors"]) == 1 and f"cut{cut}.pgn.zst" in s["stream_errors"][0]
+        assert f"at byte {cut:,}" in s["stream_errors"][0] and "cut short" in s["stream_errors"][0]
+        assert s["stream_errors"][0] in capfd.readouterr().err
     assert len(seen) > 20  # the cuts really fell all through the file
 
 

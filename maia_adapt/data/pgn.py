@@ -17,7 +17,7 @@ from typing import Iterator, Optional
 import chess
 import zstandard
 
-from ..encoding.elo import elo_to_bucket
+from ..encoding.elo import ELO_RANGE, elo_to_bucket
 
 RESULTS = {"1-0": 1, "0-1": -1, "1/2-1/2": 0}
 EVAL_MISSING = -32768
@@ -37,9 +37,7 @@ _SAN = re.compile(r"^([NBRQK])?([a-h])?([1-8])?x?([a-h][1-8])(?:=?([NBRQnbrq]))?
 _EVAL = re.compile(r"\[%eval\s+(#?)(-?\d+(?:\.\d+)?)\]")
 _CLOCK = re.compile(r"\[%clk\s+(\d+):(\d+):(\d+(?:\.\d+)?)\]")
 _PIECE = {"N": chess.KNIGHT, "B": chess.BISHOP, "R": chess.ROOK, "Q": chess.QUEEN, "K": chess.KING}
-# A rating outside this range is a damaged header, not a player: ratings are stored as int16 and real
-# ones (lichess, FIDE) lie well inside it. ASCII digits only: str.isdigit() also accepts "1²00".
-ELO_RANGE = (1, 4000)
+# ASCII digits only: str.isdigit() also accepts "1²00"; a rating outside ELO_RANGE is a damaged header
 _ELO = re.compile(r"[0-9]{1,6}")
 _MISSING_ELO = ("", "?", "-")
 _TERMINATION = ("1-0", "0-1", "1/2-1/2", "*")
@@ -203,7 +201,8 @@ class _ZstdFrames(io.RawIOBase):
         while self.pos >= len(self.buf):
             data = self.raw.read(self.chunk)
             if not data:
-                self.truncated = self.frame is not None and not self.frame.eof
+                # no frame at all (an empty file) is cut short too: a download that stopped at byte 0
+                self.truncated = self.frame is None or not self.frame.eof
                 return 0
             out = []
             while data:
