@@ -23,3 +23,14 @@ def shared_data() -> Path:
     if not (root / "README.md").is_file():
         pytest.skip(f"real data not found at {root} (set MAIA_ADAPT_DATA to the shared/data folder)")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _outputs_are_strict_json(request):
+    """After every test that used tmp_path: every JSON written there parses strictly (no NaN/Infinity)."""
+    root = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if root is not None:
+        from _strict_json import check_json_tree
+
+        check_json_tree(root)
