@@ -1,11 +1,11 @@
 """Typed configuration: dataclass schemas registered in Hydra's ConfigStore.
 
-conf/config.yaml starts from `base_config` (the `Config` dataclass) and every group YAML merges into
+maia_adapt/conf/config.yaml starts from `base_config` (the `Config` dataclass) and every group YAML merges into
 one of its typed fields, so a misspelt key (`train.lrr=3`) or a value of the wrong type fails before anything runs, and an
 unknown option (`stage=nope`) fails with the list of valid ones.
 
 Adding a stage: write maia_adapt/stages/<name>.py with `run(cfg, run_dir) -> dict`, add it to
-stages.REGISTRY, add conf/stage/<name>.yaml (`name: <name>`), and if it has settings, a dataclass
+stages.REGISTRY, add maia_adapt/conf/stage/<name>.yaml (`name: <name>`), and if it has settings, a dataclass
 here as a field of `Config` (e.g. `sae: SAEConfig`) with its own group when there are presets.
 """
 from __future__ import annotations
@@ -22,11 +22,20 @@ from .errors import ConfigError
 from .dictionaries.transcoder import TranscoderConfig
 from .model.training import lr_at
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ASSETS = Path(__file__).resolve().parent / "assets"
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent  # the source checkout when the package runs from one
+CONF_DIR = PACKAGE_DIR / "conf"
+ASSETS = PACKAGE_DIR / "assets"
+
+
+def project_root() -> Path:
+    """`paths.root`: the source checkout holding the package (a clone, an editable install), else the
+    working directory. An installed package lives in site-packages, where no cache or data belongs."""
+    return REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()
+
 
 if not OmegaConf.has_resolver("repo_root"):
-    OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+    OmegaConf.register_new_resolver("repo_root", lambda: str(project_root()))
 if not OmegaConf.has_resolver("assets"):
     OmegaConf.register_new_resolver("assets", lambda: str(ASSETS))
 
@@ -71,6 +80,7 @@ class DataConfig:
     require_elos: bool = True
     require_result: bool = True
     skip_bots: bool = True
+    keep_from_position: bool = False  # keep lichess Variant "From Position" games (other variants are always dropped)
     clock_threshold: Optional[float] = None  # seconds; null: no clock filter (the real data has no clocks)
     first_n_plies: int = 10
     max_ply: int = 300

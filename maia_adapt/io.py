@@ -7,9 +7,11 @@ mid-write leaves the previous version, never half a file.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import CheckpointError, MaiaAdaptError
@@ -37,8 +39,30 @@ def atomic_write_text(path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_ready(obj):
+    """`obj` with NaN/inf as None and numpy/torch scalars and arrays as Python values: strict JSON
+    (jq, browsers, other languages) has no NaN, and an empty Elo bucket's accuracy is one."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {(k.item() if isinstance(k, np.generic) else k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, (np.ndarray, torch.Tensor)):
+        return json_ready(obj.tolist())
+    if isinstance(obj, np.generic):
+        return json_ready(obj.item())
+    return obj
+
+
+def to_json(obj, indent: int | None = None, sort_keys: bool = False) -> str:
+    """Strict JSON text for every JSON the project writes: non-finite numbers become null, objects that
+    JSON has no type for (paths, dates) their str()."""
+    return json.dumps(json_ready(obj), indent=indent, sort_keys=sort_keys, default=str, allow_nan=False)
+
+
 def atomic_write_json(path, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=1, default=str) + "\n")
+    return atomic_write_text(path, to_json(obj, indent=1) + "\n")
 
 
 def atomic_write_csv(path, rows: list[dict]) -> Path:
@@ -57,7 +81,7 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path, metadata: dict | No
     """Save tensors with string metadata (non-string values are JSON-encoded), atomically."""
     from safetensors.torch import save
 
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    meta = {k: v if isinstance(v, str) else to_json(v) for k, v in (metadata or {}).items()}
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     return atomic_write_bytes(path, save(tensors, metadata=meta))
 

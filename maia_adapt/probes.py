@@ -18,7 +18,7 @@ import torch.nn as nn
 from .activations import collect_activations
 from .concepts.auc import paired_auc
 from .errors import MaiaAdaptError
-from .io import load_safetensors, save_safetensors
+from .io import load_safetensors, save_safetensors, to_json
 from .model.inference import masked_probs
 
 FORMAT = "maia_adapt.linear_probe.v1"
@@ -187,8 +187,7 @@ def probes_per_bucket(model, store, train_idx, test_idx, site: str, labels_train
 
 def save_probe(probe: LinearProbe, path, metadata: dict | None = None) -> Path:
     tensors = {k: getattr(probe, k) for k in ("mean", "std", "weight", "bias")}
-    meta = {"format": FORMAT, "names": json.dumps(probe.names),
-            "metadata": json.dumps({**probe.metadata, **(metadata or {})}, default=str)}
+    meta = {"format": FORMAT, "names": to_json(probe.names), "metadata": to_json({**probe.metadata, **(metadata or {})})}
     return save_safetensors(tensors, path, meta)
 
 

@@ -6,7 +6,6 @@ shows the traceback.
 """
 from __future__ import annotations
 
-import json
 import random
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import config as _config  # noqa: F401  (registers the schemas)
 from . import distributed
 from .errors import MaiaAdaptError
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text, to_json
 
 # the run directory's timestamp; under torchrun rank 0's, so that every rank writes to one directory.
 # A plain dict, not functools.cache: launchers pickle this module's resolver by value into their workers
@@ -77,7 +76,7 @@ def objective(cfg: DictConfig, summary: dict) -> float | None:
     return float(summary[cfg.objective])
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     distributed.init_from_env()  # a SLURM job of several tasks joins here (torchrun ranks already have)
     hc = HydraConfig.get()
@@ -92,7 +91,7 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(1)
     if distributed.is_main():
         print(f"run directory: {run_dir}")
-        print(json.dumps(summary, indent=1, default=str))
+        print(to_json(summary, indent=1))
     return value
 
 
@@ -122,7 +121,7 @@ def check_overrides(argv: list[str]) -> None:
     from hydra import compose, initialize_config_dir
 
     try:
-        with initialize_config_dir(config_dir=str(_config.REPO_ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(_config.CONF_DIR), version_base="1.3"):
             compose("config", overrides=argv)
     except Exception as e:  # every composition error, whatever Hydra or OmegaConf calls it
         print(f"error: {config_error_line(e)}", file=sys.stderr)

@@ -6,12 +6,13 @@ so every run is readable without W&B. In a DDP run only rank 0 logs.
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from .io import to_json
 
 
 class Tracker:
@@ -56,7 +57,7 @@ class Tracker:
         if not self.active:
             return
         with open(self.metrics_path, "a") as f:
-            f.write(json.dumps({"step": step, **metrics}, default=float) + "\n")
+            f.write(to_json({"step": step, **metrics}) + "\n")
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
 

@@ -38,3 +38,14 @@ def shared_models() -> Path:
     if not (root / "maia1" / "maia-1100.pb.gz").is_file():
         pytest.skip(f"Maia-1 networks not found at {root}/maia1 (set MAIA_ADAPT_MODELS to the shared/models folder)")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _outputs_are_strict_json(request):
+    """After every test that used tmp_path: every JSON written there parses strictly (no NaN/Infinity)."""
+    root = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if root is not None:
+        from _strict_json import check_json_tree
+
+        check_json_tree(root)

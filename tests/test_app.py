@@ -87,7 +87,7 @@ def test_experiment_preset_composes():
     assert "lichess_rated_rapid_58k.pgn.zst" in text and "max_steps: 3000" in text
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml") if p.stem != "none"))
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "maia_adapt" / "conf" / "experiment").glob("*.yaml") if p.stem != "none"))
 def test_every_experiment_preset_composes_and_has_a_readme(name):
     r = _run([f"experiment={name}", "--cfg", "job", "--resolve"], timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from maia_adapt.config import REPO_ROOT, validate
+from maia_adapt.config import CONF_DIR, validate
 from maia_adapt.dictionaries import SAEConfig, SparseAutoencoder, save_sae
 from maia_adapt.errors import MaiaAdaptError
 from maia_adapt.model.inference import parse_fen
@@ -132,7 +132,7 @@ def test_fuzz_config_values_fail_with_one_line_naming_the_key(key, value):
     text = repr(value) if isinstance(value, float) and not math.isfinite(value) else str(value)
     override = f"{key}={text}"
     try:
-        with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=[override])
     except Exception as e:  # Hydra's and OmegaConf's composition errors: reported as one line
         line = config_error_line(e)

@@ -50,7 +50,7 @@ def test_submitit_launcher_runs_each_job_of_a_sweep(tmp_path):
 
 
 def test_slurm_preset_composes_with_resume_on_requeue():
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "maia_adapt" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
                                            "hydra.launcher.gpus_per_node=4", "hydra.launcher.tasks_per_node=4"],
                       return_hydra_config=True)

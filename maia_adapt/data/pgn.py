@@ -17,7 +17,7 @@ from typing import Iterator, Optional
 import chess
 import zstandard
 
-from ..encoding.elo import elo_to_bucket
+from ..encoding.elo import ELO_RANGE, elo_to_bucket
 
 RESULTS = {"1-0": 1, "0-1": -1, "1/2-1/2": 0}
 EVAL_MISSING = -32768
@@ -37,6 +37,10 @@ _SAN = re.compile(r"^([NBRQK])?([a-h])?([1-8])?x?([a-h][1-8])(?:=?([NBRQnbrq]))?
 _EVAL = re.compile(r"\[%eval\s+(#?)(-?\d+(?:\.\d+)?)\]")
 _CLOCK = re.compile(r"\[%clk\s+(\d+):(\d+):(\d+(?:\.\d+)?)\]")
 _PIECE = {"N": chess.KNIGHT, "B": chess.BISHOP, "R": chess.ROOK, "Q": chess.QUEEN, "K": chess.KING}
+# ASCII digits only: str.isdigit() also accepts "1²00"; a rating outside ELO_RANGE is a damaged header
+_ELO = re.compile(r"[0-9]{1,6}")
+_MISSING_ELO = ("", "?", "-")
+_TERMINATION = ("1-0", "0-1", "1/2-1/2", "*")
 
 
 @dataclass
@@ -48,6 +52,9 @@ class GameFilter:
     require_elos: bool = True
     require_result: bool = True
     skip_bots: bool = True
+    # lichess marks games from a set-up position Variant "From Position"; they are standard chess and
+    # stored from their real start position when kept
+    keep_from_position: bool = False
     clock_threshold: Optional[float] = None
     first_n_plies: int = 10
     max_ply: int = 300
@@ -133,25 +140,36 @@ class Game:
 
 
 def split_games(lines: Iterator[str], source: str, stats: Optional[dict] = None) -> Iterator[Game]:
-    """Split a PGN line stream into games: a header line after movetext starts a new game."""
+    """Split a PGN line stream into games: a header line after movetext starts a new game.
+
+    When the stream breaks (PGNStreamError: a corrupt or cut-short file), the game being read is
+    yielded only if it is whole (its movetext ended with a result marker and a newline), then the
+    error propagates: a game cut off mid-movetext is never taken for a complete one.
+    """
     headers: dict[str, str] = {}
     movetext: list[str] = []
     index = 0
     bad_header = False
-    for line in lines:
-        if line.startswith("["):
-            m = _HEADER.match(line)
-            # a new game starts at a header after movetext, or at an [Event] after a damaged header
-            if movetext or (m and m.group(1) == "Event" and (headers or bad_header)):
-                yield _finish(headers, movetext, bad_header, index, source)
-                index += 1
-                headers, movetext, bad_header = {}, [], False
-            if m:
-                headers[m.group(1)] = m.group(2)
-            else:
-                bad_header = True
-        elif line.strip():
-            movetext.append(line.strip())
+    line = "\n"
+    try:
+        for line in lines:
+            if line.startswith("["):
+                m = _HEADER.match(line)
+                # a new game starts at a header after movetext, or at an [Event] after a damaged header
+                if movetext or (m and m.group(1) == "Event" and (headers or bad_header)):
+                    yield _finish(headers, movetext, bad_header, index, source)
+                    index += 1
+                    headers, movetext, bad_header = {}, [], False
+                if m:
+                    headers[m.group(1)] = m.group(2)
+                else:
+                    bad_header = True
+            elif line.strip():
+                movetext.append(line.strip())
+    except PGNStreamError:
+        if movetext and not bad_header and line.endswith("\n") and movetext[-1].rsplit(None, 1)[-1] in _TERMINATION:
+            yield _finish(headers, movetext, bad_header, index, source)
+        raise
     if movetext or headers or bad_header:
         yield _finish(headers, movetext, bad_header, index, source)
 
@@ -162,8 +180,46 @@ def _finish(headers, movetext, bad_header, index, source) -> Game:
     return Game(headers, " ".join(movetext), index, source)
 
 
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of every zstd frame in a file, noting whether the last one was cut short.
+
+    zstandard's stream_reader ends silently at a frame cut off mid-way (an unfinished download), so
+    the frames are decoded here one by one and `truncated` says whether the file ended inside one.
+    """
+
+    def __init__(self, raw, chunk: int = 1 << 16):  # small reads: a corrupt chunk loses little text
+        self.raw, self.chunk = raw, chunk
+        self.dctx = zstandard.ZstdDecompressor()
+        self.frame = None
+        self.buf, self.pos = b"", 0
+        self.truncated = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while self.pos >= len(self.buf):
+            data = self.raw.read(self.chunk)
+            if not data:
+                # no frame at all (an empty file) is cut short too: a download that stopped at byte 0
+                self.truncated = self.frame is None or not self.frame.eof
+                return 0
+            out = []
+            while data:
+                if self.frame is None or self.frame.eof:
+                    self.frame = self.dctx.decompressobj()
+                out.append(self.frame.decompress(data))
+                data = self.frame.unused_data if self.frame.eof else b""
+            self.buf, self.pos = b"".join(out), 0
+        n = min(len(b), len(self.buf) - self.pos)
+        b[:n] = memoryview(self.buf)[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+
 def open_text(path) -> Iterator[str]:
-    """Lines of a .pgn or .pgn.zst file. A corrupt zstd stream ends the iteration with PGNStreamError."""
+    """Lines of a .pgn or .pgn.zst file. A corrupt or cut-short zstd stream ends the iteration with
+    PGNStreamError (after the lines decoded before the damage)."""
     path = Path(path)
     if not path.is_file():
         from ..errors import DataError
@@ -171,47 +227,70 @@ def open_text(path) -> Iterator[str]:
         raise DataError(f"PGN file {path} {'is a directory' if path.is_dir() else 'not found'}: "
                         "expected a .pgn or .pgn.zst file")
     with open(path, "rb") as raw:
-        if path.suffix == ".zst":
-            stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-            text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace")
-        else:
-            text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
+        frames = _ZstdFrames(raw) if path.suffix == ".zst" else None
+        text = io.TextIOWrapper(io.BufferedReader(frames) if frames else raw, encoding="utf-8", errors="replace")
         it = iter(text)
         while True:
             try:
                 line = next(it)
             except StopIteration:
-                return
+                break
             except zstandard.ZstdError as e:
                 raise PGNStreamError(f"{path}: compressed stream is corrupt after {raw.tell():,} bytes ({e})") from None
             yield line
+        if frames is not None and frames.truncated:
+            raise PGNStreamError(f"{path}: compressed stream ends inside a zstd frame at byte {raw.tell():,} "
+                                 "(the file is cut short, e.g. an unfinished download); the game cut off there is dropped")
 
 
 class PGNStreamError(IOError):
     pass
 
 
+def parse_elo(value: Optional[str]) -> Optional[int]:
+    """The rating in an Elo header, or None when it is not an ASCII number in ELO_RANGE."""
+    v = (value or "").strip()
+    if not _ELO.fullmatch(v):
+        return None
+    elo = int(v)
+    return elo if ELO_RANGE[0] <= elo <= ELO_RANGE[1] else None
+
+
+def _elo_reason(h: dict[str, str], require: bool) -> Optional[str]:
+    for key in ("WhiteElo", "BlackElo"):
+        raw = h.get(key, "").strip()
+        if raw in _MISSING_ELO:
+            if require:
+                return "missing Elo"
+        elif parse_elo(raw) is None:  # present but garbage: never a player's rating, whatever `require`
+            return f"invalid Elo (not a number in {ELO_RANGE[0]}..{ELO_RANGE[1]})"
+    return None
+
+
 def header_reason(h: dict[str, str], filt: GameFilter) -> Optional[str]:
     """Why a game is filtered out by its headers, or None to keep it."""
     if "__bad__" in h:
         return "broken header"
+    variant = h.get("Variant", "Standard").strip().casefold()
+    if variant not in ("standard", "chess") and not (variant == "from position" and filt.keep_from_position):
+        return "non-standard variant"
     event = h.get("Event", "")
     if filt.rated_only and "Rated" not in event:
         return "not rated"
     if filt.speeds and not any(s in event for s in filt.speeds):
         return "other speed"
-    if filt.skip_bots and "BOT" in (h.get("WhiteTitle", "").upper(), h.get("BlackTitle", "").upper()):
+    if filt.skip_bots and "bot" in (h.get("WhiteTitle", "").strip().casefold(), h.get("BlackTitle", "").strip().casefold()):
         return "bot"
-    if filt.require_elos and not (h.get("WhiteElo", "").isdigit() and h.get("BlackElo", "").isdigit()):
-        return "missing Elo"
+    reason = _elo_reason(h, filt.require_elos)
+    if reason:
+        return reason
     if filt.require_result and h.get("Result") not in RESULTS:
         return "unknown result"
     return None
 
 
 def elo_pair(h: dict[str, str]) -> tuple[int, int]:
-    w = elo_to_bucket(int(h.get("WhiteElo", "0") or 0)) if h.get("WhiteElo", "").isdigit() else 0
-    b = elo_to_bucket(int(h.get("BlackElo", "0") or 0)) if h.get("BlackElo", "").isdigit() else 0
+    w, b = (elo_to_bucket(parse_elo(h.get(k)) or 0) for k in ("WhiteElo", "BlackElo"))
     return (max(w, b), min(w, b))
 
 

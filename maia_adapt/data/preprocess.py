@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -21,6 +22,7 @@ from ..encoding.elo import elo_to_bucket
 from ..encoding.planes import pack_board
 from ..encoding.vocab import move_table
 from ..errors import DataError
+from ..io import atomic_write_json
 from .pgn import (
     EVAL_MISSING,
     RESULTS,
@@ -33,6 +35,7 @@ from .pgn import (
     iter_moves,
     open_text,
     parse_clock,
+    parse_elo,
     parse_eval,
     resolve_san,
     split_games,
@@ -52,8 +55,12 @@ def encode_game(game: Game, filt: GameFilter, moves_out: list | None = None) -> 
         _TABLE = move_table()
     h = game.headers
     board, moves = iter_moves(game)
-    white_elo = int(h["WhiteElo"]) if h.get("WhiteElo", "").isdigit() else 0
-    black_elo = int(h["BlackElo"]) if h.get("BlackElo", "").isdigit() else 0
+    white_elo, black_elo = parse_elo(h.get("WhiteElo")) or 0, parse_elo(h.get("BlackElo")) or 0
+    # plies are stored counted from the standard start (python-chess's board.ply()), so that a game set
+    # up with Black to move or at move 30 keeps its side to move and move number in store.fens()
+    start_ply = board.ply()
+    if start_ply + min(len(moves), filt.max_ply + 1) > np.iinfo(np.int16).max:
+        raise PGNError("bad FEN header", game.headers.get("FEN"))
     result = RESULTS.get(h.get("Result"), 0)
     rows: list[tuple] = []
     legal_rows: list[int] = []
@@ -86,7 +93,7 @@ def encode_game(game: Game, filt: GameFilter, moves_out: list | None = None) -> 
             halfmove = board.halfmove_clock
             board.push(move)
             rows.append((masks, flags, ep, idx, moving, captured, board.is_check(), me, op,
-                         result if white else -result, ev, prev_eval, ply, halfmove))
+                         result if white else -result, ev, prev_eval, start_ply + ply, halfmove))
         else:
             board.push(move)
         prev_eval = ev
@@ -164,9 +171,10 @@ def _filtered_batches(paths: Iterable, filt: GameFilter, stats: Counter, batch: 
                     break
         except PGNStreamError as e:
             # the games before the damage are kept; the damaged tail is counted, not fatal
+            # (split_games yields the game being read when the stream broke only if it is whole)
             stats["stream errors"] += 1
-            # (the game being read when the stream broke is never yielded by split_games)
             stats.setdefault("stream error messages", []).append(str(e))  # type: ignore[arg-type]
+            tqdm.write(f"warning: {e}", file=sys.stderr)
         if filt.max_games is not None and kept >= filt.max_games:
             break
     if chunk:
@@ -239,7 +247,7 @@ def build_store(
     store = writer.close(summary)
     counts = np.bincount(store.column("elo_self"), minlength=11).tolist() if len(store) else [0] * 11
     summary["positions_per_elo_bucket"] = counts
-    (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_json(Path(out_dir) / "summary.json", summary)
     return store
 
 

@@ -20,6 +20,7 @@ from ..encoding import NUM_MOVES, pack_board, pack_mask, side_info_targets, unpa
 from ..encoding.elo import as_bucket
 from ..encoding.planes import LEGAL_BYTES, legal_move_indices
 from ..errors import DataError
+from ..io import to_json
 from .pgn import EVAL_MISSING
 
 # 2: games.json holds each game's start_fen and moves (UCI), so positions can be replayed with history
@@ -108,7 +109,7 @@ class StoreWriter:
     def close(self, summary: dict | None = None) -> "PositionStore":
         if self.buffered:
             self._flush(self.buffered)
-        _fsync_write(self.path / "games.json", json.dumps(self.games).encode())
+        _fsync_write(self.path / "games.json", to_json(self.games).encode())
         manifest = {
             "version": VERSION,
             "fields": {k: [dt, list(shape)] for k, (dt, shape) in FIELDS.items()},
@@ -117,7 +118,7 @@ class StoreWriter:
             "summary": summary or {},
             **self.meta,
         }
-        _fsync_write(self.path / "manifest.json", json.dumps(manifest, indent=1).encode())
+        _fsync_write(self.path / "manifest.json", to_json(manifest, indent=1).encode())
         return PositionStore(self.path)
 
 

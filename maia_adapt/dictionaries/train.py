@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..checkpointing import latest_step_dir, load_optimizer, optimizer_tensors, read_state, write_step_dir
-from ..io import load_safetensors, save_safetensors
+from ..io import load_safetensors, save_safetensors, to_json
 from .sae import SparseAutoencoder
 
 
@@ -154,7 +154,7 @@ class DictionaryTrainer:
                 st = self.stats[name]
                 tensors["stats.since"] = st.since.clone()
                 tensors["stats.window_fires"] = st.window_fires.clone()
-                meta = {"optimizer": json.dumps(ometa), "window_samples": str(st.window_samples)}
+                meta = {"optimizer": to_json(ometa), "window_samples": str(st.window_samples)}
                 save_file(tensors, str(tmp / f"{name}.safetensors"), metadata=meta)
 
         return write_step_dir(ckpt_dir, self.step, write, {"names": list(self.dicts)}, keep)

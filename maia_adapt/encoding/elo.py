@@ -4,6 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 NUM_BUCKETS = 11
+# the ratings a player can have: the PGN reader skips games outside it, predict() rejects others.
+# Stored as int16; real ratings (lichess, FIDE) lie well inside.
+ELO_RANGE = (1, 4000)
 BUCKET_NAMES = ("<1100",) + tuple(f"{lo}-{lo + 99}" for lo in range(1100, 2000, 100)) + (">=2000",)
 
 
@@ -33,6 +36,6 @@ def as_bucket(value, *, is_bucket: bool | None = None) -> int:
         if not 0 <= v < NUM_BUCKETS:
             raise ValueError(f"Elo bucket {v} out of range: expected 0..{NUM_BUCKETS - 1}")
         return v
-    if not 0 < v < 4000:
-        raise ValueError(f"Elo rating {v} out of range: expected 1..3999 (or a bucket 0..10)")
+    if not ELO_RANGE[0] <= v <= ELO_RANGE[1]:
+        raise ValueError(f"Elo rating {v} out of range: expected {ELO_RANGE[0]}..{ELO_RANGE[1]} (or a bucket 0..10)")
     return elo_to_bucket(v)

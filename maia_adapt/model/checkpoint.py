@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from ..io import to_json
 from .maia2 import Maia2, Maia2Config
 
 CONFIG_KEY = "maia_adapt.model_config"
@@ -116,8 +117,8 @@ def load_model(path, config=None, device="cpu", eval: bool = True) -> Maia2:
 
 
 def model_metadata(model: Maia2, **extra) -> dict[str, str]:
-    meta = {CONFIG_KEY: json.dumps(model.cfg.to_dict())}
-    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
+    meta = {CONFIG_KEY: to_json(model.cfg.to_dict())}
+    meta.update({k: v if isinstance(v, str) else to_json(v) for k, v in extra.items()})
     return meta
 
 

@@ -48,14 +48,26 @@ def encode_fens(fens) -> tuple[torch.Tensor, torch.Tensor, list[chess.Board]]:
 
 
 def _buckets(elo, n: int, what: str) -> torch.Tensor:
-    vals = np.broadcast_to(np.asarray(elo), (n,))
+    expected = "expected a rating (e.g. 1500) or an Elo bucket 0..10, one for all FENs or one per FEN"
+    if elo is None:
+        raise MaiaAdaptError(f"predict: {what} is None: {expected}")
+    arr = np.asarray(elo, dtype=object)
+    if arr.ndim > 1 or (arr.ndim == 1 and len(arr) not in (1, n)):
+        raise MaiaAdaptError(f"predict: {what} has {arr.size} values for {n} FENs: {expected}")
+    vals = np.broadcast_to(arr, (n,))
     try:
         return torch.tensor([as_bucket(v) for v in vals], dtype=torch.long)
-    except ValueError as e:
-        raise MaiaAdaptError(f"{what}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise MaiaAdaptError(f"predict: {what}: {e}: {expected}") from None
 
 
 def masked_probs(logits: torch.Tensor, legal: torch.Tensor) -> torch.Tensor:
+    """Softmax over the legal moves of each row; a row with no legal move is an error, not NaNs."""
+    empty = ~legal.any(dim=-1)
+    if empty.any():
+        rows = empty.nonzero().flatten().tolist()
+        raise MaiaAdaptError(f"masked_probs: row {rows[0]} of the legal-move mask has no legal move "
+                             f"({len(rows)} such rows): expected at least one legal move per position")
     return logits.float().masked_fill(~legal, float("-inf")).softmax(dim=-1)
 
 
@@ -66,6 +78,8 @@ def predict(model, fens, elo_self, elo_oppo, batch_size: int = 512) -> list[Pred
     fens = [fens] if single else list(fens)
     if not fens:
         raise MaiaAdaptError("predict: empty position set (no FENs given)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise MaiaAdaptError(f"predict: batch_size={batch_size!r}: expected a positive integer")
     es, eo = _buckets(elo_self, len(fens), "elo_self"), _buckets(elo_oppo, len(fens), "elo_oppo")
     device = next(model.parameters()).device
     was_training = model.training

@@ -226,7 +226,7 @@ class Maia2(nn.Module):
     def _attention(self, attn: EloAwareAttention, x, elo_emb, i: int):
         x = attn.norm(x)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=attn.heads) for t in attn.to_qkv(x).chunk(3, dim=-1))
-        q = q + attn.elo_query(elo_emb).view(x.size(0), attn.heads, 1, -1)
+        q = q + rearrange(attn.elo_query(elo_emb), "b (h d) -> b h 1 d", h=attn.heads)
         weights = attn.dropout(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * attn.scale, dim=-1))
         heads = rearrange(torch.matmul(weights, v), "b h n d -> b n h d")
         heads = self._hook(f"blocks.{i}.hook_attn_heads", heads)

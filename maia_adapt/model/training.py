@@ -116,14 +116,14 @@ def save_training_checkpoint(ckpt_dir: Path, step: int, model: Maia2, opt, extra
     """checkpoints/step_XXXXXXX/ (model, optimizer, state) plus checkpoints/last.safetensors."""
     from safetensors.torch import save_file
 
-    from ..io import atomic_write_bytes
+    from ..io import atomic_write_bytes, to_json
     from .checkpoint import model_metadata
 
     def write(tmp: Path) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata=model_metadata(model, step=step))
         ot, ometa = optimizer_tensors(opt)
-        save_file(ot, str(tmp / "optimizer.safetensors"), metadata={"optimizer": json.dumps(ometa)})
+        save_file(ot, str(tmp / "optimizer.safetensors"), metadata={"optimizer": to_json(ometa)})
 
     final = write_step_dir(ckpt_dir, step, write, extra, keep)
     atomic_write_bytes(Path(ckpt_dir) / "last.safetensors", (final / "model.safetensors").read_bytes())

@@ -1,0 +1,51 @@
+"""The app as a user installs it: a wheel (not editable) in a fresh folder, run from another directory."""
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["stage=train", "data=default", "data.max_games=20", "model.dim_cnn=8", "model.num_blocks_cnn=1",
+        "model.dim_vit=32", "model.elo_dim=4", "model.heads=2", "model.dim_head=16", "train.eval_positions=50",
+        "logger=none"]
+
+
+def test_wheel_runs_a_stage_from_any_directory_with_user_configs(tmp_path):
+    # build from a copy, so that the checkout gets no build/ folder
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "maia_adapt", src / "maia_adapt", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / f, src / f)
+    # without network the build needs the environment's setuptools; CI's fresh venv may lack it (pip fetches it)
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", *isolation, "-w", str(tmp_path / "whl"), str(src)], check=True, timeout=300)
+    (wheel,) = (tmp_path / "whl").glob("maia_adapt-*.whl")
+    site = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, timeout=300)
+    assert not (site / "conf").exists() and (site / "maia_adapt" / "conf" / "config.yaml").is_file()
+
+    work = tmp_path / "elsewhere"
+    (work / "my_conf" / "experiment").mkdir(parents=True)
+    (work / "my_conf" / "experiment" / "mine.yaml").write_text("# @package _global_\ntrain:\n  max_steps: 2\n  batch_size: 8\n")
+    env = {k: v for k, v in os.environ.items() if k != "MAIA_ADAPT_DATA"}
+    env.update(PYTHONPATH=str(site), WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    run = lambda *args: subprocess.run([sys.executable, *args], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+
+    r = run("-c", "import maia_adapt; print(maia_adapt.__file__)")
+    assert r.stdout.strip().startswith(str(site)), r.stdout + r.stderr  # the wheel, not the checkout
+    r = run("-m", "maia_adapt.run", *TINY, "hydra.searchpath=[file://my_conf]", "experiment=mine")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (summary,) = (work / "outputs" / "train").glob("*/summary.json")
+    assert 0 <= json.loads(summary.read_text())["test_accuracy"] <= 1
+    resolved = yaml.safe_load((summary.parent / "resolved_config.yaml").read_text())
+    assert resolved["train"]["max_steps"] == 2  # the user's experiment was found on the search path
+    assert resolved["paths"]["root"] == str(work) and list((work / "cache" / "stores").iterdir())
+    assert not (site / "outputs").exists() and not (site / "cache").exists()  # nothing written into the install
+    r = run("-m", "maia_adapt.run", "stage=nope")
+    assert r.returncode == 1 and "available options in 'stage': activations" in r.stderr.strip().splitlines()[-1]
