@@ -124,6 +124,10 @@ class TrainConfig:
     teacher_buckets: int = 4
     distill_coefficient: float = 1.0
     teacher_history: bool = True  # the teachers see the game's move history (false: lc0's bare-FEN mode)
+    teacher_top_k: int = 32  # the teacher's most likely moves the KL runs over (renormalised)
+    # null: the teachers run on every batch (a GPU); N: their targets for N random training positions are
+    # computed once and cached beside the store, and training draws from those positions (a CPU)
+    teacher_cache_positions: Optional[int] = None
     # DataLoader processes preparing the next batches (0: in the training process); on CUDA the
     # batches are pinned and copied asynchronously
     loader_workers: int = 0
@@ -379,7 +383,7 @@ _POSITIVE_INT = ("train.batch_size", "train.max_steps", "train.eval_every", "tra
                  "probe.train_positions", "probe.test_positions", "threats.positions", "activations.shard_positions",
                  "model.dim_cnn", "model.num_blocks_cnn", "model.dim_vit", "model.num_blocks_vit", "model.heads",
                  "model.dim_head", "model.elo_dim", "data.workers", "data.shard_size", "evaluate.positions",
-                 "evaluate.n_boot", "evaluate.batch_size")
+                 "evaluate.n_boot", "evaluate.batch_size", "train.teacher_top_k", "train.teacher_cache_positions")
 _NON_NEGATIVE_INT = ("train.warmup_steps", "train.loader_workers", "train.eval_positions", "sae.cache_positions", "sae.calibrate_every",
                      "sae.aux_k", "transcoder.aux_k", "transcoder.k", "data.first_n_plies", "threats.n_null",
                      "threats.n_boot", "threats.dashboards")

@@ -4,16 +4,23 @@ A Maia-2 trained on a few million positions learns the average player and ignore
 The nine Maia-1 networks each learned one rating band from far more games, so they disagree where
 players of different strength disagree. Every training position is shown to the student at
 `train.teacher_buckets` conditioning buckets drawn at random, each supervised by the move
-distribution of that bucket's network (KL divergence over the legal moves), on top of the usual
-human-move, side-info and value losses at the player's own bucket.
+distribution of that bucket's network (KL divergence over the teacher's `train.teacher_top_k` most
+likely moves, renormalised), on top of the usual human-move, side-info and value losses at the
+player's own bucket. The student's CNN trunk does not see the Elo, so it runs once per position and
+only the transformer runs at every conditioning (`Maia2.tokens` / `Maia2.from_tokens`).
 
-The teachers read lc0's 112 input planes with the game's history. Building them is the slow part
-(python-chess replays every game), so they are built once per store, packed to bits (896 bytes a
-position) and cached beside the store; the teacher forward passes run on the fly on the training
-device, which on a GPU costs less than reading cached teacher outputs would.
+Two ways to feed the teachers, chosen by `train.teacher_cache_positions`:
+- null (a GPU): the teachers run on the fly on every batch. Their lc0 input planes, with the game's
+  history, are built once per store (python-chess replays every game), packed to 896 bytes a
+  position and cached beside the store.
+- N (a CPU): the nine networks' top moves are computed once for N random training positions and
+  cached; training then draws its batches from those positions. On two cores nine teacher passes
+  cost more than the student's step, so computing them once per position instead of once per visit
+  is what makes several epochs affordable.
 """
 from __future__ import annotations
 
+import hashlib
 import multiprocessing as mp
 import os
 from pathlib import Path
@@ -24,7 +31,9 @@ from tqdm import tqdm
 
 from ..encoding import NUM_BUCKETS
 from ..errors import DataError
-from .skill import maia1_rating_for_bucket
+from ..io import load_safetensors, save_safetensors
+from .skill import lc0_store_planes, maia1_rating_for_bucket
+from .training import maia2_objective
 
 
 def _pack_chunk(args):
@@ -66,57 +75,119 @@ def teacher_planes(store, history: bool = True, workers: int = 2) -> np.ndarray:
 
 
 class Maia1Teacher:
-    """The Maia-1 family as a teacher: move distributions in Maia-2's vocabulary at any Elo bucket."""
+    """The Maia-1 family as a teacher: each network's most likely moves in Maia-2's vocabulary."""
 
-    def __init__(self, nets: dict, device, bf16: bool = True):
+    def __init__(self, nets: dict, device, bf16: bool = True, top_k: int = 32):
         self.ratings = sorted(int(r) for r in nets)
         missing = sorted({maia1_rating_for_bucket(b) for b in range(NUM_BUCKETS)} - set(self.ratings))
         if missing:
             raise DataError(f"the Maia-1 teacher needs networks {', '.join(f'maia-{r}' for r in missing)} as well")
-        self.nets = [nets[r].to(device).eval() for r in self.ratings]
-        for net in self.nets:
-            net.requires_grad_(False)
-        # bucket -> index into self.nets
-        self.net_of_bucket = torch.tensor([self.ratings.index(maia1_rating_for_bucket(b)) for b in range(NUM_BUCKETS)],
-                                          device=device)
+        self.nets = [nets[r].to(device).eval().requires_grad_(False) for r in self.ratings]
         self.device = torch.device(device)
+        # bucket -> index into self.nets
+        self.net_of_bucket = torch.tensor([self.ratings.index(maia1_rating_for_bucket(b)) for b in range(NUM_BUCKETS)])
         self.amp = self.device.type == "cuda" and bf16
+        self.top_k = top_k
 
     @torch.no_grad()
-    def probs(self, packed: torch.Tensor, legal: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
-        """[B, K, 1880] teacher move probabilities (zero off the legal moves) for packed lc0 planes
-        [B, 112, 8], legal masks [B, 1880] and conditioning buckets [B, K]."""
-        from ..encoding.lc0 import lc0_policy_to_maia2, unpack_lc0_planes
+    def top_moves(self, planes: torch.Tensor, legal: torch.Tensor, nets=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(moves [B, J, k] Maia-2 move indices, probabilities [B, J, k] renormalised over them) of the
+        networks `nets` (indices into self.nets; default all) for float lc0 planes [B, 112, 8, 8]."""
+        from ..encoding.lc0 import lc0_policy_to_maia2
 
-        planes = unpack_lc0_planes(packed.to(self.device))
-        which = self.net_of_bucket[buckets.to(self.device)]  # [B, K]
-        out = torch.zeros((*buckets.shape, legal.shape[-1]), device=self.device)
-        for j in which.unique().tolist():
+        planes, legal = planes.to(self.device), legal.to(self.device)
+        k = min(self.top_k, legal.shape[-1])
+        moves, probs = [], []
+        for j in (range(len(self.nets)) if nets is None else nets):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 logits = self.nets[j](planes)[0]
             logits = lc0_policy_to_maia2(logits.float(), planes).masked_fill(~legal, float("-inf"))
-            rows, cols = (which == j).nonzero(as_tuple=True)
-            out[rows, cols] = logits[rows].softmax(-1)
-        return out
+            p, m = logits.softmax(-1).topk(k, dim=-1)
+            moves.append(m)
+            probs.append(p / p.sum(-1, keepdim=True))
+        return torch.stack(moves, 1), torch.stack(probs, 1)
+
+    def targets(self, batch: dict, buckets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher (moves, probabilities) [B, K, k] at conditioning buckets [B, K]."""
+        which = self.net_of_bucket[buckets.cpu()]
+        if "teacher_moves" in batch:  # cached for these positions (train.teacher_cache_positions)
+            moves, probs = batch["teacher_moves"], batch["teacher_probs"]
+            j = which.to(moves.device)
+        else:
+            from ..encoding.lc0 import unpack_lc0_planes
+
+            used = which.unique()
+            moves, probs = self.top_moves(unpack_lc0_planes(batch["lc0"].to(self.device)), batch["legal"], used.tolist())
+            j = torch.searchsorted(used, which).to(moves.device)
+        rows = torch.arange(buckets.shape[0], device=moves.device)[:, None]
+        return moves[rows, j].long(), probs[rows, j].float()
 
 
-def distill_loss(model, teacher: Maia1Teacher, batch: dict, k: int, generator: torch.Generator) -> torch.Tensor:
-    """Mean KL(teacher || student) over the legal moves at k random conditioning buckets per position
-    (the opponent's bucket stays the real one, as stage=evaluate conditions)."""
-    boards, legal = batch["boards"], batch["legal"]
-    n = boards.size(0)
-    buckets = torch.randint(0, NUM_BUCKETS, (n, k), generator=generator).to(boards.device)
-    target = teacher.probs(batch["lc0"], legal, buckets).flatten(0, 1)
-    logits = model(boards.repeat_interleave(k, 0), buckets.flatten(), batch["elo_oppo"].repeat_interleave(k, 0))[0]
-    legal_k = legal.repeat_interleave(k, 0)
-    logq = logits.float().masked_fill(~legal_k, float("-inf")).log_softmax(-1).masked_fill(~legal_k, 0.0)
-    # only moves the teacher gives mass contribute (0 log 0 = 0)
-    logp = target.clamp_min(1e-30).log()
-    return (target * (logp - logq)).sum(-1).mean()
+def distill_losses(model, teacher: Maia1Teacher, batch: dict, w, k: int, coefficient: float,
+                   generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """maia2_losses at the players' own buckets plus `coefficient` x the mean KL(teacher || student)
+    at k random conditioning buckets per position (the opponent's bucket stays the real one, as
+    stage=evaluate conditions)."""
+    tokens = model.tokens(batch["boards"])
+    out = maia2_objective(model.from_tokens(tokens, batch["elo_self"], batch["elo_oppo"]), batch, w)
+    n = tokens.size(0)
+    buckets = torch.randint(0, NUM_BUCKETS, (n, k), generator=generator)
+    moves, probs = teacher.targets(batch, buckets)
+    moves, probs = moves.to(tokens.device).flatten(0, 1), probs.to(tokens.device).flatten(0, 1)
+    legal = batch["legal"].repeat_interleave(k, 0)
+    logits = model.from_tokens(tokens.repeat_interleave(k, 0), buckets.flatten().to(tokens.device),
+                               batch["elo_oppo"].repeat_interleave(k, 0))[0]
+    logq = logits.float().masked_fill(~legal, float("-inf")).log_softmax(-1).gather(-1, moves)
+    # moves past the legal ones (positions with fewer than k legal moves) have probability 0 and
+    # contribute nothing; 0 * log 0 = 0
+    kl = torch.where(probs > 0, probs * (probs.clamp_min(1e-30).log() - logq), torch.zeros_like(probs)).sum(-1)
+    out["distill_loss"] = kl.mean()
+    out["loss"] = out["loss"] + coefficient * out["distill_loss"]
+    return out
 
 
-def prepare_teacher(models_dir, store, device, history: bool = True, bf16: bool = True, workers: int = 2):
-    """(Maia1Teacher on `device`, packed lc0 planes of every store row) for train_model."""
+def cache_teacher_targets(store, teacher: Maia1Teacher, rows: np.ndarray, history: bool = True,
+                          batch_size: int = 512) -> dict[str, torch.Tensor]:
+    """The nine networks' top moves for store `rows`, computed once and kept beside the store:
+    {"rows": [N], "moves": [N, 9, k] int16, "probs": [N, 9, k] float16}."""
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    key = hashlib.sha256(rows.tobytes() + f"{history}:{teacher.top_k}:{teacher.ratings}".encode()).hexdigest()[:16]
+    path = Path(store.path) / f"teacher_targets_{key}.safetensors"
+    if path.is_file():
+        tensors, _ = load_safetensors(path)
+        return tensors
+    moves = torch.zeros((len(rows), len(teacher.nets), teacher.top_k), dtype=torch.int16)
+    probs = torch.zeros((len(rows), len(teacher.nets), teacher.top_k), dtype=torch.float16)
+    for s in tqdm(range(0, len(rows), batch_size), desc="teacher targets", unit=" batch", dynamic_ncols=True):
+        idx = rows[s:s + batch_size]
+        m, p = teacher.top_moves(lc0_store_planes(store, idx, history), store.batch(idx)["legal"])
+        moves[s:s + len(idx)], probs[s:s + len(idx)] = m.cpu().to(torch.int16), p.cpu().half()
+    tensors = {"rows": torch.from_numpy(rows), "moves": moves, "probs": probs}
+    save_safetensors(tensors, path, {"history": str(history), "ratings": ",".join(map(str, teacher.ratings))})
+    return tensors
+
+
+def prepare_teacher(models_dir, store, train_idx: np.ndarray, cfg, device, workers: int = 2, seed: int = 0):
+    """(Maia1Teacher, per-row extras for the batches, training rows) for train_model, from a TrainConfig:
+    on the fly, the extras are the packed lc0 planes of every store row; cached, the teachers' targets
+    of cfg.teacher_cache_positions random training rows, which become the training rows."""
     from .maia1 import load_maia1_family
 
-    return Maia1Teacher(load_maia1_family(models_dir), device, bf16), teacher_planes(store, history, workers)
+    teacher = Maia1Teacher(load_maia1_family(models_dir), device, cfg.bf16, cfg.teacher_top_k)
+    if cfg.teacher_cache_positions is None:
+        return teacher, {"lc0": teacher_planes(store, cfg.teacher_history, workers)}, train_idx
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.permutation(train_idx)[: cfg.teacher_cache_positions])
+    t = cache_teacher_targets(store, teacher, rows, cfg.teacher_history)
+    return teacher, {"teacher_moves": RowLookup(t["rows"].numpy(), t["moves"].numpy()),
+                     "teacher_probs": RowLookup(t["rows"].numpy(), t["probs"].numpy())}, t["rows"].numpy()
+
+
+class RowLookup:
+    """values[i] belongs to store row rows[i] (sorted): indexing by store rows, like a store column."""
+
+    def __init__(self, rows: np.ndarray, values: np.ndarray):
+        self.rows, self.values = rows, values
+
+    def __getitem__(self, idx):
+        return self.values[np.searchsorted(self.rows, idx)]

@@ -238,12 +238,20 @@ class Maia2(nn.Module):
         return net[5](net[4](net[3](net[2](net[1](h)))))
 
     def forward(self, boards, elo_self, elo_oppo):
+        return self.from_tokens(self.tokens(boards), elo_self, elo_oppo)
+
+    def tokens(self, boards):
+        """The part that does not see the Elo: CNN trunk and patch embedding -> tokens [B, 8, d]."""
         cfg = self.cfg
         b = boards.size(0)
         embs = self.chess_cnn(boards.view(b, cfg.input_channels, 8, 8)).view(b, cfg.vit_length, 64)
         embs = self._hook("hook_cnn_out", embs)
         x = self.to_patch_embedding(embs) + self.pos_embedding
-        x = self.dropout(self._hook("hook_tokens", x))
+        return self.dropout(self._hook("hook_tokens", x))
+
+    def from_tokens(self, x, elo_self, elo_oppo):
+        """The Elo-aware transformer and the heads; one tokens() pass serves any number of Elo
+        conditionings (distillation asks for several per position)."""
         elo_emb = torch.cat((self.elo_embedding(elo_self), self.elo_embedding(elo_oppo)), dim=1)
         for i, (attn, ff) in enumerate(self.transformer.elo_layers):
             x = self._hook(f"blocks.{i}.hook_resid_pre", x)

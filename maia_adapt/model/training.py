@@ -21,7 +21,6 @@ from .. import distributed
 from ..checkpointing import load_optimizer, optimizer_tensors, read_state, write_step_dir
 from ..encoding import NUM_BUCKETS
 from ..errors import MaiaAdaptError
-from .distill import distill_loss
 from .maia2 import Maia2
 
 
@@ -57,7 +56,12 @@ def to_device(batch: dict, device) -> dict:
 
 def maia2_losses(model: Maia2, batch: dict, w: LossWeights) -> dict[str, torch.Tensor]:
     """The official objective: policy cross-entropy + side-info BCE + value MSE."""
-    logits, side, value = model(batch["boards"], batch["elo_self"], batch["elo_oppo"])
+    return maia2_objective(model(batch["boards"], batch["elo_self"], batch["elo_oppo"]), batch, w)
+
+
+def maia2_objective(outputs, batch: dict, w: LossWeights) -> dict[str, torch.Tensor]:
+    """maia2_losses from the model's (policy, side-info, value) outputs."""
+    logits, side, value = outputs
     policy = F.cross_entropy(logits.float(), batch["move"])
     side_info = F.binary_cross_entropy_with_logits(side.float(), batch["side_info"])
     val = F.mse_loss(value.float(), batch["value"])
@@ -171,9 +175,9 @@ class StepBatches(torch.utils.data.Dataset):
     so DataLoader workers (which prepare batches ahead, pinned on CUDA) never change the result."""
 
     def __init__(self, store, train_idx: np.ndarray, seed: int, batch_size: int, rows: slice, start: int, stop: int,
-                 groups=None, lc0_planes: np.ndarray | None = None):
+                 groups=None, extras: dict | None = None):
         self.store, self.train_idx, self.seed, self.batch_size, self.rows = store, train_idx, seed, batch_size, rows
-        self.start, self.stop, self.groups, self.lc0_planes = start, stop, groups, lc0_planes
+        self.start, self.stop, self.groups, self.extras = start, stop, groups, extras or {}
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -181,8 +185,8 @@ class StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         idx = _batch_indices(self.train_idx, self.seed, self.start + i, self.batch_size, self.groups)[self.rows]
         batch = self.store.batch(idx)
-        if self.lc0_planes is not None:  # the teachers' packed inputs (distillation)
-            batch["lc0"] = torch.from_numpy(np.ascontiguousarray(self.lc0_planes[idx]))
+        for name, values in self.extras.items():  # per-row teacher inputs or targets (distillation)
+            batch[name] = torch.from_numpy(np.ascontiguousarray(values[idx]))
         return batch
 
 
@@ -195,21 +199,24 @@ def train_model(
     seed: int = 0,
     resume_from: Path | None = None,
     teacher=None,
-    lc0_planes: np.ndarray | None = None,
+    extras: dict | None = None,
+    train_idx: np.ndarray | None = None,
 ) -> dict:
     """Train `model` on `store` with the TrainConfig `cfg`; returns the final evaluation.
 
     Checkpoints go to run_dir/checkpoints; `resume_from` is a step_* folder to continue from.
-    With a `teacher` (model.distill.Maia1Teacher) and its packed inputs for every store row
-    (`lc0_planes`), the loss adds cfg.distill_coefficient x the distillation KL.
+    With a `teacher` (model.distill.Maia1Teacher) and its per-row `extras` (model.distill.prepare_teacher),
+    the loss adds cfg.distill_coefficient x the distillation KL; `train_idx` restricts the training rows.
     """
+    if teacher is not None:
+        from .distill import distill_losses  # distill builds on this module
     device = resolve_device(cfg.device)
     freeze_bn = getattr(cfg, "batchnorm", "batch") == "frozen"
     model.to(device)
     train_mode(model, freeze_bn)
     w = LossWeights(cfg.side_info_coefficient, cfg.value_coefficient)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    train_idx = store.split_indices("train")
+    train_idx = store.split_indices("train") if train_idx is None else train_idx
     val_idx = store.split_indices("val")
     if len(train_idx) == 0:
         raise MaiaAdaptError("training split is empty: the position store holds no training positions")
@@ -232,7 +239,7 @@ def train_model(
     loader = torch.utils.data.DataLoader(
         StepBatches(store, train_idx, seed, cfg.batch_size, rows, start, cfg.max_steps,
                     elo_groups(store, train_idx) if getattr(cfg, "sampling", "uniform") == "elo_balanced" else None,
-                    lc0_planes if teacher is not None else None),
+                    extras),
         batch_size=None,
         shuffle=False, num_workers=workers, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
         persistent_workers=False,
@@ -247,11 +254,11 @@ def train_model(
         torch.manual_seed(seed * 1_000_003 + step + 7919 * distributed.rank())
         batch = to_device(cpu_batch, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = maia2_losses(step_fn, batch, w)
-            if teacher is not None:
+            if teacher is None:
+                out = maia2_losses(step_fn, batch, w)
+            else:  # one process (checked by the stage), so the module itself, not a DDP wrapper
                 gen = torch.Generator().manual_seed(seed * 1_000_003 + step)  # the buckets depend on the step only
-                out["distill_loss"] = distill_loss(step_fn, teacher, batch, cfg.teacher_buckets, gen)
-                out["loss"] = out["loss"] + cfg.distill_coefficient * out["distill_loss"]
+                out = distill_losses(model, teacher, batch, w, cfg.teacher_buckets, cfg.distill_coefficient, gen)
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise MaiaAdaptError(f"non-finite training loss at step {step}: lower train.lr or check the data")

@@ -33,17 +33,18 @@ def run(cfg, run_dir: Path) -> dict:
         model = load_model(cfg.model.checkpoint, eval=False)
     else:
         model = Maia2(Maia2Config.from_any(cfg.model))
-    teacher = lc0_planes = None
+    teacher = extras = train_idx = None
     if cfg.train.teacher:
         if distributed.world_size() > 1:
             raise ConfigError("train.teacher=maia1 runs in one process: distillation under torchrun is not supported")
-        teacher, lc0_planes = prepare_teacher(Path(cfg.paths.models_root) / "maia1", store, resolve_device(cfg.train.device),
-                                              cfg.train.teacher_history, cfg.train.bf16, cfg.data.workers)
+        teacher, extras, train_idx = prepare_teacher(
+            Path(cfg.paths.models_root) / "maia1", store, store.split_indices("train"), cfg.train,
+            resolve_device(cfg.train.device), cfg.data.workers, cfg.seed)
     resume = resume_point(run_dir, config_fingerprint(cfg), cfg.train.resume)
     tracker = Tracker(cfg, run_dir, job_type="train")
     try:
         train_model(model, store, cfg.train, run_dir, tracker=tracker, seed=cfg.seed, resume_from=resume,
-                    teacher=teacher, lc0_planes=lc0_planes)
+                    teacher=teacher, extras=extras, train_idx=train_idx)
         if not distributed.is_main():
             return {}
         device = resolve_device(cfg.train.device)
