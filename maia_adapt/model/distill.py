@@ -123,6 +123,15 @@ class Maia1Teacher:
         return moves[rows, j].long(), probs[rows, j].float()
 
 
+def sparse_kl(logits: torch.Tensor, legal: torch.Tensor, moves: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) per row [N], the student's logits [N, 1880] softmaxed over the legal
+    moves, the teacher given as its top moves [N, k] with probabilities [N, k]."""
+    logq = logits.float().masked_fill(~legal, float("-inf")).log_softmax(-1).gather(-1, moves)
+    # moves past the legal ones (positions with fewer than k legal moves) have probability 0 and
+    # contribute nothing; 0 * log 0 = 0
+    return torch.where(probs > 0, probs * (probs.clamp_min(1e-30).log() - logq), torch.zeros_like(probs)).sum(-1)
+
+
 def distill_losses(model, teacher: Maia1Teacher, batch: dict, w, k: int, coefficient: float,
                    generator: torch.Generator) -> dict[str, torch.Tensor]:
     """maia2_losses at the players' own buckets plus `coefficient` x the mean KL(teacher || student)
@@ -134,14 +143,9 @@ def distill_losses(model, teacher: Maia1Teacher, batch: dict, w, k: int, coeffic
     buckets = torch.randint(0, NUM_BUCKETS, (n, k), generator=generator)
     moves, probs = teacher.targets(batch, buckets)
     moves, probs = moves.to(tokens.device).flatten(0, 1), probs.to(tokens.device).flatten(0, 1)
-    legal = batch["legal"].repeat_interleave(k, 0)
     logits = model.from_tokens(tokens.repeat_interleave(k, 0), buckets.flatten().to(tokens.device),
                                batch["elo_oppo"].repeat_interleave(k, 0))[0]
-    logq = logits.float().masked_fill(~legal, float("-inf")).log_softmax(-1).gather(-1, moves)
-    # moves past the legal ones (positions with fewer than k legal moves) have probability 0 and
-    # contribute nothing; 0 * log 0 = 0
-    kl = torch.where(probs > 0, probs * (probs.clamp_min(1e-30).log() - logq), torch.zeros_like(probs)).sum(-1)
-    out["distill_loss"] = kl.mean()
+    out["distill_loss"] = sparse_kl(logits, batch["legal"].repeat_interleave(k, 0), moves, probs).mean()
     out["loss"] = out["loss"] + coefficient * out["distill_loss"]
     return out
 
