@@ -75,6 +75,19 @@ def test_game_set_up_with_black_to_move_is_stored_from_its_real_position(tmp_pat
     assert store.column("rating_self")[:2].tolist() == [1600, 1500]
 
 
+def test_move_numbers_beyond_the_store_are_clear(tmp_path):
+    from maia_adapt.data import store_from_fens
+    from maia_adapt.errors import DataError
+
+    huge = SETUP_FEN.replace(" 30", " 20000")
+    store = _build(tmp_path, _game(extra=f'[SetUp "1"]\n[FEN "{huge}"]', moves=SETUP_MOVES) + _game(site="ok"))
+    assert store.manifest["summary"]["skipped"] == {"corrupt game: bad FEN header": 1}
+    assert store.manifest["summary"]["games_kept"] == 1
+    with pytest.raises(DataError, match=r"position 1\): move number 20000 too large: expected at most 16383"):
+        store_from_fens([SETUP_FEN, huge], tmp_path / "fens", 5, 5)
+    assert store_from_fens([SETUP_FEN], tmp_path / "one", 5, 5).fens([0]) == [SETUP_FEN]
+
+
 def test_variants_are_dropped_and_counted(tmp_path):
     fp = f'[Variant "From Position"]\n[SetUp "1"]\n[FEN "{SETUP_FEN}"]'
     text = (_game(site="absent") + _game(extra='[Variant "Standard"]', site="standard")

@@ -280,6 +280,9 @@ def store_from_fens(fens, out_dir, elo_self, elo_oppo, moves=None) -> PositionSt
     writer = StoreWriter(out_dir, meta={"source": "fens"})
     for i, fen in enumerate(fens):
         board = parse_fen(fen)
+        if board.ply() > np.iinfo(np.int16).max:  # the store's ply column is int16
+            raise DataError(f"FEN '{fen}' (position {i}): move number {board.fullmove_number} too large: "
+                            f"expected at most {np.iinfo(np.int16).max // 2}")
         masks, fl, ep = pack_board(board, legal_ep_only=True)
         cols["bitboards"][i], cols["flags"][i], cols["ep"][i] = masks, fl, ep
         legal = np.zeros(NUM_MOVES, dtype=bool)
@@ -296,7 +299,7 @@ def store_from_fens(fens, out_dir, elo_self, elo_oppo, moves=None) -> PositionSt
         cols["elo_self"][i], cols["elo_oppo"][i] = as_bucket(es[i]), as_bucket(eo[i])
         cols["eval_cp"][i] = cols["eval_before"][i] = EVAL_MISSING
         cols["game_id"][i] = i
-        cols["ply"][i] = 2 * (board.fullmove_number - 1) + (0 if board.turn else 1)
+        cols["ply"][i] = board.ply()
         cols["halfmove"][i] = min(board.halfmove_clock, 255)
         # a bare FEN has no history; ply0 maps the stored ply to an index into the (empty) moves
         writer.add_game({"id": i, "site": "", "split": 0, "fen": fen, "start_fen": fen, "moves": "",
