@@ -1,0 +1,111 @@
+"""Maia-1 throughput on this machine: forward passes of a published network (float32) against the
+float32 matmul peak measured in the same run, and the lc0 112-plane encoding of real games.
+
+    MAIA_ADAPT_DATA=../shared/data python benchmarks/bench_maia1.py [--models ../shared/models]
+        [--batches 256 1024] [--threads 2] [--games 200]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from bench_sae import matmul_gflops
+from maia_adapt.encoding.lc0 import lc0_planes_game
+from maia_adapt.model.maia1 import load_maia1
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def flops_per_position(model: nn.Module) -> float:
+    """Multiply-adds x 2 of every convolution (over the 64 squares) and linear layer."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            total += 2 * m.weight.numel() * 64
+        elif isinstance(m, nn.Linear):
+            total += 2 * m.weight.numel()
+    return float(total)
+
+
+def best_time(fn, iters: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        best = min(best, (time.perf_counter() - t) / iters)
+    return best
+
+
+def real_games(n: int):
+    data = Path(os.environ.get("MAIA_ADAPT_DATA", ROOT.parent / "shared" / "data"))
+    import io
+
+    import chess.pgn
+    import zstandard
+
+    out = []
+    with open(data / "lichess" / "lichess_rated_rapid_58k.pgn.zst", "rb") as fh:
+        text = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(fh), encoding="utf-8")
+        while len(out) < n:
+            game = chess.pgn.read_game(text)
+            if game is None:
+                break
+            out.append([m.uci() for m in game.mainline_moves()])
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default=os.environ.get("MAIA_ADAPT_MODELS", str(ROOT.parent / "shared" / "models")))
+    ap.add_argument("--rating", type=int, default=1500)
+    ap.add_argument("--batches", type=int, nargs="+", default=[256, 1024])
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--games", type=int, default=200)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    model = load_maia1(Path(a.models) / "maia1" / f"maia-{a.rating}.pb.gz")
+    games = real_games(a.games)
+    flops = flops_per_position(model)
+
+    rows = []
+    # encoding: one replay per game, every position of the game
+    n_pos = sum(len(g) + 1 for g in games)
+    for pack in (False, True):
+        t = time.perf_counter()
+        encoded = [lc0_planes_game(None, g, range(len(g) + 1), pack=pack) for g in games]
+        dt = time.perf_counter() - t
+        rows.append((f"lc0_planes_game, {'packed uint8' if pack else 'float32'}", n_pos / dt))
+    planes = torch.from_numpy(__import__("numpy").concatenate(
+        [lc0_planes_game(None, g, range(len(g) + 1)) for g in games]))
+
+    peak = matmul_gflops(1024, 1024, 1024)
+    fwd = []
+    with torch.inference_mode():
+        for b in a.batches:
+            x = planes[:b].contiguous()
+            if len(x) < b:
+                x = x.repeat((b + len(x) - 1) // len(x), 1, 1, 1)[:b]
+            t = best_time(lambda: model(x), a.iters)
+            fwd.append((b, b / t))
+        peak = max(peak, matmul_gflops(1024, 1024, 1024))
+    print(f"threads={torch.get_num_threads()} model=maia-{a.rating} ({flops / 1e6:.1f} MFLOP/position); "
+          f"float32 matmul peak {peak:.0f} GFLOP/s; {len(games)} games, {n_pos} positions")
+    print("| path | positions/s | achieved GFLOP/s | fraction of matmul peak |")
+    print("|---|---|---|---|")
+    for b, pps in fwd:
+        g = pps * flops / 1e9
+        print(f"| forward, batch {b} | {pps:,.0f} | {g:.0f} | {g / peak:.0%} |")
+    for name, pps in rows:
+        print(f"| {name} | {pps:,.0f} | | |")
+
+
+if __name__ == "__main__":
+    main()
