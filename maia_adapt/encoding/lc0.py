@@ -170,6 +170,18 @@ def _maia2_tables():
             np.array(promo_cols), np.array(promo_alt), np.array(promo_file))
 
 
+_TABLES_ON: dict = {}
+
+
+def _maia2_tables_on(device):
+    import torch
+
+    key = str(device)
+    if key not in _TABLES_ON:  # one host-to-device copy per device, not per call
+        _TABLES_ON[key] = tuple(torch.as_tensor(t, device=device) for t in _maia2_tables())
+    return _TABLES_ON[key]
+
+
 def lc0_policy_to_maia2(logits1858, planes):
     """Re-index lc0 policy logits [B, 1858] into Maia-2's 1880-move vocabulary [B, 1880].
 
@@ -180,7 +192,7 @@ def lc0_policy_to_maia2(logits1858, planes):
     """
     import torch
 
-    src, c_cols, c_alt, p_cols, p_alt, p_file = (torch.as_tensor(t, device=logits1858.device) for t in _maia2_tables())
+    src, c_cols, c_alt, p_cols, p_alt, p_file = _maia2_tables_on(logits1858.device)
     b = logits1858.shape[0]
     ext = torch.cat([logits1858, logits1858.new_full((b, 1), float("-inf"))], dim=1)
     idx = src.expand(b, -1).clone()

@@ -49,13 +49,21 @@ MAIA1_RATINGS = tuple(range(1100, 2000, 100))
 BN_EPS = 1e-5
 
 
-def hook_names(num_blocks: int) -> list[str]:
+class HookNames(list):
+    """The hook site names in forward order. Maia2 exposes them as the list `model.hook_names`; code
+    written as `model.hook_names()` works too, since calling the list returns a copy of it."""
+
+    def __call__(self) -> list[str]:
+        return list(self)
+
+
+def hook_names(num_blocks: int) -> HookNames:
     names = ["hook_input_conv"]
     for i in range(num_blocks):
         names += [f"blocks.{i}.{s}" for s in ("hook_resid_pre", "hook_conv1", "hook_conv2", "hook_se_gate",
                                                "hook_se_bias", "hook_resid_post")]
-    return names + ["hook_policy_conv", "hook_policy_planes", "hook_policy", "hook_value_conv",
-                    "hook_value_hidden", "hook_wdl"]
+    return HookNames(names + ["hook_policy_conv", "hook_policy_planes", "hook_policy", "hook_value_conv",
+                              "hook_value_hidden", "hook_wdl"])
 
 
 class ResidualBlock(nn.Module):
