@@ -305,7 +305,6 @@ def lc0_planes_game(start_fen: str | None, moves_uci: Sequence[str], plies: Sequ
 
 
 def _bare_fen_planes(start_fen, moves_uci, plies, pack):
-    out = []
     order = np.argsort(plies, kind="stable")
     try:
         board = chess.Board(start_fen) if start_fen else chess.Board()
@@ -321,9 +320,10 @@ def _bare_fen_planes(start_fen, moves_uci, plies, pack):
                 raise DataError(f"move {done + 1} ({moves_uci[done]}) is not legal after {board.fen()}: {e}") from None
             done += 1
         res[j] = lc0_planes_game(board.fen(), [], [0], history=True, pack=pack)[0]
-    out = np.stack(res) if res else np.zeros((0, LC0_NUM_PLANES, 8) if pack else (0, LC0_NUM_PLANES, 8, 8),
-                                             dtype=np.uint8 if pack else np.float32)
-    return out
+    if not res:
+        return np.zeros((0, LC0_NUM_PLANES, 8) if pack else (0, LC0_NUM_PLANES, 8, 8),
+                        dtype=np.uint8 if pack else np.float32)
+    return np.stack(res)
 
 
 def _assemble(bb: np.ndarray, rep: np.ndarray, white: np.ndarray, rights: np.ndarray, r50: np.ndarray,
