@@ -178,9 +178,8 @@ def test_policy_to_maia2_matches_maia2_legal_moves(games):
         lc0_best = LC0_MOVES[int(masked[i].argmax())]
         maia2_best = all_moves()[int(mapped[i].argmax())]
         real = max(decode_policy(b, logits[i]).items(), key=lambda kv: kv[1])[0]
+        # decode_policy gives the real move (promotions with their suffix); Maia-2 the mover's frame
         mirrored = real if b.turn else real[0] + str(9 - int(real[1])) + real[2] + str(9 - int(real[3])) + real[4:]
-        if len(mirrored) == 4 and b.piece_type_at(chess.parse_square(real[:2])) == chess.PAWN and mirrored[3] == "8":
-            mirrored += "n"  # decode_policy writes promotions explicitly; Maia-2 too
         assert maia2_best == mirrored, (b.fen(), lc0_best, maia2_best, real)
 
 
@@ -339,7 +338,7 @@ def test_hooks(maia1500, games):
     model = maia1500
     x = torch.from_numpy(lc0_planes_game(None, games[2], [10, 20, 30]))
     (pol, wdl), cache = model.run_with_cache(x)
-    assert set(cache) == set(model.hook_names)
+    assert set(cache) == set(model.hook_names) == set(model.hook_names())
     assert torch.equal(cache["hook_policy"], pol) and torch.equal(cache["hook_wdl"], wdl)
     assert cache["blocks.0.hook_resid_pre"].shape == (3, 64, 8, 8)
     assert cache["blocks.5.hook_se_gate"].shape == (3, 64) and cache["hook_value_hidden"].shape == (3, 128)
@@ -358,6 +357,25 @@ def test_hooks(maia1500, games):
         model.run_with_hooks(x, [("blocks.9.hook_conv1", lambda t, n: None)])
     with pytest.raises(MaiaAdaptError, match="returned shape"):
         model.run_with_hooks(x, [("hook_wdl", lambda t, n: t[:, :2])])
+
+
+def test_queen_promotion_is_the_suffixed_entry(maia1500, games):
+    """The networks themselves confirm lc0's convention: where players promoted to a queen, Maia-1
+    puts its mass on the ...q entry, not on the suffix-less entry (the knight promotion)."""
+    p_queen, p_plain = [], []
+    for moves in games:
+        board = chess.Board()
+        for ply, uci in enumerate(moves):
+            move = chess.Move.from_uci(uci)
+            if move.promotion == chess.QUEEN:
+                with torch.no_grad():
+                    pol, _ = maia1500(torch.from_numpy(lc0_planes_game(None, moves, [ply])))
+                probs = decode_policy(board, pol[0])
+                p_queen.append(probs[uci])
+                p_plain.append(probs[uci[:4] + "n"])
+            board.push(move)
+    assert len(p_queen) >= 5
+    assert np.mean(p_queen) > 0.5 and np.mean(p_queen) > 10 * np.mean(p_plain)
 
 
 # ---- exactness against lc0 -------------------------------------------------------------------------
@@ -406,23 +424,169 @@ def test_outputs_match_lc0(lc0, shared_models, cases, rating):
     model = load_maia1(path)
     backend = lc0.Backend(weights=lc0.Weights(str(path)), backend="eigen")
     states = [lc0.GameState(fen=s, moves=list(m)) for s, m, _ in cases]
-    outs = backend.evaluate([g.as_input(backend) for g in states])
+    inputs = [g.as_input(backend) for g in states]
+    outs = []
+    for k in range(0, len(inputs), 128):  # the eigen backend's batches hold at most 256 positions
+        outs += backend.evaluate(*inputs[k:k + 128])  # evaluate takes the inputs as arguments
     planes = torch.from_numpy(np.stack([lc0_planes_game(s, m, [len(m)])[0] for s, m, _ in cases]))
     with torch.no_grad():
         pol, wdl = model(planes)
     p_diff = q_diff = d_diff = logit_diff = 0.0
     for i, (g, o) in enumerate(zip(states, outs)):
-        idx = g.policy_indices()
-        ref = np.array(o.p_raw(idx), dtype=np.float64)
+        w = torch.softmax(wdl[i].double(), -1).numpy()
+        q_diff = max(q_diff, abs((w[0] - w[2]) - o.q()))
+        d_diff = max(d_diff, abs(w[1] - o.d()))
+        idx = list(g.policy_indices())
+        if not idx:  # checkmate or stalemate: value only
+            continue
+        ref = np.array(o.p_raw(*idx), dtype=np.float64)
         ours = pol[i, idx].double().numpy()
         logit_diff = max(logit_diff, float(np.abs(ours - ref).max()))
         pr, po = np.exp(ref - ref.max()), np.exp(ours - ours.max())
         pr, po = pr / pr.sum(), po / po.sum()
         p_diff = max(p_diff, float(np.abs(pr - po).max()))
-        assert idx[int(np.argmax(ref))] == idx[int(np.argmax(ours))] or abs(np.sort(pr)[-1] - np.sort(pr)[-2]) < 1e-4
-        w = torch.softmax(wdl[i].double(), -1).numpy()
-        q_diff = max(q_diff, abs((w[0] - w[2]) - o.q()))
-        d_diff = max(d_diff, abs(w[1] - o.d()))
+        top2 = np.sort(pr)[-2:] if len(pr) > 1 else np.array([0.0, 1.0])
+        assert idx[int(np.argmax(ref))] == idx[int(np.argmax(ours))] or top2[1] - top2[0] < 1e-4
     print(f"maia-{rating}: {len(cases)} positions, max |logit diff| {logit_diff:.2e}, "
           f"max |prob diff| {p_diff:.2e}, max |Q diff| {q_diff:.2e}, max |D diff| {d_diff:.2e}")
     assert p_diff < 1e-4 and q_diff < 1e-4 and d_diff < 1e-4 and logit_diff < 1e-3
+
+
+# ---- a synthetic lc0 file: the reader and the BatchNorm fold against a plain torch network --------
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(num: int, payload: bytes) -> bytes:
+    return _varint(num << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _vfield(num: int, value: int) -> bytes:
+    return _varint(num << 3) + _varint(value)
+
+
+def _layer(values: np.ndarray) -> bytes:
+    import struct
+
+    lo, hi = float(values.min()), float(values.max())
+    q = np.round((values.astype(np.float64) - lo) / (hi - lo) * 65535).astype("<u2")
+    return (_varint(1 << 3 | 5) + struct.pack("<f", lo) + _varint(2 << 3 | 5) + struct.pack("<f", hi)
+            + _field(3, q.tobytes()))
+
+
+def _on_grid(v: np.ndarray) -> np.ndarray:
+    """Values that LINEAR16 stores exactly: each lies on the 65536-step grid between min and max."""
+    lo, hi = np.float64(v.min()), np.float64(v.max())
+    q = np.round((v.astype(np.float64) - lo) / (hi - lo) * 65535)
+    return (lo + (hi - lo) * q / 65535).astype(np.float32)
+
+
+def _synthetic_net(rng, filters=8, blocks=2, se=4, value_ch=4, hidden=16, gammas=True):
+    """A random lc0 file (Maia-1 layout, small) and the same weights as plain float arrays."""
+    normal, uniform = rng.normal, rng.uniform
+    rng = type("R", (), {"normal": staticmethod(lambda *a: _on_grid(np.asarray(normal(*a)))),
+                         "uniform": staticmethod(lambda *a: _on_grid(np.asarray(uniform(*a))))})
+
+    def conv(cin, cout, k, bn=True):
+        d = {"weights": rng.normal(0, 0.3, (cout, cin, k, k)).astype(np.float32)}
+        if bn:
+            d["bn_means"] = rng.normal(0, 0.5, cout).astype(np.float32)
+            d["bn_stddivs"] = rng.uniform(0.2, 2.0, cout).astype(np.float32)
+            if gammas:
+                d["bn_gammas"] = rng.uniform(0.5, 1.5, cout).astype(np.float32)
+                d["bn_betas"] = rng.normal(0, 0.5, cout).astype(np.float32)
+        else:
+            d["biases"] = rng.normal(0, 0.5, cout).astype(np.float32)
+        return d
+
+    def conv_bytes(d):
+        order = ["weights", "biases", "bn_means", "bn_stddivs", "bn_gammas", "bn_betas"]
+        return b"".join(_field(order.index(k) + 1, _layer(v.reshape(-1))) for k, v in d.items())
+
+    w = {"input": conv(112, filters, 3),
+         "residual": [{"conv1": conv(filters, filters, 3), "conv2": conv(filters, filters, 3),
+                       "se": {"w1": rng.normal(0, 0.3, (se, filters)).astype(np.float32),
+                              "b1": rng.normal(0, 0.3, se).astype(np.float32),
+                              "w2": rng.normal(0, 0.3, (2 * filters, se)).astype(np.float32),
+                              "b2": rng.normal(0, 0.3, 2 * filters).astype(np.float32)}} for _ in range(blocks)],
+         "policy1": conv(filters, filters, 3), "policy": conv(filters, 80, 3, bn=False),
+         "value": conv(filters, value_ch, 1),
+         "ip1_val_w": rng.normal(0, 0.1, (hidden, value_ch * 64)).astype(np.float32),
+         "ip1_val_b": rng.normal(0, 0.1, hidden).astype(np.float32),
+         "ip2_val_w": rng.normal(0, 0.3, (3, hidden)).astype(np.float32),
+         "ip2_val_b": rng.normal(0, 0.3, 3).astype(np.float32)}
+    body = _field(1, conv_bytes(w["input"]))
+    for r in w["residual"]:
+        se_b = b"".join(_field(i + 1, _layer(r["se"][k].reshape(-1))) for i, k in enumerate(["w1", "b1", "w2", "b2"]))
+        body += _field(2, _field(1, conv_bytes(r["conv1"])) + _field(2, conv_bytes(r["conv2"])) + _field(3, se_b))
+    body += _field(11, conv_bytes(w["policy1"])) + _field(3, conv_bytes(w["policy"]))
+    body += _field(6, conv_bytes(w["value"]))
+    for num, key in ((7, "ip1_val_w"), (8, "ip1_val_b"), (9, "ip2_val_w"), (10, "ip2_val_b")):
+        body += _field(num, _layer(w[key].reshape(-1)))
+    fmt = _vfield(1, 1) + _field(2, _vfield(1, 1) + _vfield(2, 2) + _vfield(3, 4) + _vfield(4, 2) + _vfield(5, 2))
+    net = _varint(1 << 3 | 5) + (0x1C0).to_bytes(4, "little") + _field(4, fmt) + _field(10, body)
+    return gzip.compress(net), w
+
+
+def _reference_forward(w, x: torch.Tensor):
+    """The network written the plain way: conv with bias, BatchNorm (eval), NCHW flatten, map gather."""
+    def cbn(block, h, relu=True):
+        wt = torch.from_numpy(block["weights"])
+        y = torch.nn.functional.conv2d(h, wt, torch.from_numpy(block.get("biases", np.zeros(wt.shape[0], np.float32))),
+                                       padding=wt.shape[-1] // 2)
+        if "bn_means" in block:
+            y = torch.nn.functional.batch_norm(
+                y, torch.from_numpy(block["bn_means"]), torch.from_numpy(block["bn_stddivs"]),
+                torch.from_numpy(block["bn_gammas"]) if "bn_gammas" in block else None,
+                torch.from_numpy(block["bn_betas"]) if "bn_betas" in block else None, False, 0.0, 1e-5)
+        return torch.relu(y) if relu else y
+
+    h = cbn(w["input"], x)
+    for r in w["residual"]:
+        y = cbn(r["conv2"], cbn(r["conv1"], h), relu=False)
+        se = r["se"]
+        s = torch.relu(y.mean((2, 3)) @ torch.from_numpy(se["w1"]).T + torch.from_numpy(se["b1"]))
+        s = s @ torch.from_numpy(se["w2"]).T + torch.from_numpy(se["b2"])
+        c = y.shape[1]
+        h = torch.relu(torch.sigmoid(s[:, :c])[:, :, None, None] * y + s[:, c:, None, None] + h)
+    p = cbn(w["policy"], cbn(w["policy1"], h), relu=False).reshape(x.shape[0], -1)
+    policy = p[:, torch.from_numpy(conv_policy_gather())]
+    v = cbn(w["value"], h).reshape(x.shape[0], -1)
+    v = torch.relu(v @ torch.from_numpy(w["ip1_val_w"]).T + torch.from_numpy(w["ip1_val_b"]))
+    return policy, v @ torch.from_numpy(w["ip2_val_w"]).T + torch.from_numpy(w["ip2_val_b"])
+
+
+@pytest.mark.parametrize("gammas", [True, False])
+def test_synthetic_lc0_file_matches_plain_network(tmp_path, gammas):
+    """Our reader and BatchNorm fold reproduce a plainly written network from a file we encode
+    ourselves (with and without BN gammas/betas, as in older lc0 files)."""
+    from maia_adapt.model.lc0_weights import read_lc0_net
+    from maia_adapt.model.maia1 import load_maia1
+
+    data, w = _synthetic_net(np.random.default_rng(1), gammas=gammas)
+    path = tmp_path / "maia-1234.pb.gz"
+    path.write_bytes(data)
+    net = read_lc0_net(path)
+    got = net["weights"]["residual"][1]["conv2"]["bn_stddivs"]
+    want = w["residual"][1]["conv2"]["bn_stddivs"]
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+    assert ("bn_gammas" in net["weights"]["input"]) == gammas
+    model = load_maia1(path)
+    assert model.rating == 1234 and model.filters == 8 and model.num_blocks == 2
+    x = torch.from_numpy(lc0_planes_game(None, ["e2e4", "e7e5", "g1f3", "b8c6"], [0, 1, 2, 3, 4]))
+    pol, wdl = model(x)
+    rp, rw = _reference_forward(w, x)
+    assert torch.allclose(pol, rp, atol=1e-4, rtol=1e-5), (pol - rp).abs().max()
+    assert torch.allclose(wdl, rw, atol=1e-4, rtol=1e-5), (wdl - rw).abs().max()
+    # a file of another network format is refused with one line naming it
+    bad = tmp_path / "policy_classical.pb.gz"
+    bad.write_bytes(gzip.compress(gzip.decompress(data).replace(_vfield(4, 2) + _vfield(5, 2), _vfield(4, 1) + _vfield(5, 2), 1)))
+    with pytest.raises(CheckpointError) as e:
+        read_lc0_net(bad)
+    assert "policy_classical.pb.gz" in _one_line(e) and "POLICY_CLASSICAL" in str(e.value)

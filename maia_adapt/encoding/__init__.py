@@ -1,5 +1,16 @@
-"""Chess encoding shared by every stage: move vocabulary, Elo buckets, board planes, side info."""
+"""Chess encoding shared by every stage: move vocabulary, Elo buckets, board planes, side info; lc0's
+112 input planes and 1858 moves for Maia-1 (lc0.py)."""
 from .elo import BUCKET_NAMES, NUM_BUCKETS, as_bucket, elo_to_bucket
+from .lc0 import (
+    LC0_MOVES,
+    decode_policy,
+    lc0_move_index,
+    lc0_planes,
+    lc0_planes_game,
+    lc0_policy_to_maia2,
+    legal_mask_lc0,
+    unpack_lc0_planes,
+)
 from .planes import (
     LEGAL_BYTES,
     NUM_PLANES,

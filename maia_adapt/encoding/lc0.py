@@ -170,6 +170,18 @@ def _maia2_tables():
             np.array(promo_cols), np.array(promo_alt), np.array(promo_file))
 
 
+_TABLES_ON: dict = {}
+
+
+def _maia2_tables_on(device):
+    import torch
+
+    key = str(device)
+    if key not in _TABLES_ON:  # one host-to-device copy per device, not per call
+        _TABLES_ON[key] = tuple(torch.as_tensor(t, device=device) for t in _maia2_tables())
+    return _TABLES_ON[key]
+
+
 def lc0_policy_to_maia2(logits1858, planes):
     """Re-index lc0 policy logits [B, 1858] into Maia-2's 1880-move vocabulary [B, 1880].
 
@@ -180,7 +192,7 @@ def lc0_policy_to_maia2(logits1858, planes):
     """
     import torch
 
-    src, c_cols, c_alt, p_cols, p_alt, p_file = (torch.as_tensor(t, device=logits1858.device) for t in _maia2_tables())
+    src, c_cols, c_alt, p_cols, p_alt, p_file = _maia2_tables_on(logits1858.device)
     b = logits1858.shape[0]
     ext = torch.cat([logits1858, logits1858.new_full((b, 1), float("-inf"))], dim=1)
     idx = src.expand(b, -1).clone()
@@ -293,7 +305,6 @@ def lc0_planes_game(start_fen: str | None, moves_uci: Sequence[str], plies: Sequ
 
 
 def _bare_fen_planes(start_fen, moves_uci, plies, pack):
-    out = []
     order = np.argsort(plies, kind="stable")
     try:
         board = chess.Board(start_fen) if start_fen else chess.Board()
@@ -309,9 +320,10 @@ def _bare_fen_planes(start_fen, moves_uci, plies, pack):
                 raise DataError(f"move {done + 1} ({moves_uci[done]}) is not legal after {board.fen()}: {e}") from None
             done += 1
         res[j] = lc0_planes_game(board.fen(), [], [0], history=True, pack=pack)[0]
-    out = np.stack(res) if res else np.zeros((0, LC0_NUM_PLANES, 8) if pack else (0, LC0_NUM_PLANES, 8, 8),
-                                             dtype=np.uint8 if pack else np.float32)
-    return out
+    if not res:
+        return np.zeros((0, LC0_NUM_PLANES, 8) if pack else (0, LC0_NUM_PLANES, 8, 8),
+                        dtype=np.uint8 if pack else np.float32)
+    return np.stack(res)
 
 
 def _assemble(bb: np.ndarray, rep: np.ndarray, white: np.ndarray, rights: np.ndarray, r50: np.ndarray,

@@ -49,13 +49,21 @@ MAIA1_RATINGS = tuple(range(1100, 2000, 100))
 BN_EPS = 1e-5
 
 
-def hook_names(num_blocks: int) -> list[str]:
+class HookNames(list):
+    """The hook site names in forward order. Maia2 exposes them as the list `model.hook_names`; code
+    written as `model.hook_names()` works too, since calling the list returns a copy of it."""
+
+    def __call__(self) -> list[str]:
+        return list(self)
+
+
+def hook_names(num_blocks: int) -> HookNames:
     names = ["hook_input_conv"]
     for i in range(num_blocks):
         names += [f"blocks.{i}.{s}" for s in ("hook_resid_pre", "hook_conv1", "hook_conv2", "hook_se_gate",
                                                "hook_se_bias", "hook_resid_post")]
-    return names + ["hook_policy_conv", "hook_policy_planes", "hook_policy", "hook_value_conv",
-                    "hook_value_hidden", "hook_wdl"]
+    return HookNames(names + ["hook_policy_conv", "hook_policy_planes", "hook_policy", "hook_value_conv",
+                              "hook_value_hidden", "hook_wdl"])
 
 
 class ResidualBlock(nn.Module):
@@ -147,21 +155,22 @@ class Maia1(nn.Module):
         if planes.dim() != 4 or tuple(planes.shape[1:]) != (LC0_NUM_PLANES, 8, 8):
             raise MaiaAdaptError(f"Maia1 expects planes [B, {LC0_NUM_PLANES}, 8, 8], got {tuple(planes.shape)}")
         x = planes.to(dtype=self.input_conv.weight.dtype).contiguous(memory_format=torch.channels_last)
-        h = self._hook("hook_input_conv", F.relu(self.input_conv(x)))
+        # in-place ReLUs act on fresh conv outputs only: fewer 16 MB allocations per block at batch 1024
+        h = self._hook("hook_input_conv", F.relu(self.input_conv(x), inplace=True))
         for i, blk in enumerate(self.blocks):
             h = self._hook(f"blocks.{i}.hook_resid_pre", h)
-            y = self._hook(f"blocks.{i}.hook_conv1", F.relu(blk.conv1(h)))
+            y = self._hook(f"blocks.{i}.hook_conv1", F.relu(blk.conv1(h), inplace=True))
             y = self._hook(f"blocks.{i}.hook_conv2", blk.conv2(y))
-            gb = blk.se_fc2(F.relu(blk.se_fc1(y.mean(dim=(2, 3)))))
+            gb = blk.se_fc2(F.relu(blk.se_fc1(F.adaptive_avg_pool2d(y, 1).flatten(1))))
             gate = self._hook(f"blocks.{i}.hook_se_gate", torch.sigmoid(gb[:, : self.filters]))
             bias = self._hook(f"blocks.{i}.hook_se_bias", gb[:, self.filters:])
-            h = F.relu(torch.addcmul(bias[:, :, None, None] + h, y, gate[:, :, None, None]))
+            h = F.relu(torch.addcmul(h, y, gate[:, :, None, None]).add_(bias[:, :, None, None]), inplace=True)
             h = self._hook(f"blocks.{i}.hook_resid_post", h)
-        p = self._hook("hook_policy_conv", F.relu(self.policy_conv1(h)))
+        p = self._hook("hook_policy_conv", F.relu(self.policy_conv1(h), inplace=True))
         p = self._hook("hook_policy_planes", self.policy_conv2(p))
         policy = p.permute(0, 2, 3, 1).reshape(p.size(0), -1).index_select(1, self.policy_gather)
         policy = self._hook("hook_policy", policy)
-        v = self._hook("hook_value_conv", F.relu(self.value_conv(h)))
+        v = self._hook("hook_value_conv", F.relu(self.value_conv(h), inplace=True))
         v = self._hook("hook_value_hidden", F.relu(self.value_fc1(v.permute(0, 2, 3, 1).reshape(v.size(0), -1))))
         wdl = self._hook("hook_wdl", self.value_fc2(v))
         return policy, wdl
