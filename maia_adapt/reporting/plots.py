@@ -154,8 +154,8 @@ def skill_matrix_heatmap(values, col_labels: list[str], counts, path, title: str
     with np.errstate(invalid="ignore"):
         centred = values - np.nanmean(values, axis=1, keepdims=True) if values.shape[1] > 1 else values * 0
     rows = [f"{name} ({int(n):,})" for name, n in zip(BUCKET_NAMES, counts)]
-    width = 2.2 + 0.55 * len(col_labels)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * width + 1.5, 5.2))
+    width = 2.6 + 0.42 * len(col_labels)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * width, 4.6))
     span = np.nanmax(np.abs(centred)) if np.isfinite(centred).any() and np.nanmax(np.abs(centred)) > 0 else 1.0
     for ax, grid, cmap, lim, label in ((axes[0], values, "viridis", None, "top-1 accuracy (%)"),
                                         (axes[1], centred, "RdBu_r", span, "minus the row's mean (points)")):
