@@ -274,3 +274,19 @@ def test_maia1_rating_must_be_a_band(tmp_path):
     p = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=evaluate", "model=maia1", "model.rating=1550",
                         "logger=none", f"hydra.run.dir={tmp_path}/run"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and "model.rating=1550" in p.stderr and "1900" in p.stderr
+
+
+def test_stage_train_reports_the_evaluate_numbers(tmp_path):
+    run_dir = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=train", "model.dim_cnn=8", "model.num_blocks_cnn=1",
+                        "model.dim_vit=32", "model.elo_dim=4", "model.heads=2", "model.dim_head=16", "train.max_steps=2",
+                        "train.batch_size=16", "train.eval_positions=200", "evaluate.n_boot=50", "logger=none",
+                        f"data.store_dir={tmp_path}/store", "data.max_games=60", f"hydra.run.dir={run_dir}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    for k in KEYS:
+        assert k in summary and f"{k}_ci95" in summary, k
+    # the same test positions as the training stage's own accuracy
+    assert summary["top1"] == pytest.approx(summary["test_accuracy"]) and summary["positions"] == summary["test_positions"]
+    assert (run_dir / "skill_matrix.png").is_file() and (run_dir / "results.md").is_file()

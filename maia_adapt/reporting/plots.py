@@ -11,10 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..encoding import BUCKET_NAMES  # noqa: E402
 
 
-def _save(fig, path) -> Path:
+def _save(fig, path, dpi: int = 120) -> Path:
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -144,7 +144,7 @@ def qq_plot(a, b, path, title: str, xlabel: str, ylabel: str) -> Path:
     return _save(fig, path)
 
 
-def skill_matrix_heatmap(values, col_labels: list[str], counts, path, title: str) -> Path:
+def skill_matrix_heatmap(values, col_labels: list[str], counts, path, title: str, dpi: int = 120) -> Path:
     """The skill matrix [11, C] (rows: player's Elo bucket, columns: conditioning bucket or network),
     as accuracy and as accuracy minus the row's mean: the second panel shows which setting predicts
     each skill level best, free of how predictable that level is overall."""
@@ -171,4 +171,4 @@ def skill_matrix_heatmap(values, col_labels: list[str], counts, path, title: str
                             color="black" if cmap == "RdBu_r" else "white")
         fig.colorbar(im, ax=ax, label=label, shrink=0.85)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return _save(fig, path, dpi)
