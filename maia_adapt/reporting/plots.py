@@ -11,10 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..encoding import BUCKET_NAMES  # noqa: E402
 
 
-def _save(fig, path) -> Path:
+def _save(fig, path, dpi: int = 120) -> Path:
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -144,7 +144,7 @@ def qq_plot(a, b, path, title: str, xlabel: str, ylabel: str) -> Path:
     return _save(fig, path)
 
 
-def skill_matrix_heatmap(values, col_labels: list[str], counts, path, title: str) -> Path:
+def skill_matrix_heatmap(values, col_labels: list[str], counts, path, title: str, dpi: int = 120) -> Path:
     """The skill matrix [11, C] (rows: player's Elo bucket, columns: conditioning bucket or network),
     as accuracy and as accuracy minus the row's mean: the second panel shows which setting predicts
     each skill level best, free of how predictable that level is overall."""
@@ -154,8 +154,8 @@ def skill_matrix_heatmap(values, col_labels: list[str], counts, path, title: str
     with np.errstate(invalid="ignore"):
         centred = values - np.nanmean(values, axis=1, keepdims=True) if values.shape[1] > 1 else values * 0
     rows = [f"{name} ({int(n):,})" for name, n in zip(BUCKET_NAMES, counts)]
-    width = 2.2 + 0.55 * len(col_labels)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * width + 1.5, 5.2))
+    width = 2.6 + 0.42 * len(col_labels)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * width, 4.6))
     span = np.nanmax(np.abs(centred)) if np.isfinite(centred).any() and np.nanmax(np.abs(centred)) > 0 else 1.0
     for ax, grid, cmap, lim, label in ((axes[0], values, "viridis", None, "top-1 accuracy (%)"),
                                         (axes[1], centred, "RdBu_r", span, "minus the row's mean (points)")):
@@ -171,4 +171,4 @@ def skill_matrix_heatmap(values, col_labels: list[str], counts, path, title: str
                             color="black" if cmap == "RdBu_r" else "white")
         fig.colorbar(im, ax=ax, label=label, shrink=0.85)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return _save(fig, path, dpi)
