@@ -29,8 +29,8 @@ def acts(model, store):
     return torch.cat([b[SITE] for b in activation_batches(model, store, idx, [SITE], elo="random")])
 
 
-def _train(acts, steps=150, lr=2e-3, **kw):
-    cfg = SAEConfig(d_in=acts.shape[1], dim=512, lr=lr, batch_size=256, steps=steps, warmup_steps=10,
+def _train(acts, steps=150, lr=2e-3, dim=512, **kw):
+    cfg = SAEConfig(d_in=acts.shape[1], dim=dim, lr=lr, batch_size=256, steps=steps, warmup_steps=10,
                     sparsity_warmup_steps=20, site=SITE, **kw)
     sae = SparseAutoencoder(cfg)
     sae.init_from_data(acts)
@@ -56,21 +56,56 @@ def test_each_architecture_learns_real_activations(acts, arch):
         assert 4 < l0_eval < 64  # the learned inference threshold keeps L0 near k
 
 
-def test_jumprelu_l0_gradient_reaches_threshold_and_coefficient_controls_l0(acts):
-    cfg = SAEConfig(architecture="jumprelu", d_in=acts.shape[1], dim=256, bandwidth=0.05, init_threshold=0.05)
-    sae = SparseAutoencoder(cfg)
+def _threshold_grads(sae, x):
+    """(reconstruction, weighted L0) gradients of the log-thresholds on a batch."""
+    out = sae.losses(x)
+    g_mse = torch.autograd.grad(out["mse"], sae.log_threshold, retain_graph=True)[0]
+    g_l0 = sae.cfg.l0_coefficient * torch.autograd.grad(out["l0_loss"], sae.log_threshold)[0]
+    return g_mse, g_l0
+
+
+def test_jumprelu_l0_term_has_a_substantial_share_of_the_threshold_gradient(acts):
+    # with the default settings (coefficient 1) the sparsity term must be able to move the thresholds:
+    # at the old default 1e-3 it gave 0.2% of their gradient and dominated for no latent
+    sae = SparseAutoencoder(SAEConfig(architecture="jumprelu", d_in=acts.shape[1], dim=256))
     sae.init_from_data(acts)
-    out = sae.losses(acts[:512])
-    out["l0_loss"].backward()
-    assert sae.log_threshold.grad is not None and sae.log_threshold.grad.abs().sum() > 0
-    assert (sae.log_threshold.grad <= 0).all()  # raising a threshold never raises L0
+    g_mse, g_l0 = _threshold_grads(sae, acts[:1024])
+    assert (g_l0 <= 0).all()  # raising a threshold never raises L0
+    assert g_l0.abs().sum() > 0.5 * g_mse.abs().sum()
+    assert (g_l0.abs() > g_mse.abs()).float().mean() > 0.25
+    weak = SparseAutoencoder(SAEConfig(architecture="jumprelu", d_in=acts.shape[1], dim=256, l0_coefficient=1e-3))
+    weak.init_from_data(acts)
+    g_mse, g_l0 = _threshold_grads(weak, acts[:1024])
+    assert g_l0.abs().sum() < 0.01 * g_mse.abs().sum()
+
+
+def test_jumprelu_l0_falls_as_the_coefficient_rises(acts):
     # Adam moves log-thresholds at about lr per step whatever the penalty's size, so a short test
-    # needs a large lr for the coefficient's effect to show
-    kw = dict(architecture="jumprelu", bandwidth=0.05, init_threshold=0.05, lr=2e-2, steps=200)
-    low, _, _ = _train(acts, l0_coefficient=1e-4, **kw)
-    high, _, _ = _train(acts, l0_coefficient=3.0, **kw)
-    l0 = lambda s: (s.encode(acts[:1024]) > 0).sum(1).float().mean().item()
-    assert l0(high) < 0.5 * l0(low)
+    # needs a larger lr than the preset's for the coefficient's effect to show
+    l0 = []
+    for coefficient in (0.01, 0.1, 1.0, 10.0):
+        sae, _, _ = _train(acts, architecture="jumprelu", l0_coefficient=coefficient, lr=1e-2, dim=256)
+        sae.eval()
+        with torch.no_grad():
+            l0.append((sae.encode(acts[:2048]) > 0).sum(1).float().mean().item())
+    assert all(a > b for a, b in zip(l0, l0[1:])), l0
+    assert l0[-1] < 0.5 * l0[0], l0
+
+
+def test_sae_presets_state_only_what_differs_from_the_defaults():
+    # one source of truth: a preset restating an SAEConfig default would hide a later change of it
+    import dataclasses
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    defaults = {f.name: f.default for f in dataclasses.fields(SAEConfig)}
+    presets = sorted((Path(__file__).resolve().parents[1] / "conf" / "sae").glob("*.yaml"))
+    assert {p.stem for p in presets} == {"topk", "batchtopk", "jumprelu", "relu_l1"}
+    for p in presets:
+        for key, value in OmegaConf.to_container(OmegaConf.load(p)).items():
+            assert key in defaults, f"{p.name}: unknown key {key}"
+            assert key == "architecture" or value != defaults[key], f"{p.name}: {key}={value} restates the default"
 
 
 def test_save_load_round_trip_and_folding(acts, tmp_path):
