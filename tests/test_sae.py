@@ -6,7 +6,7 @@ from maia_adapt.activations import activation_batches, site_dim
 from maia_adapt.config import ASSETS
 from maia_adapt.data import GameFilter, build_store
 from maia_adapt.dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder, load_sae, save_sae, train_dictionaries
-from maia_adapt.dictionaries.evaluate import ablate_fn, spliced_metrics, splice_fn
+from maia_adapt.dictionaries.evaluate import ablate_fn, site_mean, spliced_metrics, splice_fn
 from maia_adapt.model import load_model
 
 SITE = "blocks.1.hook_resid_post"
@@ -161,6 +161,52 @@ def test_spliced_sae_beats_ablation(model, store, acts):
     assert m["sae/agreement"] > m["zero/agreement"] + 0.1
     assert m["sae/kl"] < m["zero/kl"]
     assert 0 < m["sae/kl_recovered_vs_zero"] <= 1
+
+
+def _token_mean(site_mean):
+    """The average over positions of the token mean, from `site_mean`'s [T, ...] mean activation."""
+    return site_mean.flatten(1).mean(0)
+
+
+def test_ablation_baselines_ablate_what_the_mean_pooled_splice_replaces(model, store):
+    idx = store.split_indices("test")[:200]
+    mean = site_mean(model, store, idx, SITE)
+    mu = _token_mean(mean)
+    baselines = {"clean": None, "zero": ablate_fn(None, "mean"), "mean": ablate_fn(mean, "mean"),
+                 "zero_whole": ablate_fn(None), "mean_whole": ablate_fn(mean)}
+    # a perfect dictionary recovers everything
+    exact = spliced_metrics(model, store, idx, SITE, {**baselines, "sae": splice_fn(lambda m: m, "mean")})
+    assert exact["sae/kl"] == pytest.approx(0.0, abs=1e-6)
+    assert exact["sae/kl_recovered_vs_zero"] == pytest.approx(1.0) and exact["sae/kl_recovered_vs_mean"] == pytest.approx(1.0)
+    # a dictionary that reconstructs every token mean as zero (or as its average) *is* the matched
+    # zero- (mean-) ablation, so it recovers nothing; against whole-activation baselines, which also
+    # remove the tokens' deviations, it would seem to recover a good part
+    zero = spliced_metrics(model, store, idx, SITE, {**baselines, "sae": splice_fn(torch.zeros_like, "mean")})
+    assert zero["sae/kl_recovered_vs_zero"] == pytest.approx(0.0, abs=1e-4)
+    assert 1 - zero["sae/kl"] / zero["zero_whole/kl"] > 0.1  # what the whole-activation baseline reported
+    average = spliced_metrics(model, store, idx, SITE, {**baselines, "sae": splice_fn(lambda m: mu.expand_as(m), "mean")})
+    assert average["sae/kl_recovered_vs_mean"] == pytest.approx(0.0, abs=1e-4)
+    assert 1 - average["sae/kl"] / average["mean_whole/kl"] > 0.01
+    # pooling none: the splice and the baselines replace every token
+    x = torch.randn(3, 8, 256)
+    assert torch.equal(ablate_fn(None, "none")(x, SITE), torch.zeros_like(x))
+    assert torch.allclose(ablate_fn(mean, "none")(x, SITE), mean.expand_as(x))
+
+
+def test_calibration_scores_the_encoder_that_is_saved(acts, tmp_path):
+    from maia_adapt.stages.sae import calibration_codes
+
+    sae, _, _ = _train(acts, architecture="batchtopk", k=16, steps=60)
+    assert sae.training
+    x = acts[:1000]
+    codes = calibration_codes(sae, x, len(x))
+    assert sae.training  # the trainer's mode is left as it was
+    saved = load_sae(save_sae(sae, tmp_path / "s")).encode(x)
+    assert ((codes > 0) != (saved > 0)).float().mean() < 1e-4  # folding the scale moves values by rounding only
+    assert torch.allclose(codes, saved, atol=1e-3)
+    # training's batch-level top-k (what was scored before) is another encoder: it differs on about a
+    # tenth of the active codes here
+    assert ((sae.encode(x) > 0) != (saved > 0)).sum() > 0.03 * (saved > 0).sum()
 
 
 def test_synthetic_features_are_recovered():
