@@ -150,7 +150,10 @@ def run(cfg, run_dir: Path) -> dict:
         eval_idx = np.sort(rng.permutation(test_idx)[: sc.eval_positions])
         results: dict = {"sites": {}}
         lines = ["# SAE results", "", f"model: `{cfg.model.checkpoint}`, {len(eval_idx)} test positions, "
-                 f"architecture {sc.architecture}, F={sc.dim}, pooling {sc.token_pooling}", ""]
+                 f"architecture {sc.architecture}, F={sc.dim}, pooling {sc.token_pooling}", "",
+                 "Baselines: zero / mean ablate what the splice replaces: " + (
+                     "the token mean, set to zero / to its average over positions, each token keeping its deviation"
+                     if sc.token_pooling == "mean" else "every token's activation, set to zero / to its mean"), ""]
         for name, (sae, s) in saes.items():
             sae.eval()
             folder = save_sae(sae, run_dir / "saes" / name, {"model_checkpoint": str(cfg.model.checkpoint)})
