@@ -14,6 +14,7 @@ from maia_adapt.concepts.chess_concepts import (
     board_state_concepts,
     concept_specs,
     strategic_concepts,
+    study_concepts,
     threat_concepts,
 )
 from maia_adapt.concepts.realworld import load_puzzles, load_sts
@@ -147,6 +148,63 @@ def test_capture_possible_includes_en_passant_landing_square():
     assert black == white
 
 
+# ---------------------------------------------------------------- the study's definitions
+
+def test_study_mate_threat_is_the_side_to_moves_mate_in_one():
+    lab = _labels("6k1/5ppp/8/8/8/8/8/R5K1 w - - 0 1")  # Ra8 mates now; Black threatens nothing
+    assert lab["study_mate_threat"] and not lab["mate_threat"]
+    lab = _labels("r5k1/8/8/8/8/8/5PPP/6K1 w - - 0 1")  # ...Ra1 would mate if White passed
+    assert lab["mate_threat"] and not lab["study_mate_threat"]
+
+
+def test_study_mate_threat_finds_an_en_passant_discovered_mate():
+    # exd6 e.p. takes the d5 pawn off the a8-h1 diagonal: the bishop f3 mates the king a8, boxed in
+    # by its pawn a7 and bishop b8 (which cannot interpose); neither e5 nor d6 is on a line to a8
+    fen = "kb6/p7/8/3pP3/8/5B2/8/4K3 w - d6 0 1"
+    b = chess.Board(fen)
+    b.push_uci("e5d6")
+    assert b.is_checkmate()
+    assert _labels(fen)["study_mate_threat"]
+
+
+def test_study_bishop_pair_counts_two_bishops_of_any_colour():
+    lab = _labels("4k3/8/8/8/8/3B4/8/4KB2 w - - 0 1")  # d3 and f1: both light
+    assert lab["study_own_bishop_pair"] and not lab["own_bishop_pair"]
+    lab = _labels("4k3/8/8/8/8/3B4/8/2B1KB2 w - - 0 1")  # three bishops, both colours
+    assert lab["own_bishop_pair"] and not lab["study_own_bishop_pair"]
+    lab = _labels("2b1kb2/8/8/8/8/8/8/4K3 w - - 0 1")  # the usual pair: both agree
+    assert lab["study_opp_bishop_pair"] and lab["opp_bishop_pair"] and not lab["study_own_bishop_pair"]
+
+
+def test_study_open_file_control_judges_each_file():
+    lab = _labels("3r2k1/5ppp/8/8/8/8/5PPP/4R1K1 w - - 0 1")  # rook d8 alone on d, rook e1 alone on e
+    assert lab["study_own_open_file_control"] and lab["study_opp_open_file_control"]
+    assert not lab["own_open_file_control"] and not lab["opp_open_file_control"]
+    assert not lab["contested_open_file"] and not lab["study_contested_open_file"]
+    lab = _labels("4r1k1/pppp1ppp/8/8/8/8/PPPP1PPP/4RK2 w - - 0 1")  # both on the e-file: contested
+    assert lab["study_contested_open_file"] and not lab["study_own_open_file_control"]
+
+
+def test_study_right_bishop_rook_pawn():
+    assert _labels("4k3/8/8/7P/8/8/8/2B1K3 w - - 0 1")["study_own_right_bishop_rook_pawn"]  # h8 and c1 dark
+    assert not _labels("4k3/8/8/7P/8/8/8/4KB2 w - - 0 1")["study_own_right_bishop_rook_pawn"]  # f1 light
+    assert not _labels("4k3/8/6p1/7P/8/8/8/2B1K3 w - - 0 1")["study_own_right_bishop_rook_pawn"]  # g6 stops it
+    # the study's "passed" also counts an enemy pawn beside it on its own rank
+    assert not _labels("4k3/8/8/6pP/8/8/8/2B1K3 w - - 0 1")["study_own_right_bishop_rook_pawn"]
+    lab = _labels("4kb2/8/8/8/p7/8/8/4K3 w - - 0 1")  # Black's a-pawn promotes on dark a1, bishop f8 dark
+    assert lab["study_opp_right_bishop_rook_pawn"] and not lab["study_own_right_bishop_rook_pawn"]
+    # of doubled rook pawns the study's code looks only at the one highest up the board
+    assert _labels("4k3/8/8/7P/8/7P/8/2B1K3 w - - 0 1")["study_own_right_bishop_rook_pawn"]
+
+
+def test_study_connected_rooks_is_the_intended_definition():
+    # rooks a1 and a5: the study's code tests a1 (a rook) for every square between and says no; the
+    # study family keeps the intended definition, as ours does
+    lab = _labels("4k3/8/8/R7/8/8/8/R3K3 w - - 0 1")
+    assert lab["own_connected_rooks"] and lab["study_own_connected_rooks"]
+    assert not _labels("4k3/8/8/R7/8/N7/8/R3K3 w - - 0 1")["study_own_connected_rooks"]
+
+
 # ---------------------------------------------------------------- specs and combined labels
 
 def test_specs_are_unique_defined_and_match_the_label_columns():
@@ -155,10 +213,10 @@ def test_specs_are_unique_defined_and_match_the_label_columns():
     assert len(set(names)) == len(names) >= 172
     assert all(s.definition and "\n" not in s.definition for s in specs)
     counts = {f: sum(s.family == f for s in specs) for f in {s.family for s in specs}}
-    assert counts == {"threat": 128, "strategic": 13, "capture": 64, "board-state": 768}
+    assert counts == {"threat": 128, "strategic": 13, "capture": 64, "study": 13, "board-state": 768}
     boards = [chess.Board()]
     assert all_position_concepts(boards).names == names
-    families = threat_concepts(boards), strategic_concepts(boards), board_state_concepts(boards)
+    families = threat_concepts(boards), strategic_concepts(boards), study_concepts(boards), board_state_concepts(boards)
     assert [n for f in families for n in f.names] == names
     assert threat_concepts(boards).names[0] == "defensive@a1" and threat_concepts(boards).names[64] == "offensive@a1"
 
@@ -173,7 +231,8 @@ def test_families_agree_with_combined_labels_and_are_mirror_invariant(puzzle_pos
     boards = [chess.Board(f) for f in puzzle_positions]
     c = all_position_concepts(boards)
     parts = torch.cat(
-        [threat_concepts(boards).labels, strategic_concepts(boards).labels, board_state_concepts(boards).labels], 1
+        [threat_concepts(boards).labels, strategic_concepts(boards).labels, study_concepts(boards).labels,
+         board_state_concepts(boards).labels], 1
     )
     assert torch.equal(c.labels, parts)
     assert torch.equal(c.labels, all_position_concepts([b.mirror() for b in boards]).labels)
@@ -231,6 +290,35 @@ def _naive_labels(b: chess.Board) -> dict[str, bool]:
         out[f"capture_possible@{chess.square_name(sq)}"] = any(
             m.to_square == sq for m in b.legal_moves if b.is_capture(m)
         )
+    # the study's definitions, from its description, square by square
+    mine = b.copy()
+    out["study_mate_threat"] = False
+    for m in list(mine.legal_moves):
+        mine.push(m)
+        out["study_mate_threat"] |= mine.is_checkmate()
+        mine.pop()
+    for side, color in (("own", chess.WHITE), ("opp", chess.BLACK)):
+        out[f"study_{side}_bishop_pair"] = len(b.pieces(chess.BISHOP, color)) == 2
+        out[f"study_{side}_open_file_control"] = any(
+            not any(b.piece_type_at(chess.square(f, r)) == chess.PAWN for r in range(8))
+            and any(b.piece_at(chess.square(f, r)) in (chess.Piece(chess.ROOK, color), chess.Piece(chess.QUEEN, color)) for r in range(8))
+            and not any(b.piece_at(chess.square(f, r)) in (chess.Piece(chess.ROOK, not color), chess.Piece(chess.QUEEN, not color)) for r in range(8))
+            for f in range(8)
+        )
+        right = False
+        for f in (0, 7):
+            ranks = [r for r in range(8) if b.piece_at(chess.square(f, r)) == chess.Piece(chess.PAWN, color)]
+            if not ranks:
+                continue
+            r = max(ranks)
+            front = range(r, 8) if color == chess.WHITE else range(0, r + 1)
+            blocked = any(b.piece_at(chess.square(ff, rr)) == chess.Piece(chess.PAWN, not color)
+                          for rr in front for ff in range(max(0, f - 1), min(7, f + 1) + 1))
+            promotion_parity = (f + (7 if color == chess.WHITE else 0)) % 2
+            if not blocked and any((chess.square_file(q) + chess.square_rank(q)) % 2 == promotion_parity
+                                   for q in b.pieces(chess.BISHOP, color)):
+                right = True
+        out[f"study_{side}_right_bishop_rook_pawn"] = right
     return out
 
 
@@ -241,6 +329,13 @@ def test_fast_concepts_equal_naive_definitions_on_real_positions(puzzle_position
         for name, value in _naive_labels(_white_view(fen)).items():
             assert c.labels[i, col[name]].item() == value, f"{name} on {fen}"
     assert c.labels[:, col["mate_threat"]].any()  # the real sample does exercise the mate search
+    assert c.labels[:, col["study_mate_threat"]].any()
+    # the six study concepts that are ours are the same columns
+    for study, ours in (("study_in_check", "in_check"), ("study_own_connected_rooks", "own_connected_rooks"),
+                        ("study_opp_connected_rooks", "opp_connected_rooks"), ("study_contested_open_file", "contested_open_file"),
+                        ("study_own_can_capture_queen", "own_can_capture_queen"),
+                        ("study_opp_can_capture_queen", "opp_can_capture_queen")):
+        assert torch.equal(c.labels[:, col[study]], c.labels[:, col[ours]])
 
 
 # ---------------------------------------------------------------- real-world loaders

@@ -6,7 +6,7 @@ from maia_adapt.activations import activation_batches, site_dim
 from maia_adapt.config import ASSETS
 from maia_adapt.data import GameFilter, build_store
 from maia_adapt.dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder, load_sae, save_sae, train_dictionaries
-from maia_adapt.dictionaries.evaluate import ablate_fn, spliced_metrics, splice_fn
+from maia_adapt.dictionaries.evaluate import ablate_fn, site_mean, spliced_metrics, splice_fn
 from maia_adapt.model import load_model
 
 SITE = "blocks.1.hook_resid_post"
@@ -29,8 +29,8 @@ def acts(model, store):
     return torch.cat([b[SITE] for b in activation_batches(model, store, idx, [SITE], elo="random")])
 
 
-def _train(acts, steps=150, lr=2e-3, **kw):
-    cfg = SAEConfig(d_in=acts.shape[1], dim=512, lr=lr, batch_size=256, steps=steps, warmup_steps=10,
+def _train(acts, steps=150, lr=2e-3, dim=512, **kw):
+    cfg = SAEConfig(d_in=acts.shape[1], dim=dim, lr=lr, batch_size=256, steps=steps, warmup_steps=10,
                     sparsity_warmup_steps=20, site=SITE, **kw)
     sae = SparseAutoencoder(cfg)
     sae.init_from_data(acts)
@@ -56,21 +56,56 @@ def test_each_architecture_learns_real_activations(acts, arch):
         assert 4 < l0_eval < 64  # the learned inference threshold keeps L0 near k
 
 
-def test_jumprelu_l0_gradient_reaches_threshold_and_coefficient_controls_l0(acts):
-    cfg = SAEConfig(architecture="jumprelu", d_in=acts.shape[1], dim=256, bandwidth=0.05, init_threshold=0.05)
-    sae = SparseAutoencoder(cfg)
+def _threshold_grads(sae, x):
+    """(reconstruction, weighted L0) gradients of the log-thresholds on a batch."""
+    out = sae.losses(x)
+    g_mse = torch.autograd.grad(out["mse"], sae.log_threshold, retain_graph=True)[0]
+    g_l0 = sae.cfg.l0_coefficient * torch.autograd.grad(out["l0_loss"], sae.log_threshold)[0]
+    return g_mse, g_l0
+
+
+def test_jumprelu_l0_term_has_a_substantial_share_of_the_threshold_gradient(acts):
+    # with the default settings (coefficient 1) the sparsity term must be able to move the thresholds:
+    # at the old default 1e-3 it gave 0.2% of their gradient and dominated for no latent
+    sae = SparseAutoencoder(SAEConfig(architecture="jumprelu", d_in=acts.shape[1], dim=256))
     sae.init_from_data(acts)
-    out = sae.losses(acts[:512])
-    out["l0_loss"].backward()
-    assert sae.log_threshold.grad is not None and sae.log_threshold.grad.abs().sum() > 0
-    assert (sae.log_threshold.grad <= 0).all()  # raising a threshold never raises L0
+    g_mse, g_l0 = _threshold_grads(sae, acts[:1024])
+    assert (g_l0 <= 0).all()  # raising a threshold never raises L0
+    assert g_l0.abs().sum() > 0.5 * g_mse.abs().sum()
+    assert (g_l0.abs() > g_mse.abs()).float().mean() > 0.25
+    weak = SparseAutoencoder(SAEConfig(architecture="jumprelu", d_in=acts.shape[1], dim=256, l0_coefficient=1e-3))
+    weak.init_from_data(acts)
+    g_mse, g_l0 = _threshold_grads(weak, acts[:1024])
+    assert g_l0.abs().sum() < 0.01 * g_mse.abs().sum()
+
+
+def test_jumprelu_l0_falls_as_the_coefficient_rises(acts):
     # Adam moves log-thresholds at about lr per step whatever the penalty's size, so a short test
-    # needs a large lr for the coefficient's effect to show
-    kw = dict(architecture="jumprelu", bandwidth=0.05, init_threshold=0.05, lr=2e-2, steps=200)
-    low, _, _ = _train(acts, l0_coefficient=1e-4, **kw)
-    high, _, _ = _train(acts, l0_coefficient=3.0, **kw)
-    l0 = lambda s: (s.encode(acts[:1024]) > 0).sum(1).float().mean().item()
-    assert l0(high) < 0.5 * l0(low)
+    # needs a larger lr than the preset's for the coefficient's effect to show
+    l0 = []
+    for coefficient in (0.01, 0.1, 1.0, 10.0):
+        sae, _, _ = _train(acts, architecture="jumprelu", l0_coefficient=coefficient, lr=1e-2, dim=256)
+        sae.eval()
+        with torch.no_grad():
+            l0.append((sae.encode(acts[:2048]) > 0).sum(1).float().mean().item())
+    assert all(a > b for a, b in zip(l0, l0[1:])), l0
+    assert l0[-1] < 0.5 * l0[0], l0
+
+
+def test_sae_presets_state_only_what_differs_from_the_defaults():
+    # one source of truth: a preset restating an SAEConfig default would hide a later change of it
+    import dataclasses
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    defaults = {f.name: f.default for f in dataclasses.fields(SAEConfig)}
+    presets = sorted((Path(__file__).resolve().parents[1] / "conf" / "sae").glob("*.yaml"))
+    assert {p.stem for p in presets} == {"topk", "batchtopk", "jumprelu", "relu_l1"}
+    for p in presets:
+        for key, value in OmegaConf.to_container(OmegaConf.load(p)).items():
+            assert key in defaults, f"{p.name}: unknown key {key}"
+            assert key == "architecture" or value != defaults[key], f"{p.name}: {key}={value} restates the default"
 
 
 def test_save_load_round_trip_and_folding(acts, tmp_path):
@@ -126,6 +161,52 @@ def test_spliced_sae_beats_ablation(model, store, acts):
     assert m["sae/agreement"] > m["zero/agreement"] + 0.1
     assert m["sae/kl"] < m["zero/kl"]
     assert 0 < m["sae/kl_recovered_vs_zero"] <= 1
+
+
+def _token_mean(site_mean):
+    """The average over positions of the token mean, from `site_mean`'s [T, ...] mean activation."""
+    return site_mean.flatten(1).mean(0)
+
+
+def test_ablation_baselines_ablate_what_the_mean_pooled_splice_replaces(model, store):
+    idx = store.split_indices("test")[:200]
+    mean = site_mean(model, store, idx, SITE)
+    mu = _token_mean(mean)
+    baselines = {"clean": None, "zero": ablate_fn(None, "mean"), "mean": ablate_fn(mean, "mean"),
+                 "zero_whole": ablate_fn(None), "mean_whole": ablate_fn(mean)}
+    # a perfect dictionary recovers everything
+    exact = spliced_metrics(model, store, idx, SITE, {**baselines, "sae": splice_fn(lambda m: m, "mean")})
+    assert exact["sae/kl"] == pytest.approx(0.0, abs=1e-6)
+    assert exact["sae/kl_recovered_vs_zero"] == pytest.approx(1.0) and exact["sae/kl_recovered_vs_mean"] == pytest.approx(1.0)
+    # a dictionary that reconstructs every token mean as zero (or as its average) *is* the matched
+    # zero- (mean-) ablation, so it recovers nothing; against whole-activation baselines, which also
+    # remove the tokens' deviations, it would seem to recover a good part
+    zero = spliced_metrics(model, store, idx, SITE, {**baselines, "sae": splice_fn(torch.zeros_like, "mean")})
+    assert zero["sae/kl_recovered_vs_zero"] == pytest.approx(0.0, abs=1e-4)
+    assert 1 - zero["sae/kl"] / zero["zero_whole/kl"] > 0.1  # what the whole-activation baseline reported
+    average = spliced_metrics(model, store, idx, SITE, {**baselines, "sae": splice_fn(lambda m: mu.expand_as(m), "mean")})
+    assert average["sae/kl_recovered_vs_mean"] == pytest.approx(0.0, abs=1e-4)
+    assert 1 - average["sae/kl"] / average["mean_whole/kl"] > 0.01
+    # pooling none: the splice and the baselines replace every token
+    x = torch.randn(3, 8, 256)
+    assert torch.equal(ablate_fn(None, "none")(x, SITE), torch.zeros_like(x))
+    assert torch.allclose(ablate_fn(mean, "none")(x, SITE), mean.expand_as(x))
+
+
+def test_calibration_scores_the_encoder_that_is_saved(acts, tmp_path):
+    from maia_adapt.stages.sae import calibration_codes
+
+    sae, _, _ = _train(acts, architecture="batchtopk", k=16, steps=60)
+    assert sae.training
+    x = acts[:1000]
+    codes = calibration_codes(sae, x, len(x))
+    assert sae.training  # the trainer's mode is left as it was
+    saved = load_sae(save_sae(sae, tmp_path / "s")).encode(x)
+    assert ((codes > 0) != (saved > 0)).float().mean() < 1e-4  # folding the scale moves values by rounding only
+    assert torch.allclose(codes, saved, atol=1e-3)
+    # training's batch-level top-k (what was scored before) is another encoder: it differs on about a
+    # tenth of the active codes here
+    assert ((sae.encode(x) > 0) != (saved > 0)).sum() > 0.03 * (saved > 0).sum()
 
 
 def test_synthetic_features_are_recovered():

@@ -7,6 +7,7 @@ from .chess_concepts import (
     board_state_concepts,
     concept_specs,
     strategic_concepts,
+    study_concepts,
     threat_concepts,
 )
 from .realworld import load_puzzles, load_sts
@@ -24,5 +25,6 @@ __all__ = [
     "piece_square_concepts",
     "roc_auc_matrix",
     "strategic_concepts",
+    "study_concepts",
     "threat_concepts",
 ]

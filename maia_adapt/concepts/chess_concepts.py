@@ -9,15 +9,21 @@ Families (see `concept_specs()` for one-line definitions):
   strategic     13  in_check, mate_threat, connected rooks, bishop pair, open files, queen capture,
                     hanging pieces
   capture       64  capture_possible@<sq>: the side to move has a legal capture landing on <sq>
+  study         13  study_*: the study's 13 strategic concepts as its code defines them, for
+                    reproducing it. Six equal ours; mate threat, bishop pair and open-file control
+                    are defined differently, and right-bishop rook pawns replace hanging pieces
+                    (each definition says how it differs)
   board-state  768  <own|opp>_<piece>@<sq>, the same names and order as `piece_square_concepts`
 
 Attack counts use python-chess `attackers_mask` semantics: every piece whose move pattern reaches
 the square on the current board, pinned pieces included, x-rays (a rook behind a rook) excluded.
 
 Speed, measured on one core (taskset, Python 3.11, python-chess 1.11), best of 3 over the 5,451
-lichess puzzle positions: `all_position_concepts` ~4,600 positions/s (~3,900/s on the 1,497 STS
-middlegames); threat alone ~24,000/s, strategic + capture ~4,700/s (the mate-in-one search after a
-passed turn takes two thirds of it), board-state ~170,000/s.
+lichess puzzle positions, before the study family was added: `all_position_concepts` ~4,600
+positions/s (~3,900/s on the 1,497 STS middlegames); threat alone ~24,000/s, strategic + capture
+~4,700/s (the mate-in-one search after a passed turn takes two thirds of it), board-state
+~170,000/s. The study family's own mate-in-one search (for the side to move) makes
+`all_position_concepts` 0.67x as fast (old and new timed in one run on one core of a loaded machine).
 """
 from __future__ import annotations
 
@@ -66,23 +72,66 @@ def _threat_specs() -> list[ConceptSpec]:
 
 _STRATEGIC = [
     ("in_check", "the side to move is in check"),
-    ("mate_threat", "not in check, and with the turn passed the opponent would have a mate in one"),
+    ("mate_threat", "not in check, and with the turn passed the opponent would have a mate in one (the study's "
+                    "code asks whether the side to move has a mate in one: study_mate_threat)"),
     ("own_connected_rooks", "two own rooks share a rank or file with no piece between them"),
     ("opp_connected_rooks", "two enemy rooks share a rank or file with no piece between them"),
-    ("own_bishop_pair", "the side to move has bishops on both light and dark squares"),
-    ("opp_bishop_pair", "the opponent has bishops on both light and dark squares"),
-    ("own_open_file_control", "an own rook or queen stands on an open file (no pawns) and no enemy one does"),
-    ("opp_open_file_control", "an enemy rook or queen stands on an open file (no pawns) and no own one does"),
+    ("own_bishop_pair", "the side to move has bishops on both light and dark squares (the study's code: "
+                        "exactly two bishops, study_own_bishop_pair)"),
+    ("opp_bishop_pair", "the opponent has bishops on both light and dark squares (the study's code: exactly "
+                        "two bishops, study_opp_bishop_pair)"),
+    ("own_open_file_control", "an own rook or queen stands on an open file (no pawns) and no enemy one stands on "
+                              "any open file (the study's code judges each file: study_own_open_file_control)"),
+    ("opp_open_file_control", "an enemy rook or queen stands on an open file (no pawns) and no own one stands on "
+                              "any open file (the study's code judges each file: study_opp_open_file_control)"),
     ("contested_open_file", "an own and an enemy rook or queen stand on the same open file"),
     ("own_can_capture_queen", "the side to move has a legal capture of an enemy queen"),
     ("opp_can_capture_queen", "with the turn passed, the opponent would have a legal capture of an own queen"),
-    ("own_has_hanging_piece", "an own piece other than the king is attacked and not defended"),
-    ("opp_has_hanging_piece", "an enemy piece other than the king is attacked and not defended"),
+    ("own_has_hanging_piece", "an own piece other than the king is attacked and not defended (not in the "
+                              "study's set, which has study_own_right_bishop_rook_pawn instead)"),
+    ("opp_has_hanging_piece", "an enemy piece other than the king is attacked and not defended (not in the "
+                              "study's set, which has study_opp_right_bishop_rook_pawn instead)"),
 ]
+
+# The study's 13 strategic concepts (its concept code, read for the definitions), in its order. The
+# six marked "as <ours>" are computed by our function of that name.
+_STUDY = [
+    ("study_in_check", "as in_check: the side to move is in check"),
+    ("study_mate_threat", "the side to move has a mate in one, in check or not (ours, mate_threat: the "
+                          "opponent would have one after a passed turn)"),
+    ("study_own_connected_rooks", "as own_connected_rooks: two own rooks share a rank or file with no piece "
+                                  "between them (the study's code, for two rooks on one file, looks only at "
+                                  "that file's first-rank square, a bug not reproduced here)"),
+    ("study_opp_connected_rooks", "as opp_connected_rooks (the study's code has the same same-file bug)"),
+    ("study_own_bishop_pair", "the side to move has exactly two bishops, of any square colours (ours, "
+                              "own_bishop_pair: bishops on both colours, any number)"),
+    ("study_opp_bishop_pair", "the opponent has exactly two bishops, of any square colours (ours, "
+                              "opp_bishop_pair: bishops on both colours, any number)"),
+    ("study_own_open_file_control", "some open file (no pawns) holds an own rook or queen and no enemy one (ours, "
+                                    "own_open_file_control: no enemy rook or queen on any open file)"),
+    ("study_opp_open_file_control", "some open file (no pawns) holds an enemy rook or queen and no own one (ours, "
+                                    "opp_open_file_control: no own rook or queen on any open file)"),
+    ("study_own_can_capture_queen", "as own_can_capture_queen: a legal capture of an enemy queen"),
+    ("study_opp_can_capture_queen", "as opp_can_capture_queen: with the turn passed, a legal capture of an own queen"),
+    ("study_contested_open_file", "as contested_open_file: an own and an enemy rook or queen on the same open file"),
+    ("study_own_right_bishop_rook_pawn", "an own passed a- or h-pawn whose promotion square has the colour of an own "
+                                         "bishop (passed: no enemy pawn on its or a neighbouring file, on its rank or "
+                                         "ahead; of doubled rook pawns only the one highest up the board, seen from "
+                                         "the side to move, counts, as in the study's code); not among ours"),
+    ("study_opp_right_bishop_rook_pawn", "the same for the opponent: an enemy passed a- or h-pawn (the one highest "
+                                         "up the board of doubled ones) promoting on the colour of an enemy bishop; "
+                                         "not among ours"),
+]
+# the study concepts that are ours: study column -> index in _STRATEGIC
+_STUDY_AS_OURS = {0: 0, 2: 2, 3: 3, 8: 9, 9: 10, 10: 8}
 
 
 def _strategic_specs() -> list[ConceptSpec]:
     return [ConceptSpec(n, "strategic", d) for n, d in _STRATEGIC]
+
+
+def _study_specs() -> list[ConceptSpec]:
+    return [ConceptSpec(n, "study", d) for n, d in _STUDY]
 
 
 def _capture_specs() -> list[ConceptSpec]:
@@ -105,7 +154,7 @@ def _board_state_specs() -> list[ConceptSpec]:
 
 def concept_specs() -> list[ConceptSpec]:
     """Every concept of `all_position_concepts`, in its column order."""
-    return _threat_specs() + _strategic_specs() + _capture_specs() + _board_state_specs()
+    return _threat_specs() + _strategic_specs() + _capture_specs() + _study_specs() + _board_state_specs()
 
 
 # ---------------------------------------------------------------- per-board computations
@@ -156,8 +205,9 @@ def _passed_turn(b: chess.Board) -> chess.Board:
 
 
 # A move can only give check if the moved piece lands on one of the king's queen lines or knight
-# squares, or if it leaves a queen line (discovered check); castling moves a rook, so it is always
-# tried. This filter skips pushing most moves, which is where the time of a mate search goes.
+# squares, or if it leaves a queen line (discovered check); castling moves a rook and en passant
+# removes a pawn from a third square, so both are always tried. This filter skips pushing most
+# moves, which is where the time of a mate search goes.
 _CHECK_ZONE = [
     chess.BB_RANK_ATTACKS[sq][0] | chess.BB_FILE_ATTACKS[sq][0] | chess.BB_DIAG_ATTACKS[sq][0]
     | chess.BB_KNIGHT_ATTACKS[sq]
@@ -172,7 +222,8 @@ def _has_mate_in_one(b: chess.Board) -> bool:
         return False
     zone = _CHECK_ZONE[king]
     for move in b.generate_legal_moves():
-        if not (zone >> move.from_square | zone >> move.to_square) & 1 and not b.is_castling(move):
+        if not (zone >> move.from_square | zone >> move.to_square) & 1 and not b.is_castling(move) \
+                and not b.is_en_passant(move):
             continue
         b.push(move)
         mate = b.is_checkmate()
@@ -197,10 +248,11 @@ def _bishop_pair(b: chess.Board, color: chess.Color) -> bool:
     return bool(bishops & chess.BB_LIGHT_SQUARES) and bool(bishops & chess.BB_DARK_SQUARES)
 
 
-def _open_file_flags(b: chess.Board) -> tuple[bool, bool, bool]:
-    """(own control, opp control, contested) of the open files of a White-to-move board."""
+def _open_file_flags(b: chess.Board) -> tuple[bool, bool, bool, bool, bool]:
+    """(own control, opp control, contested, own holds a file alone, opp holds a file alone) of the
+    open files of a White-to-move board: ours judge all open files together, the study's each file."""
     heavy = b.rooks | b.queens
-    own_any = opp_any = contested = False
+    own_any = opp_any = contested = own_file = opp_file = False
     for file_mask in chess.BB_FILES:
         if file_mask & b.pawns:
             continue
@@ -209,7 +261,36 @@ def _open_file_flags(b: chess.Board) -> tuple[bool, bool, bool]:
         own_any |= own_here
         opp_any |= opp_here
         contested |= own_here and opp_here
-    return own_any and not opp_any, opp_any and not own_any, contested
+        own_file |= own_here and not opp_here
+        opp_file |= opp_here and not own_here
+    return own_any and not opp_any, opp_any and not own_any, contested, own_file, opp_file
+
+
+def _right_bishop_rook_pawn(b: chess.Board, color: chess.Color) -> bool:
+    """The study's right-bishop concept for `color` on a White-to-move board: a passed a- or h-pawn
+    promoting on a square of the colour of one of its bishops. Per rook file only the pawn on the
+    highest rank counts (the study's code keeps the last pawn of a scan from rank 1 up)."""
+    own_pawns, enemy_pawns = b.pawns & b.occupied_co[color], b.pawns & b.occupied_co[not color]
+    bishops = b.bishops & b.occupied_co[color]
+    for file in (0, 7):
+        on_file = own_pawns & chess.BB_FILES[file]
+        if not on_file:
+            continue
+        sq = chess.msb(on_file)
+        rank = chess.square_rank(sq)
+        # the study's "passed": no enemy pawn on the three files from the pawn's own rank forward
+        ranks = range(rank, 8) if color == chess.WHITE else range(0, rank + 1)
+        ahead = 0
+        for r in ranks:
+            ahead |= chess.BB_RANKS[r]
+        span = chess.BB_FILES[file] | chess.BB_FILES[1 if file == 0 else 6]
+        if enemy_pawns & ahead & span:
+            continue
+        promotion = chess.square(file, 7 if color == chess.WHITE else 0)
+        same_colour = chess.BB_LIGHT_SQUARES if chess.BB_SQUARES[promotion] & chess.BB_LIGHT_SQUARES else chess.BB_DARK_SQUARES
+        if bishops & same_colour:
+            return True
+    return False
 
 
 def _can_capture_queen(b: chess.Board) -> bool:
@@ -232,7 +313,7 @@ def _strategic_row(b: chess.Board, own_hanging: int, opp_hanging: int) -> list[b
     passed = _passed_turn(b)
     # passing the turn while in check would leave the king capturable: no mate threat is defined then
     mate_threat = not in_check and _has_mate_in_one(passed)
-    own_open, opp_open, contested = _open_file_flags(b)
+    own_open, opp_open, contested = _open_file_flags(b)[:3]
     return [
         in_check,
         mate_threat,
@@ -248,6 +329,30 @@ def _strategic_row(b: chess.Board, own_hanging: int, opp_hanging: int) -> list[b
         bool(own_hanging),
         bool(opp_hanging),
     ]
+
+
+def _study_row(b: chess.Board, ours: list[bool]) -> list[bool]:
+    """The study's 13 strategic flags of a White-to-move board, in `_STUDY` order; `ours` is the
+    board's `_strategic_row`, whose shared concepts are copied."""
+    own_file, opp_file = _open_file_flags(b)[3:]
+    row = [
+        False,
+        _has_mate_in_one(b),
+        False,
+        False,
+        len(b.pieces(chess.BISHOP, chess.WHITE)) == 2,
+        len(b.pieces(chess.BISHOP, chess.BLACK)) == 2,
+        own_file,
+        opp_file,
+        False,
+        False,
+        False,
+        _right_bishop_rook_pawn(b, chess.WHITE),
+        _right_bishop_rook_pawn(b, chess.BLACK),
+    ]
+    for i, j in _STUDY_AS_OURS.items():
+        row[i] = ours[j]
+    return row
 
 
 def _piece_masks(b: chess.Board) -> list[int]:
@@ -288,6 +393,17 @@ def strategic_concepts(boards) -> BoardConcepts:
     return BoardConcepts(labels, _names(_strategic_specs() + _capture_specs()))
 
 
+def study_concepts(boards) -> BoardConcepts:
+    """The study's 13 strategic concepts (family "study"), as its code defines them.
+
+    `boards`: python-chess boards (or FEN strings); Black-to-move ones are mirrored first."""
+    rows = []
+    for board in boards:
+        b = _from_side_to_move(board)
+        rows.append(_study_row(b, _strategic_row(b, *_attack_masks(b)[2:])))
+    return BoardConcepts(torch.tensor(rows, dtype=torch.bool).reshape(-1, len(_STUDY)), _names(_study_specs()))
+
+
 def board_state_concepts(boards) -> BoardConcepts:
     """The 768 piece-on-square concepts, named and ordered as `piece_square_concepts` names them."""
     rows = [_piece_masks(_from_side_to_move(b)) for b in boards]
@@ -295,22 +411,25 @@ def board_state_concepts(boards) -> BoardConcepts:
 
 
 def all_position_concepts(boards) -> BoardConcepts:
-    """Threat, strategic (with capture_possible) and board-state concepts, in `concept_specs()` order.
+    """Threat, strategic (with capture_possible), study and board-state concepts, in `concept_specs()`
+    order.
 
     Each board is mirrored and its attack counts computed once for all families."""
-    threat, flags, captures, pieces = [], [], [], []
+    threat, flags, captures, study, pieces = [], [], [], [], []
     for board in boards:
         b = _from_side_to_move(board)
         defensive, offensive, own_hanging, opp_hanging = _attack_masks(b)
         threat.append([defensive, offensive])
         flags.append(_strategic_row(b, own_hanging, opp_hanging))
         captures.append([_capture_mask(b)])
+        study.append(_study_row(b, flags[-1]))
         pieces.append(_piece_masks(b))
     labels = torch.cat(
         [
             _unpack(threat, 2),
             torch.tensor(flags, dtype=torch.bool).reshape(-1, len(_STRATEGIC)),
             _unpack(captures, 1),
+            torch.tensor(study, dtype=torch.bool).reshape(-1, len(_STUDY)),
             _unpack(pieces, 12),
         ],
         1,

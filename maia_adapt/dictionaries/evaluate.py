@@ -4,6 +4,7 @@ model and measure how much of the model's behaviour survives, next to zero- and 
 With token pooling `mean` the SAE models the token mean, so the splice shifts every token by the
 SAE's error on the mean (x_t - mean + SAE(mean)): exact when the SAE is, and the tokens keep their
 individual deviations. With pooling `none` every token is replaced by its own reconstruction.
+The zero- and mean-ablation baselines ablate the same part: the token mean, or every token.
 """
 from __future__ import annotations
 
@@ -36,9 +37,19 @@ def splice_fn(sae, pooling: str):
     return fn
 
 
-def ablate_fn(mean: torch.Tensor | None):
+def ablate_fn(mean: torch.Tensor | None, pooling: str = "none"):
+    """Zero-ablation (mean None) or mean-ablation (mean: the site's mean activation, `site_mean`) of
+    what a splice with the same pooling replaces: the whole activation with pooling `none`, only its
+    token mean with pooling `mean` (x_t - mean + 0, or + the mean's average over positions), so the
+    tokens keep their deviations there too and "KL recovered" compares like with like."""
     def fn(x, name):
-        return torch.zeros_like(x) if mean is None else mean.expand_as(x).clone()
+        if pooling != "mean":
+            return torch.zeros_like(x) if mean is None else mean.expand_as(x).clone()
+        t, shape = _as_tokens(x)
+        out = t - t.mean(1, keepdim=True)
+        if mean is not None:
+            out = out + _as_tokens(mean[None])[0].mean(1, keepdim=True)
+        return out.reshape(shape)
 
     return fn
 

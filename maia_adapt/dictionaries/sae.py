@@ -25,9 +25,15 @@ class SAEConfig:
     dim: int = 4096  # dictionary size F
     d_in: int = 0  # filled from the hook site
     k: int = 32  # TopK / BatchTopK: active latents per sample (mean for BatchTopK)
-    l0_coefficient: float = 1e-3  # JumpReLU: weight of the L0 penalty
-    bandwidth: float = 1e-3  # JumpReLU: width of the rectangle kernel of the threshold gradient
-    init_threshold: float = 1e-3  # JumpReLU
+    # JumpReLU: weight of the L0 penalty. 1 is SAELens's default and the study's, on inputs scaled the
+    # same way (E||x||^2 = d, MSE summed over d): at the initial threshold below the L0 term then gives
+    # about twice the reconstruction's threshold gradient; at 1e-3 it gave 0.2% and L0 drifted up
+    l0_coefficient: float = 1.0
+    # JumpReLU: width of the rectangle kernel of the threshold gradient, in activation units
+    bandwidth: float = 0.1
+    # JumpReLU: starting threshold (thresholds are trained in log space, where Adam moves them by about
+    # lr per step). With normalised activations 1.0 starts near L0 40 of 256 latents, 60 of 4096
+    init_threshold: float = 1.0
     l1_coefficient: float = 5.0  # ReLU-L1: weight of sum_i z_i * ||W_dec,i||
     aux_k: int = 256  # AuxK: dead latents used to model the residual (TopK family); 0 disables
     aux_coefficient: float = 1 / 32

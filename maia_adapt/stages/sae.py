@@ -57,10 +57,21 @@ def calibration_set(model, store, idx, sites, sc, seed: int, device="cpu"):
 
 
 @torch.no_grad()
+def calibration_codes(sae, acts: torch.Tensor, n_positions: int) -> torch.Tensor:
+    """Position codes of the encoder that is saved: the SAE in eval mode (BatchTopK: its learned
+    inference threshold, not training's batch-level top-k, whose codes depend on the batch)."""
+    was_training = sae.training
+    sae.eval()
+    try:
+        return position_codes(sae, acts, n_positions)
+    finally:
+        sae.train(was_training)
+
+
 def summed_best_auc(sae, acts: torch.Tensor, labels: torch.Tensor) -> float:
     """Sum over concepts of the best feature's AUC (per position: a token-level SAE's feature
     counts with its largest activation over the position's tokens)."""
-    z = position_codes(sae, acts, len(labels)).cpu()
+    z = calibration_codes(sae, acts, len(labels)).cpu()
     best, _ = best_auc_per_concept(roc_auc_matrix(z, labels))
     return float(torch.nan_to_num(best).sum())
 
@@ -139,13 +150,17 @@ def run(cfg, run_dir: Path) -> dict:
         eval_idx = np.sort(rng.permutation(test_idx)[: sc.eval_positions])
         results: dict = {"sites": {}}
         lines = ["# SAE results", "", f"model: `{cfg.model.checkpoint}`, {len(eval_idx)} test positions, "
-                 f"architecture {sc.architecture}, F={sc.dim}, pooling {sc.token_pooling}", ""]
+                 f"architecture {sc.architecture}, F={sc.dim}, pooling {sc.token_pooling}", "",
+                 "Baselines: zero / mean ablate what the splice replaces: " + (
+                     "the token mean, set to zero / to its average over positions, each token keeping its deviation"
+                     if sc.token_pooling == "mean" else "every token's activation, set to zero / to its mean"), ""]
         for name, (sae, s) in saes.items():
             sae.eval()
             folder = save_sae(sae, run_dir / "saes" / name, {"model_checkpoint": str(cfg.model.checkpoint)})
             mean = site_mean(model, store, eval_idx, s)
             m = spliced_metrics(model, store, eval_idx, s, {
-                "clean": None, "sae": splice_fn(sae, sc.token_pooling), "zero": ablate_fn(None), "mean": ablate_fn(mean),
+                "clean": None, "sae": splice_fn(sae, sc.token_pooling), "zero": ablate_fn(None, sc.token_pooling),
+                "mean": ablate_fn(mean, sc.token_pooling),
             })
             acts = torch.cat([p[s] for p in activation_batches(model, store, eval_idx, [s], elo="data",
                                                                 token_pooling=sc.token_pooling)])

@@ -27,7 +27,7 @@ from ..reporting.dashboard import write_dashboards
 from ..reporting.plots import square_heatmaps
 from ..tracking import Tracker
 
-FAMILIES = ("threat", "strategic", "capture", "board-state")
+FAMILIES = ("threat", "strategic", "capture", "study", "board-state")
 
 
 def check_families(families) -> None:
