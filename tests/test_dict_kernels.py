@@ -72,7 +72,7 @@ def test_sparse_decode_with_uneven_rows_and_empty_samples():
 
 
 def _make(arch: str, kernel: str, dim: int = 128, k: int = 8, **kw):
-    common = dict(dim=dim, k=k, kernel=kernel, dead_after=1500, sparsity_warmup_steps=10, warmup_steps=5, **kw)
+    common = dict(dim=dim, k=k, kernel=kernel, dead_after=1500, sparsity_warmup_steps=10, warmup_steps=5) | kw
     if arch == "transcoder":
         m = Transcoder(TranscoderConfig(d_in=32, d_out=24, site="x", target_site="y", **common))
     else:

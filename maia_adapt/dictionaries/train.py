@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
+import torch._dynamo
 from torch import nn
-from tqdm import tqdm
 
 from .. import distributed
 from ..checkpointing import latest_step_dir, load_optimizer, optimizer_tensors, read_state, write_step_dir
@@ -111,6 +110,11 @@ class DictionaryTrainer:
             m.to(self.device)
         self.loss_fns = {n: distributed.wrap(_Losses(m), self.device) for n, (m, _) in dictionaries.items()}
         if compile:
+            # each dictionary compiles at most two graphs of the same code (before and after AuxK
+            # starts); past dynamo's per-code limit (8) a many-site run would fall back to eager
+            dyn = torch._dynamo.config
+            limit = "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit"
+            setattr(dyn, limit, max(getattr(dyn, limit), 2 * len(dictionaries) + 2))
             self.loss_fns = {n: torch.compile(f) for n, f in self.loss_fns.items()}
         # the fused Adam is one kernel for all parameters on a GPU (the CPU keeps the default)
         fused = {"fused": True} if self.device.type == "cuda" else {}
@@ -250,6 +254,8 @@ def start_or_resume(trainer: DictionaryTrainer, cfg, run_dir: Path, resume: bool
 
 def chunk_batches(chunk: dict[str, torch.Tensor], batch_size: int, seed: int, r: int):
     """The batches of chunk r, in a shuffled order that depends only on (seed, r)."""
+    import numpy as np  # here, not at the top: the trainer itself needs only torch (benchmarks/gpu_all.sh)
+
     n = len(next(iter(chunk.values())))
     perm = torch.from_numpy(np.random.default_rng([seed, r, 7]).permutation(n))
     return [{s: v[perm[i : i + batch_size]] for s, v in chunk.items()} for i in range(0, n - batch_size + 1, batch_size)]
@@ -273,6 +279,8 @@ def train_dictionaries(
     With `calibrate` (returning a score per dictionary, higher is better) called every
     `calibrate_every` steps, the best-scoring weights of each dictionary are kept in run_dir/best.
     """
+    from tqdm import tqdm
+
     ckpt_dir = Path(run_dir) / "checkpoints"
     if resume and (last := distributed.broadcast(latest_step_dir(ckpt_dir))) is not None:
         trainer.load(last)
