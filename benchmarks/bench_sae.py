@@ -46,14 +46,16 @@ def matmul_gflops(d: int, f: int, b: int, device="cpu", dtype=torch.float32) -> 
 
 def make_trainer(arch: str, d: int, f: int, b: int, k: int, steps: int, device="cpu", bf16=False, compile=False,
                  kernel="auto"):
+    g = torch.Generator().manual_seed(0)  # the same batch for every setting: first-step losses compare
+    x, y = (torch.randn(b, d, generator=g).to(device) for _ in range(2))
     if arch == "transcoder":
         module = Transcoder(TranscoderConfig(d_in=d, d_out=d, dim=f, k=k, batch_size=b, steps=steps, aux_k=0,
                                              site="x", target_site="y", kernel=kernel))
-        batch = {"x": torch.randn(b, d, device=device), "y": torch.randn(b, d, device=device)}
+        batch = {"x": x, "y": y}
     else:
         module = SparseAutoencoder(SAEConfig(architecture=arch, d_in=d, dim=f, k=k, batch_size=b, steps=steps, aux_k=0,
                                              kernel=kernel))
-        batch = {"x": torch.randn(b, d, device=device)}
+        batch = {"x": x}
     return DictionaryTrainer({"s": (module, "x")}, steps, b, device=device, bf16=bf16, compile=compile), batch
 
 
@@ -82,6 +84,26 @@ def bench(arch: str, d: int, f: int, b: int, steps: int, k: int, device="cpu", b
             "graphs": counters["stats"]["unique_graphs"] if compile else None}
 
 
+def check_kernels(device, bf16: bool) -> str:
+    """The sparse TopK kernels against the dense ones on this device: largest relative difference of
+    the loss and of each gradient after one backward pass (same weights, same batch)."""
+    worst = {}
+    for arch in TOPK_FAMILY:
+        grads = {}
+        for kernel in ("sparse", "dense"):
+            trainer, batch = make_trainer(arch, 64, 1024, 512, 16, 1, device, kernel=kernel)
+            m = trainer.dicts["s"][0]
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=trainer.autocast and bf16):
+                out = m.losses(batch["x"], **({"target": batch["y"]} if arch == "transcoder" else {}))
+            out["loss"].backward()
+            grads[kernel] = {"loss": out["loss"].detach(), **{n: p.grad for n, p in m.named_parameters() if p.grad is not None}}
+        for n, ref in grads["dense"].items():
+            err = ((grads["sparse"][n] - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
+            worst[f"{arch}.{n}"] = err
+    name, err = max(worst.items(), key=lambda kv: kv[1])
+    return f"sparse vs dense kernels on {device} (float32, loss and every gradient): largest relative difference {err:.1e} ({name})"
+
+
 def flops_per_sample(arch: str, d: int, f: int, k: int) -> int:
     return 4 * d * f + 6 * d * k if arch in TOPK_FAMILY else 10 * d * f
 
@@ -102,6 +124,7 @@ def main():
                     help="TopK-family kernels measured eager, a row each; compiled: the first one")
     ap.add_argument("--out", type=Path, help="append the table to this file, a row as soon as it is measured")
     ap.add_argument("--budget-s", type=float, default=0, help="skip the settings left once this many seconds have passed")
+    ap.add_argument("--check", action="store_true", help="first compare the sparse and dense TopK kernels here")
     ap.add_argument("--auc", action="store_true", help="also time the ROC-AUC of SAE features (CPU)")
     a = ap.parse_args()
     t_start = time.perf_counter()
@@ -110,7 +133,7 @@ def main():
     peak = max(matmul_gflops(a.d, a.f, b, a.device, dtype) for b in a.batch)
     dev = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
     head = (f"{dev}, torch {torch.__version__}, d={a.d} F={a.f} k={a.k}, {a.steps} timed steps after 3 warm-up; "
-            f"{str(dtype)[6:]} matmul peak in this run {peak / 1e3:.1f} TFLOP/s (best of [batch, d] x [d, F])")
+            f"{str(dtype)[6:]} matmul peak in this run {peak:,.1f} GFLOP/s (best of [batch, d] x [d, F])")
     lines = [head, "",
              "| dictionary | kernel | batch | mode | samples/s | fraction of matmul peak | loss at step 1 | graphs | warm-up s |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -122,6 +145,8 @@ def main():
             with open(a.out, "a") as fh:
                 fh.write("\n".join(text_lines) + "\n")
 
+    if a.check:
+        lines[1:1] = ["", check_kernels(a.device, a.bf16)]
     emit(lines)
     # eager settings first, the larger batch first in compiled ones: under a time budget the cheap and
     # the headline numbers come first
