@@ -25,7 +25,7 @@ $py -c "import torch, maia_adapt.dictionaries.transcoder" \
   || { echo "$0: torch or maia_adapt.dictionaries does not import (see above)" >&2; exit 1; }
 if [ "$device" = cuda ]; then
   $py -c "import torch, sys; torch.cuda.is_available() or sys.exit('$0: torch sees no CUDA device')"
-  sizes=(--d 1024 --f 16384 --k 256 --batch 1024 8192 --steps 20 --bf16 --budget-s 300)
+  sizes=(--d 1024 --f 16384 --k 256 --batch 1024 8192 --steps 20 --bf16 --budget-s 270)
 else
   sizes=(--d 1024 --f 16384 --k 256 --batch 1024 --steps 3)
 fi

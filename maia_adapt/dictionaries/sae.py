@@ -107,7 +107,8 @@ class UnitDecoderMixin:
         """Remove the gradient component parallel to each (unit) decoder row."""
         if self.W_dec.grad is not None:
             w = self.W_dec
-            self.W_dec.grad.sub_((self.W_dec.grad * w).sum(1, keepdim=True) * w)
+            # vecdot and addcmul_: no [F, d] temporaries (two passes over W_dec fewer)
+            self.W_dec.grad.addcmul_(torch.linalg.vecdot(self.W_dec.grad, w)[:, None], w, value=-1.0)
 
     def aux_loss(self, acts: torch.Tensor, err: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
         """AuxK (Gao et al. 2024): the top dead latents of acts [B, F] reconstruct the residual err,

@@ -89,6 +89,15 @@ class _Losses(nn.Module):
         return self.dictionary.losses(x, **kw)
 
 
+def _adam(module: nn.Module) -> torch.optim.Adam:
+    # the fused Adam makes one pass over the parameters: 6x the default on 2 CPU cores (50M
+    # parameters: 1.05 s -> 0.18 s a step), one kernel on a GPU; torch < 2.4 has it on CUDA only
+    try:
+        return torch.optim.Adam(module.parameters(), lr=module.cfg.lr, betas=(0.9, 0.999), fused=True)
+    except RuntimeError:
+        return torch.optim.Adam(module.parameters(), lr=module.cfg.lr, betas=(0.9, 0.999))
+
+
 class DictionaryTrainer:
     """Trains named dictionaries {name: (module, site)} on batches {site: activations}.
 
@@ -116,10 +125,7 @@ class DictionaryTrainer:
             limit = "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit"
             setattr(dyn, limit, max(getattr(dyn, limit), 2 * len(dictionaries) + 2))
             self.loss_fns = {n: torch.compile(f) for n, f in self.loss_fns.items()}
-        # the fused Adam is one kernel for all parameters on a GPU (the CPU keeps the default)
-        fused = {"fused": True} if self.device.type == "cuda" else {}
-        self.opts = {n: torch.optim.Adam(m.parameters(), lr=m.cfg.lr, betas=(0.9, 0.999), **fused)
-                     for n, (m, _) in dictionaries.items()}
+        self.opts = {n: _adam(m) for n, (m, _) in dictionaries.items()}
         self.stats = {n: FiringStats(m.cfg.dim, self.device) for n, (m, _) in dictionaries.items()}
         self.sparsity = {n: torch.zeros((), device=self.device) for n in dictionaries}
         self.step = 0
