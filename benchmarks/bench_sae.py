@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from maia_adapt.dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder
+from maia_adapt.dictionaries.kernels import use_sparse
 from maia_adapt.dictionaries.transcoder import Transcoder, TranscoderConfig
 
 ARCHS = ("jumprelu", "relu_l1", "topk", "batchtopk", "transcoder")
@@ -158,6 +159,8 @@ def main():
                 for arch in a.archs for kern in (["-"] if arch not in TOPK_FAMILY else a.kernels if m == "eager" else a.kernels[:1])]
     for mode, b, arch, kern in settings:
         kernel = "auto" if kern == "-" else kern
+        if kern == "auto":
+            kern = "sparse (auto)" if use_sparse("auto", torch.device(a.device)) else "dense (auto)"
         row = f"| {arch} | {kern} | {b} | {mode} |"
         if a.budget_s and time.perf_counter() - t_start > a.budget_s:
             emit([f"{row} skipped: past the {a.budget_s:.0f} s budget | | | | |"])
