@@ -43,10 +43,12 @@ def _rows(crow: Tensor, n: int) -> Tensor:
 
 def _argsort(cols: Tensor) -> Tensor:
     if cols.device.type == "cpu":
-        # numpy's stable sort of integers is a radix sort, 10-15x torch's CPU sort on 2 cores here
-        import numpy as np
+        try:  # numpy's stable sort of integers is a radix sort, 10-15x torch's CPU sort on 2 cores here
+            import numpy as np
 
-        return torch.from_numpy(np.argsort(cols.numpy(), kind="stable"))
+            return torch.from_numpy(np.argsort(cols.numpy(), kind="stable"))
+        except ImportError:
+            pass
     return torch.argsort(cols, stable=True)
 
 
