@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .kernels import KERNELS, compute_dtype, fired_counts, row_crow, sparse_decode, topk_encode, use_sparse
 
 ARCHITECTURES = ("jumprelu", "topk", "batchtopk", "relu_l1")
 
@@ -49,6 +50,9 @@ class SAEConfig:
     decay_start: float = 0.8  # fraction of steps after which the lr decays linearly to 0
     sparsity_warmup_steps: int = 200  # JumpReLU / ReLU-L1 penalty ramps up from 0
     seed: int = 0
+    # TopK / BatchTopK: sparse (k·d gathers and scatters, dictionaries.kernels) | dense (matmuls on
+    # the [B, F] code) | auto: sparse on the CPU, dense on a GPU
+    kernel: str = "auto"
     # where the activations come from (recorded in cfg.json)
     site: str = "blocks.1.hook_resid_post"
     token_pooling: str = "mean"  # mean | none
@@ -60,6 +64,8 @@ class SAEConfig:
             raise ConfigError(f"sae.architecture '{self.architecture}': expected one of {', '.join(ARCHITECTURES)}")
         if self.architecture in ("topk", "batchtopk") and not 0 < self.k <= self.dim:
             raise ConfigError(f"sae.k={self.k}: expected 1..sae.dim ({self.dim})")
+        if self.kernel not in KERNELS:
+            raise ConfigError(f"sae.kernel '{self.kernel}': expected one of {', '.join(KERNELS)}")
         return self
 
     def to_dict(self) -> dict:
@@ -80,7 +86,8 @@ class _JumpReLU(torch.autograd.Function):
         near = (pre - threshold).abs_() < eps / 2
         ctx.save_for_backward(above, near, threshold)
         ctx.eps = eps
-        return pre * above, above.sum(-1, dtype=pre.dtype)
+        # counts in float32: bfloat16 (autocast) holds integers exactly only up to 256
+        return pre * above, above.sum(-1, dtype=torch.float32)
 
     @staticmethod
     def backward(ctx, g_z, g_l0):
@@ -90,7 +97,7 @@ class _JumpReLU(torch.autograd.Function):
         inner = g_z * threshold if g_z is not None else torch.zeros_like(near, dtype=threshold.dtype)
         if g_l0 is not None:
             inner = inner + g_l0[:, None]
-        g_t = (inner * near).sum(0).mul_(-1.0 / ctx.eps)
+        g_t = (inner * near).sum(0, dtype=torch.float32).mul_(-1.0 / ctx.eps)
         return g_pre, g_t, None
 
 
@@ -106,15 +113,18 @@ class UnitDecoderMixin:
         """Remove the gradient component parallel to each (unit) decoder row."""
         if self.W_dec.grad is not None:
             w = self.W_dec
-            self.W_dec.grad.sub_((self.W_dec.grad * w).sum(1, keepdim=True) * w)
+            # vecdot and addcmul_: no [F, d] temporaries (two passes over W_dec fewer)
+            self.W_dec.grad.addcmul_(torch.linalg.vecdot(self.W_dec.grad, w)[:, None], w, value=-1.0)
 
     def aux_loss(self, acts: torch.Tensor, err: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
         """AuxK (Gao et al. 2024): the top dead latents of acts [B, F] reconstruct the residual err,
         relative to the residual's own size, so dead latents get gradient toward useful directions."""
-        k_aux = min(self.cfg.aux_k, int(dead.sum()))
-        vals, idx = acts.masked_fill(~dead, 0.0).topk(k_aux, dim=-1)
+        # a fixed k (extra picks are live latents masked to 0, which add nothing) and a 0/1 factor
+        # instead of branching on the dead count: no host sync, one compiled graph
+        vals, idx = acts.masked_fill(~dead, 0.0).topk(min(self.cfg.aux_k, acts.shape[-1]), dim=-1)
         aux_recon = torch.zeros_like(acts).scatter(-1, idx, vals) @ self.W_dec
-        return (err.detach() - aux_recon).pow(2).sum(-1).mean() / err.detach().pow(2).sum(-1).mean().clamp_min(1e-8)
+        e = err.detach()
+        return (e - aux_recon).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean().clamp_min(1e-8) * dead.any()
 
 
 class SparseAutoencoder(UnitDecoderMixin, nn.Module):
@@ -138,7 +148,9 @@ class SparseAutoencoder(UnitDecoderMixin, nn.Module):
 
     # ---- encoding -----------------------------------------------------------------------------
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        return (x * self.norm_scale - self.b_dec) @ self.W_enc + self.b_enc
+        # addmm keeps the [B, F] pre-activations in the autocast dtype; adding b_enc after the matmul
+        # would promote them to float32 and double the memory traffic of everything downstream
+        return torch.addmm(self.b_enc, x * self.norm_scale - self.b_dec, self.W_enc)
 
     @property
     def threshold(self) -> torch.Tensor:
@@ -170,26 +182,29 @@ class SparseAutoencoder(UnitDecoderMixin, nn.Module):
         return self.decode(self.encode(x))
 
     # ---- training -----------------------------------------------------------------------------
-    def losses(self, x: torch.Tensor, sparsity_scale: float = 1.0, dead: torch.Tensor | None = None) -> dict:
-        """Loss terms on a batch of raw activations x [B, d] (normalised inside)."""
-        pre = self.pre_acts(x)
-        if self.cfg.architecture == "topk":
-            # sparse decoder: only the k active rows of W_dec are read and receive gradient
-            vals, idx = F.relu(pre).topk(self.cfg.k, dim=-1)
-            recon = F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum") + self.b_dec
-            z = torch.zeros_like(pre).scatter(-1, idx, vals.detach())
-        elif self.cfg.architecture == "jumprelu":
-            z, l0_count = _JumpReLU.apply(pre, self.threshold, self.cfg.bandwidth)
-            recon = z @ self.W_dec + self.b_dec
+    def losses(self, x: torch.Tensor, sparsity_scale: float | torch.Tensor = 1.0, dead: torch.Tensor | None = None) -> dict:
+        """Loss terms on a batch of raw activations x [B, d] (normalised inside), with the firing
+        counts per latent ("fired") and the mean L0 ("l0") as tensors. sparsity_scale may be a 0-d
+        tensor, as the trainer passes it, so a compiled loss does not recompile while it ramps up;
+        dead [F] (bool) switches AuxK on for the TopK family."""
+        a = self.cfg.architecture
+        aux = a in ("topk", "batchtopk") and bool(self.cfg.aux_k) and dead is not None
+        if a in ("topk", "batchtopk"):
+            pre, recon, fired, l0 = self._topk_forward(x, need_pre=aux)
         else:
-            z = self.activate(pre)
+            pre = self.pre_acts(x)
+            if a == "jumprelu":
+                z, l0_count = _JumpReLU.apply(pre, self.threshold, self.cfg.bandwidth)
+            else:
+                z = F.relu(pre)
             recon = z @ self.W_dec + self.b_dec
+            fired = (z > 0).sum(0)
+            l0 = (z > 0).sum(-1, dtype=torch.float32).mean()
         target = x * self.norm_scale
         err = target - recon
         mse = err.pow(2).sum(-1).mean()
-        out = {"mse": mse, "z": z.detach(), "recon": recon.detach()}
+        out = {"mse": mse, "recon": recon.detach(), "fired": fired, "l0": l0.detach()}
         loss = mse
-        a = self.cfg.architecture
         if a == "jumprelu":
             l0 = l0_count.mean()
             out["l0_loss"] = l0
@@ -198,20 +213,58 @@ class SparseAutoencoder(UnitDecoderMixin, nn.Module):
             l1 = (z * self.W_dec.norm(dim=1)).sum(-1).mean()
             out["l1_loss"] = l1
             loss = loss + sparsity_scale * self.cfg.l1_coefficient * l1
-        elif self.cfg.aux_k and dead is not None and dead.any():
+        elif aux:
             # AuxK (Gao et al. 2024): dead latents learn to reconstruct what the live ones miss
-            aux = self.aux_loss(F.relu(pre), err, dead)
-            out["aux_loss"] = aux
-            loss = loss + self.cfg.aux_coefficient * aux
-        if a == "batchtopk" and self.training:
-            pos = z[z > 0]
-            if pos.numel():
-                # running estimate of the smallest kept activation, used as the inference threshold
-                m = pos.min().detach()
-                t = self.inference_threshold
-                self.inference_threshold.copy_(m if t < 0 else 0.99 * t + 0.01 * m)
+            aux_loss = self.aux_loss(F.relu(pre), err, dead)
+            out["aux_loss"] = aux_loss
+            loss = loss + self.cfg.aux_coefficient * aux_loss
         out["loss"] = loss
         return out
+
+    def _topk_forward(self, x: torch.Tensor, need_pre: bool):
+        """TopK / BatchTopK training forward: (pre-activations or None, reconstruction, fired, l0).
+
+        The selection runs on the pre-activations and ReLU on the k kept values only, so no [B, F]
+        activation exists; with the sparse kernel neither do the [B, F] gradients."""
+        n, dim, k = x.shape[0], self.cfg.dim, self.cfg.k
+        sparse = use_sparse(self.cfg.kernel, x.device)
+        pre = None
+        if self.cfg.architecture == "topk" and sparse and not need_pre:
+            vals, idx = topk_encode(x * self.norm_scale, self.b_dec, self.W_enc, self.b_enc, k, compute_dtype(x.device))
+        else:
+            pre = self.pre_acts(x)
+        if self.cfg.architecture == "topk":
+            if pre is not None:
+                vals, idx = pre.topk(k, dim=-1, sorted=False)
+                vals = F.relu(vals)
+            if sparse:
+                if pre is not None:  # the CSR layout of the sparse decoder wants sorted latents
+                    idx, order = idx.sort(dim=-1)
+                    vals = vals.gather(1, order)
+                recon = sparse_decode(row_crow(n, k, x.device), idx.flatten(), vals.flatten(), self.W_dec)
+            else:
+                recon = torch.zeros_like(pre).scatter(-1, idx, vals) @ self.W_dec
+            return pre, recon + self.b_dec, fired_counts(idx, vals, dim), (vals > 0).sum(-1, dtype=torch.float32).mean()
+        # BatchTopK: the k * B largest pre-activations of the whole batch
+        vals, flat = pre.flatten().topk(min(k * n, pre.numel()), sorted=False)
+        vals = F.relu(vals)
+        if sparse:
+            flat, order = flat.sort()
+            vals = vals[order]
+            rows, cols = flat // dim, flat % dim
+            crow = torch.searchsorted(rows, torch.arange(n + 1, device=x.device))
+            recon = sparse_decode(crow, cols, vals, self.W_dec)
+        else:
+            recon = torch.zeros_like(pre).flatten().scatter(0, flat, vals).view_as(pre) @ self.W_dec
+        if self.training:
+            # running estimate of the smallest kept activation, used as the inference threshold;
+            # tensor arithmetic instead of branches, so compile sees no data-dependent control flow
+            m = torch.where(vals > 0, vals.detach(), torch.inf).min().float()
+            t = self.inference_threshold
+            new = torch.where(t < 0, m, 0.99 * t + 0.01 * m)
+            t.copy_(torch.where(torch.isfinite(m), new, t))
+        l0 = (vals > 0).sum(dtype=torch.float32) / n
+        return pre, recon + self.b_dec, fired_counts(flat % dim, vals, dim), l0
 
     @torch.no_grad()
     def init_from_data(self, x: torch.Tensor) -> None:

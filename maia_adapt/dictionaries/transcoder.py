@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_json, load_safetensors, save_safetensors
+from .kernels import KERNELS, compute_dtype, fired_counts, row_crow, sparse_decode, topk_encode, use_sparse
 from .sae import UnitDecoderMixin
 
 
@@ -42,6 +43,7 @@ class TranscoderConfig:
     decay_start: float = 0.8
     sparsity_warmup_steps: int = 0
     seed: int = 0
+    kernel: str = "auto"  # k > 0: sparse | dense | auto (sparse on the CPU), as sae.kernel
     layer: int = 1
     site: str = "blocks.1.hook_mlp_in"
     target_site: str = "blocks.1.hook_mlp_out"
@@ -50,6 +52,8 @@ class TranscoderConfig:
     def validate(self) -> "TranscoderConfig":
         if self.k < 0 or self.k > self.dim:
             raise ConfigError(f"transcoder.k={self.k}: expected 0 (ReLU) or 1..transcoder.dim ({self.dim})")
+        if self.kernel not in KERNELS:
+            raise ConfigError(f"transcoder.kernel '{self.kernel}': expected one of {', '.join(KERNELS)}")
         return self
 
 
@@ -89,26 +93,48 @@ class Transcoder(UnitDecoderMixin, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x), x)
 
-    def losses(self, x: torch.Tensor, target: torch.Tensor, sparsity_scale: float = 1.0, dead=None) -> dict:
-        pre = F.relu((x * self.in_scale) @ self.W_enc + self.b_enc)
-        if self.cfg.k:
-            vals, idx = pre.topk(self.cfg.k, dim=-1)
-            recon = F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum") + self.b_dec
-            z = torch.zeros_like(pre).scatter(-1, idx, vals.detach())
+    def losses(self, x: torch.Tensor, target: torch.Tensor, sparsity_scale=1.0, dead=None) -> dict:
+        """Loss terms, firing counts ("fired") and mean L0 ("l0"), as SparseAutoencoder.losses."""
+        xs = x * self.in_scale
+        aux = bool(self.cfg.aux_k) and dead is not None
+        sparse = use_sparse(self.cfg.kernel, x.device)
+        pre = None
+        if self.cfg.k and sparse and not aux:
+            # the selection and both weight gradients touch k latents per token (dictionaries.kernels)
+            vals, idx = topk_encode(xs, xs.new_zeros(xs.shape[1]), self.W_enc, self.b_enc,
+                                    self.cfg.k, compute_dtype(x.device))
         else:
-            z = pre
+            # addmm keeps the [B, F] pre-activations in the autocast dtype
+            pre = torch.addmm(self.b_enc, xs, self.W_enc)
+        if self.cfg.k:
+            n = x.shape[0]
+            if pre is not None:
+                vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
+                vals = F.relu(vals)  # after the selection: no [B, F] activation
+            if sparse:
+                if pre is not None:
+                    idx, order = idx.sort(dim=-1)
+                    vals = vals.gather(1, order)
+                recon = sparse_decode(row_crow(n, self.cfg.k, x.device), idx.flatten(), vals.flatten(), self.W_dec)
+            else:
+                recon = torch.zeros_like(pre).scatter(-1, idx, vals) @ self.W_dec
+            recon = recon + self.b_dec
+            fired, l0 = fired_counts(idx, vals, self.cfg.dim), (vals > 0).sum(-1, dtype=torch.float32).mean()
+        else:
+            z = F.relu(pre)
             recon = z @ self.W_dec + self.b_dec
+            fired, l0 = (z > 0).sum(0), (z > 0).sum(-1, dtype=torch.float32).mean()
         if self.W_skip is not None:
-            recon = recon + (x * self.in_scale) @ self.W_skip
+            recon = recon + xs @ self.W_skip
         y = target * self.out_scale
         err = y - recon
         mse = err.pow(2).sum(-1).mean()
-        out = {"mse": mse, "z": z.detach(), "recon": recon.detach(), "target": y}
+        out = {"mse": mse, "recon": recon.detach(), "target": y, "fired": fired, "l0": l0.detach()}
         loss = mse
-        if self.cfg.aux_k and dead is not None and dead.any():
-            aux = self.aux_loss(pre, err, dead)
-            out["aux_loss"] = aux
-            loss = loss + self.cfg.aux_coefficient * aux
+        if aux:
+            aux_loss = self.aux_loss(F.relu(pre), err, dead)
+            out["aux_loss"] = aux_loss
+            loss = loss + self.cfg.aux_coefficient * aux_loss
         out["loss"] = loss
         return out
 
