@@ -236,10 +236,19 @@ def build_store(
 
 
 def data_fingerprint(data_cfg) -> str:
-    """Identity of a store: input files (path, size, mtime) plus every filter and split setting."""
+    """Identity of a store: input files (path, size, mtime, ctime) plus every filter and split setting.
+
+    The change time is there because tools that replace a file often keep its size and set its
+    modification time back (cp -p, rsync -t, tar, a repaired copy of a damaged download); no tool can
+    set the change time, so a replaced file never reuses the store of the old one. A metadata-only
+    change (chmod) costs a rebuild, never a wrong store."""
     filt = GameFilter.from_any(data_cfg)
-    files = [(str(Path(p).resolve()), Path(p).stat().st_size, int(Path(p).stat().st_mtime)) if Path(p).is_file() else str(p)
-             for p in data_cfg.pgn]
+
+    def identity(p: Path):
+        st = p.stat()
+        return str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+    files = [identity(Path(p)) if Path(p).is_file() else str(p) for p in data_cfg.pgn]
     key = {"files": files, "filter": filt.__dict__, "val": data_cfg.val_fraction, "test": data_cfg.test_fraction,
            "seed": data_cfg.split_seed, "v": 1}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
