@@ -38,7 +38,9 @@ SAE = ["stage=sae", "sae.dim=256", "sae.k=8", "sae.steps=400", "sae.batch_size=6
 def _run(args, parent: Path, fault: str | None = None) -> subprocess.CompletedProcess:
     """The app with `args` in a new run directory under `parent`; with `fault`, killed there."""
     env = {k: v for k, v in os.environ.items() if k != faults.ENV}
-    env.update({"WANDB_MODE": "offline", **({faults.ENV: fault} if fault else {})})
+    # one thread: the result is the same, and on a 2-core machine shared with a CPU-heavy process
+    # two OpenMP threads spin-wait for each other (150 tiny steps took over 15 minutes that way)
+    env.update({"WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **({faults.ENV: fault} if fault else {})})
     p = subprocess.run([sys.executable, "-m", "maia_adapt.run", *args, "logger=none",
                         f"hydra.run.dir={parent}/${{run_stamp:%H-%M-%S-%f}}"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

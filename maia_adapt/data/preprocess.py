@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import os
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -254,6 +256,26 @@ def data_fingerprint(data_cfg) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _publish(tmp: Path, out: Path, fp: str) -> PositionStore:
+    """Move a store built under a temporary name into place. A store that exists is never rewritten
+    in place: processes started together (a parallel sweep, two test sessions on a fresh clone) each
+    build their own copy and the first one published wins, and a process still reading an older store
+    at `out` keeps its (memory-mapped) files."""
+    try:
+        os.rename(tmp, out)  # refused when out exists and is not empty
+        return PositionStore(out)
+    except OSError:
+        pass
+    if (out / "manifest.json").is_file() and PositionStore(out).manifest.get("fingerprint") == fp:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return PositionStore(out)
+    old = out.with_name(f".{out.name}.old{os.getpid()}")  # an unfinished folder or a store of other inputs
+    os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return PositionStore(out)
+
+
 def open_or_build_store(data_cfg, cache_dir) -> PositionStore:
     """The store for a `data` config: reused when a finished store with the same fingerprint exists."""
     if not data_cfg.pgn:
@@ -263,11 +285,18 @@ def open_or_build_store(data_cfg, cache_dir) -> PositionStore:
     store = PositionStore(out) if (out / "manifest.json").is_file() else None
     built = store is None or store.manifest.get("fingerprint") != fp
     if built:
-        store = build_store(
-            list(data_cfg.pgn), out, GameFilter.from_any(data_cfg), workers=data_cfg.workers,
-            shard_size=data_cfg.shard_size, val_fraction=data_cfg.val_fraction, test_fraction=data_cfg.test_fraction,
-            split_seed=data_cfg.split_seed, fingerprint=fp,
-        )
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            build_store(
+                list(data_cfg.pgn), tmp, GameFilter.from_any(data_cfg), workers=data_cfg.workers,
+                shard_size=data_cfg.shard_size, val_fraction=data_cfg.val_fraction, test_fraction=data_cfg.test_fraction,
+                split_seed=data_cfg.split_seed, fingerprint=fp,
+            )
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        store = _publish(tmp, out, fp)
     s = store.manifest["summary"]
     if built:
         print(f"position store {out}: {s['games_kept']:,} games, {s['positions']:,} positions; skipped {s['skipped']}"
