@@ -119,16 +119,16 @@ def test_sae_killed_at_each_point_of_calibration_and_checkpoint_resumes_to_the_s
     straight = _summary(_run(SAE, tmp_path / "a"))
     parent = tmp_path / "b"
     kills = [
-        ("calibrated", 100, 50),           # scores computed, best/ not yet written
-        ("best_written", 200, 150),        # best/ holds step 200, its checkpoint does not exist
-        ("checkpoint_unsealed", 250, 200),
-        ("checkpoint_sealed", 300, 250),   # a calibration step too: best/ is ahead of the checkpoint
-        ("checkpoint_renamed", 350, 350),
+        ("calibrated", 100, 50),           # the first calibration's scores computed, best/ not yet written
+        ("best_written", 100, 50),         # best/ holds step 100, its checkpoint does not exist yet
+        ("checkpoint_unsealed", 200, 150),  # a calibration step too
+        ("checkpoint_sealed", 250, 200),
+        ("checkpoint_renamed", 300, 300),
     ]
 
     def best_ahead_of_the_checkpoint(point, step):
         if point == "best_written":
-            # the window is real only if this step's weights went to best/ before its checkpoint
+            # the window is real: this step's weights are in best/ while the newest checkpoint is older
             best = max(parent.glob("*/best/*.safetensors"), key=lambda f: f.stat().st_mtime)
             assert load_safetensors(best)[1]["step"] == str(step)
 
@@ -138,8 +138,10 @@ def test_sae_killed_at_each_point_of_calibration_and_checkpoint_resumes_to_the_s
     assert len(finished) == 1
     b = load_file(str(next(finished[0].glob("saes/*/sae.safetensors"))))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    # the calibration's best step and score survive the kills as well
+    # the calibration's best step and score survive the kills as well; the best is the step whose
+    # best/ write a killed run made ahead of its checkpoint
     assert summary == straight
+    assert summary["blocks.1.hook_resid_post:calibration_step"] == 100
 
 
 def test_half_written_checkpoints_are_never_taken_as_valid(tmp_path):
