@@ -35,12 +35,16 @@ SAE = ["stage=sae", "sae.dim=256", "sae.k=8", "sae.steps=400", "sae.batch_size=6
        "sae.calibration_positions=300", "sae.calibration_min_positives=5"]
 
 
-def _run(args, parent: Path, fault: str | None = None) -> subprocess.CompletedProcess:
-    """The app with `args` in a new run directory under `parent`; with `fault`, killed there."""
+def _env(fault: str | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != faults.ENV}
     # one thread: the result is the same, and on a 2-core machine shared with a CPU-heavy process
     # two OpenMP threads spin-wait for each other (150 tiny steps took over 15 minutes that way)
-    env.update({"WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **({faults.ENV: fault} if fault else {})})
+    return {**env, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **({faults.ENV: fault} if fault else {})}
+
+
+def _run(args, parent: Path, fault: str | None = None) -> subprocess.CompletedProcess:
+    """The app with `args` in a new run directory under `parent`; with `fault`, killed there."""
+    env = _env(fault)
     p = subprocess.run([sys.executable, "-m", "maia_adapt.run", *args, "logger=none",
                         f"hydra.run.dir={parent}/${{run_stamp:%H-%M-%S-%f}}"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -190,12 +194,12 @@ def test_truncated_model_file_is_a_clear_error(tmp_path):
 
 def test_a_reused_run_directory_of_other_settings_starts_fresh(tmp_path):
     fixed = [f"hydra.run.dir={tmp_path}/fixed", "logger=none"]
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    env = _env()
 
     def run(*extra):
         p = subprocess.run([sys.executable, "-m", "maia_adapt.run", *TRAIN[:7], "train.eval_positions=50",
                             "train.checkpoint_every=5", *extra, *fixed], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=300)
+                           text=True, timeout=900)
         assert p.returncode == 0, p.stderr[-2000:]
         return json.loads(p.stdout[p.stdout.index("{"):])
 
