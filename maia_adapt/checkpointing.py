@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from .errors import CheckpointError
+from .faults import reach
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "") -> tuple[dict, dict]:
@@ -51,6 +52,7 @@ def write_step_dir(ckpt_dir, step: int, write: Callable[[Path], None], state: di
     try:
         tmp.mkdir()
         write(tmp)
+        reach("checkpoint_unsealed", step)
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}))
         for p in tmp.rglob("*"):
             if p.is_file():
@@ -59,9 +61,11 @@ def write_step_dir(ckpt_dir, step: int, write: Callable[[Path], None], state: di
     except Exception as e:  # e.g. a full disk; safetensors reports it as its own error type
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not write checkpoint {final}: {e}") from e
+    reach("checkpoint_sealed", step)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    reach("checkpoint_renamed", step)
     for old in sorted(ckpt_dir.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -1,23 +1,28 @@
-"""Faults: a stage killed (SIGKILL) at random points and started again with the same command finishes
-with the same result as an uninterrupted run; half-written files are never taken as valid.
+"""Faults: a stage killed (SIGKILL) and started again with the same command finishes with the same
+result as an uninterrupted run; half-written files are never taken as valid.
+
+The kills land at named points (maia_adapt.faults, MAIA_ADAPT_FAULT=<point>:<step>): inside the
+calibration, between the best/ write and the step checkpoint, inside a checkpoint write (files
+written but unsealed, sealed but not renamed, renamed but the old ones not yet removed) and after it.
+A kill from outside timed by the clock reached those millisecond windows only by chance, and which
+one it reached depended on how busy the machine was.
 
 The long-stage tests run on the embedded self-play corpus and the shipped model (no ../shared needed).
 """
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from maia_adapt import faults
 from maia_adapt.checkpointing import latest_step_dir, write_step_dir
-from maia_adapt.errors import CheckpointError
+from maia_adapt.errors import CheckpointError, ConfigError
 from maia_adapt.io import atomic_write_bytes, load_safetensors
 from maia_adapt.model import Maia2, Maia2Config, load_model, save_model
 
@@ -25,53 +30,88 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["stage=train", "model.dim_cnn=16", "model.num_blocks_cnn=1", "model.dim_vit=64", "model.elo_dim=8",
          "model.heads=4", "model.dim_head=16", "train.max_steps=150", "train.batch_size=32", "train.checkpoint_every=10",
          "train.eval_every=50", "train.eval_positions=200", "train.log_every=10", "train.warmup_steps=5"]
-SAE = ["stage=sae", "sae.dim=256", "sae.k=8", "sae.steps=3000", "sae.batch_size=64", "sae.cache_positions=1024",
-       "sae.chunk_positions=512", "sae.eval_positions=200", "sae.checkpoint_every=50", "sae.calibrate_every=250",
+SAE = ["stage=sae", "sae.dim=256", "sae.k=8", "sae.steps=400", "sae.batch_size=64", "sae.cache_positions=1024",
+       "sae.chunk_positions=512", "sae.eval_positions=200", "sae.checkpoint_every=50", "sae.calibrate_every=100",
        "sae.calibration_positions=300", "sae.calibration_min_positives=5"]
 
 
-def _start(args, parent: Path) -> subprocess.Popen:
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    return subprocess.Popen([sys.executable, "-m", "maia_adapt.run", *args, "logger=none",
-                             f"hydra.run.dir={parent}/${{run_stamp:%H-%M-%S-%f}}"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _env(fault: str | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != faults.ENV}
+    # one thread: the result is the same, and on a 2-core machine shared with a CPU-heavy process
+    # two OpenMP threads spin-wait for each other (150 tiny steps took over 15 minutes that way)
+    return {**env, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **({faults.ENV: fault} if fault else {})}
 
 
-def _finish(proc: subprocess.Popen) -> dict:
-    out, err = proc.communicate(timeout=900)
-    assert proc.returncode == 0, err[-3000:]
-    return json.loads(out[out.index("{"):])
+def _run(args, parent: Path, fault: str | None = None) -> subprocess.CompletedProcess:
+    """The app with `args` in a new run directory under `parent`; with `fault`, killed there."""
+    env = _env(fault)
+    p = subprocess.run([sys.executable, "-m", "maia_adapt.run", *args, "logger=none",
+                        f"hydra.run.dir={parent}/${{run_stamp:%H-%M-%S-%f}}"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if fault:
+        assert p.returncode == -signal.SIGKILL, f"{fault} was not reached (exit {p.returncode}): {p.stderr[-2000:]}"
+    else:
+        assert p.returncode == 0, p.stderr[-3000:]
+    return p
 
 
-def _latest_step(parent: Path) -> int:
-    steps = [int(p.name[5:]) for p in parent.glob("*/checkpoints/step_*") if (p / "state.json").is_file()]
-    return max(steps, default=0)
+def _summary(p: subprocess.CompletedProcess) -> dict:
+    return json.loads(p.stdout[p.stdout.index("{"):])
 
 
-def _killed_and_rerun(args, parent: Path, total: int, kills: int, rng: random.Random) -> tuple[dict, list[int]]:
-    """Run `args`, SIGKILL it `kills` times at random points (after a random checkpointed step, plus a
-    random fraction of a second, so kills also land inside checkpoint writes), rerun it each time with
-    the same command, and let the last run finish. Returns its summary and the steps of the kills."""
-    killed_at = []
-    for _ in range(kills):
-        proc = _start(args, parent)
-        target = rng.randrange(min(_latest_step(parent), total // 2), total * 3 // 4)
-        deadline = time.time() + 600
-        while _latest_step(parent) <= target and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0, 0.05))
-        assert proc.poll() is None, "the run finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        killed_at.append(_latest_step(parent))
-    return _finish(_start(args, parent)), killed_at
+def _resumed_from(p: subprocess.CompletedProcess) -> int | None:
+    line = next((l for l in p.stdout.splitlines() if l.startswith("resuming from ")), None)
+    return int(line.rsplit("step_", 1)[1]) if line else None
 
 
-def test_train_killed_at_random_points_resumes_to_the_same_model(tmp_path):
-    straight = _finish(_start(TRAIN, tmp_path / "a"))
-    summary, killed_at = _killed_and_rerun(TRAIN, tmp_path / "b", 150, kills=3, rng=random.Random(1))
-    print("train killed after checkpointed steps", killed_at)
-    assert summary["resumed_from"] and all(0 < s < 150 for s in killed_at[1:])
+def _steps(parent: Path) -> list[int]:
+    """The valid (sealed) checkpoints of all runs under parent."""
+    return sorted(int(p.name[5:]) for p in parent.glob("*/checkpoints/step_*") if (p / "state.json").is_file())
+
+
+def _killed_then_finished(args, parent: Path, kills: list[tuple[str, int, int]], check=None) -> dict:
+    """Kill a run at each (point, step, expect) in turn, each time started again with the same
+    command: the newest whole checkpoint is then `expect`, and the next run continues from it
+    (`check(point, step)` may look at the folders after a kill). Returns the last run's summary."""
+    resumed = None
+    for point, step, expect in kills:
+        p = _run(args, parent, f"{point}:{step}")
+        assert _resumed_from(p) == resumed
+        assert max(_steps(parent)) == expect, (point, step, _steps(parent))
+        if check:
+            check(point, step)
+        resumed = expect
+    last = _run(args, parent)
+    assert _resumed_from(last) == resumed
+    return _summary(last)
+
+
+def test_a_fault_point_kills_at_its_step_only_and_a_bad_one_is_a_clear_error(monkeypatch):
+    code = ("from maia_adapt.faults import reach\n"
+            "reach('checkpointed', 1); reach('calibrated', 2); print('past', flush=True)\n"
+            "reach('checkpointed', 2); print('not killed')")
+    env = {**os.environ, faults.ENV: "checkpointed:2"}
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGKILL and p.stdout == "past\n"
+    # a typo in the point's name must not silently never fire (a test would then check nothing)
+    monkeypatch.setenv(faults.ENV, "checkpoint_sealde:20")
+    with pytest.raises(ConfigError, match="checkpoint_sealde:20.*checkpoint_sealed"):
+        faults.reach("checkpointed", 20)
+
+
+def test_train_killed_at_each_point_of_a_checkpoint_write_resumes_to_the_same_model(tmp_path):
+    straight = _summary(_run(TRAIN, tmp_path / "a"))
+    kills = [
+        ("checkpoint_unsealed", 40, 30),  # files written, no state.json: step 40 is not taken
+        ("checkpoint_sealed", 70, 60),    # sealed under its temporary name, not renamed
+        ("checkpoint_renamed", 100, 100),  # step_100 in place, the older ones not yet removed
+        ("checkpointed", 130, 130),
+    ]
+    summary = _killed_then_finished(TRAIN, tmp_path / "b", kills)
+    # the half-written folders of the killed runs are left behind and were never loaded
+    assert list((tmp_path / "b").glob("*/checkpoints/.tmp_step_0000040_*"))
+    assert list((tmp_path / "b").glob("*/checkpoints/.tmp_step_0000070_*/state.json"))
+    assert summary["resumed_from"].endswith("step_0000130")
     a = load_model(straight["model"]).state_dict()
     b = load_model(summary["model"]).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -79,18 +119,33 @@ def test_train_killed_at_random_points_resumes_to_the_same_model(tmp_path):
     assert summary["test_value_mse"] == straight["test_value_mse"]
 
 
-def test_sae_killed_at_random_points_resumes_to_the_same_dictionary(tmp_path):
-    straight = _finish(_start(SAE, tmp_path / "a"))
-    summary, killed_at = _killed_and_rerun(SAE, tmp_path / "b", 3000, kills=2, rng=random.Random(2))
-    print("sae killed after checkpointed steps", killed_at)
-    assert killed_at[-1] > 0
+def test_sae_killed_at_each_point_of_calibration_and_checkpoint_resumes_to_the_same_dictionary(tmp_path):
+    straight = _summary(_run(SAE, tmp_path / "a"))
+    parent = tmp_path / "b"
+    kills = [
+        ("calibrated", 100, 50),           # the first calibration's scores computed, best/ not yet written
+        ("best_written", 100, 50),         # best/ holds step 100, its checkpoint does not exist yet
+        ("checkpoint_unsealed", 200, 150),  # a calibration step too
+        ("checkpoint_sealed", 250, 200),
+        ("checkpoint_renamed", 300, 300),
+    ]
+
+    def best_ahead_of_the_checkpoint(point, step):
+        if point == "best_written":
+            # the window is real: this step's weights are in best/ while the newest checkpoint is older
+            best = max(parent.glob("*/best/*.safetensors"), key=lambda f: f.stat().st_mtime)
+            assert load_safetensors(best)[1]["step"] == str(step)
+
+    summary = _killed_then_finished(SAE, parent, kills, best_ahead_of_the_checkpoint)
     a = load_file(str(next((tmp_path / "a").glob("*/saes/*/sae.safetensors"))))
-    finished = [d for d in (tmp_path / "b").iterdir() if (d / "DONE").exists()]
+    finished = [d for d in parent.iterdir() if (d / "DONE").exists()]
     assert len(finished) == 1
     b = load_file(str(next(finished[0].glob("saes/*/sae.safetensors"))))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    # the calibration's best step survives the kills as well
+    # the calibration's best step and score survive the kills as well; the best is the step whose
+    # best/ write a killed run made ahead of its checkpoint
     assert summary == straight
+    assert summary["blocks.1.hook_resid_post:calibration_step"] == 100
 
 
 def test_half_written_checkpoints_are_never_taken_as_valid(tmp_path):
@@ -139,12 +194,12 @@ def test_truncated_model_file_is_a_clear_error(tmp_path):
 
 def test_a_reused_run_directory_of_other_settings_starts_fresh(tmp_path):
     fixed = [f"hydra.run.dir={tmp_path}/fixed", "logger=none"]
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    env = _env()
 
     def run(*extra):
         p = subprocess.run([sys.executable, "-m", "maia_adapt.run", *TRAIN[:7], "train.eval_positions=50",
                             "train.checkpoint_every=5", *extra, *fixed], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=300)
+                           text=True, timeout=900)
         assert p.returncode == 0, p.stderr[-2000:]
         return json.loads(p.stdout[p.stdout.index("{"):])
 

@@ -10,6 +10,8 @@ import hashlib
 import json
 import multiprocessing as mp
 import sys
+import os
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -259,13 +261,42 @@ def build_store(
 
 
 def data_fingerprint(data_cfg) -> str:
-    """Identity of a store: input files (path, size, mtime) plus every filter and split setting."""
+    """Identity of a store: input files (path, size, mtime, ctime) plus every filter and split setting.
+
+    The change time is there because tools that replace a file often keep its size and set its
+    modification time back (cp -p, rsync -t, tar, a repaired copy of a damaged download); no tool can
+    set the change time, so a replaced file never reuses the store of the old one. A metadata-only
+    change (chmod) costs a rebuild, never a wrong store."""
     filt = GameFilter.from_any(data_cfg)
-    files = [(str(Path(p).resolve()), Path(p).stat().st_size, int(Path(p).stat().st_mtime)) if Path(p).is_file() else str(p)
-             for p in data_cfg.pgn]
+
+    def identity(p: Path):
+        st = p.stat()
+        return str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+    files = [identity(Path(p)) if Path(p).is_file() else str(p) for p in data_cfg.pgn]
     key = {"files": files, "filter": filt.__dict__, "val": data_cfg.val_fraction, "test": data_cfg.test_fraction,
            "seed": data_cfg.split_seed, "v": STORE_VERSION}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _publish(tmp: Path, out: Path, fp: str) -> PositionStore:
+    """Move a store built under a temporary name into place. A store that exists is never rewritten
+    in place: processes started together (a parallel sweep, two test sessions on a fresh clone) each
+    build their own copy and the first one published wins, and a process still reading an older store
+    at `out` keeps its (memory-mapped) files."""
+    try:
+        os.rename(tmp, out)  # refused when out exists and is not empty
+        return PositionStore(out)
+    except OSError:
+        pass
+    if (out / "manifest.json").is_file() and PositionStore(out).manifest.get("fingerprint") == fp:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return PositionStore(out)
+    old = out.with_name(f".{out.name}.old{os.getpid()}")  # an unfinished folder or a store of other inputs
+    os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return PositionStore(out)
 
 
 def open_or_build_store(data_cfg, cache_dir) -> PositionStore:
@@ -277,11 +308,18 @@ def open_or_build_store(data_cfg, cache_dir) -> PositionStore:
     store = PositionStore(out) if (out / "manifest.json").is_file() else None
     built = store is None or store.manifest.get("fingerprint") != fp
     if built:
-        store = build_store(
-            list(data_cfg.pgn), out, GameFilter.from_any(data_cfg), workers=data_cfg.workers,
-            shard_size=data_cfg.shard_size, val_fraction=data_cfg.val_fraction, test_fraction=data_cfg.test_fraction,
-            split_seed=data_cfg.split_seed, fingerprint=fp,
-        )
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            build_store(
+                list(data_cfg.pgn), tmp, GameFilter.from_any(data_cfg), workers=data_cfg.workers,
+                shard_size=data_cfg.shard_size, val_fraction=data_cfg.val_fraction, test_fraction=data_cfg.test_fraction,
+                split_seed=data_cfg.split_seed, fingerprint=fp,
+            )
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        store = _publish(tmp, out, fp)
     s = store.manifest["summary"]
     if built:
         print(f"position store {out}: {s['games_kept']:,} games, {s['positions']:,} positions; skipped {s['skipped']}"

@@ -23,6 +23,7 @@ from torch import nn
 
 from .. import distributed
 from ..checkpointing import latest_step_dir, load_optimizer, optimizer_tensors, read_state, write_step_dir
+from ..faults import reach
 from ..io import load_safetensors, save_safetensors, to_json
 from .sae import SparseAutoencoder
 
@@ -323,12 +324,15 @@ def train_dictionaries(
             bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in list(metrics.items())[:3]})
         if best and (trainer.step % calibrate_every == 0 or trainer.step == trainer.steps):
             scores = calibrate()
+            reach("calibrated", trainer.step)
             best.offer(scores)
+            reach("best_written", trainer.step)
             if tracker:
                 tracker.log({f"calibration/{k}": v for k, v in scores.items()}, step=trainer.step)
         # the best weights are written before the step checkpoint, so a resumed run never lacks them
         if main and (trainer.step % checkpoint_every == 0 or trainer.step == trainer.steps):
             trainer.save(ckpt_dir)
+            reach("checkpointed", trainer.step)
     bar.close()
     distributed.barrier()
     return metrics

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from .. import distributed
 from ..checkpointing import load_optimizer, optimizer_tensors, read_state, write_step_dir
 from ..encoding import NUM_BUCKETS
+from ..faults import reach
 from ..errors import MaiaAdaptError
 from .maia2 import Maia2
 
@@ -286,6 +287,7 @@ def train_model(
             train_mode(model, freeze_bn)
         if main and (done % cfg.checkpoint_every == 0 or done == cfg.max_steps):
             save_training_checkpoint(ckpt_dir, done, model, opt, {"val_accuracy": last_eval.get("accuracy")})
+            reach("checkpointed", done)
     bar.close()
     distributed.barrier()
     return last_eval
