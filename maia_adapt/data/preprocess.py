@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
-import sys
 import os
 import shutil
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
