@@ -16,6 +16,7 @@ import torch
 
 from .errors import CheckpointError
 from .faults import reach
+from .io import to_json
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "") -> tuple[dict, dict]:
@@ -53,7 +54,7 @@ def write_step_dir(ckpt_dir, step: int, write: Callable[[Path], None], state: di
         tmp.mkdir()
         write(tmp)
         reach("checkpoint_unsealed", step)
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state}))
+        (tmp / "state.json").write_text(to_json({"step": step, **state}))
         for p in tmp.rglob("*"):
             if p.is_file():
                 with open(p, "rb") as fh:
