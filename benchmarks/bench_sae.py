@@ -122,7 +122,7 @@ def main():
     ap.add_argument("--modes", nargs="+", default=None, choices=["eager", "compile"])
     ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
     ap.add_argument("--kernels", nargs="+", default=["auto"], choices=["auto", "sparse", "dense"],
-                    help="TopK-family kernels measured eager, a row each; compiled: the first one")
+                    help="TopK-family kernels: the first in every mode, the others eager, last")
     ap.add_argument("--out", type=Path, help="append the table to this file, a row as soon as it is measured")
     ap.add_argument("--budget-s", type=float, default=0, help="skip the settings left once this many seconds have passed")
     ap.add_argument("--check", action="store_true", help="first compare the sparse and dense TopK kernels here")
@@ -153,10 +153,12 @@ def main():
             check = f"sparse vs dense kernel check failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
         lines[1:1] = ["", check]
     emit(lines)
-    # eager settings first, the larger batch first in compiled ones: under a time budget the cheap and
-    # the headline numbers come first
-    settings = [(m, b, arch, kern) for m in modes for b in (a.batch if m == "eager" else sorted(a.batch, reverse=True))
-                for arch in a.archs for kern in (["-"] if arch not in TOPK_FAMILY else a.kernels if m == "eager" else a.kernels[:1])]
+    # under a time budget the cheap and the headline numbers come first: eager, then compiled (larger
+    # batch first), then the other TopK kernels (eager)
+    settings = [(m, b, arch, "-" if arch not in TOPK_FAMILY else a.kernels[0]) for m in modes
+                for b in (a.batch if m == "eager" else sorted(a.batch, reverse=True)) for arch in a.archs]
+    settings += [("eager", b, arch, kern) for kern in a.kernels[1:] for b in a.batch for arch in a.archs
+                 if arch in TOPK_FAMILY]
     for mode, b, arch, kern in settings:
         kernel = "auto" if kern == "-" else kern
         if kern == "auto":
