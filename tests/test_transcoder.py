@@ -47,7 +47,9 @@ def _train(x, y, steps=300, **kw):
 def test_transcoder_learns_the_ffn_and_beats_zero_ablation(data, skip):
     model, store, x, y = data
     t, hist = _train(x, y, skip=skip)
-    assert hist[-1]["t/fvu"] < 0.6 * hist[5]["t/fvu"] and 20 < hist[-1]["t/l0"] <= 32  # ReLU before TopK
+    # ReLU on the top-k: at most k=32 latents fire, fewer where pre-activations are negative (13-17 on
+    # the shipped model's FFN), and the code has not collapsed to a handful of latents
+    assert hist[-1]["t/fvu"] < 0.6 * hist[5]["t/fvu"] and 8 < hist[-1]["t/l0"] <= 32
     idx = store.split_indices("test")[:300]
     spliced = _splice_metrics(model, store, idx, t, 1)
     zero = spliced_metrics(model, store, idx, OUT, {"zero": ablate_fn(None)})
