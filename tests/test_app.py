@@ -84,7 +84,7 @@ def test_experiment_preset_composes():
     assert r.returncode == 0, r.stderr[-2000:]
     text = r.stdout
     assert "experiment: train_small" in text and "name: maia2_small" in text and "name: lichess" in text
-    assert "lichess_rated_rapid_58k.pgn.zst" in text and "max_steps: 3000" in text
+    assert "lichess_rated_rapid_58k.pgn.zst" in text and "max_steps: 5800" in text
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "maia_adapt" / "conf" / "experiment").glob("*.yaml") if p.stem != "none"))
