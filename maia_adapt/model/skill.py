@@ -265,6 +265,12 @@ class Maia1Family:
         return logits, cache
 
 
+def as_skill_model(model) -> SkillModel:
+    """`model` itself if it is a SkillModel, else a bare `Maia2` wrapped as one (callers that hold a
+    Maia2 from `load_model`, e.g. finetuning, keep passing it)."""
+    return model if isinstance(model, (Maia2Skill, Maia1Family)) else Maia2Skill(model)
+
+
 def load_skill_model(model_cfg, history: Optional[bool] = None, device="cpu") -> SkillModel:
     """The SkillModel of a `model` config: `maia1` (the family, or `model.rating`'s network) or a Maia-2
     checkpoint (`model.checkpoint`). `history` overrides `model.history` (Maia-1 only)."""

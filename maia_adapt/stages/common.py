@@ -6,10 +6,26 @@ from ..model import load_model
 
 
 def frozen_model(cfg, stage: str):
-    """The model of model.checkpoint, in eval mode with gradients off (analysis stages read it only)."""
+    """The Maia-2 of model.checkpoint, in eval mode with gradients off (analysis stages read it only).
+
+    A stage that has not been generalised to the SkillModel interface reaches here; `model=maia1`
+    gets one clear line instead of a failed checkpoint load."""
+    if str(cfg.model.name) == "maia1":
+        raise ConfigError(f"stage={stage} takes Maia-2 models only (model=maia1 is not supported by this stage; "
+                          "see the README's 'Which stages take Maia-1' table)")
     if not cfg.model.checkpoint:
         raise ConfigError(f"stage={stage} needs a trained model: set model.checkpoint (a .pt/.safetensors file or run directory)")
     model = load_model(cfg.model.checkpoint).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def skill_model(cfg, stage: str, device="cpu"):
+    """The frozen SkillModel of `cfg.model`: a Maia-2 checkpoint or the Maia-1 family (model=maia1)."""
+    from ..model.skill import load_skill_model
+
+    if str(cfg.model.name) != "maia1" and not cfg.model.checkpoint:
+        raise ConfigError(f"stage={stage} needs a trained model: set model.checkpoint (a .pt/.safetensors file or run "
+                          "directory), or model=maia1 for the Maia-1 family")
+    return load_skill_model(cfg.model, device=device)
