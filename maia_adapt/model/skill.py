@@ -70,6 +70,13 @@ class SkillModel(Protocol):
     def run_with_cache(self, inputs: dict, elo_self, elo_oppo, names=None) -> tuple[torch.Tensor, dict]:
         """(policy logits, {hook name: activation [B, ...]})."""
 
+    def check_hook_name(self, name: str) -> str:
+        """`name` if it is a hook site, else a MaiaAdaptError listing the sites."""
+
+    def site_tokens(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """A site's activation as [B, tokens, ...features] (or [B, F] for a site with no tokens):
+        Maia-2's 8 tokens as they come; a Maia-1 conv map [B, C, 8, 8] as 64 square tokens [B, 64, C]."""
+
     def to(self, device) -> "SkillModel":
         ...
 
@@ -122,6 +129,12 @@ class Maia2Skill:
 
     def hooks(self, fwd_hooks):
         return self.model.hooks(fwd_hooks)
+
+    def check_hook_name(self, name: str) -> str:
+        return self.model.check_hook_name(name)
+
+    def site_tokens(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return x
 
     def run_with_cache(self, inputs, elo_self, elo_oppo, names=None):
         boards = inputs["boards"].to(self.device)
@@ -239,6 +252,14 @@ class Maia1Family:
             for net in self.nets.values():
                 stack.enter_context(net.hooks(fwd_hooks))
             yield self
+
+    def check_hook_name(self, name: str) -> str:
+        return next(iter(self.nets.values())).check_hook_name(name)
+
+    def site_tokens(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        # a conv map's tokens are its 64 squares (side-to-move frame), each a C-channel vector, so
+        # mean pooling is the mean over squares and token_pooling=none makes each square a sample
+        return x.flatten(2).transpose(1, 2) if x.dim() == 4 else x
 
     def run_with_cache(self, inputs, elo_self, elo_oppo=None, names=None):
         from ..encoding.lc0 import lc0_policy_to_maia2

@@ -29,3 +29,11 @@ def skill_model(cfg, stage: str, device="cpu"):
         raise ConfigError(f"stage={stage} needs a trained model: set model.checkpoint (a .pt/.safetensors file or run "
                           "directory), or model=maia1 for the Maia-1 family")
     return load_skill_model(cfg.model, device=device)
+
+
+def bucket_label(model, bucket: int) -> str:
+    """A table's name for Elo bucket `bucket`: its range, plus the network it means for Maia-1."""
+    from ..encoding import BUCKET_NAMES
+
+    own = model.label(bucket)
+    return BUCKET_NAMES[bucket] if own == BUCKET_NAMES[bucket] else f"{BUCKET_NAMES[bucket]} ({own})"

@@ -24,7 +24,7 @@ from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..reporting.plots import bar_by_bucket, transition_histogram
 from ..tracking import Tracker
 from ..transitional import NEVER, EngineOracle, build_transitional, find_engine, flat_rows, load_seed_positions
-from .common import skill_model
+from .common import bucket_label, skill_model
 
 
 def _position_set(cfg, run_dir: Path):
@@ -108,8 +108,7 @@ def run(cfg, run_dir: Path) -> dict:
              f"(bucket-0 move loses >= {tc.blunder_cp} cp).", "", "![transition points](transition_points.png)", "",
              "![accuracy](accuracy_by_bucket.png)", "", "| Elo bucket | correct | transition points here |", "|---|---|---|"]
     for k in range(NUM_BUCKETS):
-        label = BUCKET_NAMES[k] if model.label(k) == BUCKET_NAMES[k] else f"{BUCKET_NAMES[k]} ({model.label(k)})"
-        lines.append(f"| {label} | {acc[k]:.3f} | {int((tps == k).sum())} |")
+        lines.append(f"| {bucket_label(model, k)} | {acc[k]:.3f} | {int((tps == k).sum())} |")
     atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
     atomic_write_json(run_dir / "results.json", summary)
     return summary
