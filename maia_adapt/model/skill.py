@@ -70,6 +70,9 @@ class SkillModel(Protocol):
     def run_with_cache(self, inputs: dict, elo_self, elo_oppo, names=None) -> tuple[torch.Tensor, dict]:
         """(policy logits, {hook name: activation [B, ...]})."""
 
+    def policy_value_with_cache(self, inputs: dict, elo_self, elo_oppo, names) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(policy logits, value [B], {hook name: activation}) from one forward pass (activation caches)."""
+
     def check_hook_name(self, name: str) -> str:
         """`name` if it is a hook site, else a MaiaAdaptError listing the sites."""
 
@@ -129,6 +132,13 @@ class Maia2Skill:
 
     def hooks(self, fwd_hooks):
         return self.model.hooks(fwd_hooks)
+
+    def policy_value_with_cache(self, inputs, elo_self, elo_oppo, names):
+        boards = inputs["boards"].to(self.device)
+        n = boards.size(0)
+        (logits, _, value), cache = self.model.run_with_cache(boards, _rows(elo_self, n, self.device),
+                                                              _rows(elo_oppo, n, self.device), names)
+        return logits, value, cache
 
     def check_hook_name(self, name: str) -> str:
         return self.model.check_hook_name(name)
@@ -252,6 +262,12 @@ class Maia1Family:
             for net in self.nets.values():
                 stack.enter_context(net.hooks(fwd_hooks))
             yield self
+
+    def policy_value_with_cache(self, inputs, elo_self, elo_oppo, names):
+        names = list(names)
+        logits, cache = self.run_with_cache(inputs, elo_self, elo_oppo, list(dict.fromkeys([*names, "hook_wdl"])))
+        p = (cache["hook_wdl"] if "hook_wdl" in names else cache.pop("hook_wdl")).float().softmax(-1)
+        return logits, p[:, 0] - p[:, 2], cache  # lc0's Q, as `value`
 
     def check_hook_name(self, name: str) -> str:
         return next(iter(self.nets.values())).check_hook_name(name)
