@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..data.preprocess import open_or_build_store
 from ..data.store import store_from_fens
-from ..encoding import BUCKET_NAMES, NUM_BUCKETS
+from ..encoding import NUM_BUCKETS
 from ..errors import ConfigError
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..reporting.plots import bar_by_bucket, transition_histogram
