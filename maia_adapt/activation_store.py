@@ -56,6 +56,9 @@ def write_activation_cache(
 ) -> Path:
     """Cache activations at `sites` (and codes of `dictionaries` {name: SAE}) for every position in
     `indices` under every Elo bucket in `elo_buckets` (a bucket 0..10, or 'data' for the players' own)."""
+    from .model.skill import as_skill_model
+
+    model = as_skill_model(model)
     out = Path(out_dir)
     dictionaries = dictionaries or {}
     for s in sites:
@@ -66,7 +69,6 @@ def write_activation_cache(
     torch_dtype = {"float16": torch.float16, "float32": torch.float32}.get(dtype)
     if torch_dtype is None:
         raise MaiaAdaptError(f"activations.dtype '{dtype}': expected float16 or float32")
-    model.eval()
     rows = [(int(i), e) for e in elo_buckets for i in indices]
     shards = [rows[s : s + shard_positions] for s in range(0, len(rows), shard_positions)]
     manifest = {"sites": sites, "dictionaries": {n: {"site": d.cfg.site, "dim": d.cfg.dim} for n, d in dictionaries.items()},
@@ -86,18 +88,18 @@ def write_activation_cache(
             part = shard[s : s + batch_size]
             idx = np.array([p for p, _ in part])
             order = np.argsort(idx, kind="stable")  # the store reads sorted indices fastest
-            batch = store.batch(idx[order])
+            batch = model.inputs(store, idx[order])
             inv = torch.from_numpy(np.argsort(order))
             b = {k: v[inv] for k, v in batch.items()}
             es = torch.tensor([b["elo_self"][j] if e == "data" else int(e) for j, (_, e) in enumerate(part)])
             eo = torch.tensor([b["elo_oppo"][j] if e == "data" else int(e) for j, (_, e) in enumerate(part)])
-            (logits, _, value), cache = model.run_with_cache(b["boards"], es, eo, names=sites)
-            probs = masked_probs(logits, b["legal"])
+            logits, value, cache = model.policy_value_with_cache(b, es, eo, sites)
+            probs = masked_probs(logits.cpu(), b["legal"])
             top_p, top_m = probs.max(-1)
-            add = {"pred.move": top_m.to(torch.int32), "pred.prob": top_p, "pred.value": value.float(),
+            add = {"pred.move": top_m.to(torch.int32), "pred.prob": top_p, "pred.value": value.float().cpu(),
                    "elo_self": es.to(torch.int8), "elo_oppo": eo.to(torch.int8), "index": torch.from_numpy(idx)}
             for site in sites:
-                a = pool(cache[site], token_pooling).float()
+                a = pool(model.site_tokens(site, cache[site]), token_pooling).float()
                 # per-token activations stay [rows, tokens, features]; a dictionary's code for a
                 # position is then its largest over the tokens (as stage=threats scores it)
                 add[site] = (a.view(len(part), -1, a.shape[-1]) if token_pooling == "none" else a).to(torch_dtype)

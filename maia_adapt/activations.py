@@ -1,8 +1,11 @@
-"""Streams of Maia-2 activations at named hook sites, for dictionaries, probes and caches.
+"""Streams of activations at named hook sites of a SkillModel (Maia-2 or the Maia-1 family), for
+dictionaries, probes and caches.
 
-A site's activation is reshaped to [batch, tokens, features] (attention heads are concatenated, 16 x
-64 -> 1024, as in the study) and then pooled: `mean` over the 8 tokens gives one vector per position
-(the study's choice), `none` makes every token a sample.
+A site's activation is reshaped to [batch, tokens, features] (`SkillModel.site_tokens`: Maia-2's 8
+tokens with attention heads concatenated, 16 x 64 -> 1024, as in the study; a Maia-1 conv map
+[B, C, 8, 8] as 64 square tokens of C channels) and then pooled: `mean` over the tokens gives one
+vector per position (the study's choice; for Maia-1 the mean over squares, C = 64 features),
+`none` makes every token a sample.
 """
 from __future__ import annotations
 
@@ -74,18 +77,20 @@ def _numbered_batches(model, store, indices, sites, batch_size=256, elo="data", 
                       device="cpu", shard: bool = False) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
     """(batch number, {site: [n, features]}); with shard, only this rank's batches of a DDP run.
     Random Elo draws depend on (seed, batch number) alone, so sharding does not change them."""
+    from .model.skill import as_skill_model
+
+    model = as_skill_model(model)
     for s in sites:
         model.check_hook_name(s)
-    model.eval()
     rank, world = (distributed.rank(), distributed.world_size()) if shard else (0, 1)
     with torch.no_grad():
         for j, start in enumerate(range(0, len(indices), batch_size)):
             if j % world != rank:
                 continue
-            batch = store.batch(np.asarray(indices[start : start + batch_size]))
+            batch = model.inputs(store, np.asarray(indices[start : start + batch_size]))
             es, eo = elo_buckets_for(batch, elo, np.random.default_rng([seed, j]))
-            _, cache = model.run_with_cache(batch["boards"].to(device), es.to(device), eo.to(device), names=sites)
-            yield j, {s: pool(cache[s], token_pooling).float().cpu() for s in sites}
+            _, cache = model.run_with_cache(batch, es.to(device), eo.to(device), names=sites)
+            yield j, {s: pool(model.site_tokens(s, cache[s]), token_pooling).float().cpu() for s in sites}
 
 
 def activation_batches(

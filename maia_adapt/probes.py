@@ -1,4 +1,5 @@
-"""Linear concept probes on Maia-2 activations, per Elo bucket, and the logit lens.
+"""Linear concept probes on a SkillModel's activations (Maia-2 or Maia-1), per Elo bucket, and the
+logit lens (Maia-2 only).
 
 A probe is one independent logistic regression per concept, fitted on standardised activations so
 that a single L2 strength means the same thing at every site. Its `direction` is mapped back to the
@@ -159,11 +160,14 @@ def probes_per_bucket(model, store, train_idx, test_idx, site: str, labels_train
     permutation, keeping co-occurrence between concepts): its test AUC shows what the probe can
     reach from the activations' capacity alone, and should be about 0.5.
     """
+    from .model.skill import as_skill_model
+
+    model = as_skill_model(model)
     buckets = [int(b) for b in buckets]
     if len(labels_train) != len(train_idx) or len(labels_test) != len(test_idx):
         raise MaiaAdaptError(f"labels ({len(labels_train)}, {len(labels_test)}) do not match the indices "
                              f"({len(train_idx)}, {len(test_idx)})")
-    device = next(model.parameters()).device
+    device = model.device
     perm = torch.from_numpy(np.random.default_rng(seed).permutation(len(train_idx)))
     rows = {k: [] for k in ("auc", "accuracy", "control_auc")}
     probes = {}

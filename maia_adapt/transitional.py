@@ -41,24 +41,30 @@ def transition_points(correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def predictions_by_bucket(model, store, indices, oppo_bucket: int | None = None, batch_size: int = 512, hooks_for=None):
     """Top-1 legal move (UCI, real colours) and its probability at every Elo bucket: ([N][11], [N, 11]).
 
+    `model` is a SkillModel (or a bare Maia2). Buckets that behave identically (`conditions()`: the
+    Maia-1 family maps buckets 0,1 to maia-1100 and 9,10 to maia-1900) are computed once and copied.
+    The inputs are the model's own (`model.inputs`): for Maia-1 that replays each position's game
+    history where the store has it; a FEN-only store (the seed set) has none, so Maia-1 sees lc0's
+    bare-FEN input (the position repeated in every history slot).
     hooks_for(batch indices) gives the hooks to run each batch under (an intervention), or None."""
-    model.eval()
+    from .model.skill import as_skill_model
+
+    model = as_skill_model(model)
     moves: list[list[str]] = []
     probs = np.zeros((len(indices), NUM_BUCKETS), dtype=np.float32)
     for s in range(0, len(indices), batch_size):
         idx = np.asarray(indices[s : s + batch_size])
-        b = store.batch(idx)
+        b = model.inputs(store, idx)
         n = len(idx)
         top = np.zeros((n, NUM_BUCKETS), dtype=np.int64)
         hooks = hooks_for(idx) if hooks_for is not None else []
-        for k in range(NUM_BUCKETS):
-            es = torch.full((n,), k, dtype=torch.long)
-            eo = es if oppo_bucket is None else torch.full((n,), int(oppo_bucket), dtype=torch.long)
+        for k, same in model.conditions():
+            eo = k if oppo_bucket is None else int(oppo_bucket)
             with model.hooks(hooks):
-                logits, _, _ = model(b["boards"], es, eo)
-            p = masked_probs(logits, b["legal"])
+                logits = model.policy_logits(b, k, eo)
+            p = masked_probs(logits.cpu(), b["legal"])
             pk, mk = p.max(-1)
-            top[:, k], probs[s : s + n, k] = mk.numpy(), pk.numpy()
+            top[:, same], probs[s : s + n, same] = mk.numpy()[:, None], pk.numpy()[:, None]
         turns = [f.split()[1] == "w" for f in store.fens(idx)]
         moves += [[decode_move(int(m), w) for m in row] for row, w in zip(top, turns)]
     return moves, probs

@@ -73,3 +73,28 @@ def test_cache_rejects_dictionary_of_another_site(setup):
         write_activation_cache(d / "c3", model, store, np.arange(10), ["blocks.0.hook_mlp_out"], ["data"], {"x": sae})
     with pytest.raises(MaiaAdaptError, match="not an activation cache"):
         ActivationCache(d)
+
+
+def test_maia1_cache_equals_each_bands_network(setup, shared_models):
+    from maia_adapt.model.maia1 import load_maia1
+    from maia_adapt.model.skill import Maia1Family, lc0_store_planes
+
+    store, _, _, d = setup
+    nets = {r: load_maia1(shared_models / "maia1" / f"maia-{r}.pb.gz") for r in (1100, 1900)}
+    fam = Maia1Family(nets)
+    fam.rating_for_bucket = lambda b: 1100 if b <= 5 else 1900  # two loaded networks stand for all buckets
+    idx = np.random.default_rng(1).choice(len(store), 120, replace=False)
+    site = "blocks.5.hook_resid_post"
+    cache = ActivationCache(write_activation_cache(d / "m1", fam, store, idx, [site], [1, 9], batch_size=50))
+    acts, moves, value = cache.column(site).float(), cache.column("pred.move"), cache.column("pred.value")
+    planes = lc0_store_planes(store, idx)  # with each position's game history
+    for half, rating in ((slice(0, 120), 1100), (slice(120, 240), 1900)):
+        (pol, wdl), ref = nets[rating].run_with_cache(planes, names=[site])
+        # a conv map [B, 64, 8, 8] is cached as its mean over the 64 squares
+        torch.testing.assert_close(acts[half], ref[site].mean(dim=(2, 3)), atol=2e-2, rtol=2e-3)
+        p = wdl.float().softmax(-1)
+        torch.testing.assert_close(value[half], p[:, 0] - p[:, 2], atol=1e-4, rtol=1e-4)
+    assert (moves[:120] != moves[120:]).any()  # maia-1100 and maia-1900 disagree somewhere
+    legal = store.batch(np.sort(idx))["legal"]
+    row_of = {int(i): r for r, i in enumerate(np.sort(idx))}
+    assert all(legal[row_of[int(i)], int(m)] for i, m in zip(cache.column("index")[:120], moves[:120]))

@@ -212,3 +212,48 @@ def test_stage_probe_end_to_end(shared_data, tmp_path):
     probe = load_probe(run / "probes" / "blocks_1_hook_resid_post" / "bucket_10.safetensors")
     assert probe.weight.shape[1] == len(res["concepts"])
     assert (run / "probe_auc_blocks_1_hook_resid_post.png").is_file() and (run / "logit_lens.png").is_file()
+
+
+def test_maia1_conv_site_pools_to_one_vector_per_position(shared_models, tmp_path):
+    import chess
+
+    from maia_adapt.activations import collect_activations
+    from maia_adapt.data.store import store_from_fens
+    from maia_adapt.model.maia1 import load_maia1
+    from maia_adapt.model.skill import Maia1Family
+
+    fam = Maia1Family({1500: load_maia1(shared_models / "maia1" / "maia-1500.pb.gz")}, rating=1500)
+    fens = [chess.STARTING_FEN, "rnbqkbnr/pppp1ppp/8/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R b KQkq - 1 2"]
+    store = store_from_fens(fens, tmp_path / "s", 5, 5)
+    site = "blocks.5.hook_resid_post"
+    mean = collect_activations(fam, store, np.arange(2), [site], elo=5)[site]
+    per_square = collect_activations(fam, store, np.arange(2), [site], elo=5, token_pooling="none")[site]
+    _, cache = fam.run_with_cache(fam.inputs(store, np.arange(2)), 5, names=[site])
+    assert mean.shape == (2, 64) and per_square.shape == (2 * 64, 64)
+    # the mean over the 64 squares of the [B, C, 8, 8] map, and each square's C channels as a token
+    assert torch.allclose(mean, cache[site].mean(dim=(2, 3)), atol=1e-5)
+    assert torch.allclose(per_square[64 + 9], cache[site][1, :, 1, 1], atol=1e-5)
+
+
+def test_stage_probe_maia1_on_real_games(shared_data, shared_models, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from maia_adapt.config import REPO_ROOT
+
+    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=probe", "model=maia1", "data=lichess",
+                        "data.max_games=120", f"data.store_dir={tmp_path}/store", "logger=none",
+                        "probe.train_positions=600", "probe.test_positions=300", "probe.buckets=[1,9]",
+                        "probe.families=[board-state]", "probe.sites=[blocks.5.hook_resid_post]",
+                        f"hydra.run.dir={tmp_path}/run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    site = res["sites"]["blocks.5.hook_resid_post"]
+    assert res["model"] == "maia1" and res["logit_lens"] is None
+    # board-state concepts are linearly readable from maia-1100 and maia-1900; shuffled labels are not
+    assert min(site["mean_auc_per_bucket"]) > 0.65 and abs(site["mean_control_auc"] - 0.5) < 0.1
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "maia-1100" in md and "maia-1900" in md and "Skipped" in md
+    assert (tmp_path / "run" / "probes" / "blocks_5_hook_resid_post" / "bucket_9.safetensors").is_file()

@@ -97,3 +97,17 @@ def test_stage_transcoder_end_to_end(shared_data, tmp_path):
         assert m["l0"] <= 16 and -1 <= m["win_correlation"] <= 1
         assert load_transcoder(tmp_path / "run" / "transcoders" / name).cfg.layer == int(name[-1])
         assert (tmp_path / "run" / f"agreement_grid_{name}.png").is_file()
+
+
+@pytest.mark.parametrize("stage,why", [("transcoder", "no transformer FFN"), ("circuits", "transcoders")])
+def test_maia1_is_refused_in_one_line(stage, why, tmp_path):
+    import subprocess
+    import sys
+
+    from maia_adapt.config import REPO_ROOT
+
+    p = subprocess.run([sys.executable, "-m", "maia_adapt.run", f"stage={stage}", "model=maia1", "logger=none",
+                        f"hydra.run.dir={tmp_path}/run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1
+    line = p.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and f"stage={stage} does not take model=maia1" in line and why in line

@@ -107,3 +107,46 @@ def test_stage_transitional_on_games_with_stockfish(shared_data, tmp_path):
     assert {r["split"] for r in rows} <= {"train", "val", "test"}
     assert all(r["cp_loss_low"] != "" for r in rows)
     assert sum(int(r["blunder"]) for r in rows) == res["blunders"]
+
+
+# ---- the Maia-1 family through the SkillModel interface ----------------------------------------------
+
+def test_maia1_predictions_are_each_bands_network(shared_models, tmp_path):
+    from maia_adapt.encoding import NUM_BUCKETS
+    from maia_adapt.model.inference import masked_probs
+    from maia_adapt.model.maia1 import load_maia1_family
+    from maia_adapt.model.skill import Maia1Family, maia1_rating_for_bucket
+
+    nets = load_maia1_family(shared_models / "maia1")
+    fam = Maia1Family(nets)
+    fens = ["r1bqkb1r/pppp1ppp/2n2n2/4p2Q/2B1P3/8/PPPP1PPP/RNB1K1NR w KQkq - 4 4",
+            "rnbqkbnr/pppp1ppp/8/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R b KQkq - 1 2"]
+    store = store_from_fens(fens, tmp_path / "s", 5, 5)
+    moves, probs = predictions_by_bucket(fam, store, np.arange(2))
+    assert len(fam.conditions()) == 9 and probs.shape == (2, NUM_BUCKETS)
+    for b in range(NUM_BUCKETS):  # each bucket's probabilities are its band's network alone
+        r = maia1_rating_for_bucket(b)
+        one = Maia1Family({r: nets[r]}, rating=r)
+        inputs = one.inputs(store, np.arange(2))
+        p = masked_probs(one.policy_logits(inputs, b), inputs["legal"])
+        assert np.allclose(probs[:, b], p.max(-1).values.numpy(), atol=1e-5)
+    for i, fen in enumerate(fens):
+        assert moves[i][0] == moves[i][1] and moves[i][9] == moves[i][10]  # one network, copied
+        assert all(chess.Move.from_uci(m) in chess.Board(fen).legal_moves for m in moves[i])
+    assert moves[0][9] == "h5f7"  # maia-1900 finds the mate
+
+
+def test_stage_transitional_maia1_on_seed_positions(shared_data, shared_models, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=transitional", "transitional.position_set=seed",
+                        "model=maia1", "logger=none", f"hydra.run.dir={tmp_path}/run"], cwd=REPO_ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    rows = list(csv.DictReader(open(tmp_path / "run" / "transitional.csv")))
+    assert res["model"] == "maia1" and len(rows) == 264
+    # buckets 0,1 are both maia-1100 and 9,10 both maia-1900: same move, so no transition point 1 or 10
+    assert all(r["pred_0"] == r["pred_1"] and r["pred_9"] == r["pred_10"] for r in rows)
+    assert {int(r["transition_point"]) for r in rows}.isdisjoint({1, 10})
+    # the nine networks, weakest to strongest, find more of the seed study's accepted moves
+    assert res["accuracy_bucket_9"] > res["accuracy_bucket_2"] + 0.1
+    assert "maia-1500" in (tmp_path / "run" / "results.md").read_text()

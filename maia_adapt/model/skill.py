@@ -70,6 +70,16 @@ class SkillModel(Protocol):
     def run_with_cache(self, inputs: dict, elo_self, elo_oppo, names=None) -> tuple[torch.Tensor, dict]:
         """(policy logits, {hook name: activation [B, ...]})."""
 
+    def policy_value_with_cache(self, inputs: dict, elo_self, elo_oppo, names) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(policy logits, value [B], {hook name: activation}) from one forward pass (activation caches)."""
+
+    def check_hook_name(self, name: str) -> str:
+        """`name` if it is a hook site, else a MaiaAdaptError listing the sites."""
+
+    def site_tokens(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """A site's activation as [B, tokens, ...features] (or [B, F] for a site with no tokens):
+        Maia-2's 8 tokens as they come; a Maia-1 conv map [B, C, 8, 8] as 64 square tokens [B, 64, C]."""
+
     def to(self, device) -> "SkillModel":
         ...
 
@@ -122,6 +132,19 @@ class Maia2Skill:
 
     def hooks(self, fwd_hooks):
         return self.model.hooks(fwd_hooks)
+
+    def policy_value_with_cache(self, inputs, elo_self, elo_oppo, names):
+        boards = inputs["boards"].to(self.device)
+        n = boards.size(0)
+        (logits, _, value), cache = self.model.run_with_cache(boards, _rows(elo_self, n, self.device),
+                                                              _rows(elo_oppo, n, self.device), names)
+        return logits, value, cache
+
+    def check_hook_name(self, name: str) -> str:
+        return self.model.check_hook_name(name)
+
+    def site_tokens(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return x
 
     def run_with_cache(self, inputs, elo_self, elo_oppo, names=None):
         boards = inputs["boards"].to(self.device)
@@ -240,6 +263,20 @@ class Maia1Family:
                 stack.enter_context(net.hooks(fwd_hooks))
             yield self
 
+    def policy_value_with_cache(self, inputs, elo_self, elo_oppo, names):
+        names = list(names)
+        logits, cache = self.run_with_cache(inputs, elo_self, elo_oppo, list(dict.fromkeys([*names, "hook_wdl"])))
+        p = (cache["hook_wdl"] if "hook_wdl" in names else cache.pop("hook_wdl")).float().softmax(-1)
+        return logits, p[:, 0] - p[:, 2], cache  # lc0's Q, as `value`
+
+    def check_hook_name(self, name: str) -> str:
+        return next(iter(self.nets.values())).check_hook_name(name)
+
+    def site_tokens(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        # a conv map's tokens are its 64 squares (side-to-move frame), each a C-channel vector, so
+        # mean pooling is the mean over squares and token_pooling=none makes each square a sample
+        return x.flatten(2).transpose(1, 2) if x.dim() == 4 else x
+
     def run_with_cache(self, inputs, elo_self, elo_oppo=None, names=None):
         from ..encoding.lc0 import lc0_policy_to_maia2
 
@@ -263,6 +300,12 @@ class Maia1Family:
                     cache[k] = v.new_empty((n, *v.shape[1:]))
                 cache[k][r] = v
         return logits, cache
+
+
+def as_skill_model(model) -> SkillModel:
+    """`model` itself if it is a SkillModel, else a bare `Maia2` wrapped as one (callers that hold a
+    Maia2 from `load_model`, e.g. finetuning, keep passing it)."""
+    return model if isinstance(model, (Maia2Skill, Maia1Family)) else Maia2Skill(model)
 
 
 def load_skill_model(model_cfg, history: Optional[bool] = None, device="cpu") -> SkillModel:

@@ -3,6 +3,9 @@
 Writes run_dir/activations/ (see maia_adapt.activation_store): site activations, SAE codes (sparse),
 the model's predictions and the FENs, for every position under every Elo conditioning asked for.
 Re-running the same command after an interruption continues the unfinished run's cache.
+`model=maia1` caches the Maia-1 networks' sites (bucket b -> its band's network; a conv map is pooled
+over its 64 squares, or kept per square with activations.token_pooling=none); `pred.value` is then
+lc0's Q (win - loss probability).
 """
 from __future__ import annotations
 
@@ -16,13 +19,13 @@ from ..data.preprocess import open_or_build_store
 from ..dictionaries import find_saes, load_sae
 from ..errors import ConfigError
 from ..runs import clear_stale, config_fingerprint, find_resumable, mark_done, mark_started
-from .common import frozen_model
+from .common import skill_model
 
 
 def run(cfg, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     ac = cfg.activations
-    model = frozen_model(cfg, "activations")
+    model = skill_model(cfg, "activations")
     store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
     pool = store.split_indices(ac.split)
     if len(pool) == 0:

@@ -26,6 +26,7 @@ from .common import frozen_model
 def run(cfg, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     cc = cfg.circuits
+    model = frozen_model(cfg, "circuits")  # first: model=maia1 is refused before anything else
     if not cc.transcoders:
         raise ConfigError("stage=circuits needs circuits.transcoders (a stage=transcoder run with layers 0 and 1)")
     folders = {l: Path(cc.transcoders) / "transcoders" / f"layer_{l}" for l in (0, 1)}
@@ -33,7 +34,6 @@ def run(cfg, run_dir: Path) -> dict:
         if not (f / "cfg.json").is_file():
             raise ConfigError(f"{f}: no transcoder for layer {l} (run stage=transcoder transcoder.layers=[0,1])")
     tcs = {l: load_transcoder(f) for l, f in folders.items()}
-    model = frozen_model(cfg, "circuits")
     store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
     idx = rng_positions(store, "test", cc.positions, cfg.seed)
     means, tokens = codes_by_bucket(model, store, idx, tcs, cc.batch_size)

@@ -5,6 +5,12 @@ test-split positions (other games) with the model conditioned on each Elo bucket
 shuffled labels is the control. The logit lens reads the policy off each block's residual stream per
 bucket. Writes probes/<site>/bucket_<b>.safetensors, probe_auc_<site>.png, probe_<site>.csv,
 logit_lens.png, results.md and results.json.
+
+`model=maia1` probes each Maia-1 network (bucket b -> the network of its band) at its own hook sites,
+e.g. `probe.sites=[blocks.5.hook_resid_post]`: a conv map [B, 64, 8, 8] is mean-pooled over the 64
+squares into one 64-channel vector per position (as Maia-2's 8 tokens are mean-pooled), so the
+probe API is unchanged. The logit lens reads Maia-2's transformer stream through its own final
+norms and head; Maia-1 has no such stream, so it is skipped with a note.
 """
 from __future__ import annotations
 
@@ -18,10 +24,11 @@ from ..data.preprocess import open_or_build_store
 from ..encoding import BUCKET_NAMES
 from ..errors import ConfigError
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..model.skill import Maia2Skill
 from ..probes import logit_lens_by_bucket, probes_per_bucket, save_probe
 from ..reporting.plots import bucket_heatmap
 from ..tracking import Tracker
-from .common import frozen_model
+from .common import bucket_label, skill_model
 from .threats import check_families, select_families
 
 
@@ -29,7 +36,7 @@ def run(cfg, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     pc = cfg.probe
     check_families(pc.families)
-    model = frozen_model(cfg, "probe")
+    model = skill_model(cfg, "probe")
     for s in pc.sites:
         model.check_hook_name(s)
     store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
@@ -52,7 +59,7 @@ def run(cfg, run_dir: Path) -> dict:
     print(f"{len(names)} concepts, {len(train_idx)} train / {len(test_idx)} test positions, buckets {list(pc.buckets)}")
 
     tracker = Tracker(cfg, run_dir, job_type="probe")
-    results: dict = {"concepts": names, "buckets": list(pc.buckets), "sites": {}}
+    results: dict = {"model": model.name, "concepts": names, "buckets": list(pc.buckets), "sites": {}}
     lines = ["# Linear probes per Elo bucket", "", f"{len(names)} concepts ({', '.join(pc.families)}), "
              f"{len(train_idx)} train / {len(test_idx)} test positions (different games), l2 {pc.l2}.", ""]
     summary = {}
@@ -84,10 +91,14 @@ def run(cfg, run_dir: Path) -> dict:
             lines += [f"## {site}", "", f"mean test AUC {np.nanmean(auc):.3f} (shuffled-label control "
                       f"{np.nanmean(ctrl):.3f}); a concept's AUC varies across buckets by {np.nanmean(spread):.3f} on average.",
                       "", f"![probe AUC]({png.name})", "", "| Elo bucket | mean probe AUC | mean control AUC |", "|---|---|---|"]
-            lines += [f"| {BUCKET_NAMES[b]} | {per_bucket[i]:.3f} | {np.nanmean(ctrl[i]):.3f} |" for i, b in enumerate(pc.buckets)]
+            lines += [f"| {bucket_label(model, b)} | {per_bucket[i]:.3f} | {np.nanmean(ctrl[i]):.3f} |" for i, b in enumerate(pc.buckets)]
             lines.append("")
-        if pc.logit_lens:
-            lens = logit_lens_by_bucket(model, store, test_idx, buckets=pc.buckets, batch_size=pc.batch_size)
+        if pc.logit_lens and not isinstance(model, Maia2Skill):
+            results["logit_lens"] = None
+            lines += ["## Logit lens", "", f"Skipped: the logit lens reads Maia-2's transformer residual stream through its "
+                      f"final norms and policy head; {model.name} is a convolutional network with no such stream.", ""]
+        elif pc.logit_lens:
+            lens = logit_lens_by_bucket(model.model, store, test_idx, buckets=pc.buckets, batch_size=pc.batch_size)
             agree, acc = lens["agreement"].numpy(), lens["accuracy"].numpy()
             png = bucket_heatmap(agree, lens["lenses"], run_dir / "logit_lens.png",
                                  "logit lens: top-1 agreement with the model's policy", vmin=0.0, vmax=1.0, label="agreement")

@@ -3,7 +3,9 @@
 For each site: the features of `threats.positions` held-out positions of the data, every concept of
 the chosen families computed with python-chess, ROC-AUC of every feature for every concept on a
 selection half, the best features per concept, confirmed on the held-out half with bootstrap
-intervals and a shuffled-label null. Writes concepts.csv (the concept table with positive rates),
+intervals and a shuffled-label null. `model=maia1` with `threats.sites=[blocks.5.hook_resid_post]`
+scores the Maia-1 networks' channels (mean over the 64 squares; bucket b -> its band's network).
+Writes concepts.csv (the concept table with positive rates),
 detection_<site>.csv, threat_auc_<site>.png, results.md and results.json.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ..data.store import store_from_fens
 from ..dictionaries import find_saes, load_sae
 from ..errors import ConfigError
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
-from .common import frozen_model
+from .common import skill_model
 from ..encoding import NUM_BUCKETS
 from ..reporting.dashboard import write_dashboards
 from ..reporting.plots import square_heatmaps
@@ -111,7 +113,7 @@ def run(cfg, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     tc = cfg.threats
     check_families(tc.families)
-    model = frozen_model(cfg, "threats")
+    model = skill_model(cfg, "threats")
     saes = _load_saes(tc)
     for sae in saes:
         model.check_hook_name(sae.cfg.site)

@@ -3,6 +3,11 @@
 Writes transitional.csv (one row per position: FEN, split, per-bucket predictions and probabilities,
 correct move(s), transition point, monotone and blunder flags, active threat concepts), plots of the
 transition-point histogram and the per-bucket accuracy, results.md and summary numbers.
+
+`model=maia1` runs the Maia-1 family: bucket b is the network of its band (0,1 -> maia-1100,
+9,10 -> maia-1900; each network runs once), so a transition point k >= 2 reads "right from
+maia-(1000+100k) up" and 1 and 10 cannot occur. Store positions get their game history; the seed
+set is FEN-only, so there Maia-1 sees lc0's bare-FEN input.
 """
 from __future__ import annotations
 
@@ -13,13 +18,13 @@ from tqdm import tqdm
 
 from ..data.preprocess import open_or_build_store
 from ..data.store import store_from_fens
-from ..encoding import BUCKET_NAMES, NUM_BUCKETS
+from ..encoding import NUM_BUCKETS
 from ..errors import ConfigError
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..reporting.plots import bar_by_bucket, transition_histogram
 from ..tracking import Tracker
 from ..transitional import NEVER, EngineOracle, build_transitional, find_engine, flat_rows, load_seed_positions
-from .common import frozen_model
+from .common import bucket_label, skill_model
 
 
 def _position_set(cfg, run_dir: Path):
@@ -45,7 +50,7 @@ def _position_set(cfg, run_dir: Path):
 def run(cfg, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     tc = cfg.transitional
-    model = frozen_model(cfg, "transitional")
+    model = skill_model(cfg, "transitional")
     store, idx, accepted, seed_tp = _position_set(cfg, run_dir)
     oracle = tc.oracle
     if oracle == "auto":
@@ -75,7 +80,7 @@ def run(cfg, run_dir: Path) -> dict:
     tps = np.array([r["transition_point"] for r in rows])
     acc = np.stack([r["accuracy_by_bucket"] for r in rows]).mean(0)
     trans = np.array([r["transitional"] for r in rows])
-    summary = {"positions": len(rows), "oracle": oracle, "transitional": int(trans.sum()),
+    summary = {"model": model.name, "positions": len(rows), "oracle": oracle, "transitional": int(trans.sum()),
                "never": int((tps == NEVER).sum()), "always": int((tps == 0).sum()),
                "non_monotone": int(sum(not r["monotone"] for r in rows)),
                "mean_transition_point_of_transitional": float(tps[trans].mean()) if trans.any() else float("nan"),
@@ -97,13 +102,13 @@ def run(cfg, run_dir: Path) -> dict:
         tracker.summary(summary)
     finally:
         tracker.finish()
-    lines = ["# Transitional positions", "", f"{len(rows)} positions, oracle `{oracle}`: {summary['transitional']} "
+    lines = [f"# Transitional positions ({model.name})", "", f"{len(rows)} positions, oracle `{oracle}`: {summary['transitional']} "
              f"transitional (wrong at low skill, right from a bucket up), {summary['always']} right at every bucket, "
              f"{summary['never']} never right, {summary['non_monotone']} non-monotone, {summary['blunders']} blunders "
              f"(bucket-0 move loses >= {tc.blunder_cp} cp).", "", "![transition points](transition_points.png)", "",
              "![accuracy](accuracy_by_bucket.png)", "", "| Elo bucket | correct | transition points here |", "|---|---|---|"]
     for k in range(NUM_BUCKETS):
-        lines.append(f"| {BUCKET_NAMES[k]} | {acc[k]:.3f} | {int((tps == k).sum())} |")
+        lines.append(f"| {bucket_label(model, k)} | {acc[k]:.3f} | {int((tps == k).sum())} |")
     atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
     atomic_write_json(run_dir / "results.json", summary)
     return summary
