@@ -100,7 +100,7 @@ def test_sae_presets_state_only_what_differs_from_the_defaults():
     from omegaconf import OmegaConf
 
     defaults = {f.name: f.default for f in dataclasses.fields(SAEConfig)}
-    presets = sorted((Path(__file__).resolve().parents[1] / "conf" / "sae").glob("*.yaml"))
+    presets = sorted((Path(__file__).resolve().parents[1] / "maia_adapt" / "conf" / "sae").glob("*.yaml"))
     assert {p.stem for p in presets} == {"topk", "batchtopk", "jumprelu", "relu_l1"}
     for p in presets:
         for key, value in OmegaConf.to_container(OmegaConf.load(p)).items():
@@ -204,9 +204,9 @@ def test_calibration_scores_the_encoder_that_is_saved(acts, tmp_path):
     saved = load_sae(save_sae(sae, tmp_path / "s")).encode(x)
     assert ((codes > 0) != (saved > 0)).float().mean() < 1e-4  # folding the scale moves values by rounding only
     assert torch.allclose(codes, saved, atol=1e-3)
-    # training's batch-level top-k (what was scored before) is another encoder: it differs on about a
-    # tenth of the active codes here
-    assert ((sae.encode(x) > 0) != (saved > 0)).sum() > 0.03 * (saved > 0).sum()
+    # training's batch-level top-k (what was scored before) is another encoder: it differs on about 2%
+    # of the active codes here, far beyond what the check above lets through
+    assert ((sae.encode(x) > 0) != (saved > 0)).sum() > 0.005 * (saved > 0).sum()
 
 
 def test_synthetic_features_are_recovered():
