@@ -142,10 +142,11 @@ def test_sae_killed_at_each_point_of_calibration_and_checkpoint_resumes_to_the_s
     assert len(finished) == 1
     b = load_file(str(next(finished[0].glob("saes/*/sae.safetensors"))))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    # the calibration's best step and score survive the kills as well; the best is the step whose
-    # best/ write a killed run made ahead of its checkpoint
+    # the calibration's best step and score survive the kills as well; the best is a step whose best/
+    # write a killed run made ahead of its checkpoint (100: killed after best/; 200: killed inside the
+    # checkpoint write that follows the calibration)
     assert summary == straight
-    assert summary["blocks.1.hook_resid_post:calibration_step"] == 100
+    assert summary["blocks.1.hook_resid_post:calibration_step"] in (100, 200)
 
 
 def test_half_written_checkpoints_are_never_taken_as_valid(tmp_path):

@@ -76,13 +76,13 @@ def run(cfg, run_dir: Path) -> dict:
             + f"\n| all | {result['positions']} | {result['accuracy']:.3f} |\n"
         )
         summary = {
+            **skill,  # first, so that "model" below is the file written, not the evaluation's model name
             "model": str(path),
             "resumed_from": str(resume) if resume else None,
             "test_accuracy": result["accuracy"],
             "test_positions": result["positions"],
             "test_value_mse": result["value_loss"],
             **{f"test_accuracy_bucket_{i}": acc[i] for i in range(NUM_BUCKETS)},
-            **skill,
         }
         summary = json_safe(summary)  # strict JSON: an empty bucket's accuracy is null, not NaN
         tracker.summary(summary)
