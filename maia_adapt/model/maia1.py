@@ -30,10 +30,8 @@ Spatial tensors are [B, C, rank, file] in the side-to-move frame (rank 0 = the m
 """
 from __future__ import annotations
 
-import contextlib
 import re
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -42,9 +40,9 @@ import torch.nn.functional as F
 
 from ..encoding.lc0 import LC0_NUM_MOVES, LC0_NUM_PLANES, conv_policy_gather
 from ..errors import CheckpointError, MaiaAdaptError
+from .hooks import HookFn, HookPoints
 from .lc0_weights import read_lc0_net
 
-HookFn = Callable[[torch.Tensor, str], "torch.Tensor | None"]
 MAIA1_RATINGS = tuple(range(1100, 2000, 100))
 BN_EPS = 1e-5
 
@@ -75,7 +73,7 @@ class ResidualBlock(nn.Module):
         self.se_fc2 = nn.Linear(se_channels, 2 * filters)
 
 
-class Maia1(nn.Module):
+class Maia1(HookPoints, nn.Module):
     """forward(planes [B, 112, 8, 8]) -> (policy logits [B, 1858], WDL logits [B, 3])."""
 
     def __init__(self, filters: int = 64, blocks: int = 6, se_channels: int = 8, policy_planes: int = 80,
@@ -100,41 +98,7 @@ class Maia1(nn.Module):
         self.hook_names = hook_names(blocks)
         self._hooks: dict[str, list[HookFn]] = {}
 
-    # ---- hooks (same semantics as Maia2) ---------------------------------------------------
-    def _hook(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        if not self._hooks:
-            return x
-        for fn in self._hooks.get(name, ()):
-            out = fn(x, name)
-            if out is not None:
-                if out.shape != x.shape:
-                    raise MaiaAdaptError(
-                        f"hook on {name} returned shape {tuple(out.shape)}, expected {tuple(x.shape)}"
-                    )
-                x = out
-        return x
-
-    def check_hook_name(self, name: str) -> str:
-        if name not in self.hook_names:
-            raise MaiaAdaptError(f"unknown hook site '{name}': expected one of {', '.join(self.hook_names)}")
-        return name
-
-    @contextlib.contextmanager
-    def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]]):
-        """Install (name, fn) hooks for the duration of the block. fn(x, name) may return a
-        replacement tensor of the same shape (splicing, ablation, steering) or None (read only)."""
-        added = []
-        try:
-            for name, fn in fwd_hooks:
-                self._hooks.setdefault(self.check_hook_name(name), []).append(fn)
-                added.append((name, fn))
-            yield self
-        finally:
-            for name, fn in added:
-                self._hooks[name].remove(fn)
-                if not self._hooks[name]:
-                    del self._hooks[name]
-
+    # ---- hooks (model/hooks.py) -------------------------------------------------------------
     def run_with_hooks(self, planes, fwd_hooks=()):
         with self.hooks(fwd_hooks):
             return self(planes)

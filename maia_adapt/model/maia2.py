@@ -18,9 +18,7 @@ Hook sites (tensors [batch, tokens, dim] unless noted):
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, fields
-from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -28,9 +26,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..encoding import NUM_BUCKETS, NUM_MOVES, SIDE_INFO_DIM
-from ..errors import MaiaAdaptError
-
-HookFn = Callable[[torch.Tensor, str], "torch.Tensor | None"]
+from .hooks import HookFn, HookPoints
 
 
 @dataclass
@@ -151,7 +147,7 @@ class Transformer(nn.Module):
         )
 
 
-class Maia2(nn.Module):
+class Maia2(HookPoints, nn.Module):
     """The Maia-2 network. forward(boards [B,18,8,8], elo_self [B], elo_oppo [B]) ->
     (policy logits [B,1880], side-info logits [B,2021], value [B] in [-1, 1] scale)."""
 
@@ -173,40 +169,6 @@ class Maia2(nn.Module):
         self._hooks: dict[str, list[HookFn]] = {}
 
     # ---- hooks -----------------------------------------------------------------------------
-    def _hook(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        if not self._hooks:
-            return x
-        for fn in self._hooks.get(name, ()):
-            out = fn(x, name)
-            if out is not None:
-                if out.shape != x.shape:
-                    raise MaiaAdaptError(
-                        f"hook on {name} returned shape {tuple(out.shape)}, expected {tuple(x.shape)}"
-                    )
-                x = out
-        return x
-
-    def check_hook_name(self, name: str) -> str:
-        if name not in self.hook_names:
-            raise MaiaAdaptError(f"unknown hook site '{name}': expected one of {', '.join(self.hook_names)}")
-        return name
-
-    @contextlib.contextmanager
-    def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]]):
-        """Install (name, fn) hooks for the duration of the block. fn(x, name) may return a
-        replacement tensor of the same shape (splicing, ablation, steering) or None (read only)."""
-        added = []
-        try:
-            for name, fn in fwd_hooks:
-                self._hooks.setdefault(self.check_hook_name(name), []).append(fn)
-                added.append((name, fn))
-            yield self
-        finally:
-            for name, fn in added:
-                self._hooks[name].remove(fn)
-                if not self._hooks[name]:
-                    del self._hooks[name]
-
     def run_with_hooks(self, boards, elo_self, elo_oppo, fwd_hooks=()):
         with self.hooks(fwd_hooks):
             return self(boards, elo_self, elo_oppo)

@@ -1,0 +1,55 @@
+"""Named hook points shared by Maia-2 and Maia-1, in the TransformerLens style.
+
+A model calls `self._hook(name, x)` at each of its `hook_names`; a hook is fn(x, name) and may return
+a replacement of the same shape (splicing, ablation, steering) or None (read only).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterable
+
+import torch
+
+from ..errors import MaiaAdaptError
+
+HookFn = Callable[[torch.Tensor, str], "torch.Tensor | None"]
+
+
+class HookPoints:
+    """Mixin: the model sets `self.hook_names` (its sites) and `self._hooks = {}` in __init__."""
+
+    hook_names: list[str]
+    _hooks: dict[str, list[HookFn]]
+
+    def _hook(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if not self._hooks:
+            return x
+        for fn in self._hooks.get(name, ()):
+            out = fn(x, name)
+            if out is not None:
+                if out.shape != x.shape:
+                    raise MaiaAdaptError(
+                        f"hook on {name} returned shape {tuple(out.shape)}, expected {tuple(x.shape)}"
+                    )
+                x = out
+        return x
+
+    def check_hook_name(self, name: str) -> str:
+        if name not in self.hook_names:
+            raise MaiaAdaptError(f"unknown hook site '{name}': expected one of {', '.join(self.hook_names)}")
+        return name
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]]):
+        """Install (name, fn) hooks for the duration of the block."""
+        added = []
+        try:
+            for name, fn in fwd_hooks:
+                self._hooks.setdefault(self.check_hook_name(name), []).append(fn)
+                added.append((name, fn))
+            yield self
+        finally:
+            for name, fn in added:
+                self._hooks[name].remove(fn)
+                if not self._hooks[name]:
+                    del self._hooks[name]
