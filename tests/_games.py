@@ -14,16 +14,12 @@ import zstandard
 def real_positions(pgn_zst: Path, n_games: int) -> tuple[tuple[chess.Board, chess.Move], ...]:
     """(board before the move, move played) for every ply of the first n_games games."""
     out = []
-    with open(pgn_zst, "rb") as fh:
-        text = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(fh), encoding="utf-8")
-        for _ in range(n_games):
-            game = chess.pgn.read_game(text)
-            if game is None:
-                break
-            board = game.board()
-            for move in game.mainline_moves():
-                out.append((board.copy(stack=False), move))
-                board.push(move)
+    for moves in real_games(pgn_zst, n_games):
+        board = chess.Board()
+        for uci in moves:
+            move = chess.Move.from_uci(uci)
+            out.append((board.copy(stack=False), move))
+            board.push(move)
     return tuple(out)
 
 
