@@ -69,6 +69,28 @@ def skill_hits(model, store, indices, batch_size: int = 512, oppo: str = "data")
     }
 
 
+@torch.no_grad()
+def own_bucket_accuracy(model, store, indices, batch_size: int = 512) -> dict:
+    """Top-1 accuracy on the played move with each position conditioned on its players' own buckets
+    (for the Maia-1 family: each row through its band's network), overall and per player bucket."""
+    from .model.skill import as_skill_model
+
+    model = as_skill_model(model)
+    idx = np.asarray(indices, dtype=np.int64)
+    correct, count = np.zeros(NUM_BUCKETS), np.zeros(NUM_BUCKETS)
+    for s in range(0, len(idx), batch_size):
+        inputs = model.inputs(store, idx[s : s + batch_size])
+        logits = model.policy_logits(inputs, inputs["elo_self"], inputs["elo_oppo"]).float().cpu()
+        pred = logits.masked_fill(~inputs["legal"], float("-inf")).argmax(-1)
+        b = inputs["elo_self"].numpy()
+        np.add.at(correct, b, (pred == inputs["move"]).numpy())
+        np.add.at(count, b, 1)
+    res = {"accuracy": float(correct.sum() / max(count.sum(), 1)), "positions": int(count.sum())}
+    for i in range(NUM_BUCKETS):
+        res[f"accuracy_bucket_{i}"] = float(correct[i] / count[i]) if count[i] else float("nan")
+    return res
+
+
 def _ci(boot: np.ndarray) -> list[float] | None:
     boot = boot[np.isfinite(boot)]
     if len(boot) == 0:

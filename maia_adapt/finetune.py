@@ -5,6 +5,9 @@ defensive threat, are labelled at *every* Elo bucket with the correct move; the 
 them with the Elo embedding frozen, and the checkpoint with the lowest validation loss is kept. Which
 parameters train is a choice: the policy head alone (`fc_1`) adds no knowledge to the backbone, so a
 low-skill level that improves under it already *knew* and only failed to act.
+
+`model` is a SkillModel (or a bare Maia2): for the Maia-1 family, "every Elo bucket" means every
+network (bucket b trains the network of its band) and `policy_head` is each network's two policy convs.
 """
 from __future__ import annotations
 
@@ -19,32 +22,32 @@ import torch.nn.functional as F
 from .data.store import store_from_fens
 from .encoding import NUM_BUCKETS
 from .errors import ConfigError
+from .model.skill import Maia2Skill, as_skill_model
 from .model.training import train_mode
 from .transitional import correct_by_bucket, predictions_by_bucket, transition_points
 
-# presets of finetune.trainable; anything else is a comma-separated list of parameter-name prefixes
-TRAINABLE = {
-    "all": [""],
-    "policy_head": ["fc_1."],
-    "heads": ["fc_1.", "fc_2.", "fc_3.", "fc_3_1."],
-    "transformer": ["transformer.", "last_ln.", "fc_1.", "fc_2."],
-}
-
-
 def select_trainable(model, trainable: str, freeze_elo: bool = True) -> list[str]:
-    """Turn gradients on for the chosen parameters only; returns their names."""
-    prefixes = TRAINABLE.get(trainable, [p.strip() for p in trainable.split(",") if p.strip()])
+    """Turn gradients on for the chosen parameters only; returns their names. `trainable` is a preset
+    of the model's family (`SkillModel.trainable_presets`) or comma-separated parameter-name prefixes;
+    in the Maia-1 family a prefix applies within each network (`policy_conv` matches every network's
+    `maia-<rating>.policy_conv1.weight`)."""
+    sm = as_skill_model(model)
+    presets = sm.trainable_presets()
+    prefixes = presets.get(trainable, [p.strip() for p in trainable.split(",") if p.strip()])
+    per_network = not isinstance(sm, Maia2Skill)
     names = []
-    for name, p in model.named_parameters():
-        on = any(name.startswith(pre) for pre in prefixes)
-        if freeze_elo and name.startswith("elo_embedding."):
+    for name, p in sm.module.named_parameters():
+        local = name.split(".", 1)[1] if per_network else name
+        on = any(local.startswith(pre) for pre in prefixes)
+        if freeze_elo and local.startswith("elo_embedding."):
             on = False
         p.requires_grad_(on)
         if on:
             names.append(name)
     if not names:
-        raise ConfigError(f"finetune.trainable '{trainable}' matches no parameter: use {', '.join(TRAINABLE)} "
-                          "or parameter-name prefixes such as fc_1.,transformer.elo_layers.1.")
+        example = "policy_conv2.,blocks.5." if per_network else "fc_1.,transformer.elo_layers.1."
+        raise ConfigError(f"finetune.trainable '{trainable}' matches no parameter: use {', '.join(presets)} "
+                          f"or parameter-name prefixes such as {example}")
     return names
 
 
@@ -59,6 +62,7 @@ class MoveSet:
 
     store: object
     rows: list[dict]
+    _inputs: dict | None = None
 
     @classmethod
     def build(cls, rows: list[dict], folder: Path) -> "MoveSet":
@@ -67,30 +71,44 @@ class MoveSet:
         store = store_from_fens([r["fen"] for r in rows], folder, 5, 5, moves=[r["correct"][0] for r in rows])
         return cls(store, rows)
 
-    def batch(self, positions: np.ndarray, buckets: np.ndarray) -> dict:
-        b = self.store.batch(positions)
+    def batch(self, positions: np.ndarray, buckets: np.ndarray, model=None) -> dict:
+        """The model's inputs (Maia-2 planes by default) for some rows, conditioned on `buckets`.
+        A model's inputs for all rows are built once: Maia-1's replay the positions every step otherwise."""
+        if model is None or isinstance(as_skill_model(model), Maia2Skill):
+            b = self.store.batch(positions)
+        else:
+            if self._inputs is None:
+                self._inputs = as_skill_model(model).inputs(self.store, np.arange(len(self.rows)))
+            b = {k: v[torch.from_numpy(np.asarray(positions))] for k, v in self._inputs.items() if torch.is_tensor(v)}
         b["elo_self"] = b["elo_oppo"] = torch.from_numpy(buckets).long()
         return b
 
 
 def calibration_loss(model, batch: dict, side_info_weight: float) -> torch.Tensor:
-    logits, side, _ = model(batch["boards"], batch["elo_self"], batch["elo_oppo"])
-    loss = F.cross_entropy(logits.float(), batch["move"])
-    if side_info_weight:
-        loss = loss + side_info_weight * F.binary_cross_entropy_with_logits(side.float(), batch["side_info"])
-    return loss
+    """Cross-entropy of the correct move (plus Maia-2's side-info loss if weighted). Maia-1 has no
+    side-info head; its illegal moves are masked, as lc0 trains."""
+    sm = as_skill_model(model)
+    if isinstance(sm, Maia2Skill):
+        logits, side, _ = sm.model(batch["boards"], batch["elo_self"], batch["elo_oppo"])
+        loss = F.cross_entropy(logits.float(), batch["move"])
+        if side_info_weight:
+            loss = loss + side_info_weight * F.binary_cross_entropy_with_logits(side.float(), batch["side_info"])
+        return loss
+    logits = sm.policy_logits(batch, batch["elo_self"], batch["elo_oppo"]).float()
+    return F.cross_entropy(logits.masked_fill(~batch["legal"].to(logits.device), float("-inf")), batch["move"].to(logits.device))
 
 
 @torch.no_grad()
 def all_bucket_loss(model, moves: MoveSet, side_info_weight: float, batch_size: int = 512) -> float:
     """Mean loss over every (position, bucket) pair of a move set."""
-    model.eval()
+    sm = as_skill_model(model)
+    sm.module.eval()
     n = len(moves.rows)
     total, count = 0.0, 0
     for k in range(NUM_BUCKETS):
         for s in range(0, n, batch_size):
             pos = np.arange(s, min(n, s + batch_size))
-            total += calibration_loss(model, moves.batch(pos, np.full(len(pos), k)), side_info_weight).item() * len(pos)
+            total += calibration_loss(sm, moves.batch(pos, np.full(len(pos), k), sm), side_info_weight).item() * len(pos)
             count += len(pos)
     return total / count
 
@@ -99,15 +117,17 @@ def finetune(model, train: MoveSet, val: MoveSet, *, steps: int, lr: float, batc
              eval_every: int, seed: int, tracker=None, progress=None) -> dict:
     """Fine-tune in place on (position, bucket) pairs drawn at random; the lowest-val-loss weights are
     loaded back at the end. Returns {best_step, best_val_loss, val_losses}."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    model = as_skill_model(model)
+    module = model.module
+    params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
-    best = (all_bucket_loss(model, val, side_info_weight), 0, copy.deepcopy(model.state_dict()))
+    best = (all_bucket_loss(model, val, side_info_weight), 0, copy.deepcopy(module.state_dict()))
     history = [(0, best[0])]
     for step in range(1, steps + 1):
-        train_mode(model, freeze_batchnorm=True)
+        train_mode(module, freeze_batchnorm=True)
         pos = np.sort(rng.integers(0, len(train.rows), batch_size))
-        loss = calibration_loss(model, train.batch(pos, rng.integers(0, NUM_BUCKETS, batch_size)), side_info_weight)
+        loss = calibration_loss(model, train.batch(pos, rng.integers(0, NUM_BUCKETS, batch_size), model), side_info_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -119,11 +139,11 @@ def finetune(model, train: MoveSet, val: MoveSet, *, steps: int, lr: float, batc
             if tracker:
                 tracker.log({"finetune/val_loss": v}, step=step)
             if v < best[0]:
-                best = (v, step, copy.deepcopy(model.state_dict()))
+                best = (v, step, copy.deepcopy(module.state_dict()))
         if progress:
             progress(1)
-    model.load_state_dict(best[2])
-    model.eval()
+    module.load_state_dict(best[2])
+    module.eval()
     return {"best_step": best[1], "best_val_loss": best[0], "val_losses": history}
 
 

@@ -1,7 +1,8 @@
 """Causal interventions at a hook site: amplify SAE features, add a probe direction or a steering vector.
 
-All three act on the site's activation [B, tokens, ...] through the model's hook API and, like the
-SAE's mean-pooled training, change every token by the same vector. The SAE intervention keeps the
+All three act on the site's activation [B, tokens, ...] through the model's hook API (a Maia-1 conv map
+as its 64 square tokens, `SkillModel.hooks`) and, like the SAE's mean-pooled training, change every
+token by the same vector. The SAE intervention keeps the
 reconstruction error by default: x + decode(z') - decode(z), so strength 1 changes nothing and only
 the amplified features move; `keep_error=False` is the study's variant, which replaces the pooled
 activation by the reconstruction, error dropped. Each position can have its own features (those of
@@ -87,9 +88,10 @@ class BucketReport:
 
 
 def evaluate_under(model, store, rows: list[dict], site: str | None = None, make_hook=None, batch_size: int = 256) -> BucketReport:
-    """Correct-move accuracy per Elo bucket with an intervention active: make_hook(positions) returns
-    the hook fn at `site` for a batch of row indices (None: no intervention)."""
-    hooks_for = (lambda pos: [(site, make_hook(pos))]) if make_hook is not None else None
+    """Correct-move accuracy per Elo bucket with an intervention active: make_hook(positions, bucket)
+    returns the hook fn at `site` for a batch of row indices under a conditioning bucket (None: no
+    intervention)."""
+    hooks_for = (lambda pos, k: [(site, make_hook(pos, k))]) if make_hook is not None else None
     preds, _ = predictions_by_bucket(model, store, np.arange(len(rows)), batch_size=batch_size, hooks_for=hooks_for)
     correct = correct_by_bucket(preds, rows)
     return BucketReport(correct.mean(0), correct, transition_points(correct)[0])

@@ -46,7 +46,8 @@ def predictions_by_bucket(model, store, indices, oppo_bucket: int | None = None,
     The inputs are the model's own (`model.inputs`): for Maia-1 that replays each position's game
     history where the store has it; a FEN-only store (the seed set) has none, so Maia-1 sees lc0's
     bare-FEN input (the position repeated in every history slot).
-    hooks_for(batch indices) gives the hooks to run each batch under (an intervention), or None."""
+    hooks_for(batch indices, bucket) gives the hooks to run each batch under at a conditioning bucket
+    (an intervention, which may differ per network of the Maia-1 family), or None."""
     from .model.skill import as_skill_model
 
     model = as_skill_model(model)
@@ -57,10 +58,9 @@ def predictions_by_bucket(model, store, indices, oppo_bucket: int | None = None,
         b = model.inputs(store, idx)
         n = len(idx)
         top = np.zeros((n, NUM_BUCKETS), dtype=np.int64)
-        hooks = hooks_for(idx) if hooks_for is not None else []
         for k, same in model.conditions():
             eo = k if oppo_bucket is None else int(oppo_bucket)
-            with model.hooks(hooks):
+            with model.hooks(hooks_for(idx, k) if hooks_for is not None else []):
                 logits = model.policy_logits(b, k, eo)
             p = masked_probs(logits.cpu(), b["legal"])
             pk, mk = p.max(-1)
@@ -155,8 +155,19 @@ def load_seed_positions(path) -> dict:
             fixed += 1
         if not board.is_valid():
             raise DataError(f"{path}: position {i} is not a legal chess position: '{fen}'")
+        # two seed positions write castling as king-takes-rook (e1h1); the models, python-chess and
+        # our move vocabulary say e1g1, so a castling answer would never count as correct
+        out["best_moves"][i] = _standard_uci(board, out["best_moves"][i], path, i)
+        out["all_best_moves"][i] = [_standard_uci(board, m, path, i) for m in out["all_best_moves"][i]]
     out["castling_rights_fixed"] = fixed
     return out
+
+
+def _standard_uci(board: chess.Board, uci: str, path, i: int) -> str:
+    try:
+        return board.parse_uci(uci).uci()
+    except ValueError:
+        raise DataError(f"{path}: position {i}: move '{uci}' is not legal in '{board.fen()}'") from None
 
 
 def build_transitional(

@@ -70,6 +70,9 @@ def test_seed_positions_load_and_bad_file_is_named(shared_data, tmp_path):
     assert seed["castling_rights_fixed"] >= 1
     for fen, moves in zip(seed["fens"], seed["all_best_moves"]):
         assert all(chess.Move.from_uci(m) in chess.Board(fen).legal_moves for m in moves)
+        # in standard UCI: the file's two king-takes-rook castlings (e1h1, e1a1) come out as e1g1, e1c1
+        assert all(chess.Board(fen).parse_uci(m).uci() == m for m in moves)
+    assert sum(m in ("e1g1", "e1c1") for ms in seed["all_best_moves"] for m in ms) >= 2
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"filtered_special_fens": ["x"]}))
     with pytest.raises(DataError, match="bad.json"):

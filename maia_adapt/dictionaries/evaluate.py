@@ -5,6 +5,7 @@ With token pooling `mean` the SAE models the token mean, so the splice shifts ev
 SAE's error on the mean (x_t - mean + SAE(mean)): exact when the SAE is, and the tokens keep their
 individual deviations. With pooling `none` every token is replaced by its own reconstruction.
 The zero- and mean-ablation baselines ablate the same part: the token mean, or every token.
+The model is a SkillModel (or a bare Maia2): a Maia-1 conv map is spliced as its 64 square tokens.
 """
 from __future__ import annotations
 
@@ -56,11 +57,15 @@ def ablate_fn(mean: torch.Tensor | None, pooling: str = "none"):
 
 @torch.no_grad()
 def site_mean(model, store, indices, site: str, batch_size: int = 512) -> torch.Tensor:
+    """The site's mean activation over positions (players' own buckets), in its token view [T, ...]."""
+    from ..model.skill import as_skill_model
+
+    model = as_skill_model(model)
     total, n = None, 0
     for s in range(0, len(indices), batch_size):
-        b = store.batch(indices[s : s + batch_size])
-        _, cache = model.run_with_cache(b["boards"], b["elo_self"], b["elo_oppo"], names=[site])
-        a = cache[site].sum(0)
+        b = model.inputs(store, np.asarray(indices[s : s + batch_size]))
+        _, cache = model.run_with_cache(b, b["elo_self"], b["elo_oppo"], names=[site])
+        a = model.site_tokens(site, cache[site]).float().sum(0)
         total = a if total is None else total + a
         n += len(b["move"])
     return total / n
@@ -70,21 +75,28 @@ def site_mean(model, store, indices, site: str, batch_size: int = 512) -> torch.
 def spliced_metrics(model, store, indices, site: str, variants: dict, batch_size: int = 512, elo="data") -> dict:
     """For each variant (name -> hook fn or None for the clean model): top-1 agreement with the clean
     model, policy KL(clean || variant) over legal moves, accuracy on the played move, per Elo bucket."""
-    model.eval()
+    from ..model.skill import as_skill_model
+
+    model = as_skill_model(model)
+    model.module.eval()
     rng = np.random.default_rng(0)
     acc = {v: {"agree": np.zeros(NUM_BUCKETS), "correct": np.zeros(NUM_BUCKETS), "kl": np.zeros(NUM_BUCKETS)} for v in variants}
     count = np.zeros(NUM_BUCKETS)
     for s in range(0, len(indices), batch_size):
-        b = store.batch(indices[s : s + batch_size])
+        b = model.inputs(store, np.asarray(indices[s : s + batch_size]))
         es, eo = elo_buckets_for(b, elo, rng)
         legal = b["legal"]
-        clean_logits = model(b["boards"], es, eo)[0].masked_fill(~legal, float("-inf"))
+        clean_logits = model.policy_logits(b, es, eo).float().cpu().masked_fill(~legal, float("-inf"))
         clean_logp = F.log_softmax(clean_logits, -1)
         clean_top = clean_logits.argmax(-1)
         bucket = es.numpy()
         np.add.at(count, bucket, 1)
         for name, fn in variants.items():
-            logits = (model(b["boards"], es, eo) if fn is None else model.run_with_hooks(b["boards"], es, eo, [(site, fn)]))[0]
+            if fn is None:
+                logits = clean_logits
+            else:
+                with model.hooks([(site, fn)]):
+                    logits = model.policy_logits(b, es, eo).float().cpu()
             logp = F.log_softmax(logits.masked_fill(~legal, float("-inf")), -1)
             kl = (clean_logp.exp() * (clean_logp - logp)).masked_fill(~legal, 0.0).sum(-1)
             top = logp.argmax(-1)

@@ -78,7 +78,23 @@ class SkillModel(Protocol):
 
     def site_tokens(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """A site's activation as [B, tokens, ...features] (or [B, F] for a site with no tokens):
-        Maia-2's 8 tokens as they come; a Maia-1 conv map [B, C, 8, 8] as 64 square tokens [B, 64, C]."""
+        Maia-2's 8 tokens as they come; a Maia-1 conv map [B, C, 8, 8] as 64 square tokens [B, 64, C].
+        Hooks installed through `hooks()` see and return this token view."""
+
+    def site_dim(self, name: str) -> int:
+        """Features per token of a site (what a dictionary or a probe of it reads)."""
+
+    def spaces(self) -> list[tuple[int, list[int]]]:
+        """(a representative bucket, the buckets) of each activation space: one for Maia-2 (every
+        bucket runs the same network), one per network for the Maia-1 family. A direction, probe or
+        dictionary fitted in one space means nothing in another."""
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The trainable torch module (the Maia-2, or the family's networks as a ModuleDict)."""
+
+    def trainable_presets(self) -> dict[str, list[str]]:
+        """finetune.trainable presets: name -> parameter-name prefixes (within one network)."""
 
     def to(self, device) -> "SkillModel":
         ...
@@ -146,6 +162,22 @@ class Maia2Skill:
     def site_tokens(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def site_dim(self, name: str) -> int:
+        from ..activations import site_dim
+
+        return site_dim(self.model, self.check_hook_name(name))
+
+    def spaces(self) -> list[tuple[int, list[int]]]:
+        return [(0, list(self.buckets))]
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.model
+
+    def trainable_presets(self) -> dict[str, list[str]]:
+        return {"all": [""], "policy_head": ["fc_1."], "heads": ["fc_1.", "fc_2.", "fc_3.", "fc_3_1."],
+                "transformer": ["transformer.", "last_ln.", "fc_1.", "fc_2."]}
+
     def run_with_cache(self, inputs, elo_self, elo_oppo, names=None):
         boards = inputs["boards"].to(self.device)
         n = boards.size(0)
@@ -179,6 +211,7 @@ class Maia1Family:
         self.name = name if rating is None else f"{name}-{rating}"
         self.buckets = tuple(range(NUM_BUCKETS))
         self.hook_names = list(next(iter(self.nets.values())).hook_names)
+        self._site_dims: dict[str, int] = {}
 
     def rating_for_bucket(self, bucket: int) -> int:
         if self.rating is not None:
@@ -257,7 +290,10 @@ class Maia1Family:
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks):
-        fwd_hooks = list(fwd_hooks)
+        """Hooks on every network; each fn sees a conv map as its token view [B, 64 squares, C]
+        (`site_tokens`) and returns a replacement in that view, so one intervention works on both
+        families. Each network runs only its own rows, so a hook sees the rows of one network."""
+        fwd_hooks = [(name, _square_tokens_hook(fn)) for name, fn in fwd_hooks]
         with contextlib.ExitStack() as stack:
             for net in self.nets.values():
                 stack.enter_context(net.hooks(fwd_hooks))
@@ -271,6 +307,28 @@ class Maia1Family:
 
     def check_hook_name(self, name: str) -> str:
         return next(iter(self.nets.values())).check_hook_name(name)
+
+    def site_dim(self, name: str) -> int:
+        self.check_hook_name(name)
+        if name not in self._site_dims:
+            net = next(iter(self.nets.values()))
+            planes = torch.zeros(1, 112, 8, 8, device=self.device)
+            with torch.no_grad():
+                _, cache = net.run_with_cache(planes, names=[name])
+            self._site_dims[name] = int(self.site_tokens(name, cache[name]).shape[-1])
+        return self._site_dims[name]
+
+    def spaces(self) -> list[tuple[int, list[int]]]:
+        return self.conditions()  # one activation space per network
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return torch.nn.ModuleDict({f"maia-{r}": net for r, net in self.nets.items()})
+
+    def trainable_presets(self) -> dict[str, list[str]]:
+        # the policy head is its two convs; the value head its 1x1 conv and two linear layers
+        return {"all": [""], "policy_head": ["policy_conv"], "heads": ["policy_conv", "value_"],
+                "trunk": ["input_conv", "blocks."]}
 
     def site_tokens(self, name: str, x: torch.Tensor) -> torch.Tensor:
         # a conv map's tokens are its 64 squares (side-to-move frame), each a C-channel vector, so
@@ -302,6 +360,74 @@ class Maia1Family:
         return logits, cache
 
 
+def _square_tokens_hook(fn):
+    """A Maia-1 hook fn from one written for a token view: conv maps [B, C, 8, 8] go in as
+    [B, 64, C] and come back as conv maps; other sites ([B, F]) pass as they are."""
+    def hook(x, name):
+        if x.dim() != 4:
+            return fn(x, name)
+        out = fn(x.flatten(2).transpose(1, 2), name)
+        return None if out is None else out.transpose(1, 2).reshape(x.shape)
+
+    return hook
+
+
+MAIA1_KEY = "maia_adapt.maia1"
+
+
+def save_skill_model(model, path, **metadata) -> Path:
+    """A SkillModel's weights as one safetensors file that `model.checkpoint` reads back: a Maia-2
+    checkpoint, or the family's networks (keys `maia-<rating>.<parameter>`, their shapes in the
+    metadata) for `model=maia1 model.checkpoint=<this file or its run directory>`."""
+    from ..io import save_safetensors
+    from .checkpoint import save_model
+
+    model = as_skill_model(model)
+    if isinstance(model, Maia2Skill):
+        return save_model(model.model, path, **metadata)
+    net = next(iter(model.nets.values()))
+    shapes = {"filters": net.filters, "blocks": net.num_blocks, "se_channels": net.blocks[0].se_fc1.out_features,
+              "policy_planes": net.policy_conv2.out_channels, "value_channels": net.value_conv.out_channels,
+              "value_hidden": net.value_fc1.out_features}
+    sources = {str(r): n.source for r, n in model.nets.items()}
+    return save_safetensors(model.module.state_dict(), path, {**metadata, MAIA1_KEY: {"shapes": shapes, "sources": sources}})
+
+
+def load_maia1_safetensors(path, device="cpu") -> dict:
+    """{rating: Maia1} from a file written by `save_skill_model` (a fine-tuned family)."""
+    from ..io import load_safetensors
+    from .maia1 import Maia1
+
+    tensors, meta = load_safetensors(path)
+    if MAIA1_KEY not in meta:
+        raise CheckpointError(f"{path}: not a Maia-1 file written by maia-adapt (no '{MAIA1_KEY}' metadata): "
+                              "model=maia1 takes a folder of maia-<rating>.pb.gz files or such a file")
+    import json
+
+    info = json.loads(meta[MAIA1_KEY])
+    nets = {}
+    for r in info["sources"]:
+        net = Maia1(**info["shapes"])
+        prefix = f"maia-{r}."
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        missing = sorted(set(net.state_dict()) - set(state))
+        if missing:
+            raise CheckpointError(f"{path}: key '{prefix}{missing[0]}' is missing ({len(missing)} missing in all)")
+        net.load_state_dict(state)
+        net.rating, net.source = int(r), str(path)
+        nets[int(r)] = net.to(memory_format=torch.channels_last).eval().requires_grad_(False).to(device)
+    return nets
+
+
+def _maia1_file(root: Path) -> Path | None:
+    """The fine-tuned family file a model.checkpoint names: the file itself or a run's model.safetensors."""
+    if root.is_file() and root.suffix == ".safetensors":
+        return root
+    if root.is_dir() and (root / "model.safetensors").is_file() and not any(root.glob("maia-*.pb.gz")):
+        return root / "model.safetensors"
+    return None
+
+
 def as_skill_model(model) -> SkillModel:
     """`model` itself if it is a SkillModel, else a bare `Maia2` wrapped as one (callers that hold a
     Maia2 from `load_model`, e.g. finetuning, keep passing it)."""
@@ -314,12 +440,20 @@ def load_skill_model(model_cfg, history: Optional[bool] = None, device="cpu") ->
     name = str(model_cfg.name)
     if name == "maia1":
         root = Path(str(model_cfg.checkpoint)) if model_cfg.checkpoint else None
+        hist = bool(model_cfg.history if history is None else history)
+        tuned = _maia1_file(root) if root is not None else None
+        if tuned is not None:  # a fine-tuned family (stage=finetune model=maia1)
+            nets = load_maia1_safetensors(tuned)
+            if model_cfg.rating is not None:
+                if int(model_cfg.rating) not in nets:
+                    raise ConfigError(f"model.rating={model_cfg.rating}: {tuned} holds maia-{', maia-'.join(map(str, nets))}")
+                nets = {int(model_cfg.rating): nets[int(model_cfg.rating)]}
+            return Maia1Family(nets, history=hist, rating=None if model_cfg.rating is None else int(model_cfg.rating)).to(device)
         if root is None or not root.is_dir():
             raise CheckpointError(f"Maia-1 networks not found: {root} is not a folder of maia-1100.pb.gz ... "
                                   "maia-1900.pb.gz (set MAIA_ADAPT_MODELS to the folder above maia1/, or model.checkpoint)")
         from .maia1 import load_maia1, load_maia1_family
 
-        hist = bool(model_cfg.history if history is None else history)
         rating = model_cfg.rating
         if rating is not None:
             if int(rating) not in MAIA1_RATINGS:

@@ -9,10 +9,6 @@ from ..model import load_model
 MAIA2_ONLY = {
     "transcoder": "Maia-1 is a convolutional network with no transformer FFN (MLP) to transcode",
     "circuits": "circuits are built from transcoders of Maia-2's transformer FFNs, and Maia-1 has none",
-    "sae": "the SAE stage's spliced evaluation edits Maia-2's [B, tokens, features] sites; Maia-1 sites are "
-           "conv maps (cache them with stage=activations model=maia1 instead)",
-    "finetune": "finetuning trains Maia-2 parameter groups (finetune.trainable); Maia-1's are not mapped yet",
-    "intervention": "interventions steer and splice Maia-2 sites; not mapped to Maia-1's conv maps yet",
 }
 
 

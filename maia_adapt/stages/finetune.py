@@ -1,6 +1,10 @@
 """stage=finetune: skill calibration on concept positions of a transitional dataset, before vs after.
 
-Writes model.safetensors (the best-validation checkpoint; usable as model.checkpoint=<this run>),
+`model=maia1` fine-tunes the Maia-1 family: bucket b's examples train the network of its band, and
+`finetune.trainable=policy_head` is each network's two policy convs (the study's head-only test).
+
+Writes model.safetensors (the best-validation checkpoint; usable as model.checkpoint=<this run>, with
+model=maia1 for a fine-tuned family),
 results.md / results.json (per Elo bucket: accuracy against the correct move on the test positions and
 on ordinary held-out positions, before and after; transition points before and after and their
 shift), transition_points.png, accuracy plots, metrics.jsonl.
@@ -14,16 +18,16 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.preprocess import open_or_build_store
-from ..encoding import BUCKET_NAMES, NUM_BUCKETS
+from ..encoding import NUM_BUCKETS
 from ..errors import ConfigError
+from ..evaluation import own_bucket_accuracy
 from ..finetune import MoveSet, concept_rows, finetune, select_trainable, transition_report
 from ..io import atomic_write_json, atomic_write_text
-from ..model.checkpoint import save_model
-from ..model.training import evaluate
+from ..model.skill import Maia2Skill, save_skill_model
 from ..reporting.plots import bar_by_bucket, transition_histogram
 from ..tracking import Tracker
 from ..transitional import NEVER, read_transitional
-from .common import frozen_model
+from .common import bucket_label, skill_model
 
 
 def split_rows(rows: list[dict]) -> dict[str, list[dict]]:
@@ -47,9 +51,11 @@ def run(cfg, run_dir: Path) -> dict:
     rows = read_transitional(fc.transitional)
     chosen = concept_rows(rows, fc.concept) if fc.concept else rows
     parts = {k: MoveSet.build(v, run_dir / f"positions_{k}") for k, v in split_rows(chosen).items()}
-    model = frozen_model(cfg, "finetune")
+    model = skill_model(cfg, "finetune")
+    if fc.side_info_weight and not isinstance(model, Maia2Skill):
+        raise ConfigError(f"finetune.side_info_weight={fc.side_info_weight}: {model.name} has no side-info head (set it to 0)")
     trained = select_trainable(model, fc.trainable, fc.freeze_elo)
-    n_params = sum(p.numel() for n, p in model.named_parameters() if n in set(trained))
+    n_params = sum(p.numel() for n, p in model.module.named_parameters() if n in set(trained))
     print(f"{len(chosen)} of {len(rows)} positions hold '{fc.concept or 'any'}': "
           + ", ".join(f"{k} {len(v.rows)}" for k, v in parts.items()) + f"; training {n_params:,} parameters")
 
@@ -62,7 +68,7 @@ def run(cfg, run_dir: Path) -> dict:
     def report(m) -> dict:
         rep = transition_report(m, parts["test"])
         if heldout is not None:
-            rep["heldout"] = evaluate(m, *heldout)
+            rep["heldout"] = own_bucket_accuracy(m, *heldout)
         return rep
 
     before = report(model)
@@ -73,7 +79,7 @@ def run(cfg, run_dir: Path) -> dict:
                        side_info_weight=fc.side_info_weight, eval_every=fc.eval_every, seed=cfg.seed,
                        tracker=tracker, progress=bar.update)
         bar.close()
-        save_model(model, run_dir / "model.safetensors", finetune=str(dict(concept=fc.concept, trainable=fc.trainable)))
+        save_skill_model(model, run_dir / "model.safetensors", finetune=str(dict(concept=fc.concept, trainable=fc.trainable)))
         after = report(model)
 
         tb, ta = before["transition_points"], after["transition_points"]
@@ -97,9 +103,10 @@ def run(cfg, run_dir: Path) -> dict:
                             run_dir / "accuracy_by_bucket.png", "correct move on the test positions", ylabel="accuracy")
         for name, png in (("transition_points", hist), ("accuracy_by_bucket", acc)):
             tracker.log_image(f"finetune/{name}", png)
-        lines = ["# Calibration fine-tuning", "",
-                 f"concept `{fc.concept or 'all'}`, trainable `{fc.trainable}` ({n_params:,} parameters), Elo embedding "
-                 f"{'frozen' if fc.freeze_elo else 'trained'}; {summary['positions_train']} train / {summary['positions_val']} "
+        lines = ["# Calibration fine-tuning", "", f"model `{model.name}`; "
+                 f"concept `{fc.concept or 'all'}`, trainable `{fc.trainable}` ({n_params:,} parameters)"
+                 + (f", Elo embedding {'frozen' if fc.freeze_elo else 'trained'}" if isinstance(model, Maia2Skill) else "")
+                 + f"; {summary['positions_train']} train / {summary['positions_val']} "
                  f"val / {summary['positions_test']} test positions; best validation loss {fit['best_val_loss']:.4f} at step "
                  f"{fit['best_step']} of {fc.steps}.", "",
                  f"Mean transition point {summary['mean_transition_point_before']:.2f} -> {summary['mean_transition_point_after']:.2f} "
@@ -110,7 +117,7 @@ def run(cfg, run_dir: Path) -> dict:
         for k in range(NUM_BUCKETS):
             h = (f"{before['heldout'][f'accuracy_bucket_{k}']:.3f} | {after['heldout'][f'accuracy_bucket_{k}']:.3f}"
                  if heldout is not None else "- | -")
-            lines.append(f"| {BUCKET_NAMES[k]} | {before['accuracy'][k]:.3f} | {after['accuracy'][k]:.3f} | {h} |")
+            lines.append(f"| {bucket_label(model, k)} | {before['accuracy'][k]:.3f} | {after['accuracy'][k]:.3f} | {h} |")
         atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
         atomic_write_json(run_dir / "results.json", {**summary, "accuracy_before": before["accuracy"].tolist(),
                                                      "accuracy_after": after["accuracy"].tolist(),

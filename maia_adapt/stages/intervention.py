@@ -7,6 +7,11 @@ rows against no intervention and against a control of the same size (random feat
 firing frequency, or a random direction of the same norm), with bootstrap intervals for the effect
 minus the control, transition points before and after, and the human-move accuracy on ordinary
 held-out games.
+
+`model=maia1` runs the Maia-1 family. Its nine networks have unrelated activation spaces, so steering
+vectors and probe directions are fitted per network (each from its own activations, or the probe of
+its own band from a stage=probe model=maia1 run) and each network is steered with its own; the SAE
+kind needs one dictionary per network and takes the family only with `model.rating` (one network).
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from ..activations import collect_activations
 from ..concepts import threat_concepts
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import find_saes, load_sae
-from ..encoding import BUCKET_NAMES, NUM_BUCKETS, decode_move
+from ..encoding import NUM_BUCKETS, decode_move
 from ..errors import ConfigError, MaiaAdaptError
 from ..finetune import MoveSet, concept_rows
 from ..interventions import (BucketReport, add_direction, bootstrap_diff, evaluate_under, matched_random_features, sae_amplify,
@@ -30,7 +35,7 @@ from ..probes import load_probe
 from ..reporting.plots import bar_by_bucket, transition_histogram
 from ..tracking import Tracker
 from ..transitional import NEVER, read_transitional, transition_points
-from .common import frozen_model
+from .common import bucket_label, skill_model
 from .finetune import split_rows
 
 
@@ -38,15 +43,18 @@ def _concepts_of(row: dict, concept: str) -> list[str]:
     return [t for t in row["threats"] if t == concept or t.startswith(concept + "@")]
 
 
-def _pooled_acts(model, moves: MoveSet, site: str, batch_size: int) -> torch.Tensor:
+def _pooled_acts(model, moves: MoveSet, site: str, batch_size: int, elo="data") -> torch.Tensor:
     idx = np.arange(len(moves.rows))
-    return collect_activations(model, moves.store, idx, [site], batch_size=batch_size, elo="data")[site]
+    return collect_activations(model, moves.store, idx, [site], batch_size=batch_size, elo=elo)[site]
 
 
 class SAEIntervention:
     """Per-row masks of the top-n SAE features of the row's concepts (from a stage=threats table)."""
 
     def __init__(self, ic, model, train: MoveSet, seed: int):
+        if len(model.spaces()) > 1:
+            raise ConfigError(f"intervention.kind=sae on {model.name}: its networks have unrelated activation spaces and an "
+                              "SAE reads one; use intervention.kind=steering or probe (fitted per network), or model.rating=R")
         saes = [load_sae(p) for p in find_saes(ic.saes)] if ic.saes else []
         match = [s for s in saes if s.cfg.site == ic.site]
         if not match:
@@ -75,53 +83,75 @@ class SAEIntervention:
             if control and feats:
                 feats = matched_random_features(self.freq, feats, rng)
             mask[i, feats] = 1.0
-        return lambda pos: sae_amplify(self.sae, mask[pos], strength, self.ic.keep_error)
+        return lambda pos, bucket: sae_amplify(self.sae, mask[pos], strength, self.ic.keep_error)
+
+
+def _probe_path(ic, buckets: list[int]) -> Path:
+    """The probe a space uses: intervention.probe_bucket's for one space, else the first of the
+    space's own buckets that the probe run saved (a Maia-1 network's band)."""
+    folder = Path(ic.probes) / "probes" / ic.site.replace(".", "_")
+    for b in buckets:
+        if (folder / f"bucket_{b}.safetensors").is_file():
+            return folder / f"bucket_{b}.safetensors"
+    return folder / f"bucket_{buckets[0]}.safetensors"  # load_probe names the missing file
 
 
 class DirectionIntervention:
-    """Per-row sums of concept directions: steering vectors, or probe directions scaled to their norm."""
+    """Per-row sums of concept directions: steering vectors, or probe directions scaled to their norm.
+    One set per activation space (`SkillModel.spaces`: the Maia-1 family has one per network)."""
 
     def __init__(self, ic, model, train: MoveSet, seed: int):
-        acts = _pooled_acts(model, train, ic.site, ic.batch_size)
+        if ic.kind == "probe" and not ic.probes:
+            raise ConfigError("intervention.kind=probe needs intervention.probes (a stage=probe run)")
+        spaces = model.spaces()
+        self.space_of = {b: rep for rep, bs in spaces for b in bs}
         names = sorted({c for r in train.rows for c in _concepts_of(r, ic.concept)})
-        self.vectors = {}
-        for c in names:
-            lab = torch.tensor([c in r["threats"] for r in train.rows])
-            if lab.any() and not lab.all():
-                self.vectors[c] = steering_vector(acts, lab)
-        if ic.kind == "probe":
-            if not ic.probes:
-                raise ConfigError("intervention.kind=probe needs intervention.probes (a stage=probe run)")
-            path = Path(ic.probes) / "probes" / ic.site.replace(".", "_") / f"bucket_{ic.probe_bucket}.safetensors"
-            probe = load_probe(path)
-            probed = {}
-            for c, v in self.vectors.items():
-                if c in probe.names:
-                    try:
-                        probed[c] = probe.direction(c) * v.norm()
-                    except MaiaAdaptError:  # a probe that never saw the concept has no direction
-                        continue
-            self.vectors = probed
-        if not self.vectors:
-            raise ConfigError(f"no direction for any '{ic.concept}' concept on the train rows")
-        self.ic, self.seed, self.dim = ic, seed, acts.shape[1]
+        self.vectors: dict[int, dict[str, torch.Tensor]] = {}
+        for rep, buckets in spaces:
+            # one space: the players' own buckets, as the study; several: this network's activations
+            acts = _pooled_acts(model, train, ic.site, ic.batch_size, elo="data" if len(spaces) == 1 else rep)
+            vectors = {}
+            for c in names:
+                lab = torch.tensor([c in r["threats"] for r in train.rows])
+                if lab.any() and not lab.all():
+                    vectors[c] = steering_vector(acts, lab)
+            if ic.kind == "probe":
+                probe = load_probe(_probe_path(ic, [ic.probe_bucket] if len(spaces) == 1 else buckets))
+                probed = {}
+                for c, v in vectors.items():
+                    if c in probe.names:
+                        try:
+                            probed[c] = probe.direction(c) * v.norm()
+                        except MaiaAdaptError:  # a probe that never saw the concept has no direction
+                            continue
+                vectors = probed
+            if not vectors:
+                raise ConfigError(f"no direction for any '{ic.concept}' concept on the train rows"
+                                  + (f" ({model.label(rep)})" if len(spaces) > 1 else ""))
+            self.vectors[rep] = vectors
+            self.dim = acts.shape[1]
+        self.ic, self.seed = ic, seed
 
     def settings(self):
         return [(s, None) for s in self.ic.strengths]
 
-    def make(self, rows: list[dict], setting, control: bool):
-        strength, _ = setting
+    def _directions(self, rows: list[dict], vectors: dict, control: bool) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed)
         d = torch.zeros(len(rows), self.dim)
         for i, r in enumerate(rows):
             for c in _concepts_of(r, self.ic.concept):
-                if c in self.vectors:
-                    v = self.vectors[c]
+                if c in vectors:
+                    v = vectors[c]
                     if control:  # a random direction of the same norm
                         rnd = torch.randn(self.dim, generator=gen)
                         v = rnd / rnd.norm() * v.norm()
                     d[i] += v
-        return lambda pos: add_direction(d[pos], strength)
+        return d
+
+    def make(self, rows: list[dict], setting, control: bool):
+        strength, _ = setting
+        d = {rep: self._directions(rows, vectors, control) for rep, vectors in self.vectors.items()}
+        return lambda pos, bucket: add_direction(d[self.space_of[int(bucket)]][pos], strength)
 
 
 def assemble(reports: list) -> "BucketReport":
@@ -153,7 +183,7 @@ def run(cfg, run_dir: Path) -> dict:
         raise ConfigError(f"intervention.kind '{ic.kind}': expected one of {', '.join(kinds)}")
     if not ic.transitional:
         raise ConfigError("stage=intervention needs intervention.transitional (a stage=transitional run or CSV)")
-    model = frozen_model(cfg, "intervention")
+    model = skill_model(cfg, "intervention")
     model.check_hook_name(ic.site)
     rows = concept_rows(read_transitional(ic.transitional), ic.concept)
     split = split_rows(rows)
@@ -217,7 +247,7 @@ def run(cfg, run_dir: Path) -> dict:
         tracker.finish()
     chose = ("a setting per Elo bucket (see the table)" if ic.per_bucket else f"strength {setting[0]}"
              + (f", top-{setting[1]} features per concept" if setting[1] else ""))
-    lines = ["# Intervention", "", f"`{ic.kind}` on `{ic.concept}` concepts at `{ic.site}`; {len(train.rows)} train "
+    lines = ["# Intervention", "", f"model `{model.name}`; `{ic.kind}` on `{ic.concept}` concepts at `{ic.site}`; {len(train.rows)} train "
              f"positions chose {chose}; judged on {len(test.rows)} test positions.", "",
              f"Correct-move accuracy over all buckets: {summary['accuracy_base']:.3f} -> {summary['accuracy_intervened']:.3f} "
              f"(control {summary['accuracy_control']:.3f}); effect {effect[0]:+.3f} [{effect[1]:+.3f}, {effect[2]:+.3f}], "
@@ -230,7 +260,7 @@ def run(cfg, run_dir: Path) -> dict:
                   f"{summary['heldout_human_accuracy_intervened']:.3f}.", ""]
     lines += ["![accuracy](accuracy_by_bucket.png)", "", "![transition points](transition_points.png)", "",
               "| Elo bucket | none | intervened | control | setting (strength, top-n) |", "|---|---|---|---|---|"]
-    lines += [f"| {BUCKET_NAMES[k]} | {base.accuracy[k]:.3f} | {eff.accuracy[k]:.3f} | {ctrl.accuracy[k]:.3f} | "
+    lines += [f"| {bucket_label(model, k)} | {base.accuracy[k]:.3f} | {eff.accuracy[k]:.3f} | {ctrl.accuracy[k]:.3f} | "
               f"{per_bucket[k][0]}, {per_bucket[k][1] or '-'} |" for k in range(NUM_BUCKETS)]
     lines += ["", "Grid on the train positions:", "", "| strength | top-n | mean accuracy |", "|---|---|---|"]
     lines += [f"| {g['strength'] or 'none'} | {g['top_n'] or '-'} | {g['train_accuracy']:.3f} |" for g in grid]

@@ -1,4 +1,8 @@
-"""stage=sae: sparse autoencoders on Maia-2 activations at one or more hook sites (one forward pass).
+"""stage=sae: sparse autoencoders on model activations at one or more hook sites (one forward pass).
+
+`model=maia1 model.rating=R` trains on one Maia-1 network (its conv maps as 64 square tokens of 64
+channels: token_pooling=none makes every square a sample); the family's nine networks have unrelated
+activation spaces, so one SAE per network (`-m model.rating=1100,1500,1900`).
 
 Writes into the run directory: saes/<site>/{sae.safetensors,cfg.json} (normalisation folded in),
 checkpoints/ (resumable), results.md and results.json (spliced evaluation against zero- and
@@ -14,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from .. import distributed
-from ..activations import activation_batches, collect_activations, position_codes, site_dim
+from ..activations import activation_batches, collect_activations, position_codes
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder, save_sae, train_dictionaries
 from ..dictionaries.evaluate import ablate_fn, site_mean, spliced_metrics, splice_fn
@@ -27,7 +31,7 @@ from ..reporting.plots import feature_density
 from ..runs import mark_done
 from ..model.training import resolve_device
 from ..tracking import Tracker
-from .common import frozen_model
+from .common import skill_model
 
 
 def _sae_config(stage_cfg, site: str, d_in: int) -> SAEConfig:
@@ -80,7 +84,10 @@ def run(cfg, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     sc = cfg.sae
     device = resolve_device(sc.device)
-    model = frozen_model(cfg, "sae").to(device)
+    model = skill_model(cfg, "sae", device=device)
+    if len(model.spaces()) > 1:
+        raise ConfigError(f"stage=sae on {model.name}: its networks have unrelated activation spaces and an SAE reads one; "
+                          "train one SAE per network with model.rating=R (e.g. -m model.rating=1100,1500,1900)")
     store = distributed.main_first(lambda: open_or_build_store(cfg.data, cfg.paths.cache_dir))
     sites = list(sc.sites)
     if not sites:
@@ -116,7 +123,7 @@ def run(cfg, run_dir: Path) -> dict:
 
     saes = {}
     for s in sites:
-        sae = SparseAutoencoder(_sae_config(sc, s, site_dim(model, s)))
+        sae = SparseAutoencoder(_sae_config(sc, s, model.site_dim(s)))
         saes[_slug(s)] = (sae, s)
     first = make_chunk(0)
     for sae, s in saes.values():
@@ -140,7 +147,7 @@ def run(cfg, run_dir: Path) -> dict:
                                    resume=False, calibrate=calibrate, calibrate_every=sc.calibrate_every)
         if not distributed.is_main():
             return {}
-        model.cpu()  # the evaluation below runs on the CPU
+        model.to("cpu")  # the evaluation below runs on the CPU
         for sae, _ in saes.values():
             sae.cpu()
         if calibrate:
@@ -149,14 +156,14 @@ def run(cfg, run_dir: Path) -> dict:
         rng = np.random.default_rng(cfg.seed + 1)
         eval_idx = np.sort(rng.permutation(test_idx)[: sc.eval_positions])
         results: dict = {"sites": {}}
-        lines = ["# SAE results", "", f"model: `{cfg.model.checkpoint}`, {len(eval_idx)} test positions, "
+        lines = ["# SAE results", "", f"model: `{model.name}` (`{cfg.model.checkpoint}`), {len(eval_idx)} test positions, "
                  f"architecture {sc.architecture}, F={sc.dim}, pooling {sc.token_pooling}", "",
                  "Baselines: zero / mean ablate what the splice replaces: " + (
                      "the token mean, set to zero / to its average over positions, each token keeping its deviation"
                      if sc.token_pooling == "mean" else "every token's activation, set to zero / to its mean"), ""]
         for name, (sae, s) in saes.items():
             sae.eval()
-            folder = save_sae(sae, run_dir / "saes" / name, {"model_checkpoint": str(cfg.model.checkpoint)})
+            folder = save_sae(sae, run_dir / "saes" / name, {"model_checkpoint": str(cfg.model.checkpoint), "model_name": model.name})
             mean = site_mean(model, store, eval_idx, s)
             m = spliced_metrics(model, store, eval_idx, s, {
                 "clean": None, "sae": splice_fn(sae, sc.token_pooling), "zero": ablate_fn(None, sc.token_pooling),
