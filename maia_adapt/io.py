@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CheckpointError, MaiaAdaptError
+from .errors import CheckpointError
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
@@ -99,15 +99,3 @@ def load_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     except Exception as e:  # safetensors raises its own error types for damaged headers
         raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
 
-
-def resolve_input(path_or_run_dir, *candidates: str) -> Path:
-    """An input named by a file path or by an earlier run directory holding one of `candidates`."""
-    p = Path(path_or_run_dir)
-    if p.is_file():
-        return p
-    if p.is_dir():
-        for c in candidates:
-            if (p / c).exists():
-                return p / c
-        raise MaiaAdaptError(f"run directory {p} has none of {', '.join(candidates)}")
-    raise MaiaAdaptError(f"{p} not found: expected a file or a run directory holding one of {', '.join(candidates)}")

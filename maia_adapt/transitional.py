@@ -250,11 +250,12 @@ def read_transitional(path) -> list[dict]:
     """Rows of a transitional.csv written by stage=transitional (a file or its run directory)."""
     import csv
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / "transitional.csv"
-    if not path.is_file():
-        raise DataError(f"{path} not found: expected transitional.csv from stage=transitional")
+    from .layout import TRANSITIONAL_CSV, resolve
+
+    try:
+        path = resolve(path, TRANSITIONAL_CSV, what="the transitional.csv of a stage=transitional run")
+    except MaiaAdaptError as e:
+        raise DataError(str(e)) from None
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for i, r in enumerate(rows, start=2):

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from maia_adapt.io import atomic_write_bytes, resolve_input
+from maia_adapt.io import atomic_write_bytes
+from maia_adapt.layout import resolve
 from maia_adapt.errors import MaiaAdaptError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,14 +64,15 @@ def test_atomic_write_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
     assert [f.name for f in tmp_path.iterdir()] == ["result.json"]
 
 
-def test_resolve_input(tmp_path):
+def test_resolve_file_or_run_directory(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "model.safetensors").write_bytes(b"x")
-    assert resolve_input(tmp_path / "run", "checkpoints/last.safetensors", "model.safetensors").name == "model.safetensors"
-    with pytest.raises(MaiaAdaptError, match="has none of sae.safetensors"):
-        resolve_input(tmp_path / "run", "sae.safetensors")
-    with pytest.raises(MaiaAdaptError, match="not found"):
-        resolve_input(tmp_path / "nope", "a")
+    assert resolve(tmp_path / "run", "checkpoints/last.safetensors", "model.safetensors", what="a model").name == "model.safetensors"
+    assert resolve(tmp_path / "run" / "model.safetensors", "other", what="a model").name == "model.safetensors"
+    with pytest.raises(MaiaAdaptError, match="run: no sae.safetensors in this directory .expected stage=sae"):
+        resolve(tmp_path / "run", "sae.safetensors", what="stage=sae's output")
+    with pytest.raises(MaiaAdaptError, match="nope not found: expected a thing"):
+        resolve(tmp_path / "nope", "a", what="a thing")
 
 
 def test_unknown_experiment_fails_with_choices():

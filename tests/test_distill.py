@@ -1,7 +1,6 @@
 """Distillation of the Maia-1 family into a Maia-2 (train.teacher=maia1): the split forward, the
 teachers' targets (on the fly and cached agree), and a student that learns to differ by skill."""
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest

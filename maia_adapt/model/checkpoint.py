@@ -66,14 +66,16 @@ def load_state_strict(model: Maia2, state: dict, source: str) -> None:
 
 def read_checkpoint(path) -> tuple[dict, Maia2Config | None]:
     """(state dict, architecture config or None) of an official .pt or our .safetensors file."""
+    from ..layout import LAST_CHECKPOINT, MODEL_FILE
+
     path = Path(path)
     if path.is_dir():
-        for name in ("model.safetensors", "checkpoints/last.safetensors"):
+        for name in (MODEL_FILE, LAST_CHECKPOINT):
             if (path / name).is_file():
                 path = path / name
                 break
         else:
-            raise CheckpointError(f"{path}: no model.safetensors or checkpoints/last.safetensors in this run directory")
+            raise CheckpointError(f"{path}: no {MODEL_FILE} or {LAST_CHECKPOINT} in this run directory")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found: expected an official .pt file or a .safetensors file")
     if path.suffix == ".safetensors":

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..encoding import NUM_BUCKETS, NUM_MOVES, SIDE_INFO_DIM
+from ..encoding import NUM_BUCKETS, NUM_MOVES
 from .hooks import HookFn, HookPoints
 
 

@@ -423,8 +423,10 @@ def _maia1_file(root: Path) -> Path | None:
     """The fine-tuned family file a model.checkpoint names: the file itself or a run's model.safetensors."""
     if root.is_file() and root.suffix == ".safetensors":
         return root
-    if root.is_dir() and (root / "model.safetensors").is_file() and not any(root.glob("maia-*.pb.gz")):
-        return root / "model.safetensors"
+    from ..layout import MODEL_FILE
+
+    if root.is_dir() and (root / MODEL_FILE).is_file() and not any(root.glob("maia-*.pb.gz")):
+        return root / MODEL_FILE
     return None
 
 

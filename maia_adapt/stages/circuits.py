@@ -16,6 +16,7 @@ from ..dictionaries.transcoder import load_transcoder
 from ..encoding import BUCKET_NAMES
 from ..errors import ConfigError
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..layout import transcoder_folder
 from ..model import load_model
 from ..reporting.dashboard import write_dashboards
 from ..reporting.plots import bucket_heatmap
@@ -29,7 +30,7 @@ def run(cfg, run_dir: Path) -> dict:
     model = frozen_model(cfg, "circuits")  # first: model=maia1 is refused before anything else
     if not cc.transcoders:
         raise ConfigError("stage=circuits needs circuits.transcoders (a stage=transcoder run with layers 0 and 1)")
-    folders = {l: Path(cc.transcoders) / "transcoders" / f"layer_{l}" for l in (0, 1)}
+    folders = {l: transcoder_folder(cc.transcoders, l) for l in (0, 1)}
     for l, f in folders.items():
         if not (f / "cfg.json").is_file():
             raise ConfigError(f"{f}: no transcoder for layer {l} (run stage=transcoder transcoder.layers=[0,1])")

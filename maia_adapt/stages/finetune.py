@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..evaluation import own_bucket_accuracy
 from ..finetune import MoveSet, concept_rows, finetune, select_trainable, transition_report
 from ..io import atomic_write_json, atomic_write_text
+from ..layout import MODEL_FILE
 from ..model.skill import Maia2Skill, save_skill_model
 from ..reporting.plots import bar_by_bucket, transition_histogram
 from ..tracking import Tracker
@@ -79,7 +80,7 @@ def run(cfg, run_dir: Path) -> dict:
                        side_info_weight=fc.side_info_weight, eval_every=fc.eval_every, seed=cfg.seed,
                        tracker=tracker, progress=bar.update)
         bar.close()
-        save_skill_model(model, run_dir / "model.safetensors", finetune=str(dict(concept=fc.concept, trainable=fc.trainable)))
+        save_skill_model(model, run_dir / MODEL_FILE, finetune=str(dict(concept=fc.concept, trainable=fc.trainable)))
         after = report(model)
 
         tb, ta = before["transition_points"], after["transition_points"]

@@ -31,6 +31,7 @@ from ..finetune import MoveSet, concept_rows
 from ..interventions import (BucketReport, add_direction, bootstrap_diff, evaluate_under, matched_random_features, sae_amplify,
                              steering_vector)
 from ..io import atomic_write_json, atomic_write_text
+from ..layout import detection_table, probe_file
 from ..probes import load_probe
 from ..reporting.plots import bar_by_bucket, transition_histogram
 from ..tracking import Tracker
@@ -62,7 +63,7 @@ class SAEIntervention:
         self.sae = match[0]
         if not ic.threats:
             raise ConfigError("intervention.kind=sae needs intervention.threats (a stage=threats run ranking the features)")
-        table = Path(ic.threats) / f"detection_{ic.site.replace('.', '_')}.csv"
+        table = detection_table(ic.threats, ic.site)
         if not table.is_file():
             raise ConfigError(f"{table} not found: run stage=threats with the same SAEs")
         with open(table, newline="") as f:
@@ -89,11 +90,10 @@ class SAEIntervention:
 def _probe_path(ic, buckets: list[int]) -> Path:
     """The probe a space uses: intervention.probe_bucket's for one space, else the first of the
     space's own buckets that the probe run saved (a Maia-1 network's band)."""
-    folder = Path(ic.probes) / "probes" / ic.site.replace(".", "_")
     for b in buckets:
-        if (folder / f"bucket_{b}.safetensors").is_file():
-            return folder / f"bucket_{b}.safetensors"
-    return folder / f"bucket_{buckets[0]}.safetensors"  # load_probe names the missing file
+        if probe_file(ic.probes, ic.site, b).is_file():
+            return probe_file(ic.probes, ic.site, b)
+    return probe_file(ic.probes, ic.site, buckets[0])  # load_probe names the missing file
 
 
 class DirectionIntervention:

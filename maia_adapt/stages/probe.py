@@ -24,6 +24,7 @@ from ..data.preprocess import open_or_build_store
 from ..encoding import BUCKET_NAMES
 from ..errors import ConfigError
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..layout import probe_file, site_slug
 from ..model.skill import Maia2Skill
 from ..probes import logit_lens_by_bucket, probes_per_bucket, save_probe
 from ..reporting.plots import bucket_heatmap
@@ -69,9 +70,9 @@ def run(cfg, run_dir: Path) -> dict:
             res = probes_per_bucket(model, store, train_idx, test_idx, site, y_tr, y_te, names, buckets=pc.buckets,
                                     l2=pc.l2, seed=cfg.seed, shuffled_control=pc.shuffled_control,
                                     batch_size=pc.batch_size)
-            slug = site.replace(".", "_")
+            slug = site_slug(site)
             for b, probe in res["probes"].items():
-                save_probe(probe, run_dir / "probes" / slug / f"bucket_{b}.safetensors", {"site": site, "elo_bucket": b})
+                save_probe(probe, probe_file(run_dir, site, b), {"site": site, "elo_bucket": b})
             auc = res["auc"].numpy()
             ctrl = res["control_auc"].numpy()
             png = bucket_heatmap(auc.T, names, run_dir / f"probe_auc_{slug}.png", f"{site}: probe test AUC per Elo bucket")

@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from .common import skill_model
 from ..encoding import NUM_BUCKETS
+from ..layout import detection_table, site_slug
 from ..reporting.dashboard import write_dashboards
 from ..reporting.plots import square_heatmaps
 from ..tracking import Tracker
@@ -115,6 +116,9 @@ def run(cfg, run_dir: Path) -> dict:
     check_families(tc.families)
     model = skill_model(cfg, "threats")
     saes = _load_saes(tc)
+    if saes and len(model.spaces()) > 1:
+        raise ConfigError(f"threats.saes with {model.name}: its networks have unrelated activation spaces and an SAE reads "
+                          "one; use the model.rating=R the SAEs were trained on, or threats.sites for raw channels")
     for sae in saes:
         model.check_hook_name(sae.cfg.site)
     store, idx, themes, theme_family = positions(cfg, run_dir)
@@ -149,8 +153,8 @@ def run(cfg, run_dir: Path) -> dict:
                                   top_k=tc.top_k, n_null=tc.n_null, n_boot=tc.n_boot, max_per_class=tc.max_per_class,
                                   seed=cfg.seed)
             rows = det.rows()
-            slug = name.split(" ")[0].replace(".", "_")
-            atomic_write_csv(run_dir / f"detection_{slug}.csv", rows)
+            slug = site_slug(name.split(" ")[0])
+            atomic_write_csv(detection_table(run_dir, name.split(" ")[0]), rows)
             detected = det.detected(tc.auc_threshold)
             fam = {s.name: s.family for s in specs}
             counts = {f: int(sum(d for d, n in zip(detected.tolist(), scored.names) if fam[n] == f))

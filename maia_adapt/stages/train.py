@@ -14,6 +14,7 @@ from ..data.preprocess import open_or_build_store
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS
 from ..errors import ConfigError
 from ..evaluation import evaluate_run, json_safe
+from ..layout import MODEL_FILE
 from ..model import Maia2, Maia2Config, load_model, save_model
 from ..model.distill import prepare_teacher
 from ..model.skill import Maia2Skill
@@ -58,7 +59,7 @@ def run(cfg, run_dir: Path) -> dict:
                              f"{cfg.model.name} after {cfg.train.max_steps} steps (test split)", seed=cfg.seed,
                              indices=test_idx)
         model.cpu().eval()
-        path = save_model(model, run_dir / "model.safetensors", steps=int(cfg.train.max_steps))
+        path = save_model(model, run_dir / MODEL_FILE, steps=int(cfg.train.max_steps))
         acc = [result[f"accuracy_bucket_{i}"] for i in range(NUM_BUCKETS)]
         png = bar_by_bucket(
             {"test": acc}, run_dir / "accuracy_by_bucket.png",

@@ -24,6 +24,7 @@ from ..dictionaries.evaluate import ablate_fn, agreement_grid, spliced_metrics
 from ..dictionaries.transcoder import Transcoder, TranscoderConfig, save_transcoder, splice_hooks
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
+from ..layout import transcoder_folder
 from ..reporting.plots import elo_grid_heatmap, qq_plot
 from ..runs import mark_done
 from ..model.training import resolve_device
@@ -93,7 +94,7 @@ def run(cfg, run_dir: Path) -> dict:
         for name, (t, _) in dicts.items():
             t.eval()
             l = t.cfg.layer
-            folder = save_transcoder(t, run_dir / "transcoders" / name, {"model_checkpoint": str(cfg.model.checkpoint)})
+            folder = save_transcoder(t, transcoder_folder(run_dir, l), {"model_checkpoint": str(cfg.model.checkpoint)})
             x, y = test_tokens[t.cfg.site], test_tokens[t.cfg.target_site]
             with torch.no_grad():
                 z = torch.cat([t.encode(c) for c in x.split(8192)])

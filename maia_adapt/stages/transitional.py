@@ -21,6 +21,7 @@ from ..data.store import store_from_fens
 from ..encoding import NUM_BUCKETS
 from ..errors import ConfigError
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..layout import TRANSITIONAL_CSV
 from ..reporting.plots import bar_by_bucket, transition_histogram
 from ..tracking import Tracker
 from ..transitional import NEVER, EngineOracle, build_transitional, find_engine, flat_rows, load_seed_positions
@@ -75,7 +76,7 @@ def run(cfg, run_dir: Path) -> dict:
         seed_tp = [NEVER if int(t) >= NUM_BUCKETS - 1 else int(t) for t in seed_tp]
         for r, t in zip(rows, seed_tp):
             r["seed_transition_point"] = t
-    atomic_write_csv(run_dir / "transitional.csv", flat_rows(rows))
+    atomic_write_csv(run_dir / TRANSITIONAL_CSV, flat_rows(rows))
 
     tps = np.array([r["transition_point"] for r in rows])
     acc = np.stack([r["accuracy_by_bucket"] for r in rows]).mean(0)
