@@ -12,6 +12,7 @@ network (bucket b trains the network of its band) and `policy_head` is each netw
 from __future__ import annotations
 
 import copy
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from .encoding import NUM_BUCKETS
 from .errors import ConfigError
 from .model.skill import Maia2Skill, as_skill_model
 from .model.training import train_mode
-from .transitional import correct_by_bucket, predictions_by_bucket, transition_points
+from .transitional import NEVER, correct_by_bucket, predictions_by_bucket, transition_points
 
 def select_trainable(model, trainable: str, freeze_elo: bool = True) -> list[str]:
     """Turn gradients on for the chosen parameters only; returns their names. `trainable` is a preset
@@ -49,6 +50,19 @@ def select_trainable(model, trainable: str, freeze_elo: bool = True) -> list[str
         raise ConfigError(f"finetune.trainable '{trainable}' matches no parameter: use {', '.join(presets)} "
                           f"or parameter-name prefixes such as {example}")
     return names
+
+
+def split_rows(rows: list[dict]) -> dict[str, list[dict]]:
+    """train/val/test rows by the dataset's game split; a set without val or test rows (the seed
+    positions) is split 60/20/20 by a hash of the FEN, so the split never depends on row order."""
+    out = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
+    if out["val"] and out["test"]:
+        return out
+    out = {"train": [], "val": [], "test": []}
+    for r in rows:
+        h = zlib.crc32(r["fen"].encode()) % 10
+        out["train" if h < 6 else "val" if h < 8 else "test"].append(r)
+    return out
 
 
 def concept_rows(rows: list[dict], concept: str) -> list[dict]:
@@ -152,4 +166,26 @@ def transition_report(model, moves: MoveSet, batch_size: int = 512) -> dict:
     preds, _ = predictions_by_bucket(model, moves.store, np.arange(len(moves.rows)), batch_size=batch_size)
     correct = correct_by_bucket(preds, moves.rows)
     tp, mono = transition_points(correct)
-    return {"accuracy": correct.mean(0), "transition_points": tp, "monotone": mono, "predictions": preds}
+    return {"accuracy": correct.mean(0), "correct": correct, "transition_points": tp, "monotone": mono, "predictions": preds}
+
+
+def shift_summary(before: dict, after: dict, n_boot: int = 1000, seed: int = 0) -> dict:
+    """How fine-tuning moved the test positions (two `transition_report`s of the same rows): mean
+    transition point before/after and its shift with a 95% bootstrap interval over positions, the
+    shift of the positions that were transitional, never-right and right-everywhere counts, and the
+    correct-move accuracy over all buckets with the change's interval."""
+    from .interventions import bootstrap_diff
+
+    tb, ta = before["transition_points"], after["transition_points"]
+    was_trans = (tb > 0) & (tb < NEVER)
+    shift = bootstrap_diff(ta, tb, n_boot, seed)
+    gain = bootstrap_diff(after["correct"].mean(1), before["correct"].mean(1), n_boot, seed)
+    return {
+        "mean_transition_point_before": float(tb.mean()), "mean_transition_point_after": float(ta.mean()),
+        "mean_shift": shift[0], "mean_shift_ci": [shift[1], shift[2]],
+        "mean_shift_of_transitional": float((ta - tb)[was_trans].mean()) if was_trans.any() else float("nan"),
+        "never_before": int((tb == NEVER).sum()), "never_after": int((ta == NEVER).sum()),
+        "correct_everywhere_before": int((tb == 0).sum()), "correct_everywhere_after": int((ta == 0).sum()),
+        "test_accuracy_before": float(before["accuracy"].mean()), "test_accuracy_after": float(after["accuracy"].mean()),
+        "test_accuracy_change_ci": [gain[1], gain[2]],
+    }

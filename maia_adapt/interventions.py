@@ -10,12 +10,19 @@ the concepts active in it) through a per-sample mask.
 """
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import MaiaAdaptError
+from .activations import collect_activations
+from .dictionaries import find_saes, load_sae
+from .encoding import NUM_BUCKETS
+from .errors import ConfigError, MaiaAdaptError
+from .layout import detection_table, probe_file
+from .probes import load_probe
 from .transitional import correct_by_bucket, predictions_by_bucket, transition_points
 
 
@@ -103,3 +110,171 @@ def bootstrap_diff(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int =
     rng = np.random.default_rng(seed)
     boots = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_boot)] if len(d) else [np.nan]
     return float(d.mean()) if len(d) else float("nan"), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+# ---- the three kinds of stage=intervention, as per-row hook makers ----------------------------
+def _concepts_of(row: dict, concept: str) -> list[str]:
+    return [t for t in row["threats"] if t == concept or t.startswith(concept + "@")]
+
+
+def _pooled_acts(model, moves, site: str, batch_size: int, elo="data") -> torch.Tensor:
+    idx = np.arange(len(moves.rows))
+    return collect_activations(model, moves.store, idx, [site], batch_size=batch_size, elo=elo)[site]
+
+
+class SAEIntervention:
+    """Per-row masks of the top-n SAE features of the row's concepts (from a stage=threats table)."""
+
+    def __init__(self, ic, model, train, seed: int):
+        if len(model.spaces()) > 1:
+            raise ConfigError(f"intervention.kind=sae on {model.name}: its networks have unrelated activation spaces and an "
+                              "SAE reads one; use intervention.kind=steering or probe (fitted per network), or model.rating=R")
+        saes = [load_sae(p) for p in find_saes(ic.saes)] if ic.saes else []
+        match = [s for s in saes if s.cfg.site == ic.site]
+        if not match:
+            raise ConfigError(f"intervention.saes has no SAE reading {ic.site} (found: {[s.cfg.site for s in saes]})")
+        self.sae = match[0]
+        if not ic.threats:
+            raise ConfigError("intervention.kind=sae needs intervention.threats (a stage=threats run ranking the features)")
+        table = detection_table(ic.threats, ic.site)
+        if not table.is_file():
+            raise ConfigError(f"{table} not found: run stage=threats with the same SAEs")
+        with open(table, newline="") as f:
+            self.top = {r["concept"]: [int(x) for x in r["top_features"].split()] for r in csv.DictReader(f)}
+        with torch.no_grad():
+            self.freq = (self.sae.encode(_pooled_acts(model, train, ic.site, ic.batch_size)) > 0).float().mean(0)
+        self.ic, self.seed = ic, seed
+
+    def settings(self):
+        return [(s, n) for s in self.ic.strengths for n in self.ic.top_n]
+
+    def make(self, rows: list[dict], setting, control: bool):
+        strength, n = setting
+        rng = np.random.default_rng(self.seed)
+        mask = torch.zeros(len(rows), self.sae.cfg.dim)
+        for i, r in enumerate(rows):
+            feats = sorted({f for c in _concepts_of(r, self.ic.concept) for f in self.top.get(c, [])[:n]})
+            if control and feats:
+                feats = matched_random_features(self.freq, feats, rng)
+            mask[i, feats] = 1.0
+        return lambda pos, bucket: sae_amplify(self.sae, mask[pos], strength, self.ic.keep_error)
+
+
+def _probe_path(ic, buckets: list[int]) -> Path:
+    """The probe a space uses: intervention.probe_bucket's for one space, else the first of the
+    space's own buckets that the probe run saved (a Maia-1 network's band)."""
+    for b in buckets:
+        if probe_file(ic.probes, ic.site, b).is_file():
+            return probe_file(ic.probes, ic.site, b)
+    return probe_file(ic.probes, ic.site, buckets[0])  # load_probe names the missing file
+
+
+class DirectionIntervention:
+    """Per-row sums of concept directions: steering vectors, or probe directions scaled to their norm.
+    One set per activation space (`SkillModel.spaces`: the Maia-1 family has one per network)."""
+
+    def __init__(self, ic, model, train, seed: int):
+        if ic.kind == "probe" and not ic.probes:
+            raise ConfigError("intervention.kind=probe needs intervention.probes (a stage=probe run)")
+        spaces = model.spaces()
+        self.space_of = {b: rep for rep, bs in spaces for b in bs}
+        names = sorted({c for r in train.rows for c in _concepts_of(r, ic.concept)})
+        self.vectors: dict[int, dict[str, torch.Tensor]] = {}
+        for rep, buckets in spaces:
+            # one space: the players' own buckets, as the study; several: this network's activations
+            acts = _pooled_acts(model, train, ic.site, ic.batch_size, elo="data" if len(spaces) == 1 else rep)
+            vectors = {}
+            for c in names:
+                lab = torch.tensor([c in r["threats"] for r in train.rows])
+                if lab.any() and not lab.all():
+                    vectors[c] = steering_vector(acts, lab)
+            if ic.kind == "probe":
+                probe = load_probe(_probe_path(ic, [ic.probe_bucket] if len(spaces) == 1 else buckets))
+                probed = {}
+                for c, v in vectors.items():
+                    if c in probe.names:
+                        try:
+                            probed[c] = probe.direction(c) * v.norm()
+                        except MaiaAdaptError:  # a probe that never saw the concept has no direction
+                            continue
+                vectors = probed
+            if not vectors:
+                raise ConfigError(f"no direction for any '{ic.concept}' concept on the train rows"
+                                  + (f" ({model.label(rep)})" if len(spaces) > 1 else ""))
+            self.vectors[rep] = vectors
+            self.dim = acts.shape[1]
+        self.ic, self.seed = ic, seed
+
+    def settings(self):
+        return [(s, None) for s in self.ic.strengths]
+
+    def _directions(self, rows: list[dict], vectors: dict, control: bool) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed)
+        d = torch.zeros(len(rows), self.dim)
+        for i, r in enumerate(rows):
+            for c in _concepts_of(r, self.ic.concept):
+                if c in vectors:
+                    v = vectors[c]
+                    if control:  # a random direction of the same norm
+                        rnd = torch.randn(self.dim, generator=gen)
+                        v = rnd / rnd.norm() * v.norm()
+                    d[i] += v
+        return d
+
+    def make(self, rows: list[dict], setting, control: bool):
+        strength, _ = setting
+        d = {rep: self._directions(rows, vectors, control) for rep, vectors in self.vectors.items()}
+        return lambda pos, bucket: add_direction(d[self.space_of[int(bucket)]][pos], strength)
+
+
+def assemble(reports: list) -> "BucketReport":
+    """Bucket k's column from reports[k]: per-bucket settings evaluated as one intervention."""
+    correct = np.stack([r.correct[:, k] for k, r in enumerate(reports)], axis=1)
+    return BucketReport(correct.mean(0), correct, transition_points(correct)[0])
+
+
+# ---- the study's protocol: choose on the train rows, judge on the test rows ------------------------
+def grid_search(method, ev, train) -> list[dict]:
+    """Mean and per-bucket correct-move accuracy on the train rows, without intervention (first row)
+    and under each of the method's settings; ev(moves, make_hook=None) -> BucketReport."""
+    base = ev(train).accuracy
+    grid = [{"strength": None, "top_n": None, "train_accuracy": float(base.mean()), "train_accuracy_by_bucket": base.tolist()}]
+    for setting in method.settings():
+        acc = ev(train, method.make(train.rows, setting, control=False)).accuracy
+        grid.append({"strength": setting[0], "top_n": setting[1], "train_accuracy": float(acc.mean()),
+                     "train_accuracy_by_bucket": acc.tolist()})
+    return grid
+
+
+def choose_settings(grid: list[dict], per_bucket: bool) -> tuple[tuple, list[tuple]]:
+    """(the best setting over all buckets, the setting each bucket uses): with per_bucket, the study's
+    protocol, each Elo bucket gets the setting that serves it best on the train rows."""
+    best = max(grid[1:], key=lambda g: g["train_accuracy"])
+    setting = (best["strength"], best["top_n"])
+    if not per_bucket:
+        return setting, [setting] * NUM_BUCKETS
+    chosen = [max(grid[1:], key=lambda g: g["train_accuracy_by_bucket"][k]) for k in range(NUM_BUCKETS)]
+    return setting, [(g["strength"], g["top_n"]) for g in chosen]
+
+
+def judge(method, ev, test, per_bucket: list[tuple], n_boot: int, seed: int) -> dict:
+    """The chosen settings on the test rows against no intervention and against the matched control:
+    the three BucketReports and a summary with bootstrap intervals over positions."""
+    base = ev(test)
+    evals = {st: (ev(test, method.make(test.rows, st, False)), ev(test, method.make(test.rows, st, True)))
+             for st in dict.fromkeys(per_bucket)}
+    eff, ctrl = (assemble([evals[st][i] for st in per_bucket]) for i in (0, 1))
+    per_pos = lambda r: r.correct.mean(1)
+    effect = bootstrap_diff(per_pos(eff), per_pos(base), n_boot, seed)
+    vs_control = bootstrap_diff(per_pos(eff), per_pos(ctrl), n_boot, seed)
+    summary = {
+        "accuracy_base": float(base.accuracy.mean()), "accuracy_intervened": float(eff.accuracy.mean()),
+        "accuracy_control": float(ctrl.accuracy.mean()),
+        "effect": effect[0], "effect_ci": [effect[1], effect[2]],
+        "effect_minus_control": vs_control[0], "effect_minus_control_ci": [vs_control[1], vs_control[2]],
+        "mean_transition_point_base": float(base.transition_points.mean()),
+        "mean_transition_point_intervened": float(eff.transition_points.mean()),
+        "mean_transition_point_control": float(ctrl.transition_points.mean()),
+        "fixed": int((~base.correct & eff.correct).sum()), "broken": int((base.correct & ~eff.correct).sum()),
+    }
+    return {"base": base, "intervened": eff, "control": ctrl, "summary": summary}

@@ -11,7 +11,6 @@ shift), transition_points.png, accuracy plots, metrics.jsonl.
 """
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,27 +20,35 @@ from ..data.preprocess import open_or_build_store
 from ..encoding import NUM_BUCKETS
 from ..errors import ConfigError
 from ..evaluation import own_bucket_accuracy
-from ..finetune import MoveSet, concept_rows, finetune, select_trainable, transition_report
+from ..finetune import MoveSet, concept_rows, finetune, select_trainable, shift_summary, split_rows, transition_report
 from ..io import atomic_write_json, atomic_write_text
 from ..layout import MODEL_FILE
 from ..model.skill import Maia2Skill, save_skill_model
 from ..reporting.plots import bar_by_bucket, transition_histogram
 from ..tracking import Tracker
-from ..transitional import NEVER, read_transitional
+from ..transitional import read_transitional
 from .common import bucket_label, skill_model
 
 
-def split_rows(rows: list[dict]) -> dict[str, list[dict]]:
-    """train/val/test rows by the dataset's game split; a set without val or test rows (the seed
-    positions) is split 60/20/20 by a hash of the FEN, so the split never depends on row order."""
-    out = {s: [r for r in rows if r["split"] == s] for s in ("train", "val", "test")}
-    if out["val"] and out["test"]:
-        return out
-    out = {"train": [], "val": [], "test": []}
-    for r in rows:
-        h = zlib.crc32(r["fen"].encode()) % 10
-        out["train" if h < 6 else "val" if h < 8 else "test"].append(r)
-    return out
+def _report(model, fc, summary: dict, before: dict, after: dict) -> list[str]:
+    """results.md's lines."""
+    lines = ["# Calibration fine-tuning", "", f"model `{model.name}`; "
+             f"concept `{fc.concept or 'all'}`, trainable `{fc.trainable}` ({summary['trainable_parameters']:,} parameters)"
+             + (f", Elo embedding {'frozen' if fc.freeze_elo else 'trained'}" if isinstance(model, Maia2Skill) else "")
+             + f"; {summary['positions_train']} train / {summary['positions_val']} "
+             f"val / {summary['positions_test']} test positions; best validation loss {summary['best_val_loss']:.4f} at step "
+             f"{summary['best_step']} of {fc.steps}.", "",
+             f"Mean transition point {summary['mean_transition_point_before']:.2f} -> {summary['mean_transition_point_after']:.2f} "
+             f"(shift {summary['mean_shift']:+.2f} [{summary['mean_shift_ci'][0]:+.2f}, {summary['mean_shift_ci'][1]:+.2f}], 95% "
+             f"bootstrap; never right: {summary['never_before']} -> {summary['never_after']}; "
+             f"right at every bucket: {summary['correct_everywhere_before']} -> {summary['correct_everywhere_after']}).", "",
+             "![transition points](transition_points.png)", "", "![accuracy](accuracy_by_bucket.png)", "",
+             "| Elo bucket | test: correct move before | after | held-out: human move before | after |", "|---|---|---|---|---|"]
+    for k in range(NUM_BUCKETS):
+        h = (f"{before['heldout'][f'accuracy_bucket_{k}']:.3f} | {after['heldout'][f'accuracy_bucket_{k}']:.3f}"
+             if 'heldout' in before else "- | -")
+        lines.append(f"| {bucket_label(model, k)} | {before['accuracy'][k]:.3f} | {after['accuracy'][k]:.3f} | {h} |")
+    return lines
 
 
 def run(cfg, run_dir: Path) -> dict:
@@ -84,17 +91,9 @@ def run(cfg, run_dir: Path) -> dict:
         after = report(model)
 
         tb, ta = before["transition_points"], after["transition_points"]
-        was_trans = (tb > 0) & (tb < NEVER)
-        summary = {
-            "positions_train": len(parts["train"].rows), "positions_val": len(parts["val"].rows),
-            "positions_test": len(parts["test"].rows), "trainable_parameters": n_params, **{k: v for k, v in fit.items() if k != "val_losses"},
-            "mean_transition_point_before": float(tb.mean()), "mean_transition_point_after": float(ta.mean()),
-            "mean_shift": float((ta - tb).mean()),
-            "mean_shift_of_transitional": float((ta - tb)[was_trans].mean()) if was_trans.any() else float("nan"),
-            "never_before": int((tb == NEVER).sum()), "never_after": int((ta == NEVER).sum()),
-            "correct_everywhere_before": int((tb == 0).sum()), "correct_everywhere_after": int((ta == 0).sum()),
-            "test_accuracy_before": float(before["accuracy"].mean()), "test_accuracy_after": float(after["accuracy"].mean()),
-        }
+        summary = {"positions_train": len(parts["train"].rows), "positions_val": len(parts["val"].rows),
+                   "positions_test": len(parts["test"].rows), "trainable_parameters": n_params,
+                   **{k: v for k, v in fit.items() if k != "val_losses"}, **shift_summary(before, after, seed=cfg.seed)}
         if heldout is not None:
             summary["heldout_accuracy_before"] = before["heldout"]["accuracy"]
             summary["heldout_accuracy_after"] = after["heldout"]["accuracy"]
@@ -104,21 +103,7 @@ def run(cfg, run_dir: Path) -> dict:
                             run_dir / "accuracy_by_bucket.png", "correct move on the test positions", ylabel="accuracy")
         for name, png in (("transition_points", hist), ("accuracy_by_bucket", acc)):
             tracker.log_image(f"finetune/{name}", png)
-        lines = ["# Calibration fine-tuning", "", f"model `{model.name}`; "
-                 f"concept `{fc.concept or 'all'}`, trainable `{fc.trainable}` ({n_params:,} parameters)"
-                 + (f", Elo embedding {'frozen' if fc.freeze_elo else 'trained'}" if isinstance(model, Maia2Skill) else "")
-                 + f"; {summary['positions_train']} train / {summary['positions_val']} "
-                 f"val / {summary['positions_test']} test positions; best validation loss {fit['best_val_loss']:.4f} at step "
-                 f"{fit['best_step']} of {fc.steps}.", "",
-                 f"Mean transition point {summary['mean_transition_point_before']:.2f} -> {summary['mean_transition_point_after']:.2f} "
-                 f"(shift {summary['mean_shift']:+.2f}; never right: {summary['never_before']} -> {summary['never_after']}; "
-                 f"right at every bucket: {summary['correct_everywhere_before']} -> {summary['correct_everywhere_after']}).", "",
-                 "![transition points](transition_points.png)", "", "![accuracy](accuracy_by_bucket.png)", "",
-                 "| Elo bucket | test: correct move before | after | held-out: human move before | after |", "|---|---|---|---|---|"]
-        for k in range(NUM_BUCKETS):
-            h = (f"{before['heldout'][f'accuracy_bucket_{k}']:.3f} | {after['heldout'][f'accuracy_bucket_{k}']:.3f}"
-                 if heldout is not None else "- | -")
-            lines.append(f"| {bucket_label(model, k)} | {before['accuracy'][k]:.3f} | {after['accuracy'][k]:.3f} | {h} |")
+        lines = _report(model, fc, summary, before, after)
         atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
         atomic_write_json(run_dir / "results.json", {**summary, "accuracy_before": before["accuracy"].tolist(),
                                                      "accuracy_after": after["accuracy"].tolist(),
