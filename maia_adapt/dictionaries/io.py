@@ -52,11 +52,12 @@ FROM_SAELENS = {"jumprelu": "jumprelu", "topk": "topk", "standard": "relu_l1"}
 
 def saelens_cfg(architecture: str, d_in: int, d_sae: int, hook_name: str, model_name: str,
                 apply_b_dec_to_input: bool) -> dict:
-    """The keys SAELens's SAEConfig reads, for a float32 file with normalisation folded in."""
+    """The keys SAELens's SAEConfig reads, for a float32 file with normalisation folded in. Without a
+    `sae_lens_version` SAELens reads it as its pre-6.0 flat layout and moves hook_name and model_name
+    into its cfg.metadata itself."""
     return {"architecture": architecture, "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
             "apply_b_dec_to_input": apply_b_dec_to_input, "normalize_activations": "none",
-            "reshape_activations": "none", "hook_name": hook_name, "model_name": model_name,
-            "metadata": {"hook_name": hook_name, "model_name": model_name}}
+            "reshape_activations": "none", "hook_name": hook_name, "model_name": model_name}
 
 
 def read_folder(path, legacy: str, what: str) -> tuple[Path, dict, Path]:

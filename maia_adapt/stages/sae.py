@@ -1,6 +1,6 @@
 """stage=sae: sparse autoencoders on Maia-2 activations at one or more hook sites (one forward pass).
 
-Writes into the run directory: saes/<site>/{sae.safetensors,cfg.json} (normalisation folded in),
+Writes into the run directory: saes/<site>/{sae_weights.safetensors,cfg.json} (SAELens layout, normalisation folded in),
 checkpoints/ (resumable), results.md and results.json (spliced evaluation against zero- and
 mean-ablation, per Elo bucket), feature_density.png, metrics.jsonl.
 """
