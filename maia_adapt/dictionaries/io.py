@@ -20,7 +20,7 @@ W_enc [d_in, F], b_enc [F], W_dec [F, d_out], b_dec [d_out] and, with a skip pat
 [d_out, d_in] in SAELens's orientation: y = act(x W_enc + b_enc) W_dec + b_dec + x W_skip^T.
 ReLU transcoders (k = 0) are SAELens's `transcoder` / `skip_transcoder`. SAELens has no TopK
 transcoder, so k > 0 is written as `topk_transcoder` / `topk_skip_transcoder` with `k`: SAELens
-refuses the unknown architecture instead of running it as a ReLU transcoder (which fires about ten
+refuses the unknown architecture instead of running it as a ReLU transcoder (which fires several
 times as many latents), unless `dictionaries.saelens.register()` has taught it the architecture.
 
 Beyond SAELens's keys, cfg.json keeps `hook_name` (and `hook_name_out`), `model_name`, our own
