@@ -81,7 +81,7 @@ def test_dictionaries_on_two_processes_equal_one_process(tmp_path, stage, files)
     one, two = tmp_path / "one" / "run", tmp_path / "two" / "run"
     _run(args, one)
     _run(args, two, procs=2)
-    pattern = "saes/*/sae.safetensors" if stage == "sae" else "transcoders/*/transcoder.safetensors"
+    pattern = "saes/*/sae_weights.safetensors" if stage == "sae" else "transcoders/*/sae_weights.safetensors"
     a, b = (load_file(str(next(d.glob(pattern)))) for d in (one, two))
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), (k, (a[k] - b[k]).abs().max())

@@ -137,10 +137,10 @@ def test_sae_killed_at_each_point_of_calibration_and_checkpoint_resumes_to_the_s
             assert load_safetensors(best)[1]["step"] == str(step)
 
     summary = _killed_then_finished(SAE, parent, kills, best_ahead_of_the_checkpoint)
-    a = load_file(str(next((tmp_path / "a").glob("*/saes/*/sae.safetensors"))))
+    a = load_file(str(next((tmp_path / "a").glob("*/saes/*/sae_weights.safetensors"))))
     finished = [d for d in parent.iterdir() if (d / "DONE").exists()]
     assert len(finished) == 1
-    b = load_file(str(next(finished[0].glob("saes/*/sae.safetensors"))))
+    b = load_file(str(next(finished[0].glob("saes/*/sae_weights.safetensors"))))
     assert all(torch.equal(a[k], b[k]) for k in a)
     # the calibration's best step and score survive the kills as well; the best is a step whose best/
     # write a killed run made ahead of its checkpoint (100: killed after best/; 200: killed inside the

@@ -10,7 +10,6 @@ like an SAE: `losses(x, target=y)` and the decoder upkeep methods.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,8 +20,11 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_json, load_safetensors, save_safetensors
+from .io import WEIGHTS, check_tensors, meta_get, read_folder, saelens_cfg
 from .kernels import KERNELS, compute_dtype, fired_counts, row_crow, sparse_decode, topk_encode, use_sparse
 from .sae import UnitDecoderMixin
+
+LEGACY_WEIGHTS = "transcoder.safetensors"  # maia-adapt-transcoder-v1: W_skip as [d_in, d_out]
 
 
 @dataclass
@@ -158,32 +160,62 @@ class Transcoder(UnitDecoderMixin, nn.Module):
         self.out_scale.fill_(1.0)
 
 
+def transcoder_architecture(cfg: TranscoderConfig) -> str:
+    """The SAELens architecture name: its own for ReLU transcoders, ours (unknown to it) for TopK."""
+    return ("topk_" if cfg.k else "") + ("skip_transcoder" if cfg.skip else "transcoder")
+
+
 def save_transcoder(tc: Transcoder, folder, extra: dict | None = None) -> Path:
+    """Write the transcoder with its scales folded in, in the layout of dictionaries/io.py."""
     folder = Path(folder)
-    folded = copy.deepcopy(tc).cpu()
+    folded = copy.deepcopy(tc).cpu().float()
     folded.fold_normalisation()
+    cfg = tc.cfg
     tensors = {"W_enc": folded.W_enc, "b_enc": folded.b_enc, "W_dec": folded.W_dec, "b_dec": folded.b_dec}
     if folded.W_skip is not None:
-        tensors["W_skip"] = folded.W_skip
-    save_safetensors(tensors, folder / "transcoder.safetensors", {"format": "maia-adapt-transcoder-v1"})
-    atomic_write_json(folder / "cfg.json", {"architecture": "transcoder", "d_in": tc.cfg.d_in, "d_out": tc.cfg.d_out,
-                                            "d_sae": tc.cfg.dim, "k": tc.cfg.k, "hook_name": tc.cfg.site,
-                                            "hook_name_out": tc.cfg.target_site, "training": asdict(tc.cfg), **(extra or {})})
+        tensors["W_skip"] = folded.W_skip.t()  # SAELens's [d_out, d_in]: y = ... + x @ W_skip.T
+    extra = dict(extra or {})
+    out = saelens_cfg(transcoder_architecture(cfg), cfg.d_in, cfg.dim, cfg.site, extra.pop("model_name", "maia2"), False)
+    out["d_out"] = cfg.d_out
+    if cfg.k:
+        out["k"] = cfg.k
+    save_safetensors({k: v.detach() for k, v in tensors.items()}, folder / WEIGHTS,
+                     {"format": "maia-adapt-transcoder-v2", "W_skip": "[d_out, d_in]"})
+    atomic_write_json(folder / "cfg.json", {**out, "hook_name_out": cfg.target_site, "maia_adapt_architecture": "transcoder",
+                                            "training": asdict(cfg), **extra})
     return folder
 
 
 def load_transcoder(path) -> Transcoder:
-    path = Path(path)
-    if not (path / "cfg.json").is_file():
-        raise CheckpointError(f"{path}: no cfg.json (expected a folder written by stage=transcoder)")
-    meta = json.loads((path / "cfg.json").read_text())
-    tc = Transcoder(TranscoderConfig(**meta["training"]))
-    tensors, _ = load_safetensors(path / "transcoder.safetensors")
-    for k, v in tensors.items():
-        want = tuple(getattr(tc, k).shape)
-        if tuple(v.shape) != want:
-            raise CheckpointError(f"{path / 'transcoder.safetensors'}: key '{k}' has shape {tuple(v.shape)}, cfg.json implies {want}")
-        getattr(tc, k).data.copy_(v)
+    """A transcoder from a folder written by save_transcoder, an older `transcoder.safetensors` folder
+    (W_skip stored as [d_in, d_out]), or a SAELens `transcoder` / `skip_transcoder` folder."""
+    path, meta, file = read_folder(path, LEGACY_WEIGHTS, "transcoder")
+    cfg_path = path / "cfg.json"
+    legacy = file.name == LEGACY_WEIGHTS
+    if "training" in meta:
+        cfg = TranscoderConfig(**meta["training"])
+        if not legacy and meta.get("architecture") != transcoder_architecture(cfg):
+            raise CheckpointError(f"{cfg_path}: architecture {meta.get('architecture')!r} but its training config "
+                                  f"(k={cfg.k}, skip={cfg.skip}) is a {transcoder_architecture(cfg)!r}")
+    else:  # written by SAELens itself
+        arch = meta_get(meta, cfg_path, "architecture")
+        if arch not in ("transcoder", "skip_transcoder"):
+            raise CheckpointError(f"{cfg_path}: architecture '{arch}': expected transcoder or skip_transcoder")
+        if meta.get("normalize_activations", "none") != "none":
+            raise CheckpointError(f"{cfg_path}: normalize_activations={meta['normalize_activations']!r}: only 'none' is supported")
+        site = meta.get("hook_name", meta.get("metadata", {}).get("hook_name", ""))
+        cfg = TranscoderConfig(dim=meta_get(meta, cfg_path, "d_sae"), k=0, d_in=meta_get(meta, cfg_path, "d_in"),
+                               d_out=meta_get(meta, cfg_path, "d_out"), skip=arch == "skip_transcoder", site=site,
+                               target_site=meta.get("hook_name_out", site))
+    tc = Transcoder(cfg)
+    tensors, _ = load_safetensors(file)
+    want = {k: tuple(getattr(tc, k).shape) for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    if cfg.skip:
+        want["W_skip"] = (cfg.d_in, cfg.d_out) if legacy else (cfg.d_out, cfg.d_in)
+    check_tensors(file, tensors, want)
+    for k in want:
+        v = tensors[k]
+        getattr(tc, k).data.copy_(v if k != "W_skip" or legacy else v.t())
     return tc.eval()
 
 

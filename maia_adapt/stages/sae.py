@@ -4,7 +4,7 @@
 channels: token_pooling=none makes every square a sample); the family's nine networks have unrelated
 activation spaces, so one SAE per network (`-m model.rating=1100,1500,1900`).
 
-Writes into the run directory: saes/<site>/{sae.safetensors,cfg.json} (normalisation folded in),
+Writes into the run directory: saes/<site>/{sae_weights.safetensors,cfg.json} (SAELens layout, normalisation folded in),
 checkpoints/ (resumable), results.md and results.json (spliced evaluation against zero- and
 mean-ablation, per Elo bucket), feature_density.png, metrics.jsonl.
 """

@@ -1,7 +1,7 @@
 """stage=transcoder: sparse transcoders that imitate the FFN of one or more transformer blocks.
 
 Per layer l: input blocks.l.hook_mlp_in, target blocks.l.hook_mlp_out, every token a sample, trained
-from one forward pass over cached activations; saved as transcoders/layer_<l>/{transcoder.safetensors,
+from one forward pass over cached activations; saved as transcoders/layer_<l>/{sae_weights.safetensors,
 cfg.json}. Evaluation: FVU, L0, dead fraction on test tokens; the transcoder spliced in place of the
 FFN against the model and against a zero-ablated FFN (top-1 agreement, policy KL); the agreement on
 the 11 x 11 (own, opponent) Elo grid and the win-probability correlation with a QQ plot.
