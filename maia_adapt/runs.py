@@ -1,7 +1,9 @@
 """Run directories: fingerprints of a run's settings, and finding an interrupted run to resume.
 
 Re-running the same command starts a new Hydra run directory; a stage that supports resuming looks
-for an earlier directory of the same stage whose fingerprint matches and that did not finish.
+for an earlier directory of the same stage whose fingerprint matches and that did not finish. The
+fingerprint covers what the stage reads (its own section, model, seed, the data's store fingerprint),
+so editing another stage's settings still resumes and other games never do.
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from .io import atomic_write_json
 FINGERPRINT_FILE = "fingerprint.txt"
 FINGERPRINT_KEYS_FILE = "fingerprint.json"  # what the fingerprint hashed: names the keys when a run does not resume
 DONE_FILE = "DONE"
-# every stage reads these; `data` is hashed as the position store's fingerprint (its files' identities,
-# filters and split), so that another games file, or the same path holding other games, never resumes
+# every stage reads these, and `data`: its filter and split keys plus the position store's fingerprint
+# (each file's identity), so that another games file, or the same path holding other games, never resumes
 _SHARED = ("stage", "model", "seed")
 # sections a stage reads besides its own (cfg.<stage name>); other stages' sections, paths, logger,
 # hydra, experiment (a label), objective and extra (notes) change nothing a stage computes
