@@ -52,6 +52,9 @@ def fingerprint_keys(cfg) -> dict:
         kept["data"] = {**{k: v for k, v in data.items() if k not in _DATA_LAYOUT},
                         "store": data_fingerprint(OmegaConf.create(data))}
 
+    if isinstance(kept.get("model"), dict) and kept["model"].get("checkpoint"):
+        kept["model"]["file"] = _file_identity(kept["model"]["checkpoint"])
+
     def flat(prefix, v, out):
         if isinstance(v, dict) and v:
             for k, x in v.items():
@@ -61,6 +64,19 @@ def fingerprint_keys(cfg) -> dict:
         return out
 
     return flat("", kept, {})
+
+
+def _file_identity(checkpoint: str):
+    """(size, modification and change time) of the model file a checkpoint setting loads, as the data
+    fingerprint has for games files: a retrained or replaced model under the same path never resumes
+    a run of the old one. None for a folder that holds no model file (the Maia-1 networks)."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = next((path / n for n in ("model.safetensors", "checkpoints/last.safetensors") if (path / n).is_file()), path)
+    if not path.is_file():
+        return None
+    st = path.stat()
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def config_fingerprint(cfg) -> Fingerprint:

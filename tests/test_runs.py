@@ -47,6 +47,20 @@ def test_other_games_under_the_same_path_change_the_fingerprint(tmp_path):
     assert _fp("stage=sae", f"data.pgn=[{pgn}]") != first
 
 
+def test_another_model_under_the_same_path_changes_the_fingerprint(tmp_path):
+    from maia_adapt.config import ASSETS
+
+    model = tmp_path / "model.safetensors"
+    shutil.copyfile(ASSETS / "maia2_small.safetensors", model)
+    first = _fp("stage=sae", f"model.checkpoint={model}")
+    assert _fp("stage=sae", f"model.checkpoint={model}") == first
+    model.write_bytes(model.read_bytes()[:-1] + b"x")  # retrained in place
+    again = _fp("stage=sae", f"model.checkpoint={model}")
+    assert again != first and again.keys["model.file"] != first.keys["model.file"]
+    # a run directory counts as the model file it loads
+    assert _fp("stage=sae", f"model.checkpoint={tmp_path}").keys["model.file"] == again.keys["model.file"]
+
+
 def _interrupted_run(run_dir: Path, fingerprint) -> Path:
     """run_dir as an unfinished run of `fingerprint` that wrote a checkpoint at step 5."""
     run_dir.mkdir(parents=True)
