@@ -81,7 +81,7 @@ def test_a_sibling_of_other_settings_is_not_resumed_and_the_message_names_the_ke
     assert resume_point(tmp_path / "runs" / "b", _fp("stage=sae", "sae.lr=0.001")) is None
     out = capsys.readouterr().out.strip().splitlines()
     assert out == [f"not resuming the unfinished run {ckpt.parents[1]} (other settings: sae.lr (0.002 -> 0.001)): "
-                   "starting afresh"]
+                   + "starting afresh"]
     assert latest_step_dir(ckpt.parent) == ckpt  # the other run's checkpoints are left alone
 
 
