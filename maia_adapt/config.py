@@ -172,7 +172,7 @@ class DictionaryRunConfig:
 class SAEStageConfig(DictionaryRunConfig, SAEConfig):
     """stage=sae: the SAE hyper-parameters plus where its activations come from."""
 
-    sites: list[str] = field(default_factory=lambda: ["blocks.${layer}.hook_resid_post"])
+    sites: list[str] = "${sites}"  # the site preset's (site=...); a list here overrides it
     chunk_positions: int = 8192  # positions per activation chunk (shuffled, cut into batches)
     # the model's forward pass, not the SAE, is the cost on a CPU: run it once over this many train
     # positions, keep their activations in memory and draw every chunk from them. 0: a fresh forward
@@ -188,13 +188,17 @@ class SAEStageConfig(DictionaryRunConfig, SAEConfig):
     calibration_concepts: str = "board"
     calibration_positions: int = 2000
     calibration_min_positives: int = 20  # concepts with fewer positive (or negative) positions are left out
+    # each SAE's site and input width come from `sites` and the model: these two only exist in the
+    # saved cfg.json, and setting them here is an error (validate) rather than a silent no-op
+    site: Optional[str] = None
+    d_in: Optional[int] = None
 
 
 @dataclass
 class ActivationsConfig:
     """stage=activations: cache model (and dictionary) activations on disk, in shards."""
 
-    sites: list[str] = field(default_factory=lambda: ["blocks.${layer}.hook_resid_post"])
+    sites: list[str] = "${sites}"  # the site preset's (site=...); a list here overrides it
     saes: Optional[str] = None  # a stage=sae run or SAE folder: its codes are cached too (its sites added)
     positions: Optional[int] = 20000  # positions of `split`; null: all of them
     split: str = "test"
@@ -246,7 +250,7 @@ class FinetuneConfig:
 class ProbeConfig:
     """stage=probe: linear probes per concept and Elo bucket (awareness), and the logit lens."""
 
-    sites: list[str] = field(default_factory=lambda: ["blocks.${layer}.hook_resid_post"])
+    sites: list[str] = "${sites}"  # the site preset's (site=...); a list here overrides it
     # of threat, strategic, capture, study (the study's own 13 strategic concepts), board-state
     families: list[str] = field(default_factory=lambda: ["threat", "strategic"])
     train_positions: int = 4000  # from the train split
@@ -318,6 +322,13 @@ class TranscoderStageConfig(DictionaryRunConfig, TranscoderConfig):
     cache_positions: int = 16384  # activations of this many train positions computed once and reused
     eval_positions: int = 1000  # test positions for the spliced evaluation
     grid_positions: int = 200  # test positions for the 11 x 11 (self, opponent) agreement grid
+    # per layer the stage sets these from `layers` and the model (saved in each cfg.json); setting
+    # them here is an error (validate) rather than a silent no-op
+    layer: Optional[int] = None
+    site: Optional[str] = None
+    target_site: Optional[str] = None
+    d_in: Optional[int] = None
+    d_out: Optional[int] = None
 
 
 @dataclass
@@ -369,7 +380,10 @@ class Config:
     transcoder: TranscoderStageConfig = field(default_factory=TranscoderStageConfig)
     circuits: CircuitsConfig = field(default_factory=CircuitsConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    layer: int = 1  # transformer block used by the site presets (site=residual|attention|mlp|resid_post)
+    layer: int = 1  # transformer block used by the site presets (site=resid_post|mlp|attention|study)
+    # hook sites of sae.sites, activations.sites and probe.sites unless one sets its own: set by the
+    # site group (maia_adapt/conf/site), or directly (sites=[blocks.0.hook_mlp_out])
+    sites: list[str] = field(default_factory=lambda: ["blocks.${layer}.hook_resid_post"])
     experiment: str = "default"  # experiment name: W&B group and the run's label
     seed: int = 0
     # the summary entry a sweeper optimises (e.g. 'blocks.1.hook_resid_post:sae/kl_recovered_vs_zero')
@@ -396,6 +410,37 @@ _FRACTION = ("data.val_fraction", "data.test_fraction", "model.dropout_cnn", "mo
 # Elo settings: (key, words accepted besides a bucket 0..10); a list value is checked item by item
 _ELO = (("threats.elo", ("data", "random")), ("sae.elo", ("data", "random")), ("activations.elo", ("data",)),
         ("probe.buckets", ()), ("intervention.probe_bucket", ()), ("transitional.oppo_bucket", ()))
+
+
+# keys a stage sets itself: (key, where its value comes from)
+_SET_BY_STAGE = (("sae.site", "sae.sites (or site=...)"), ("sae.d_in", "the model's width at each site"),
+                 ("transcoder.layer", "transcoder.layers (or layer=...)"),
+                 ("transcoder.site", "transcoder.layers: blocks.<l>.hook_mlp_in"),
+                 ("transcoder.target_site", "transcoder.layers: blocks.<l>.hook_mlp_out"),
+                 ("transcoder.d_in", "the model's width"), ("transcoder.d_out", "the model's width"))
+
+
+def _choices() -> dict[str, tuple]:
+    """Settings that take one of a few words: {key: the words}, from where each word is handled."""
+    from .data.store import SPLITS
+    from .dictionaries.kernels import KERNELS
+    from .dictionaries.sae import ARCHITECTURES
+    from .evaluation import SPLITS as EVAL_SPLITS
+
+    pooling = ("mean", "none")
+    return {
+        "sae.architecture": ARCHITECTURES, "sae.kernel": KERNELS, "transcoder.kernel": KERNELS,
+        "sae.b_dec_init": ("mean", "median", "zeros"), "sae.token_pooling": pooling,
+        "sae.calibration_concepts": ("board", "threats", "all"),
+        "activations.token_pooling": pooling, "activations.dtype": ("float16", "float32"), "activations.split": SPLITS,
+        "threats.split": SPLITS, "threats.position_set": ("store", "puzzles", "sts"),
+        "transitional.position_set": ("store", "seed"), "transitional.oracle": ("auto", "engine", "accepted", "model"),
+        "intervention.kind": ("sae", "probe", "steering"),
+        "evaluate.split": EVAL_SPLITS, "evaluate.oppo": ("data", "same"),
+        "train.batchnorm": ("batch", "frozen"),
+        "train.sampling": ("uniform", "elo_balanced"), "logger.backend": ("wandb", "none"),
+        "logger.mode": ("offline", "online", "disabled"),
+    }
 
 
 def _is_bucket(v) -> bool:
@@ -430,6 +475,18 @@ def validate(cfg) -> None:
         for v in values if OmegaConf.is_list(values) else [values]:
             if v is not None and v not in words and not _is_bucket(v):
                 bad(key, v, "an Elo bucket 0..10" + "".join(f" or '{w}'" for w in words))
+    for key, source in _SET_BY_STAGE:
+        v = OmegaConf.select(cfg, key)
+        if v is not None:
+            raise ConfigError(f"{key}={v!r}: the stage sets it from {source}, so a value here would do nothing; remove it")
+    for key, words in _choices().items():
+        v = OmegaConf.select(cfg, key)
+        if v not in words:
+            bad(key, v, "one of " + ", ".join(words))
+    from .stages.threats import check_families
+
+    check_families(cfg.threats.families, "threats.families")
+    check_families(cfg.probe.families, "probe.families")
     if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
         bad("data.val_fraction + data.test_fraction", cfg.data.val_fraction + cfg.data.test_fraction, "less than 1")
     SAEConfig(architecture=cfg.sae.architecture, k=cfg.sae.k, dim=cfg.sae.dim).validate()
@@ -438,19 +495,32 @@ def validate(cfg) -> None:
         bad("model.rating", cfg.model.rating, "a Maia-1 band 1100, 1200, ..., 1900 or null")
     if cfg.model.rating is not None and cfg.model.name != "maia1":
         bad("model.rating", cfg.model.rating, "null unless model=maia1 (Maia-2 is conditioned by Elo buckets)")
-    if cfg.evaluate.split not in ("train", "val", "test", "all"):
-        bad("evaluate.split", cfg.evaluate.split, "train, val, test or all")
-    if cfg.evaluate.oppo not in ("data", "same"):
-        bad("evaluate.oppo", cfg.evaluate.oppo, "data or same")
-    if cfg.train.batchnorm not in ("batch", "frozen"):
-        bad("train.batchnorm", cfg.train.batchnorm, "batch or frozen")
-    if cfg.train.sampling not in ("uniform", "elo_balanced"):
-        bad("train.sampling", cfg.train.sampling, "uniform or elo_balanced")
     if cfg.train.teacher not in (None, "maia1"):
         bad("train.teacher", cfg.train.teacher, "null or maia1")
     if not 1 <= cfg.train.teacher_buckets <= 11:
         bad("train.teacher_buckets", cfg.train.teacher_buckets, "a number of Elo buckets 1..11")
     lr_at(0, 1.0, 0, 1, cfg.train.lr_schedule)  # the schedule's own check, before the first step
+
+
+# model.* keys that give the network's shape: they build a new model; a loaded one has the file's
+MODEL_SHAPE = ("input_channels", "dim_cnn", "num_blocks_cnn", "dim_vit", "num_blocks_vit", "vit_length", "elo_dim",
+               "heads", "dim_head")
+
+
+def check_model_shape(model_cfg, model) -> None:
+    """Fail, naming the key and both values, when a shape value set for this run (one that differs
+    from its model preset's) disagrees with the loaded checkpoint, instead of silently loading the
+    file's shape. `model`: a Maia2, a Maia2Skill or a Maia-1 family (which has no such keys)."""
+    loaded = getattr(getattr(model, "model", model), "cfg", None)
+    if loaded is None or not all(hasattr(loaded, k) for k in MODEL_SHAPE):
+        return
+    preset_file = CONF_DIR / "model" / f"{model_cfg.name}.yaml"
+    preset = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(preset_file) if preset_file.is_file() else {})
+    for key in MODEL_SHAPE:
+        wanted, has = model_cfg[key], getattr(loaded, key)
+        if wanted != preset[key] and wanted != has:
+            raise ConfigError(f"model.{key}={wanted}: the checkpoint {model_cfg.checkpoint} has {key}={has} "
+                              f"(a loaded model's shape is the file's: drop model.{key})")
 
 
 def register() -> None:

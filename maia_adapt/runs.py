@@ -1,7 +1,9 @@
 """Run directories: fingerprints of a run's settings, and finding an interrupted run to resume.
 
 Re-running the same command starts a new Hydra run directory; a stage that supports resuming looks
-for an earlier directory of the same stage whose fingerprint matches and that did not finish.
+for an earlier directory of the same stage whose fingerprint matches and that did not finish. The
+fingerprint covers what the stage reads (its own section, model, seed, the data's store fingerprint),
+so editing another stage's settings still resumes and other games never do.
 """
 from __future__ import annotations
 
@@ -11,21 +13,100 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from .io import atomic_write_json
+
 FINGERPRINT_FILE = "fingerprint.txt"
+FINGERPRINT_KEYS_FILE = "fingerprint.json"  # what the fingerprint hashed: names the keys when a run does not resume
 DONE_FILE = "DONE"
-# settings that do not change what a run computes
-_IGNORED = {"paths", "logger", "hydra"}
+# every stage reads these, and `data`: its filter and split keys plus the position store's fingerprint
+# (each file's identity), so that another games file, or the same path holding other games, never resumes
+_SHARED = ("stage", "model", "seed")
+# sections a stage reads besides its own (cfg.<stage name>); other stages' sections, paths, logger,
+# hydra, experiment (a label), objective and extra (notes) change nothing a stage computes
+_READS = {"train": ("evaluate",), "transcoder": ("layer",)}
+# keys of a stage's own section that only say how the run is watched or continued
+_RUN_ONLY = {"resume", "log_every"}
+# data keys that change where and how the store is built, not which positions it holds
+_DATA_LAYOUT = {"name", "store_dir", "workers", "shard_size"}
 
 
-def config_fingerprint(cfg, ignore=()) -> str:
+class Fingerprint(str):
+    """The hash of what a stage reads, carrying the hashed settings (`keys`) so that a run that does
+    not resume can say which of them differ. A str, so that callers compare and store it as before."""
+
+    keys: dict
+
+
+def fingerprint_keys(cfg) -> dict:
+    """The settings a stage's results depend on, flattened to {dotted key: value}."""
     container = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    kept = {k: v for k, v in container.items() if k not in _IGNORED | set(ignore)}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    stage = container.get("stage")
+    name = stage.get("name") if isinstance(stage, dict) else stage
+    kept = {k: container[k] for k in (*_SHARED, name, *_READS.get(name, ())) if k in container}
+    if isinstance(kept.get(name), dict):
+        kept[name] = {k: v for k, v in kept[name].items() if k not in _RUN_ONLY}
+    if container.get("data"):
+        from .data.preprocess import data_fingerprint
+
+        data = container["data"]
+        kept["data"] = {**{k: v for k, v in data.items() if k not in _DATA_LAYOUT},
+                        "store": data_fingerprint(OmegaConf.create(data))}
+
+    if isinstance(kept.get("model"), dict) and kept["model"].get("checkpoint"):
+        kept["model"]["file"] = _file_identity(kept["model"]["checkpoint"])
+
+    def flat(prefix, v, out):
+        if isinstance(v, dict) and v:
+            for k, x in v.items():
+                flat(f"{prefix}.{k}" if prefix else str(k), x, out)
+        else:
+            out[prefix] = v
+        return out
+
+    return flat("", kept, {})
+
+
+def _file_identity(checkpoint: str):
+    """(size, modification and change time) of the model file a checkpoint setting loads, as the data
+    fingerprint has for games files: a retrained or replaced model under the same path never resumes
+    a run of the old one. None for a folder that holds no model file (the Maia-1 networks)."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = next((path / n for n in ("model.safetensors", "checkpoints/last.safetensors") if (path / n).is_file()), path)
+    if not path.is_file():
+        return None
+    st = path.stat()
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def config_fingerprint(cfg) -> Fingerprint:
+    keys = json.loads(json.dumps(fingerprint_keys(cfg), sort_keys=True, default=str))
+    fp = Fingerprint(hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16])
+    fp.keys = keys
+    return fp
+
+
+def fingerprint_difference(run_dir: Path, fingerprint: str) -> str:
+    """Which settings of `fingerprint` differ from those of the run that last started in run_dir
+    ('' when none is recorded), e.g. "sae.lr (0.0004 -> 0.001)"."""
+    path = Path(run_dir) / FINGERPRINT_KEYS_FILE
+    new = getattr(fingerprint, "keys", None)
+    if new is None or not path.is_file():
+        return ""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""
+    diff = [f"{k} ({old.get(k, '<unset>')} -> {new.get(k, '<unset>')})"
+            for k in sorted(set(old) | set(new)) if old.get(k, "<unset>") != new.get(k, "<unset>")]
+    return ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
 
 
 def mark_started(run_dir: Path, fingerprint: str) -> None:
     (Path(run_dir) / DONE_FILE).unlink(missing_ok=True)  # a run directory used again is not done until it is
     (Path(run_dir) / FINGERPRINT_FILE).write_text(fingerprint + "\n")
+    if getattr(fingerprint, "keys", None) is not None:
+        atomic_write_json(Path(run_dir) / FINGERPRINT_KEYS_FILE, fingerprint.keys)
 
 
 def clear_stale(run_dir: Path, *folders: str) -> None:
@@ -35,6 +116,29 @@ def clear_stale(run_dir: Path, *folders: str) -> None:
 
     for f in folders:
         shutil.rmtree(Path(run_dir) / f, ignore_errors=True)
+
+
+def fresh_start(run_dir: Path, fingerprint: str, has_checkpoint, resume: bool, *folders: str) -> None:
+    """Start run_dir afresh: say in one line why an earlier unfinished run is not continued (the
+    settings that differ) and what happens to what run_dir holds, then clear `folders` there."""
+    run_dir = Path(run_dir).resolve()
+    if has_checkpoint(run_dir):
+        if not resume:
+            why = "resume=false"
+        elif (run_dir / DONE_FILE).exists() and (run_dir / FINGERPRINT_FILE).is_file() \
+                and (run_dir / FINGERPRINT_FILE).read_text().strip() == fingerprint:
+            why = "it holds a finished run of these settings"
+        else:
+            why = f"other settings: {fingerprint_difference(run_dir, fingerprint) or 'the earlier run recorded none'}"
+        print(f"not resuming {run_dir} ({why}): removing its {', '.join(f + '/' for f in folders)} and starting afresh")
+    elif resume:
+        unfinished = [d for d in run_dir.parent.glob("*") if d.is_dir() and d.resolve() != run_dir
+                      and not (d / DONE_FILE).exists() and (d / FINGERPRINT_FILE).is_file() and has_checkpoint(d)]
+        if unfinished:
+            newest = max(unfinished, key=lambda d: d.stat().st_mtime)
+            diff = fingerprint_difference(newest, fingerprint) or "settings recorded by an older version"
+            print(f"not resuming the unfinished run {newest} (other settings: {diff}): starting afresh")
+    clear_stale(run_dir, *folders)
 
 
 def mark_done(run_dir: Path) -> None:
@@ -82,6 +186,6 @@ def resume_point(run_dir: Path, fingerprint: str, resume: bool = True, carry: tu
                 if prev.resolve() != Path(run_dir).resolve() and (prev / folder).is_dir():
                     shutil.copytree(prev / folder, Path(run_dir) / folder, dirs_exist_ok=True)
         else:
-            clear_stale(run_dir, "checkpoints", *carry)
+            fresh_start(run_dir, fingerprint, has_checkpoint, resume, "checkpoints", *carry)
         mark_started(run_dir, fingerprint)
     return distributed.broadcast(last)

@@ -233,3 +233,27 @@ def test_a_resumed_dictionary_run_keeps_the_calibration_best_of_the_killed_one(t
     assert start_or_resume(again, cfg, tmp_path / "runs" / "b").name == "step_0000005"
     assert again.step == 5
     assert BestKeeper(tmp_path / "runs" / "b" / "best", again).scores == {"s": 12.5}
+
+
+def test_a_killed_sae_run_resumes_after_an_edit_of_another_stage_only(tmp_path):
+    # a preset's fixed run directory: the case where a changed fingerprint used to remove the checkpoints
+    args = [*SAE[:1], "sae.dim=64", "sae.k=4", "sae.steps=30", "sae.batch_size=32", "sae.cache_positions=256",
+            "sae.chunk_positions=128", "sae.eval_positions=50", "sae.checkpoint_every=10"]
+    fixed = tmp_path / "fixed"
+
+    def run(*extra, fault=None):
+        p = subprocess.run([sys.executable, "-m", "maia_adapt.run", *args, *extra, "logger=none",
+                            f"hydra.run.dir={fixed}"], cwd=ROOT, env=_env(fault), capture_output=True, text=True,
+                           timeout=900)
+        assert p.returncode == (-signal.SIGKILL if fault else 0), p.stderr[-2000:]
+        return p
+
+    run(fault="checkpointed:20")
+    # probe.l2 is not read by stage=sae: the run continues from its step 20
+    assert _resumed_from(run("probe.l2=0.5", fault="checkpointed:30")) == 20
+    assert _steps(tmp_path) == [20, 30]
+    p = run("sae.lr=0.001")
+    assert _resumed_from(p) is None
+    line = next(l for l in p.stdout.splitlines() if l.startswith("not resuming "))
+    assert line == (f"not resuming {fixed.resolve()} (other settings: sae.lr (0.002 -> 0.001)): "
+                    "removing its checkpoints/, best/ and starting afresh")

@@ -18,7 +18,7 @@ from ..activation_store import ActivationCache, write_activation_cache
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import find_saes, load_sae
 from ..errors import ConfigError
-from ..runs import clear_stale, config_fingerprint, find_resumable, mark_done, mark_started
+from ..runs import config_fingerprint, find_resumable, fresh_start, mark_done, mark_started
 from .common import skill_model
 
 
@@ -45,7 +45,7 @@ def run(cfg, run_dir: Path) -> dict:
     if prev:
         print(f"continuing the unfinished cache in {out}")
     else:
-        clear_stale(run_dir, "activations")
+        fresh_start(run_dir, fingerprint, lambda d: (d / "activations" / "manifest.json").is_file(), True, "activations")
     mark_started(prev or run_dir, fingerprint)
     t = time.time()
     write_activation_cache(out, model, store, idx, sites, elo, saes, shard_positions=ac.shard_positions,

@@ -1,6 +1,7 @@
 """What several stages start with."""
 from __future__ import annotations
 
+from ..config import check_model_shape
 from ..errors import ConfigError
 from ..model import load_model
 
@@ -22,6 +23,7 @@ def frozen_model(cfg, stage: str):
     if not cfg.model.checkpoint:
         raise ConfigError(f"stage={stage} needs a trained model: set model.checkpoint (a .pt/.safetensors file or run directory)")
     model = load_model(cfg.model.checkpoint).eval()
+    check_model_shape(cfg.model, model)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -34,7 +36,9 @@ def skill_model(cfg, stage: str, device="cpu"):
     if str(cfg.model.name) != "maia1" and not cfg.model.checkpoint:
         raise ConfigError(f"stage={stage} needs a trained model: set model.checkpoint (a .pt/.safetensors file or run "
                           "directory), or model=maia1 for the Maia-1 family")
-    return load_skill_model(cfg.model, device=device)
+    model = load_skill_model(cfg.model, device=device)
+    check_model_shape(cfg.model, model)
+    return model
 
 
 def bucket_label(model, bucket: int) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import check_model_shape
 from ..data.preprocess import open_or_build_store
 from ..evaluation import evaluate_run
 from ..model.skill import load_skill_model
@@ -17,6 +18,7 @@ from ..model.training import resolve_device
 def run(cfg, run_dir: Path) -> dict:
     ev = cfg.evaluate
     model = load_skill_model(cfg.model, history=ev.history, device=resolve_device(ev.device))
+    check_model_shape(cfg.model, model)
     store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
     hist = getattr(model, "history", None)
     title = (f"{model.name}{'' if hist is None else (', with history' if hist else ', no history')}"

@@ -36,7 +36,7 @@ from .threats import check_families, select_families
 def run(cfg, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     pc = cfg.probe
-    check_families(pc.families)
+    check_families(pc.families, "probe.families")
     model = skill_model(cfg, "probe")
     for s in pc.sites:
         model.check_hook_name(s)

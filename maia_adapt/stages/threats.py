@@ -33,10 +33,10 @@ from ..tracking import Tracker
 FAMILIES = ("threat", "strategic", "capture", "study", "board-state")
 
 
-def check_families(families) -> None:
+def check_families(families, key: str = "threats.families") -> None:
     for f in families:
         if f not in FAMILIES:
-            raise ConfigError(f"threats.families: unknown family '{f}': expected some of {', '.join(FAMILIES)}")
+            raise ConfigError(f"{key}: unknown family '{f}': expected some of {', '.join(FAMILIES)}")
 
 
 def select_families(concepts: BoardConcepts, families) -> tuple[BoardConcepts, list]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import distributed
+from ..config import check_model_shape
 from ..data.preprocess import open_or_build_store
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS
 from ..errors import ConfigError
@@ -32,6 +33,7 @@ def run(cfg, run_dir: Path) -> dict:
         if not cfg.model.checkpoint:
             raise ConfigError("train.init_from_checkpoint=true needs model.checkpoint (a .pt/.safetensors file or run directory)")
         model = load_model(cfg.model.checkpoint, eval=False)
+        check_model_shape(cfg.model, model)
     else:
         model = Maia2(Maia2Config.from_any(cfg.model))
     teacher = extras = train_idx = None

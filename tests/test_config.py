@@ -1,0 +1,83 @@
+"""One definition per config value: a setting either changes what a stage does or fails before the
+stage starts, with one line naming the key (no field that is silently overwritten or ignored)."""
+import pytest
+from hydra import compose, initialize_config_dir
+
+from maia_adapt.config import CONF_DIR, validate
+from maia_adapt.errors import ConfigError
+from maia_adapt.stages.common import frozen_model, skill_model
+
+
+def _cfg(*overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def _fails(*overrides) -> str:
+    with pytest.raises(ConfigError) as e:
+        validate(_cfg(*overrides))
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("override", ["sae.site=blocks.0.hook_mlp_out", "sae.d_in=64", "transcoder.layer=0",
+                                      "transcoder.site=blocks.0.hook_mlp_in", "transcoder.target_site=x",
+                                      "transcoder.d_in=64", "transcoder.d_out=64"])
+def test_a_field_the_stage_sets_itself_fails_when_set(override):
+    key = override.split("=")[0]
+    assert _fails("stage=sae", override).startswith(f"{key}=")
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("sae.token_pooling=max", "sae.token_pooling='max': expected one of mean, none"),
+    ("sae.b_dec_init=avg", "sae.b_dec_init='avg': expected one of mean, median, zeros"),
+    ("sae.calibration_concepts=threat", "sae.calibration_concepts='threat': expected one of board, threats, all"),
+    ("activations.dtype=bfloat16", "activations.dtype='bfloat16': expected one of float16, float32"),
+    ("activations.split=all", "activations.split='all': expected one of train, val, test"),
+    ("intervention.kind=sea", "intervention.kind='sea': expected one of sae, probe, steering"),
+    ("transitional.oracle=stockfish", "transitional.oracle='stockfish': expected one of auto, engine, accepted, model"),
+    ("threats.position_set=puzzle", "threats.position_set='puzzle': expected one of store, puzzles, sts"),
+    ("logger.mode=offlien", "logger.mode='offlien': expected one of offline, online, disabled"),
+    ("transcoder.kernel=fast", "transcoder.kernel='fast': expected one of auto, sparse, dense"),
+    # a stage's families are checked under its own key, before any stage runs
+    ("probe.families=[x]", "probe.families: unknown family 'x'"),
+    ("threats.families=[threat,x]", "threats.families: unknown family 'x'"),
+])
+def test_a_word_outside_a_settings_choices_fails_before_any_stage(override, expected):
+    # stage=train: the check does not wait for the stage that reads the key
+    assert _fails("stage=train", override).startswith(expected)
+
+
+def test_every_default_and_every_preset_passes_the_checks():
+    groups = [f"{g.name}={p.stem}" for g in CONF_DIR.iterdir() if g.is_dir() and g.name not in ("hydra", "stage")
+              for p in g.glob("*.yaml")]
+    for o in ["stage=sae", "stage=probe", "stage=transcoder", *groups]:
+        validate(_cfg(o))
+
+
+@pytest.mark.parametrize("site,hook", [("resid_post", "hook_resid_post"), ("mlp", "hook_mlp_out"),
+                                       ("attention", "hook_attn_heads")])
+def test_the_site_preset_reaches_every_stage_that_reads_sites(site, hook):
+    cfg = _cfg(f"site={site}", "layer=0")
+    for section in ("sae", "activations", "probe"):
+        assert list(cfg[section].sites) == [f"blocks.0.{hook}"], section
+    # a stage's own list still wins
+    assert list(_cfg(f"site={site}", "probe.sites=[blocks.1.hook_resid_post]").probe.sites) == ["blocks.1.hook_resid_post"]
+
+
+def test_no_two_site_presets_are_the_same():
+    presets = sorted((CONF_DIR / "site").glob("*.yaml"))
+    sites = [tuple(_cfg(f"site={p.stem}").sites) for p in presets]
+    assert len(set(sites)) == len(sites), dict(zip((p.stem for p in presets), sites))
+
+
+def test_a_shape_override_that_disagrees_with_the_checkpoint_names_the_key_and_both_values():
+    with pytest.raises(ConfigError, match=r"^model.dim_vit=512: the checkpoint .*maia2_small.safetensors has dim_vit=256"):
+        frozen_model(_cfg("stage=sae", "model.dim_vit=512"), "sae")
+    with pytest.raises(ConfigError, match=r"^model.heads=4: .* has heads=8"):
+        skill_model(_cfg("stage=probe", "model.heads=4"), "probe")
+    # the preset's shape is that of a model to build: another file loads with it, and so does a value that agrees
+    assert frozen_model(_cfg("stage=sae", "model=maia2", "model.checkpoint=${paths.assets}/maia2_small.safetensors"),
+                        "sae").cfg.dim_vit == 256
+    assert frozen_model(_cfg("stage=sae", "model=maia2", "model.checkpoint=${paths.assets}/maia2_small.safetensors",
+                             "model.dim_vit=256"), "sae").cfg.dim_vit == 256
