@@ -230,6 +230,46 @@ def build_transitional(
     return rows
 
 
+def skill_stats(correct: np.ndarray, games, n_boot: int = 1000, seed: int = 0) -> dict:
+    """How a position set's correct-move accuracy depends on skill, with 95% intervals from a bootstrap
+    over games (positions of one game are not independent; over positions if every row has one game).
+
+    correct [N, 11] bool (does bucket k play a correct move). Returns accuracy per bucket, the skill
+    gain (accuracy at bucket 10 minus bucket 0, paired), the shares of transitional, never-right and
+    non-monotone positions and the mean transition point of the transitional ones, each with `_ci95`."""
+    correct = np.asarray(correct, dtype=bool)
+    n = len(correct)
+    tp, mono = transition_points(correct)
+    trans = (tp > 0) & (tp < NEVER)
+    _, g = np.unique(np.asarray(games), return_inverse=True)
+    if g.max(initial=0) == 0:
+        g = np.arange(n)
+    n_games = int(g.max(initial=-1)) + 1
+    # per-game sums of everything a statistic needs; a bootstrap draw weights the games
+    cols = np.column_stack([correct, np.ones(n), trans, trans * np.where(trans, tp, 0), tp == NEVER, ~mono]).astype(float)
+    sums = np.zeros((n_games, cols.shape[1]))
+    np.add.at(sums, g, cols)
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(n_games, np.full(n_games, 1.0 / n_games), size=n_boot).astype(float) if n_games else np.zeros((n_boot, 0))
+    boot = np.vstack([sums.sum(0, keepdims=True), w @ sums])  # row 0: the data itself
+
+    def stat(b):
+        k = NUM_BUCKETS
+        npos = b[:, k]
+        acc = b[:, :k] / npos[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return {**{f"accuracy_bucket_{i}": acc[:, i] for i in range(k)}, "skill_gain": acc[:, k - 1] - acc[:, 0],
+                    "transitional_share": b[:, k + 1] / npos, "mean_transition_point_of_transitional": b[:, k + 2] / b[:, k + 1],
+                    "never_share": b[:, k + 3] / npos, "non_monotone_share": b[:, k + 4] / npos}
+
+    out = {}
+    for name, v in stat(boot).items():
+        out[name] = float(v[0])
+        lo, hi = np.nanpercentile(v[1:], [2.5, 97.5]) if n_boot and np.isfinite(v[1:]).any() else (np.nan, np.nan)
+        out[f"{name}_ci95"] = [float(lo), float(hi)]
+    return out
+
+
 def flat_rows(rows: list[dict]) -> list[dict]:
     """CSV-ready rows: lists joined by spaces, one column per bucket."""
     out = []

@@ -153,3 +153,28 @@ def test_stage_transitional_maia1_on_seed_positions(shared_data, shared_models, 
     # the nine networks, weakest to strongest, find more of the seed study's accepted moves
     assert res["accuracy_bucket_9"] > res["accuracy_bucket_2"] + 0.1
     assert "maia-1500" in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_skill_stats_by_game_bootstrap():
+    from maia_adapt.transitional import skill_stats
+
+    rng = np.random.default_rng(0)
+    n = 600
+    # a skill-dependent set: bucket k right with probability 0.3 + 0.04 k, monotone by construction
+    u = rng.random(n)[:, None]
+    correct = u < (0.3 + 0.04 * np.arange(11))[None, :]
+    games = np.repeat(np.arange(100), 6)
+    st = skill_stats(correct, games, n_boot=400, seed=1)
+    assert st["skill_gain"] == pytest.approx(correct[:, 10].mean() - correct[:, 0].mean())
+    lo, hi = st["skill_gain_ci95"]
+    assert 0 < lo <= st["skill_gain"] <= hi
+    assert st["non_monotone_share"] == 0 and st["non_monotone_share_ci95"] == [0, 0]
+    assert st["transitional_share"] == pytest.approx(((correct[:, 10]) & ~correct[:, 0]).mean())
+    # a set every bucket plays alike has no gain, and its interval says so exactly
+    flat = np.repeat(correct[:, :1], 11, axis=1)
+    assert skill_stats(flat, games, n_boot=100)["skill_gain_ci95"] == [0, 0]
+    # whole games resampled: six identical positions per game widen the interval over 100 independent ones
+    same = np.repeat(correct[::6], 6, axis=0)
+    by_game = np.diff(skill_stats(same, games, n_boot=400)["accuracy_bucket_5_ci95"])[0]
+    by_pos = np.diff(skill_stats(same, np.arange(n), n_boot=400)["accuracy_bucket_5_ci95"])[0]
+    assert by_game > 1.8 * by_pos

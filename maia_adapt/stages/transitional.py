@@ -24,7 +24,7 @@ from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..layout import TRANSITIONAL_CSV
 from ..reporting.plots import bar_by_bucket, transition_histogram
 from ..tracking import Tracker
-from ..transitional import NEVER, EngineOracle, build_transitional, find_engine, flat_rows, load_seed_positions
+from ..transitional import NEVER, EngineOracle, build_transitional, find_engine, flat_rows, load_seed_positions, skill_stats
 from .common import bucket_label, skill_model
 
 
@@ -46,6 +46,13 @@ def _position_set(cfg, run_dir: Path):
     if len(idx) == 0:
         raise ConfigError(f"transitional.splits {list(tc.splits)}: no positions in the store")
     return store, idx, None, None
+
+
+def _ci_line(s: dict) -> str:
+    ci = lambda k, f: f"{s[k]:{f}} [{s[k + '_ci95'][0]:{f}}, {s[k + '_ci95'][1]:{f}}]"
+    return (f"With 95% intervals from a bootstrap over games: skill gain (correct at the top bucket minus the bottom "
+            f"one) {ci('skill_gain', '+.3f')}; transitional share {ci('transitional_share', '.3f')}, their mean transition "
+            f"point {ci('mean_transition_point_of_transitional', '.2f')}; non-monotone share {ci('non_monotone_share', '.3f')}.")
 
 
 def run(cfg, run_dir: Path) -> dict:
@@ -79,14 +86,14 @@ def run(cfg, run_dir: Path) -> dict:
     atomic_write_csv(run_dir / TRANSITIONAL_CSV, flat_rows(rows))
 
     tps = np.array([r["transition_point"] for r in rows])
-    acc = np.stack([r["accuracy_by_bucket"] for r in rows]).mean(0)
+    correct = np.stack([r["accuracy_by_bucket"] for r in rows])
+    acc = correct.mean(0)
     trans = np.array([r["transitional"] for r in rows])
+    stats = skill_stats(correct, [r["game_id"] for r in rows], seed=cfg.seed)
     summary = {"model": model.name, "positions": len(rows), "oracle": oracle, "transitional": int(trans.sum()),
                "never": int((tps == NEVER).sum()), "always": int((tps == 0).sum()),
                "non_monotone": int(sum(not r["monotone"] for r in rows)),
-               "mean_transition_point_of_transitional": float(tps[trans].mean()) if trans.any() else float("nan"),
-               "blunders": int(sum(r["blunder"] for r in rows)),
-               **{f"accuracy_bucket_{k}": float(a) for k, a in enumerate(acc)}}
+               "blunders": int(sum(r["blunder"] for r in rows)), **stats}
     for s in ("train", "val", "test"):
         summary[f"transitional_{s}"] = int(sum(r["transitional"] and r["split"] == s for r in rows))
     series = {"this model": tps.tolist()}
@@ -107,9 +114,11 @@ def run(cfg, run_dir: Path) -> dict:
              f"transitional (wrong at low skill, right from a bucket up), {summary['always']} right at every bucket, "
              f"{summary['never']} never right, {summary['non_monotone']} non-monotone, {summary['blunders']} blunders "
              f"(bucket-0 move loses >= {tc.blunder_cp} cp).", "", "![transition points](transition_points.png)", "",
-             "![accuracy](accuracy_by_bucket.png)", "", "| Elo bucket | correct | transition points here |", "|---|---|---|"]
+             "![accuracy](accuracy_by_bucket.png)", "", _ci_line(summary), "",
+             "| Elo bucket | correct [95% CI over games] | transition points here |", "|---|---|---|"]
     for k in range(NUM_BUCKETS):
-        lines.append(f"| {bucket_label(model, k)} | {acc[k]:.3f} | {int((tps == k).sum())} |")
+        lo, hi = summary[f"accuracy_bucket_{k}_ci95"]
+        lines.append(f"| {bucket_label(model, k)} | {acc[k]:.3f} [{lo:.3f}, {hi:.3f}] | {int((tps == k).sum())} |")
     atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
     atomic_write_json(run_dir / "results.json", summary)
     return summary
