@@ -270,9 +270,10 @@ class Maia1(HookPoints, nn.Module):
         st = self._winograd_state()
         us = iter(st["u"])
         b = planes.shape[0]
-        if b > self.winograd_chunk:
+        if b > self.winograd_chunk and not self._hooks:
             # a chunk's transformed activations stay in the core's L2 cache (the transforms are
-            # memory-bound; at batch 256 they would run from L3/DRAM, about 1.4x slower in all)
+            # memory-bound; at batch 256 they would run from L3/DRAM, about 1.4x slower in all).
+            # With hooks the batch stays whole: a hook sees (and may replace) the whole batch
             outs = [self._forward_winograd(c) for c in planes.split(self.winograd_chunk)]
             return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
         # [B, 112, 64] -> [64, B, 112] in two transposes: one strided permute is 7x slower
