@@ -458,12 +458,17 @@ def test_winograd_follows_weight_changes_and_gradients(maia1500, real_planes):
     assert grads[0].abs().max() > 0 and torch.allclose(grads[0], grads[1], atol=1e-4, rtol=1e-3)
 
 
-def test_conv_mode_errors(maia1500):
+def test_conv_modes_and_errors(maia1500, shared_models):
     from maia_adapt.errors import MaiaAdaptError
-    from maia_adapt.model.maia1 import Maia1
+    from maia_adapt.model.maia1 import Maia1, load_maia1
 
+    assert maia1500.conv_mode == "direct"  # the default
+    wino = load_maia1(shared_models / "maia1" / "maia-1500.pb.gz", conv_mode="winograd")
+    assert wino.conv_mode == "winograd" and wino.set_conv_mode("direct") is wino and wino.conv_mode == "direct"
     with pytest.raises(MaiaAdaptError, match="conv_mode 'fft'"):
         Maia1(conv_mode="fft")
+    with pytest.raises(MaiaAdaptError, match="conv_mode 'fft'"):
+        load_maia1(shared_models / "maia1" / "maia-1500.pb.gz", conv_mode="fft")
     with pytest.raises(MaiaAdaptError, match="needs float32"):
         _wino(maia1500).to(torch.bfloat16)(torch.zeros(1, 112, 8, 8))
 

@@ -406,19 +406,20 @@ def _rating_of(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def load_maia1(path, device="cpu") -> Maia1:
+def load_maia1(path, device="cpu", conv_mode: str = "direct") -> Maia1:
     """Load one Maia-1 network from an lc0 .pb.gz file (read by path; the weights are GPL-3.0 and
-    never copied into the project). `.rating` is taken from a maia-<rating>.pb.gz file name."""
+    never copied into the project). `.rating` is taken from a maia-<rating>.pb.gz file name;
+    `conv_mode` is Maia1.set_conv_mode's."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: Maia-1 weight file not found (expected an lc0 .pb.gz file)")
     model = maia1_from_lc0(read_lc0_net(path), path)
     model.rating = _rating_of(path)
     model.source = str(path)
-    return model.to(device)
+    return model.set_conv_mode(conv_mode).to(device)
 
 
-def load_maia1_family(root, device="cpu") -> dict[int, Maia1]:
+def load_maia1_family(root, device="cpu", conv_mode: str = "direct") -> dict[int, Maia1]:
     """The nine Maia-1 networks {1100: ..., ..., 1900: ...} from root/maia-<rating>.pb.gz."""
     root = Path(root)
     if not root.is_dir():
@@ -426,4 +427,4 @@ def load_maia1_family(root, device="cpu") -> dict[int, Maia1]:
     missing = [f"maia-{r}.pb.gz" for r in MAIA1_RATINGS if not (root / f"maia-{r}.pb.gz").is_file()]
     if missing:
         raise CheckpointError(f"{root}: missing Maia-1 weight files {', '.join(missing)}")
-    return {r: load_maia1(root / f"maia-{r}.pb.gz", device) for r in MAIA1_RATINGS}
+    return {r: load_maia1(root / f"maia-{r}.pb.gz", device, conv_mode) for r in MAIA1_RATINGS}
