@@ -267,16 +267,16 @@ class Maia1(HookPoints, nn.Module):
         return out.permute(2, 3, 0, 1).index_select(0, st["rank"]).index_select(1, st["rank"]).contiguous()
 
     def _forward_winograd(self, planes: torch.Tensor):
-        st = self._winograd_state()
-        us = iter(st["u"])
         b = planes.shape[0]
         if b > self.winograd_chunk and not self._hooks:
             # a chunk's activations and their 2.25x larger transforms stay near the core (L2 is 2 MiB
             # here; the transforms are memory-bound): one pass over batch 256 measured 1.2-1.7x slower
-            # than chunks of 64 on one thread of this CPU.
-            # With hooks the batch stays whole: a hook sees (and may replace) the whole batch
+            # than chunks of 64 on one thread of this CPU. With hooks the batch stays whole: a hook
+            # sees (and may replace) the activations of the whole batch at once.
             outs = [self._forward_winograd(c) for c in planes.split(self.winograd_chunk)]
             return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+        st = self._winograd_state()
+        us = iter(st["u"])
         # [B, 112, 64] -> [64, B, 112] in two transposes: one strided permute is 7x slower
         x = planes.to(dtype=self.input_conv.weight.dtype).reshape(b, LC0_NUM_PLANES, 64)
         x = x.transpose(1, 2).contiguous().transpose(0, 1).contiguous().view(8, 8, b, -1)  # [rank, file, B, 112]
