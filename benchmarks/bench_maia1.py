@@ -2,6 +2,8 @@
 float32 matmul peak measured in the same run, and the lc0 112-plane encoding of real games.
 Paths: float32 and bfloat16 weights, each with direct and Winograd convolutions (Maia1.set_conv_mode),
 timed in turns; their agreement with float32 direct on the real positions is printed at the end.
+With more than one thread each path is also timed data-parallel: the batch split over that many
+Python threads with one intra-op thread each.
 
     MAIA_ADAPT_DATA=../shared/data python benchmarks/bench_maia1.py [--models ../shared/models]
         [--batches 256 1024] [--threads 1 2] [--games 200] [--repeats 3] [--paths ...] [--no-lc0]
@@ -12,6 +14,7 @@ import argparse
 import copy
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -87,6 +90,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3, help="timings per row; the best is reported")
     ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
     ap.add_argument("--no-lc0", action="store_true", help="skip lc0's own eigen backend")
+    ap.add_argument("--no-workers", action="store_true", help="skip the data-parallel rows (threads > 1)")
     a = ap.parse_args()
     global REPEATS
     REPEATS = a.repeats
@@ -120,6 +124,16 @@ def main():
                     x = x.repeat((b + len(x) - 1) // len(x), 1, 1, 1)[:b]
                 best = best_times({name: (lambda m=m: m(x)) for name, m in models.items()}, a.iters)
                 fwd += [(threads, name, b, b / t) for name, t in best.items()]
+                if threads > 1 and not a.no_workers:
+                    # data parallel instead of OpenMP: `threads` Python threads, each running its share
+                    # of the batch with one intra-op thread, so no operation waits at a barrier for a
+                    # descheduled thread
+                    torch.set_num_threads(1)
+                    with ThreadPoolExecutor(threads) as pool:
+                        best = best_times({f"{name}, {threads} workers x 1 thread": split_forward(m, x, pool, threads)
+                                           for name, m in models.items()}, a.iters)
+                    torch.set_num_threads(threads)
+                    fwd += [(threads, name, b, b / t) for name, t in best.items()]
                 peaks.append(max(matmul_gflops(1024, 1024, 1024) for _ in range(a.repeats)))
             if not a.no_lc0:
                 lc0_rate = lc0_eigen_rate(path, games, a.iters)
@@ -146,6 +160,19 @@ def main():
         print(f"{name} against fp32 direct on {ag['n']} real positions: same top legal move {ag['top1']:.2%}, "
               f"max |prob diff| over legal moves {ag['max_dp']:.1e}, max |logit diff| {ag['max_dl']:.1e}, "
               f"max |Q diff| {ag['max_dq']:.1e}")
+
+
+def split_forward(model, x, pool, n: int):
+    def run():
+        with torch.inference_mode():  # inference mode is thread-local: enter it in each worker too
+            outs = list(pool.map(lambda part: _infer(model, part), x.chunk(n)))
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+    return run
+
+
+def _infer(model, x):
+    with torch.inference_mode():
+        return model(x)
 
 
 def _copy(model, mode, dtype=torch.float32):
