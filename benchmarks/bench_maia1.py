@@ -2,8 +2,8 @@
 float32 matmul peak measured in the same run, and the lc0 112-plane encoding of real games.
 Paths: float32 and bfloat16 weights, each with direct and Winograd convolutions (Maia1.set_conv_mode),
 timed in turns; their agreement with float32 direct on the real positions is printed at the end.
-With more than one thread each path is also timed data-parallel: the batch split over that many
-Python threads with one intra-op thread each.
+With more than one thread each path is also timed data-parallel (maia1.forward_split): the batch
+split over that many Python threads with one intra-op thread each.
 
     MAIA_ADAPT_DATA=../shared/data python benchmarks/bench_maia1.py [--models ../shared/models]
         [--batches 256 1024] [--threads 1 2] [--games 200] [--repeats 3] [--paths ...] [--no-lc0]
@@ -14,7 +14,6 @@ import argparse
 import copy
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ import torch.nn as nn
 
 from bench_sae import matmul_gflops
 from maia_adapt.encoding.lc0 import lc0_planes_game
-from maia_adapt.model.maia1 import load_maia1
+from maia_adapt.model.maia1 import forward_split, load_maia1
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,9 +128,9 @@ def main():
                     # of the batch with one intra-op thread, so no operation waits at a barrier for a
                     # descheduled thread
                     torch.set_num_threads(1)
-                    with ThreadPoolExecutor(threads) as pool:
-                        best = best_times({f"{name}, {threads} workers x 1 thread": split_forward(m, x, pool, threads)
-                                           for name, m in models.items()}, a.iters)
+                    best = best_times({f"{name}, {threads} workers x 1 thread":
+                                       (lambda m=m: forward_split(m, x, threads)) for name, m in models.items()},
+                                      a.iters)
                     torch.set_num_threads(threads)
                     fwd += [(threads, name, b, b / t) for name, t in best.items()]
                 peaks.append(max(matmul_gflops(1024, 1024, 1024) for _ in range(a.repeats)))
@@ -160,19 +159,6 @@ def main():
         print(f"{name} against fp32 direct on {ag['n']} real positions: same top legal move {ag['top1']:.2%}, "
               f"max |prob diff| over legal moves {ag['max_dp']:.1e}, max |logit diff| {ag['max_dl']:.1e}, "
               f"max |Q diff| {ag['max_dq']:.1e}")
-
-
-def split_forward(model, x, pool, n: int):
-    def run():
-        with torch.inference_mode():  # inference mode is thread-local: enter it in each worker too
-            outs = list(pool.map(lambda part: _infer(model, part), x.chunk(n)))
-        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
-    return run
-
-
-def _infer(model, x):
-    with torch.inference_mode():
-        return model(x)
 
 
 def _copy(model, mode, dtype=torch.float32):

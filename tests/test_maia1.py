@@ -458,6 +458,21 @@ def test_winograd_follows_weight_changes_and_gradients(maia1500, real_planes):
     assert grads[0].abs().max() > 0 and torch.allclose(grads[0], grads[1], atol=1e-4, rtol=1e-3)
 
 
+def test_forward_split_equals_one_pass(maia1500, real_planes):
+    from maia_adapt.errors import MaiaAdaptError
+    from maia_adapt.model.maia1 import forward_split
+
+    wino, x = _wino(maia1500), real_planes[:75]
+    with torch.inference_mode():
+        for model in (maia1500, wino):
+            pol, wdl = model(x)
+            pol2, wdl2 = forward_split(model, x, workers=2)
+            assert pol2.shape == pol.shape and torch.allclose(pol2, pol, atol=1e-5)
+            assert torch.allclose(wdl2, wdl, atol=1e-5)
+    with pytest.raises(MaiaAdaptError, match="workers must be >= 1"):
+        forward_split(maia1500, x, workers=0)
+
+
 def test_conv_modes_and_errors(maia1500, shared_models):
     from maia_adapt.errors import MaiaAdaptError
     from maia_adapt.model.maia1 import Maia1, load_maia1

@@ -317,6 +317,29 @@ class Maia1(HookPoints, nn.Module):
         return p[..., 0] - p[..., 2]
 
 
+def forward_split(model: "Maia1", planes: torch.Tensor, workers: int = 2):
+    """model(planes) with the batch split over `workers` Python threads (torch releases the GIL inside
+    its operations). With `torch.set_num_threads(1)` each worker keeps one core busy without OpenMP
+    barriers, which on an oversubscribed CPU wait for descheduled threads: on this shared 2-core
+    machine 2 workers x 1 thread ran 1.8-2.0x one thread, while 2 OpenMP threads ran below one
+    (benchmarks/RESULTS.md). Hooks, if installed, are called once per worker's part of the batch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if workers < 1:
+        raise MaiaAdaptError(f"forward_split: workers must be >= 1, got {workers}")
+    parts = planes.chunk(workers)
+    inference = torch.is_inference_mode_enabled()
+    grad = torch.is_grad_enabled()
+
+    def run(part):  # the autograd and inference modes are thread-local: carry the caller's over
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return model(part)
+
+    with ThreadPoolExecutor(len(parts)) as pool:
+        outs = list(pool.map(run, parts))
+    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+
 def _version(t: torch.Tensor) -> int:
     try:
         return t._version
