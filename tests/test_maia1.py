@@ -412,7 +412,7 @@ def test_winograd_matches_direct(maia1500, real_planes, legal_masks):
 
 def test_winograd_hooks_see_the_direct_activations(maia1500, real_planes):
     wino = _wino(maia1500)
-    x = real_planes[:40]
+    x = real_planes[:16]
     (pol_d, _), cache_d = maia1500.run_with_cache(x)
     (pol_w, _), cache_w = wino.run_with_cache(x)
     assert set(cache_w) == set(cache_d)
