@@ -359,6 +359,135 @@ def test_hooks(maia1500, games):
         model.run_with_hooks(x, [("hook_wdl", lambda t, n: t[:, :2])])
 
 
+# ---- Winograd convolutions against direct ones ------------------------------------------------------
+@pytest.fixture(scope="module")
+def real_planes(games):
+    """All positions of 2 real games plus one position each of 60 more (with history): 130-odd inputs."""
+    x = [lc0_planes_game(None, g, range(len(g) + 1)) for g in games[:2]]
+    x += [lc0_planes_game(None, g, [len(g) // 2]) for g in games[4:64]]
+    return torch.from_numpy(np.concatenate(x))
+
+
+@pytest.fixture(scope="module")
+def legal_masks(games):
+    out = []
+    for g in games[:2]:
+        board = chess.Board()
+        for uci in g:
+            out.append(legal_mask_lc0(board))
+            board.push_uci(uci)
+        out.append(legal_mask_lc0(board))
+    for g in games[4:64]:
+        out.append(legal_mask_lc0(_board(None, g[: len(g) // 2])))
+    return torch.from_numpy(np.stack(out))
+
+
+def _wino(model):
+    import copy
+
+    return copy.deepcopy(model).set_conv_mode("winograd")
+
+
+def test_winograd_matches_direct(maia1500, real_planes, legal_masks):
+    wino = _wino(maia1500)
+    assert wino.winograd_chunk < len(real_planes)  # the batch is split into chunks
+    with torch.no_grad():
+        pd, wd = maia1500(real_planes)
+        pw, ww = wino(real_planes)
+    assert pw.shape == pd.shape and ww.shape == wd.shape
+    keep = legal_masks.any(1)
+    assert keep.sum() > 100
+    assert (pw - pd).masked_fill(~legal_masks, 0).abs().max() < 5e-4
+    assert (ww - wd).abs().max() < 1e-4
+    prob_d, prob_w = (torch.softmax(p.masked_fill(~legal_masks, float("-inf"))[keep], -1) for p in (pd, pw))
+    assert (prob_d - prob_w).abs().max() < 1e-4
+    top2 = prob_d.topk(2, dim=1).values
+    clear = top2[:, 0] - top2[:, 1] > 1e-4
+    assert torch.equal(prob_d.argmax(1)[clear], prob_w.argmax(1)[clear])
+    # chunked and whole-batch passes give the same outputs
+    wino.winograd_chunk = len(real_planes)
+    with torch.no_grad():
+        assert torch.allclose(wino(real_planes)[0], pw, atol=1e-5)
+
+
+def test_winograd_hooks_see_the_direct_activations(maia1500, real_planes):
+    wino = _wino(maia1500)
+    x = real_planes[:16]
+    (pol_d, _), cache_d = maia1500.run_with_cache(x)
+    (pol_w, _), cache_w = wino.run_with_cache(x)
+    assert set(cache_w) == set(cache_d)
+    for name, act in cache_d.items():
+        assert cache_w[name].shape == act.shape, name
+        assert torch.allclose(cache_w[name], act, atol=2e-4, rtol=1e-4), name
+    assert torch.equal(cache_w["hook_policy"], pol_w)
+    # a replacement at a square site acts as it does in the direct path
+    zero = [("blocks.3.hook_resid_post", lambda t, n: torch.zeros_like(t))]
+    ablated_d, ablated_w = maia1500.run_with_hooks(x, zero)[0], wino.run_with_hooks(x, zero)[0]
+    assert (ablated_w - pol_w).abs().max() > 1e-2 and torch.allclose(ablated_w, ablated_d, atol=5e-4)
+    # splicing one square of the direct path's activation into the Winograd path moves that square only
+    def splice(t, n):
+        t = t.clone()
+        t[:, :, 2, 5] = cache_d[n][:, :, 2, 5] + 1.0
+        return t
+
+    (_, _), spliced = wino.run_with_cache(x, ["blocks.1.hook_conv1"])
+    patched = {}
+    wino.run_with_hooks(x, [("blocks.1.hook_conv1", splice),
+                            ("blocks.1.hook_conv1", lambda t, n: patched.setdefault(n, t.clone()))])
+    diff = (patched["blocks.1.hook_conv1"] - spliced["blocks.1.hook_conv1"]).abs().amax((0, 1))
+    assert diff[2, 5] > 0.5 and diff.masked_fill(torch.eye(8, dtype=torch.bool)[2][:, None]
+                                                 & torch.eye(8, dtype=torch.bool)[5][None], 0).max() < 2e-4
+
+
+def test_winograd_follows_weight_changes_and_gradients(maia1500, real_planes):
+    x = real_planes[:8]
+    direct, wino = _wino(maia1500).set_conv_mode("direct"), _wino(maia1500)
+    with torch.no_grad():
+        wino(x)  # transformed weights cached
+        for m in (direct, wino):
+            m.blocks[2].conv1.weight.mul_(-0.5)
+            m.policy_conv2.weight[3].zero_()
+        pd, pw = direct(x)[0], wino(x)[0]
+    assert torch.allclose(pd, pw, atol=5e-4)
+    # with trainable weights the Winograd weights are rebuilt under autograd: same gradients as direct
+    grads = []
+    for m in (direct, wino):
+        m.requires_grad_(True)
+        m(x)[0].logsumexp(1).sum().backward()
+        grads.append(m.blocks[0].conv2.weight.grad)
+    assert grads[0].abs().max() > 0 and torch.allclose(grads[0], grads[1], atol=1e-4, rtol=1e-3)
+
+
+def test_forward_split_equals_one_pass(maia1500, real_planes):
+    from maia_adapt.errors import MaiaAdaptError
+    from maia_adapt.model.maia1 import forward_split
+
+    wino, x = _wino(maia1500), real_planes[:75]
+    with torch.inference_mode():
+        for model in (maia1500, wino):
+            pol, wdl = model(x)
+            pol2, wdl2 = forward_split(model, x, workers=2)
+            assert pol2.shape == pol.shape and torch.allclose(pol2, pol, atol=1e-5)
+            assert torch.allclose(wdl2, wdl, atol=1e-5)
+    with pytest.raises(MaiaAdaptError, match="workers must be >= 1"):
+        forward_split(maia1500, x, workers=0)
+
+
+def test_conv_modes_and_errors(maia1500, shared_models):
+    from maia_adapt.errors import MaiaAdaptError
+    from maia_adapt.model.maia1 import Maia1, load_maia1
+
+    assert maia1500.conv_mode == "direct"  # the default
+    wino = load_maia1(shared_models / "maia1" / "maia-1500.pb.gz", conv_mode="winograd")
+    assert wino.conv_mode == "winograd" and wino.set_conv_mode("direct") is wino and wino.conv_mode == "direct"
+    with pytest.raises(MaiaAdaptError, match="conv_mode 'fft'"):
+        Maia1(conv_mode="fft")
+    with pytest.raises(MaiaAdaptError, match="conv_mode 'fft'"):
+        load_maia1(shared_models / "maia1" / "maia-1500.pb.gz", conv_mode="fft")
+    with pytest.raises(MaiaAdaptError, match="needs float32"):
+        _wino(maia1500).to(torch.bfloat16)(torch.zeros(1, 112, 8, 8))
+
+
 def test_queen_promotion_is_the_suffixed_entry(maia1500, games):
     """The networks themselves confirm lc0's convention: where players promoted to a queen, Maia-1
     puts its mass on the ...q entry, not on the suffix-less entry (the knight promotion)."""
@@ -417,7 +546,8 @@ def test_planes_match_lc0(lc0, shared_models, cases):
 @pytest.mark.lc0
 @pytest.mark.parametrize("rating", RATINGS)
 def test_outputs_match_lc0(lc0, shared_models, cases, rating):
-    """Same policy over the legal moves, same WDL and same top move as lc0's eigen backend."""
+    """Same policy over the legal moves, same WDL and same top move as lc0's eigen backend, with direct
+    and with Winograd convolutions."""
     from maia_adapt.model.maia1 import load_maia1
 
     path = shared_models / "maia1" / f"maia-{rating}.pb.gz"
@@ -430,7 +560,11 @@ def test_outputs_match_lc0(lc0, shared_models, cases, rating):
         outs += backend.evaluate(*inputs[k:k + 128])  # evaluate takes the inputs as arguments
     planes = torch.from_numpy(np.stack([lc0_planes_game(s, m, [len(m)])[0] for s, m, _ in cases]))
     with torch.no_grad():
-        pol, wdl = model(planes)
+        for mode in ("direct", "winograd"):
+            _check_against_lc0(rating, mode, states, outs, *model.set_conv_mode(mode)(planes), len(cases))
+
+
+def _check_against_lc0(rating, mode, states, outs, pol, wdl, n):
     p_diff = q_diff = d_diff = logit_diff = 0.0
     for i, (g, o) in enumerate(zip(states, outs)):
         w = torch.softmax(wdl[i].double(), -1).numpy()
@@ -447,7 +581,7 @@ def test_outputs_match_lc0(lc0, shared_models, cases, rating):
         p_diff = max(p_diff, float(np.abs(pr - po).max()))
         top2 = np.sort(pr)[-2:] if len(pr) > 1 else np.array([0.0, 1.0])
         assert idx[int(np.argmax(ref))] == idx[int(np.argmax(ours))] or top2[1] - top2[0] < 1e-4
-    print(f"maia-{rating}: {len(cases)} positions, max |logit diff| {logit_diff:.2e}, "
+    print(f"maia-{rating} ({mode}): {n} positions, max |logit diff| {logit_diff:.2e}, "
           f"max |prob diff| {p_diff:.2e}, max |Q diff| {q_diff:.2e}, max |D diff| {d_diff:.2e}")
     assert p_diff < 1e-4 and q_diff < 1e-4 and d_diff < 1e-4 and logit_diff < 1e-3
 
