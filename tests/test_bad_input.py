@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from _app import TINY_MODEL, error_line, run_app
 from maia_adapt.config import CONF_DIR, validate
+from maia_adapt.data import open_or_build_store
 from maia_adapt.dictionaries import SAEConfig, SparseAutoencoder, save_sae
 from maia_adapt.errors import MaiaAdaptError
 from maia_adapt.model.inference import parse_fen
@@ -82,7 +83,13 @@ def test_disk_full_is_one_error_line_and_leaves_no_partial_checkpoint(tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 
-    line = _clean_error_line(run_app(TINY_TRAIN, run_dir=tmp_path / "run", timeout=300, preexec_fn=small_disk))
+    # the position store is built first without the limit: on a fresh checkout it is not cached yet, and the
+    # first write past 100 kB would be the store's, not the checkpoint's
+    args = [*TINY_TRAIN, f"data.store_dir={tmp_path}/store"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=args)
+    open_or_build_store(cfg.data, cfg.paths.cache_dir)
+    line = _clean_error_line(run_app(args, run_dir=tmp_path / "run", timeout=300, preexec_fn=small_disk))
     assert "could not write checkpoint" in line and "step_0000002" in line and "File too large" in line
     assert list((tmp_path / "run" / "checkpoints").iterdir()) == []
 
