@@ -17,6 +17,7 @@ def _tiny(tmp_path):
             "train.checkpoint_every=2"]
 
 
+@pytest.mark.slow
 def test_multirun_sweep_runs_every_job(shared_data, tmp_path):
     r = run_app(["-m", *_tiny(tmp_path), "train.lr=1e-3,3e-3", f"hydra.sweep.dir={tmp_path}/sweep"], timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -26,6 +27,7 @@ def test_multirun_sweep_runs_every_job(shared_data, tmp_path):
     assert lrs == [1e-3, 3e-3]
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_and_metrics(shared_data, tmp_path):
     r = run_app([*_tiny(tmp_path), "experiment=train_small"], run_dir=tmp_path / "run", logger="wandb", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from _app import run_app
@@ -49,6 +50,7 @@ def test_batched_attributions_equal_the_loop():
     assert skill_relevance(means).argmax() == 1 and skill_relevance(means, means + 0.5).tolist() == [5.5] * 3
 
 
+@pytest.mark.slow
 def test_stage_circuits_end_to_end(shared_data, tmp_path):
     base = ["data=lichess", "data.max_games=60", f"data.store_dir={tmp_path}/store"]
     r = run_app([*base, "stage=transcoder", "transcoder.steps=30", "transcoder.dim=256", "transcoder.k=16",

@@ -97,6 +97,7 @@ def test_detection_finds_planted_features_and_rejects_noise():
     assert bal.top_features[0, 0] == 17
 
 
+@pytest.mark.slow
 def test_stage_threats_on_model_units_finds_board_state(shared_data, tmp_path):
     import csv
     import json
@@ -124,6 +125,7 @@ def test_stage_threats_rejects_unknown_family(shared_data, tmp_path):
     assert error_line(r).startswith("error: threats.families: unknown family 'threats'")
 
 
+@pytest.mark.slow
 def test_stage_threats_on_puzzles_scores_their_themes(shared_data, tmp_path):
     import json
 

@@ -33,6 +33,7 @@ def _metric_lines(run_dir: Path) -> list[dict]:
     return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_train_on_two_processes_equals_one_process(tmp_path):
     # BatchNorm frozen: PyTorch's SyncBatchNorm needs CUDA, and per-rank batch statistics would differ
     args = ["stage=train", *NO_DROPOUT_MODEL, "train.max_steps=20", "train.batch_size=32", "train.checkpoint_every=10",
@@ -66,6 +67,7 @@ def test_train_on_two_processes_rejects_an_uneven_batch(tmp_path):
     assert "error: train.batch_size=33 does not divide over 2 processes" in p.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage,files", [
     ("sae", ["sae.dim=256", "sae.k=8", "sae.steps=30", "sae.batch_size=64", "sae.cache_positions=1024",
              "sae.chunk_positions=512", "sae.eval_positions=200", "sae.checkpoint_every=10"]),

@@ -243,6 +243,7 @@ def _evaluate(args, run_dir, tmp_path):
     return summary
 
 
+@pytest.mark.slow
 def test_stage_evaluate_maia2_on_real_games(shared_data, tmp_path):
     s = _evaluate(["model=maia2_small"], tmp_path / "run", tmp_path)
     assert s["positions"] == 600 and 0.1 < s["top1"] < 0.6
@@ -251,6 +252,7 @@ def test_stage_evaluate_maia2_on_real_games(shared_data, tmp_path):
     assert header[:3] == ["player_bucket", "positions", "<1100"] and len(header) == 2 + NUM_BUCKETS
 
 
+@pytest.mark.slow
 @needs_maia1
 def test_stage_evaluate_maia1_on_real_games(shared_data, tmp_path):
     s = _evaluate(["model=maia1", "evaluate.history=true"], tmp_path / "run", tmp_path)
@@ -272,6 +274,7 @@ def test_maia1_rating_must_be_a_band(tmp_path):
     assert p.returncode == 1 and "model.rating=1550" in p.stderr and "1900" in p.stderr
 
 
+@pytest.mark.slow
 def test_stage_train_reports_the_evaluate_numbers(tmp_path):
     run_dir = tmp_path / "run"
     p = run_app(["stage=train", *TINY_MODEL, "train.max_steps=2", "train.batch_size=16", "train.eval_positions=200",

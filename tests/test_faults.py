@@ -95,6 +95,7 @@ def test_a_fault_point_kills_at_its_step_only_and_a_bad_one_is_a_clear_error(mon
         faults.reach("checkpointed", 20)
 
 
+@pytest.mark.slow
 def test_train_killed_at_each_point_of_a_checkpoint_write_resumes_to_the_same_model(tmp_path):
     straight = _summary(_run(TRAIN, tmp_path / "a"))
     kills = [
@@ -115,6 +116,7 @@ def test_train_killed_at_each_point_of_a_checkpoint_write_resumes_to_the_same_mo
     assert summary["test_value_mse"] == straight["test_value_mse"]
 
 
+@pytest.mark.slow
 def test_sae_killed_at_each_point_of_calibration_and_checkpoint_resumes_to_the_same_dictionary(tmp_path):
     straight = _summary(_run(SAE, tmp_path / "a"))
     parent = tmp_path / "b"
@@ -189,6 +191,7 @@ def test_truncated_model_file_is_a_clear_error(tmp_path):
         load_safetensors(tmp_path / "cut.safetensors")
 
 
+@pytest.mark.slow
 def test_a_reused_run_directory_of_other_settings_starts_fresh(tmp_path):
     def run(*extra):
         p = run_app(["stage=train", *TINY_MODEL, "train.eval_positions=50", "train.checkpoint_every=5", *extra],

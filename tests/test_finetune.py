@@ -50,6 +50,7 @@ def test_policy_head_finetune_learns_correct_moves_and_touches_nothing_else(seed
     assert all(torch.equal(state[k], v) for k, v in frozen.items())  # BatchNorm running stats included
 
 
+@pytest.mark.slow
 def test_stage_finetune_on_seed_transitional(shared_data, tmp_path):
     r = run_app(["stage=transitional", "transitional.position_set=seed"], run_dir=tmp_path / "tr")
     assert r.returncode == 0, r.stderr[-2000:]

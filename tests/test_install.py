@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from _app import ONE_THREAD, ROOT, TINY_MODEL, app_env, run_app
@@ -12,6 +13,7 @@ from _app import ONE_THREAD, ROOT, TINY_MODEL, app_env, run_app
 TINY = ["stage=train", "data=default", "data.max_games=20", *TINY_MODEL, "train.eval_positions=50"]
 
 
+@pytest.mark.slow
 def test_wheel_runs_a_stage_from_any_directory_with_user_configs(tmp_path):
     # build from a copy, so that the checkout gets no build/ folder
     src = tmp_path / "src"

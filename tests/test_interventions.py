@@ -111,6 +111,7 @@ def test_controls_and_steering_vectors():
     assert mean == lo == hi == 1.0
 
 
+@pytest.mark.slow
 def test_stage_intervention_steering_on_seed_positions(shared_data, tmp_path):
     r = run_app(["stage=transitional", "transitional.position_set=seed"], run_dir=tmp_path / "tr")
     assert r.returncode == 0, r.stderr[-2000:]

@@ -26,6 +26,7 @@ def test_non_finite_numbers_become_null_and_numpy_values_plain(tmp_path):
     assert strict_loads(to_json({"a": [float("nan")]})) == {"a": [None]}
 
 
+@pytest.mark.slow
 def test_stage_outputs_are_strict_json_with_null_for_empty_buckets(tmp_path):
     # the first 30 self-play games are all low-Elo buckets, so the high buckets have no test positions
     data = ["data=default", "data.max_games=30", "data.test_fraction=0.3", f"data.store_dir={tmp_path}/store"]

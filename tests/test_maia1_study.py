@@ -92,6 +92,7 @@ def test_policy_head_finetune_of_every_network(family, shared_data, tmp_path):
     assert list(one.nets) == [1500] and load_maia1_safetensors(path)[1500].rating == 1500
 
 
+@pytest.mark.slow
 def test_stage_finetune_and_intervention_on_the_family(transitional, shared_data, tmp_path):
     r = run_app(["stage=finetune", "model=maia1", f"finetune.transitional={transitional}", "finetune.concept=",
                  "finetune.steps=20", "finetune.eval_every=10", "finetune.trainable=policy_head", "finetune.side_info_weight=0",
@@ -119,6 +120,7 @@ def test_stage_finetune_and_intervention_on_the_family(transitional, shared_data
     assert r.returncode != 0 and "unrelated activation spaces" in error_line(r)
 
 
+@pytest.mark.slow
 def test_stage_sae_on_one_network(shared_data, shared_models, tmp_path):
     base = ["stage=sae", "model=maia1", "data=lichess", "data.max_games=60", f"data.store_dir={tmp_path}/store",
             "sae=topk", "sae.k=8", "sae.dim=256", f"sae.sites=[{SITE}]", "sae.token_pooling=none", "sae.steps=60",

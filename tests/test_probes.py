@@ -189,6 +189,7 @@ def test_logit_lens_by_bucket_shapes(real):
     assert ((out["accuracy"] >= 0) & (out["accuracy"] <= 1)).all() and out["n_with_move"] > 0
 
 
+@pytest.mark.slow
 def test_stage_probe_end_to_end(shared_data, tmp_path):
     import json
 
@@ -231,6 +232,7 @@ def test_maia1_conv_site_pools_to_one_vector_per_position(shared_models, tmp_pat
     assert torch.allclose(per_square[64 + 9], cache[site][1, :, 1, 1], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_stage_probe_maia1_on_real_games(shared_data, shared_models, tmp_path):
     import json
 

@@ -240,6 +240,7 @@ def test_calibration_score_rises_with_training(model, store, acts):
     assert 0.5 * len(names) < after <= len(names)
 
 
+@pytest.mark.slow
 def test_stage_sae_then_threats_end_to_end(shared_data, tmp_path):
     import json
 

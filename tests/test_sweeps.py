@@ -5,6 +5,7 @@ import json
 import socket
 import subprocess
 
+import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
@@ -15,6 +16,7 @@ TINY_SAE = ["data=default", "sae.steps=10", "sae.cache_positions=1024", "sae.chu
             "sae.eval_positions=100"]
 
 
+@pytest.mark.slow
 def test_optuna_sweep_on_the_joblib_launcher_maximises_the_objective(tmp_path):
     p = run_app(["-m", "experiment=sae_sweep", *TINY_SAE, "hydra.sweeper.n_trials=3", "hydra/launcher=parallel",
                  f"hydra.sweep.dir={tmp_path}"], env=ONE_THREAD, timeout=600)
@@ -31,6 +33,7 @@ def test_optuna_sweep_on_the_joblib_launcher_maximises_the_objective(tmp_path):
     assert best["best_value"] == max(values.values())
 
 
+@pytest.mark.slow
 def test_submitit_launcher_runs_each_job_of_a_sweep(tmp_path):
     # submitit's local executor: the same pickled job function a SLURM array task runs
     p = run_app(["-m", "stage=sae", *TINY_SAE, "sae.dim=256", "sae.k=4,8", "hydra/launcher=submitit_local",
@@ -52,6 +55,7 @@ def test_slurm_preset_composes_with_resume_on_requeue():
     assert any("MAIA_ADAPT_DATA" in line for line in launcher.setup)
 
 
+@pytest.mark.slow
 def test_a_slurm_job_of_two_tasks_trains_as_one_ddp_group(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -81,6 +81,7 @@ def test_splice_hooks_with_an_exact_ffn_copy_change_nothing(data):
     torch.testing.assert_close(out, clean, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_stage_transcoder_end_to_end(shared_data, tmp_path):
     r = run_app(["stage=transcoder", "data=lichess", "data.max_games=80", f"data.store_dir={tmp_path}/store",
                  "transcoder.steps=40", "transcoder.dim=512", "transcoder.k=16", "transcoder.cache_positions=1500",

@@ -78,6 +78,7 @@ def test_seed_positions_load_and_bad_file_is_named(shared_data, tmp_path):
         load_seed_positions(bad)
 
 
+@pytest.mark.slow
 def test_stage_transitional_on_seed_positions(shared_data, tmp_path):
     r = run_app(["stage=transitional", "transitional.position_set=seed"], run_dir=tmp_path / "run", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -94,6 +95,7 @@ def test_stage_transitional_on_seed_positions(shared_data, tmp_path):
     assert (tmp_path / "run" / "transition_points.png").stat().st_size > 5000
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(find_engine() is None, reason="Stockfish not installed (apt-get install stockfish)")
 def test_stage_transitional_on_games_with_stockfish(shared_data, tmp_path):
     r = run_app(["stage=transitional", "data=lichess", "data.max_games=40", f"data.store_dir={tmp_path}/store",
@@ -134,6 +136,7 @@ def test_maia1_predictions_are_each_bands_network(shared_models, tmp_path):
     assert moves[0][9] == "h5f7"  # maia-1900 finds the mate
 
 
+@pytest.mark.slow
 def test_stage_transitional_maia1_on_seed_positions(shared_data, shared_models, tmp_path):
     r = run_app(["stage=transitional", "transitional.position_set=seed", "model=maia1"], run_dir=tmp_path / "run",
                 timeout=600)
