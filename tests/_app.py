@@ -1,6 +1,7 @@
 """Launching the Hydra app (`python -m maia_adapt.run`) from tests, and the tiny model they train."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,3 +54,11 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines and lines[-1].startswith("error: "), (proc.returncode, proc.stderr[-2000:])
     return lines[-1]
+
+
+def app_summary(proc: subprocess.CompletedProcess) -> dict:
+    """The summary JSON a finished run prints after its `run directory:` line (earlier lines such as the
+    position store's `skipped {...}` may hold braces too)."""
+    lines = proc.stdout.splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("run directory: "))
+    return json.loads("\n".join(lines[start + 1:]))

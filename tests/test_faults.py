@@ -9,7 +9,6 @@ one it reached depended on how busy the machine was.
 
 The long-stage tests run on the embedded self-play corpus and the shipped model (no ../shared needed).
 """
-import json
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _app import ONE_THREAD, ROOT, TINY_MODEL, run_app
+from _app import ONE_THREAD, ROOT, TINY_MODEL, app_summary, run_app
 from maia_adapt import faults
 from maia_adapt.checkpointing import latest_step_dir, write_step_dir
 from maia_adapt.errors import CheckpointError, ConfigError
@@ -51,10 +50,6 @@ def _run(args, parent: Path, fault: str | None = None) -> subprocess.CompletedPr
     return p
 
 
-def _summary(p: subprocess.CompletedProcess) -> dict:
-    return json.loads(p.stdout[p.stdout.index("{"):])
-
-
 def _resumed_from(p: subprocess.CompletedProcess) -> int | None:
     line = next((l for l in p.stdout.splitlines() if l.startswith("resuming from ")), None)
     return int(line.rsplit("step_", 1)[1]) if line else None
@@ -79,7 +74,7 @@ def _killed_then_finished(args, parent: Path, kills: list[tuple[str, int, int]],
         resumed = expect
     last = _run(args, parent)
     assert _resumed_from(last) == resumed
-    return _summary(last)
+    return app_summary(last)
 
 
 def test_a_fault_point_kills_at_its_step_only_and_a_bad_one_is_a_clear_error(monkeypatch):
@@ -97,7 +92,7 @@ def test_a_fault_point_kills_at_its_step_only_and_a_bad_one_is_a_clear_error(mon
 
 @pytest.mark.slow
 def test_train_killed_at_each_point_of_a_checkpoint_write_resumes_to_the_same_model(tmp_path):
-    straight = _summary(_run(TRAIN, tmp_path / "a"))
+    straight = app_summary(_run(TRAIN, tmp_path / "a"))
     kills = [
         ("checkpoint_unsealed", 40, 30),  # files written, no state.json: step 40 is not taken
         ("checkpoint_sealed", 70, 60),    # sealed under its temporary name, not renamed
@@ -118,7 +113,7 @@ def test_train_killed_at_each_point_of_a_checkpoint_write_resumes_to_the_same_mo
 
 @pytest.mark.slow
 def test_sae_killed_at_each_point_of_calibration_and_checkpoint_resumes_to_the_same_dictionary(tmp_path):
-    straight = _summary(_run(SAE, tmp_path / "a"))
+    straight = app_summary(_run(SAE, tmp_path / "a"))
     parent = tmp_path / "b"
     kills = [
         ("calibrated", 100, 50),           # the first calibration's scores computed, best/ not yet written
@@ -197,7 +192,7 @@ def test_a_reused_run_directory_of_other_settings_starts_fresh(tmp_path):
         p = run_app(["stage=train", *TINY_MODEL, "train.eval_positions=50", "train.checkpoint_every=5", *extra],
                     run_dir=tmp_path / "fixed", env=_env())
         assert p.returncode == 0, p.stderr[-2000:]
-        return json.loads(p.stdout[p.stdout.index("{"):])
+        return app_summary(p)
 
     run("train.max_steps=20")
     # other settings in the same folder, stopped before its end: its checkpoints alone remain
