@@ -49,3 +49,11 @@ def _outputs_are_strict_json(request):
         from _strict_json import check_json_tree
 
         check_json_tree(root)
+
+
+def pytest_collection_modifyitems(items):
+    """`-m shared_data` / `-m "not shared_data"`: every test that reads ../shared (through these fixtures,
+    directly or through another fixture) gets the marker, so nobody has to remember to add it."""
+    for item in items:
+        if {"shared_data", "shared_models"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.shared_data)

@@ -1,36 +1,25 @@
 """The Hydra app: multirun sweeps, W&B offline logging, run directories, atomic writes."""
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
+from _app import ROOT, TINY_MODEL, run_app
 from maia_adapt.io import atomic_write_bytes
 from maia_adapt.layout import resolve
 from maia_adapt.errors import MaiaAdaptError
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _run(args, timeout=600):
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, "-m", "maia_adapt.run", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
 
 def _tiny(tmp_path):
-    return ["stage=train", "data=lichess", "data.max_games=40", f"data.store_dir={tmp_path}/store",
-            "model.dim_cnn=8", "model.num_blocks_cnn=1", "model.dim_vit=32", "model.elo_dim=4", "model.heads=2",
-            "model.dim_head=16", "train.max_steps=4", "train.batch_size=16", "train.eval_positions=100",
-            "train.log_every=2", "train.checkpoint_every=2"]
+    return ["stage=train", "data=lichess", "data.max_games=40", f"data.store_dir={tmp_path}/store", *TINY_MODEL,
+            "train.max_steps=4", "train.batch_size=16", "train.eval_positions=100", "train.log_every=2",
+            "train.checkpoint_every=2"]
 
 
+@pytest.mark.slow
 def test_multirun_sweep_runs_every_job(shared_data, tmp_path):
-    r = _run(["-m", *_tiny(tmp_path), "train.lr=1e-3,3e-3", "logger=none",
-              f"hydra.sweep.dir={tmp_path}/sweep"])
+    r = run_app(["-m", *_tiny(tmp_path), "train.lr=1e-3,3e-3", f"hydra.sweep.dir={tmp_path}/sweep"], timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     jobs = sorted((tmp_path / "sweep").glob("*/summary.json"))
     assert len(jobs) == 2
@@ -38,8 +27,9 @@ def test_multirun_sweep_runs_every_job(shared_data, tmp_path):
     assert lrs == [1e-3, 3e-3]
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_and_metrics(shared_data, tmp_path):
-    r = _run([*_tiny(tmp_path), "logger=wandb", "experiment=train_small", f"hydra.run.dir={tmp_path}/run"])
+    r = run_app([*_tiny(tmp_path), "experiment=train_small"], run_dir=tmp_path / "run", logger="wandb", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     run = tmp_path / "run"
     offline = list((run / "wandb").glob("offline-run-*"))
@@ -76,13 +66,13 @@ def test_resolve_file_or_run_directory(tmp_path):
 
 
 def test_unknown_experiment_fails_with_choices():
-    r = _run(["experiment=nope", "--cfg", "job"], timeout=120)
+    r = run_app(["experiment=nope", "--cfg", "job"], logger=None, timeout=120)
     assert r.returncode != 0
     assert "Could not find 'experiment/nope'" in r.stderr and "train_small" in r.stderr
 
 
 def test_experiment_preset_composes():
-    r = _run(["experiment=train_small", "--cfg", "job", "--resolve"], timeout=120)
+    r = run_app(["experiment=train_small", "--cfg", "job", "--resolve"], logger=None, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     text = r.stdout
     assert "experiment: train_small" in text and "name: maia2_small" in text and "name: lichess" in text
@@ -91,7 +81,7 @@ def test_experiment_preset_composes():
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "maia_adapt" / "conf" / "experiment").glob("*.yaml") if p.stem != "none"))
 def test_every_experiment_preset_composes_and_has_a_readme(name):
-    r = _run([f"experiment={name}", "--cfg", "job", "--resolve"], timeout=120)
+    r = run_app([f"experiment={name}", "--cfg", "job", "--resolve"], logger=None, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     cfg = OmegaConf.create(r.stdout)
     assert cfg.experiment == name

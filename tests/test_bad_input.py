@@ -5,39 +5,29 @@ import math
 import os
 import resource
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _app import TINY_MODEL, error_line, run_app
 from maia_adapt.config import CONF_DIR, validate
+from maia_adapt.data import open_or_build_store
 from maia_adapt.dictionaries import SAEConfig, SparseAutoencoder, save_sae
 from maia_adapt.errors import MaiaAdaptError
 from maia_adapt.model.inference import parse_fen
 from maia_adapt.run import config_error_line
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY_TRAIN = ["stage=train", "model.dim_cnn=16", "model.num_blocks_cnn=1", "model.dim_vit=64", "model.elo_dim=8",
-              "model.heads=4", "model.dim_head=16", "train.max_steps=4", "train.batch_size=16",
-              "train.checkpoint_every=2", "train.eval_positions=50"]
+TINY_TRAIN = ["stage=train", *TINY_MODEL, "train.max_steps=4", "train.batch_size=16", "train.checkpoint_every=2",
+              "train.eval_positions=50"]
 
 
-def _app(args, tmp_path, preexec_fn=None):
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, "-m", "maia_adapt.run", *args, "logger=none", f"hydra.run.dir={tmp_path}/run"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, preexec_fn=preexec_fn)
-
-
-def _error_line(p) -> str:
+def _clean_error_line(p) -> str:
+    """The app's one-line error, with exit status 1 and no traceback."""
     assert p.returncode == 1, (p.returncode, p.stderr[-2000:])
     assert "Traceback" not in p.stderr, p.stderr[-2000:]
-    last = [l for l in p.stderr.splitlines() if l.strip()][-1]
-    assert last.startswith("error: "), p.stderr[-2000:]
-    return last
+    return error_line(p)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +74,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_one_error_line(case, bad_files, tmp_path):
     args, expected = CASES[case]
-    line = _error_line(_app([a.format(d=bad_files) for a in args], tmp_path))
+    line = _clean_error_line(run_app([a.format(d=bad_files) for a in args], run_dir=tmp_path / "run", timeout=300))
     assert expected.format(d=bad_files) in line, line
 
 
@@ -93,13 +83,20 @@ def test_disk_full_is_one_error_line_and_leaves_no_partial_checkpoint(tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 
-    line = _error_line(_app(TINY_TRAIN, tmp_path, preexec_fn=small_disk))
+    # the position store is built first without the limit: on a fresh checkout it is not cached yet, and the
+    # first write past 100 kB would be the store's, not the checkpoint's
+    args = [*TINY_TRAIN, f"data.store_dir={tmp_path}/store"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=args)
+    open_or_build_store(cfg.data, cfg.paths.cache_dir)
+    line = _clean_error_line(run_app(args, run_dir=tmp_path / "run", timeout=300, preexec_fn=small_disk))
     assert "could not write checkpoint" in line and "step_0000002" in line and "File too large" in line
     assert list((tmp_path / "run" / "checkpoints").iterdir()) == []
 
 
 def test_verbose_shows_the_traceback(tmp_path):
-    p = _app(["stage=sae", "sae.sites=[blocks.9.hook_foo]", "hydra.verbose=true"], tmp_path)
+    p = run_app(["stage=sae", "sae.sites=[blocks.9.hook_foo]", "hydra.verbose=true"], run_dir=tmp_path / "run",
+                timeout=300)
     assert p.returncode == 1 and "Traceback" in p.stderr and "unknown hook site" in p.stderr
 
 

@@ -1,13 +1,12 @@
 """Circuits: connections equal the explicit product, batched attributions equal the loop, stage end to end."""
 import json
-import subprocess
-import sys
 
 import numpy as np
+import pytest
 import torch
 
+from _app import run_app
 from maia_adapt.circuits import attributions, attributions_loop, circuit_edges, connections, skill_relevance
-from maia_adapt.config import REPO_ROOT
 from maia_adapt.dictionaries.transcoder import Transcoder, TranscoderConfig
 
 
@@ -51,17 +50,15 @@ def test_batched_attributions_equal_the_loop():
     assert skill_relevance(means).argmax() == 1 and skill_relevance(means, means + 0.5).tolist() == [5.5] * 3
 
 
+@pytest.mark.slow
 def test_stage_circuits_end_to_end(shared_data, tmp_path):
-    base = [sys.executable, "-m", "maia_adapt.run", "data=lichess", "data.max_games=60", f"data.store_dir={tmp_path}/store",
-            "logger=none"]
-    r = subprocess.run([*base, "stage=transcoder", "transcoder.steps=30", "transcoder.dim=256", "transcoder.k=16",
-                        "transcoder.cache_positions=800", "transcoder.eval_positions=60", "transcoder.grid_positions=4",
-                        "transcoder.layers=[0,1]", f"hydra.run.dir={tmp_path}/tc"], cwd=REPO_ROOT, capture_output=True,
-                       text=True, timeout=900)
+    base = ["data=lichess", "data.max_games=60", f"data.store_dir={tmp_path}/store"]
+    r = run_app([*base, "stage=transcoder", "transcoder.steps=30", "transcoder.dim=256", "transcoder.k=16",
+                 "transcoder.cache_positions=800", "transcoder.eval_positions=60", "transcoder.grid_positions=4",
+                 "transcoder.layers=[0,1]"], run_dir=tmp_path / "tc")
     assert r.returncode == 0, r.stderr[-2000:]
-    r = subprocess.run([*base, "stage=circuits", f"circuits.transcoders={tmp_path}/tc", "circuits.positions=120",
-                        "circuits.top_down=4", "circuits.top_up=10", f"hydra.run.dir={tmp_path}/run"], cwd=REPO_ROOT,
-                       capture_output=True, text=True, timeout=900)
+    r = run_app([*base, "stage=circuits", f"circuits.transcoders={tmp_path}/tc", "circuits.positions=120",
+                 "circuits.top_down=4", "circuits.top_up=10"], run_dir=tmp_path / "run")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert len(res["selected_layer1"]) == 4

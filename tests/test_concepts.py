@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from _app import error_line, run_app
 from maia_adapt.concepts import best_auc_per_concept, piece_square_concepts, roc_auc_matrix
 from maia_adapt.model.inference import encode_fens
 
@@ -96,19 +97,14 @@ def test_detection_finds_planted_features_and_rejects_noise():
     assert bal.top_features[0, 0] == 17
 
 
+@pytest.mark.slow
 def test_stage_threats_on_model_units_finds_board_state(shared_data, tmp_path):
     import csv
     import json
-    import subprocess
-    import sys
 
-    from maia_adapt.config import REPO_ROOT
-
-    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=threats", "data=lichess", "data.max_games=60",
-                        f"data.store_dir={tmp_path}/store", "logger=none", "threats.sites=[blocks.1.hook_resid_post]",
-                        "threats.positions=800", "threats.n_boot=20", "threats.n_null=5",
-                        "threats.families=[threat,board-state]", f"hydra.run.dir={tmp_path}/run"],
-                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    r = run_app(["stage=threats", "data=lichess", "data.max_games=60", f"data.store_dir={tmp_path}/store",
+                 "threats.sites=[blocks.1.hook_resid_post]", "threats.positions=800", "threats.n_boot=20",
+                 "threats.n_null=5", "threats.families=[threat,board-state]"], run_dir=tmp_path / "run", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     run = tmp_path / "run"
     res = json.loads((run / "results.json").read_text())["sites"]["blocks.1.hook_resid_post (units)"]
@@ -122,30 +118,20 @@ def test_stage_threats_on_model_units_finds_board_state(shared_data, tmp_path):
 
 
 def test_stage_threats_rejects_unknown_family(shared_data, tmp_path):
-    import subprocess
-    import sys
-
-    from maia_adapt.config import REPO_ROOT
-
-    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=threats", "data=lichess", "data.max_games=20",
-                        f"data.store_dir={tmp_path}/store", "logger=none", "threats.sites=[blocks.1.hook_resid_post]",
-                        "threats.families=[threats]", f"hydra.run.dir={tmp_path}/run"],
-                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    r = run_app(["stage=threats", "data=lichess", "data.max_games=20", f"data.store_dir={tmp_path}/store",
+                 "threats.sites=[blocks.1.hook_resid_post]", "threats.families=[threats]"], run_dir=tmp_path / "run",
+                timeout=600)
     assert r.returncode == 1
-    assert r.stderr.strip().splitlines()[-1].startswith("error: threats.families: unknown family 'threats'")
+    assert error_line(r).startswith("error: threats.families: unknown family 'threats'")
 
 
+@pytest.mark.slow
 def test_stage_threats_on_puzzles_scores_their_themes(shared_data, tmp_path):
     import json
-    import subprocess
-    import sys
 
-    from maia_adapt.config import REPO_ROOT
-
-    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=threats", "threats.position_set=puzzles",
-                        "logger=none", "threats.sites=[blocks.1.hook_resid_post]", "threats.positions=1500",
-                        "threats.n_boot=10", "threats.n_null=3", "threats.dashboards=0", "threats.families=[threat]",
-                        f"hydra.run.dir={tmp_path}/run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    r = run_app(["stage=threats", "threats.position_set=puzzles", "threats.sites=[blocks.1.hook_resid_post]",
+                 "threats.positions=1500", "threats.n_boot=10", "threats.n_null=3", "threats.dashboards=0",
+                 "threats.families=[threat]"], run_dir=tmp_path / "run", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["positions"] == 1500

@@ -60,6 +60,7 @@ def test_reader_matches_python_chess_on_real_games(shared_data, real_store):
     assert (real_store.column("eval_cp") != EVAL_MISSING).mean() > 0.9
 
 
+@pytest.mark.reference
 def test_store_batches_equal_official_encoding(shared_data, real_store):
     U = pytest.importorskip("maia2.utils")
     md = {m: i for i, m in enumerate(all_moves())}

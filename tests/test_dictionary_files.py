@@ -67,6 +67,7 @@ def _train_transcoder(x, y, k, skip, steps=30):
     return t.eval()
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("arch", ["jumprelu", "topk", "batchtopk", "relu_l1"])
 def test_sae_lens_loads_each_architecture_and_computes_what_ours_does(acts, tmp_path, arch):
     sae_lens = _sae_lens()
@@ -92,6 +93,7 @@ def test_sae_lens_loads_each_architecture_and_computes_what_ours_does(acts, tmp_
         assert torch.equal(theirs.threshold, sae.inference_threshold.expand(256))
 
 
+@pytest.mark.reference
 def test_batchtopk_without_a_threshold_is_saved_as_the_topk_it_encodes_with(acts, tmp_path):
     x = _inputs(acts[0])
     sae = SparseAutoencoder(SAEConfig(architecture="batchtopk", d_in=x.shape[1], dim=128, k=8)).eval()
@@ -105,6 +107,7 @@ def test_batchtopk_without_a_threshold_is_saved_as_the_topk_it_encodes_with(acts
     assert torch.equal(sae_lens.SAE.load_from_disk(folder).encode(x), sae.encode(x))
 
 
+@pytest.mark.reference
 def test_our_loader_reads_a_folder_sae_lens_wrote(tmp_path):
     sae_lens = _sae_lens()
     theirs = sae_lens.TopKSAE(sae_lens.TopKSAEConfig(d_in=64, d_sae=128, k=5))
@@ -151,6 +154,7 @@ def test_folders_of_the_older_layout_still_load(acts, tmp_path, arch):
     assert torch.equal(new(x), back(x)) and not (tmp_path / "new" / "sae.safetensors").exists()
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("skip", [False, True])
 def test_sae_lens_loads_relu_transcoders_and_computes_what_ours_does(acts, tmp_path, skip):
     sae_lens = _sae_lens()
@@ -167,6 +171,7 @@ def test_sae_lens_loads_relu_transcoders_and_computes_what_ours_does(acts, tmp_p
     torch.testing.assert_close(ours(xs), t(xs), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.reference
 def test_sae_lens_refuses_a_topk_transcoder_until_taught_it(acts, tmp_path, monkeypatch):
     sae_lens = _sae_lens()
     from sae_lens.registry import SAE_CLASS_REGISTRY

@@ -3,7 +3,6 @@
 These run on the embedded self-play corpus and the shipped small model, so they need no ../shared.
 """
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,19 +11,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _app import ONE_THREAD, TINY_MODEL, run_app
 from maia_adapt.model import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = ["model.dim_cnn=16", "model.num_blocks_cnn=1", "model.dim_vit=64", "model.elo_dim=8", "model.heads=4",
-              "model.dim_head=16", "model.dropout_cnn=0", "model.dropout_vit=0", "model.dropout=0"]
+# no dropout: the two runs draw different dropout masks
+NO_DROPOUT_MODEL = [*TINY_MODEL, "model.dropout_cnn=0", "model.dropout_vit=0", "model.dropout=0"]
+
+
+def _torchrun(procs: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
 
 
 def _run(args, run_dir: Path, procs: int = 1) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] if procs > 1 \
-        else [sys.executable]
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([*launcher, "-m", "maia_adapt.run", *args, "logger=none", f"hydra.run.dir={run_dir}"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    p = run_app(args, run_dir=run_dir, env=ONE_THREAD, timeout=600,
+                launcher=_torchrun(procs) if procs > 1 else (sys.executable,))
     assert p.returncode == 0, p.stderr[-3000:]
     return p
 
@@ -33,9 +33,10 @@ def _metric_lines(run_dir: Path) -> list[dict]:
     return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_train_on_two_processes_equals_one_process(tmp_path):
     # BatchNorm frozen: PyTorch's SyncBatchNorm needs CUDA, and per-rank batch statistics would differ
-    args = ["stage=train", *TINY_MODEL, "train.max_steps=20", "train.batch_size=32", "train.checkpoint_every=10",
+    args = ["stage=train", *NO_DROPOUT_MODEL, "train.max_steps=20", "train.batch_size=32", "train.checkpoint_every=10",
             "train.eval_every=10", "train.eval_positions=200", "train.log_every=5", "train.warmup_steps=2",
             "train.batchnorm=frozen"]
     one, two = tmp_path / "one" / "run", tmp_path / "two" / "run"
@@ -60,15 +61,13 @@ def test_train_on_two_processes_equals_one_process(tmp_path):
 
 
 def test_train_on_two_processes_rejects_an_uneven_batch(tmp_path):
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-                        "maia_adapt.run", "stage=train", *TINY_MODEL, "train.max_steps=2", "train.batch_size=33",
-                        "logger=none", f"hydra.run.dir={tmp_path}/r"], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=300)
+    p = run_app(["stage=train", *NO_DROPOUT_MODEL, "train.max_steps=2", "train.batch_size=33"], run_dir=tmp_path / "r",
+                env=ONE_THREAD, timeout=300, launcher=_torchrun(2))
     assert p.returncode != 0
     assert "error: train.batch_size=33 does not divide over 2 processes" in p.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage,files", [
     ("sae", ["sae.dim=256", "sae.k=8", "sae.steps=30", "sae.batch_size=64", "sae.cache_positions=1024",
              "sae.chunk_positions=512", "sae.eval_positions=200", "sae.checkpoint_every=10"]),

@@ -21,6 +21,7 @@ from maia_adapt.encoding import (
 )
 
 U = pytest.importorskip("maia2.utils", reason="the official maia2 package is the reference for these tests")
+pytestmark = pytest.mark.reference  # the whole module needs maia2
 
 PGN = "lichess/lichess_rated_rapid_58k.pgn.zst"
 

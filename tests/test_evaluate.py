@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import chess
@@ -14,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from _app import TINY_MODEL, error_line, run_app
 from maia_adapt.config import ASSETS
 from maia_adapt.data import GameFilter, build_store
 from maia_adapt.encoding import NUM_BUCKETS
@@ -232,10 +231,8 @@ KEYS = ["top1", "top1_macro", *(f"top1_bucket_{k}" for k in range(NUM_BUCKETS)),
 
 
 def _evaluate(args, run_dir, tmp_path):
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    p = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=evaluate", "data=lichess", "data.max_games=150",
-                        f"data.store_dir={tmp_path}/store", "evaluate.positions=600", "evaluate.n_boot=200",
-                        f"hydra.run.dir={run_dir}", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    p = run_app(["stage=evaluate", "data=lichess", "data.max_games=150", f"data.store_dir={tmp_path}/store",
+                 "evaluate.positions=600", "evaluate.n_boot=200", *args], run_dir=run_dir, logger=None)
     assert p.returncode == 0, p.stderr[-3000:]
     text = (run_dir / "summary.json").read_text()
     summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
@@ -246,6 +243,7 @@ def _evaluate(args, run_dir, tmp_path):
     return summary
 
 
+@pytest.mark.slow
 def test_stage_evaluate_maia2_on_real_games(shared_data, tmp_path):
     s = _evaluate(["model=maia2_small"], tmp_path / "run", tmp_path)
     assert s["positions"] == 600 and 0.1 < s["top1"] < 0.6
@@ -254,6 +252,7 @@ def test_stage_evaluate_maia2_on_real_games(shared_data, tmp_path):
     assert header[:3] == ["player_bucket", "positions", "<1100"] and len(header) == 2 + NUM_BUCKETS
 
 
+@pytest.mark.slow
 @needs_maia1
 def test_stage_evaluate_maia1_on_real_games(shared_data, tmp_path):
     s = _evaluate(["model=maia1", "evaluate.history=true"], tmp_path / "run", tmp_path)
@@ -263,27 +262,23 @@ def test_stage_evaluate_maia1_on_real_games(shared_data, tmp_path):
 
 
 def test_missing_maia1_folder_is_one_line(tmp_path):
-    env = {**os.environ, "MAIA_ADAPT_MODELS": str(tmp_path / "nowhere")}
-    p = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=evaluate", "model=maia1", "logger=none",
-                        f"hydra.run.dir={tmp_path}/run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    p = run_app(["stage=evaluate", "model=maia1"], run_dir=tmp_path / "run",
+                env={"MAIA_ADAPT_MODELS": str(tmp_path / "nowhere")}, timeout=300)
     assert p.returncode == 1
-    line = p.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: ") and str(tmp_path / "nowhere" / "maia1") in line and "MAIA_ADAPT_MODELS" in line
+    line = error_line(p)
+    assert str(tmp_path / "nowhere" / "maia1") in line and "MAIA_ADAPT_MODELS" in line
 
 
 def test_maia1_rating_must_be_a_band(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=evaluate", "model=maia1", "model.rating=1550",
-                        "logger=none", f"hydra.run.dir={tmp_path}/run"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    p = run_app(["stage=evaluate", "model=maia1", "model.rating=1550"], run_dir=tmp_path / "run", timeout=300)
     assert p.returncode == 1 and "model.rating=1550" in p.stderr and "1900" in p.stderr
 
 
+@pytest.mark.slow
 def test_stage_train_reports_the_evaluate_numbers(tmp_path):
     run_dir = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=train", "model.dim_cnn=8", "model.num_blocks_cnn=1",
-                        "model.dim_vit=32", "model.elo_dim=4", "model.heads=2", "model.dim_head=16", "train.max_steps=2",
-                        "train.batch_size=16", "train.eval_positions=200", "evaluate.n_boot=50", "logger=none",
-                        f"data.store_dir={tmp_path}/store", "data.max_games=60", f"hydra.run.dir={run_dir}"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    p = run_app(["stage=train", *TINY_MODEL, "train.max_steps=2", "train.batch_size=16", "train.eval_positions=200",
+                 "evaluate.n_boot=50", f"data.store_dir={tmp_path}/store", "data.max_games=60"], run_dir=run_dir)
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     for k in KEYS:

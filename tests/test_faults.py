@@ -9,7 +9,6 @@ one it reached depended on how busy the machine was.
 
 The long-stage tests run on the embedded self-play corpus and the shipped model (no ../shared needed).
 """
-import json
 import os
 import signal
 import subprocess
@@ -20,15 +19,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _app import ONE_THREAD, ROOT, TINY_MODEL, app_summary, run_app
 from maia_adapt import faults
 from maia_adapt.checkpointing import latest_step_dir, write_step_dir
 from maia_adapt.errors import CheckpointError, ConfigError
 from maia_adapt.io import atomic_write_bytes, load_safetensors
 from maia_adapt.model import Maia2, Maia2Config, load_model, save_model
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ["stage=train", "model.dim_cnn=16", "model.num_blocks_cnn=1", "model.dim_vit=64", "model.elo_dim=8",
-         "model.heads=4", "model.dim_head=16", "train.max_steps=150", "train.batch_size=32", "train.checkpoint_every=10",
+TRAIN = ["stage=train", *TINY_MODEL, "train.max_steps=150", "train.batch_size=32", "train.checkpoint_every=10",
          "train.eval_every=50", "train.eval_positions=200", "train.log_every=10", "train.warmup_steps=5"]
 SAE = ["stage=sae", "sae.dim=256", "sae.k=8", "sae.steps=400", "sae.batch_size=64", "sae.cache_positions=1024",
        "sae.chunk_positions=512", "sae.eval_positions=200", "sae.checkpoint_every=50", "sae.calibrate_every=100",
@@ -36,27 +34,20 @@ SAE = ["stage=sae", "sae.dim=256", "sae.k=8", "sae.steps=400", "sae.batch_size=6
 
 
 def _env(fault: str | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != faults.ENV}
-    # one thread: the result is the same, and on a 2-core machine shared with a CPU-heavy process
-    # two OpenMP threads spin-wait for each other (150 tiny steps took over 15 minutes that way)
-    return {**env, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **({faults.ENV: fault} if fault else {})}
+    """The app's environment changes: the fault point (or none inherited from the caller), and one thread:
+    the result is the same, and on a 2-core machine shared with a CPU-heavy process two OpenMP threads
+    spin-wait for each other (150 tiny steps took over 15 minutes that way)."""
+    return {**ONE_THREAD, faults.ENV: fault}
 
 
 def _run(args, parent: Path, fault: str | None = None) -> subprocess.CompletedProcess:
     """The app with `args` in a new run directory under `parent`; with `fault`, killed there."""
-    env = _env(fault)
-    p = subprocess.run([sys.executable, "-m", "maia_adapt.run", *args, "logger=none",
-                        f"hydra.run.dir={parent}/${{run_stamp:%H-%M-%S-%f}}"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    p = run_app(args, run_dir=f"{parent}/${{run_stamp:%H-%M-%S-%f}}", env=_env(fault))
     if fault:
         assert p.returncode == -signal.SIGKILL, f"{fault} was not reached (exit {p.returncode}): {p.stderr[-2000:]}"
     else:
         assert p.returncode == 0, p.stderr[-3000:]
     return p
-
-
-def _summary(p: subprocess.CompletedProcess) -> dict:
-    return json.loads(p.stdout[p.stdout.index("{"):])
 
 
 def _resumed_from(p: subprocess.CompletedProcess) -> int | None:
@@ -83,7 +74,7 @@ def _killed_then_finished(args, parent: Path, kills: list[tuple[str, int, int]],
         resumed = expect
     last = _run(args, parent)
     assert _resumed_from(last) == resumed
-    return _summary(last)
+    return app_summary(last)
 
 
 def test_a_fault_point_kills_at_its_step_only_and_a_bad_one_is_a_clear_error(monkeypatch):
@@ -99,8 +90,9 @@ def test_a_fault_point_kills_at_its_step_only_and_a_bad_one_is_a_clear_error(mon
         faults.reach("checkpointed", 20)
 
 
+@pytest.mark.slow
 def test_train_killed_at_each_point_of_a_checkpoint_write_resumes_to_the_same_model(tmp_path):
-    straight = _summary(_run(TRAIN, tmp_path / "a"))
+    straight = app_summary(_run(TRAIN, tmp_path / "a"))
     kills = [
         ("checkpoint_unsealed", 40, 30),  # files written, no state.json: step 40 is not taken
         ("checkpoint_sealed", 70, 60),    # sealed under its temporary name, not renamed
@@ -119,8 +111,9 @@ def test_train_killed_at_each_point_of_a_checkpoint_write_resumes_to_the_same_mo
     assert summary["test_value_mse"] == straight["test_value_mse"]
 
 
+@pytest.mark.slow
 def test_sae_killed_at_each_point_of_calibration_and_checkpoint_resumes_to_the_same_dictionary(tmp_path):
-    straight = _summary(_run(SAE, tmp_path / "a"))
+    straight = app_summary(_run(SAE, tmp_path / "a"))
     parent = tmp_path / "b"
     kills = [
         ("calibrated", 100, 50),           # the first calibration's scores computed, best/ not yet written
@@ -193,16 +186,13 @@ def test_truncated_model_file_is_a_clear_error(tmp_path):
         load_safetensors(tmp_path / "cut.safetensors")
 
 
+@pytest.mark.slow
 def test_a_reused_run_directory_of_other_settings_starts_fresh(tmp_path):
-    fixed = [f"hydra.run.dir={tmp_path}/fixed", "logger=none"]
-    env = _env()
-
     def run(*extra):
-        p = subprocess.run([sys.executable, "-m", "maia_adapt.run", *TRAIN[:7], "train.eval_positions=50",
-                            "train.checkpoint_every=5", *extra, *fixed], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=900)
+        p = run_app(["stage=train", *TINY_MODEL, "train.eval_positions=50", "train.checkpoint_every=5", *extra],
+                    run_dir=tmp_path / "fixed", env=_env())
         assert p.returncode == 0, p.stderr[-2000:]
-        return json.loads(p.stdout[p.stdout.index("{"):])
+        return app_summary(p)
 
     run("train.max_steps=20")
     # other settings in the same folder, stopped before its end: its checkpoints alone remain

@@ -1,12 +1,11 @@
 """Calibration fine-tuning: what trains, what stays frozen, and that it learns the correct moves."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from maia_adapt.config import ASSETS, REPO_ROOT
+from _app import run_app
+from maia_adapt.config import ASSETS
 from maia_adapt.errors import ConfigError
 from maia_adapt.finetune import MoveSet, concept_rows, finetune, select_trainable, transition_report
 from maia_adapt.model import load_model
@@ -51,14 +50,13 @@ def test_policy_head_finetune_learns_correct_moves_and_touches_nothing_else(seed
     assert all(torch.equal(state[k], v) for k, v in frozen.items())  # BatchNorm running stats included
 
 
+@pytest.mark.slow
 def test_stage_finetune_on_seed_transitional(shared_data, tmp_path):
-    run = lambda args: subprocess.run([sys.executable, "-m", "maia_adapt.run", *args, "logger=none"], cwd=REPO_ROOT,
-                                      capture_output=True, text=True, timeout=900)
-    r = run(["stage=transitional", "transitional.position_set=seed", f"hydra.run.dir={tmp_path}/tr"])
+    r = run_app(["stage=transitional", "transitional.position_set=seed"], run_dir=tmp_path / "tr")
     assert r.returncode == 0, r.stderr[-2000:]
-    r = run(["stage=finetune", f"finetune.transitional={tmp_path}/tr", "finetune.concept=", "finetune.steps=20",
-             "finetune.eval_every=10", "finetune.trainable=heads", "finetune.heldout_positions=0",
-             f"hydra.run.dir={tmp_path}/ft"])
+    r = run_app(["stage=finetune", f"finetune.transitional={tmp_path}/tr", "finetune.concept=", "finetune.steps=20",
+                 "finetune.eval_every=10", "finetune.trainable=heads", "finetune.heldout_positions=0"],
+                run_dir=tmp_path / "ft")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "ft" / "results.json").read_text())
     assert res["positions_train"] + res["positions_val"] + res["positions_test"] == 264
@@ -67,5 +65,5 @@ def test_stage_finetune_on_seed_transitional(shared_data, tmp_path):
     tuned = load_model(tmp_path / "ft")
     base = load_model(ASSETS / "maia2_small.safetensors")
     assert torch.equal(tuned.elo_embedding.weight, base.elo_embedding.weight)
-    r = run(["stage=finetune", f"finetune.transitional={tmp_path}/nope", f"hydra.run.dir={tmp_path}/ft2"])
+    r = run_app(["stage=finetune", f"finetune.transitional={tmp_path}/nope"], run_dir=tmp_path / "ft2")
     assert r.returncode == 1 and "transitional.csv" in r.stderr

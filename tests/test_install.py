@@ -1,20 +1,19 @@
 """The app as a user installs it: a wheel (not editable) in a fresh folder, run from another directory."""
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
+import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["stage=train", "data=default", "data.max_games=20", "model.dim_cnn=8", "model.num_blocks_cnn=1",
-        "model.dim_vit=32", "model.elo_dim=4", "model.heads=2", "model.dim_head=16", "train.eval_positions=50",
-        "logger=none"]
+from _app import ONE_THREAD, ROOT, TINY_MODEL, app_env, run_app
+
+TINY = ["stage=train", "data=default", "data.max_games=20", *TINY_MODEL, "train.eval_positions=50"]
 
 
+@pytest.mark.slow
 def test_wheel_runs_a_stage_from_any_directory_with_user_configs(tmp_path):
     # build from a copy, so that the checkout gets no build/ folder
     src = tmp_path / "src"
@@ -33,13 +32,11 @@ def test_wheel_runs_a_stage_from_any_directory_with_user_configs(tmp_path):
     work = tmp_path / "elsewhere"
     (work / "my_conf" / "experiment").mkdir(parents=True)
     (work / "my_conf" / "experiment" / "mine.yaml").write_text("# @package _global_\ntrain:\n  max_steps: 2\n  batch_size: 8\n")
-    env = {k: v for k, v in os.environ.items() if k != "MAIA_ADAPT_DATA"}
-    env.update(PYTHONPATH=str(site), WANDB_MODE="offline", OMP_NUM_THREADS="1")
-    run = lambda *args: subprocess.run([sys.executable, *args], cwd=work, env=env, capture_output=True, text=True, timeout=600)
-
-    r = run("-c", "import maia_adapt; print(maia_adapt.__file__)")
+    env = {"MAIA_ADAPT_DATA": None, "PYTHONPATH": str(site), **ONE_THREAD}
+    r = subprocess.run([sys.executable, "-c", "import maia_adapt; print(maia_adapt.__file__)"], cwd=work,
+                       env=app_env(env), capture_output=True, text=True, timeout=600)
     assert r.stdout.strip().startswith(str(site)), r.stdout + r.stderr  # the wheel, not the checkout
-    r = run("-m", "maia_adapt.run", *TINY, "hydra.searchpath=[file://my_conf]", "experiment=mine")
+    r = run_app([*TINY, "hydra.searchpath=[file://my_conf]", "experiment=mine"], cwd=work, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     (summary,) = (work / "outputs" / "train").glob("*/summary.json")
     assert 0 <= json.loads(summary.read_text())["test_accuracy"] <= 1
@@ -47,5 +44,5 @@ def test_wheel_runs_a_stage_from_any_directory_with_user_configs(tmp_path):
     assert resolved["train"]["max_steps"] == 2  # the user's experiment was found on the search path
     assert resolved["paths"]["root"] == str(work) and list((work / "cache" / "stores").iterdir())
     assert not (site / "outputs").exists() and not (site / "cache").exists()  # nothing written into the install
-    r = run("-m", "maia_adapt.run", "stage=nope")
+    r = run_app(["stage=nope"], logger=None, cwd=work, env=env, timeout=600)
     assert r.returncode == 1 and "available options in 'stage': activations" in r.stderr.strip().splitlines()[-1]

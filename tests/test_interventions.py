@@ -1,14 +1,13 @@
 """Interventions: identity at strength 1, splicing without the error term, a known direction moves the
 predicted move as expected, controls and steering vectors, and stage=intervention end to end."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from maia_adapt.config import ASSETS, REPO_ROOT
+from _app import run_app
+from maia_adapt.config import ASSETS
 from maia_adapt.dictionaries import SAEConfig, SparseAutoencoder
 from maia_adapt.dictionaries.evaluate import splice_fn
 from maia_adapt.errors import MaiaAdaptError
@@ -112,14 +111,13 @@ def test_controls_and_steering_vectors():
     assert mean == lo == hi == 1.0
 
 
+@pytest.mark.slow
 def test_stage_intervention_steering_on_seed_positions(shared_data, tmp_path):
-    run = lambda args: subprocess.run([sys.executable, "-m", "maia_adapt.run", *args, "logger=none"], cwd=REPO_ROOT,
-                                      capture_output=True, text=True, timeout=900)
-    r = run(["stage=transitional", "transitional.position_set=seed", f"hydra.run.dir={tmp_path}/tr"])
+    r = run_app(["stage=transitional", "transitional.position_set=seed"], run_dir=tmp_path / "tr")
     assert r.returncode == 0, r.stderr[-2000:]
-    r = run(["stage=intervention", "intervention.kind=steering", f"intervention.transitional={tmp_path}/tr",
-             "intervention.strengths=[1.0,4.0]", "intervention.n_boot=100", "data=lichess", "data.max_games=40",
-             f"data.store_dir={tmp_path}/store", "intervention.heldout_positions=200", f"hydra.run.dir={tmp_path}/iv"])
+    r = run_app(["stage=intervention", "intervention.kind=steering", f"intervention.transitional={tmp_path}/tr",
+                 "intervention.strengths=[1.0,4.0]", "intervention.n_boot=100", "data=lichess", "data.max_games=40",
+                 f"data.store_dir={tmp_path}/store", "intervention.heldout_positions=200"], run_dir=tmp_path / "iv")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "iv" / "results.json").read_text())
     assert res["strength"] in (1.0, 4.0) and [g["strength"] for g in res["grid"]] == [None, 1.0, 4.0]

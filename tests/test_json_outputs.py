@@ -1,20 +1,15 @@
 """Every JSON the project writes is strict JSON: NaN and infinities are written as null."""
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from _app import ONE_THREAD, TINY_MODEL, run_app
 from _strict_json import check_json_tree, strict_loads
 from maia_adapt.io import atomic_write_json, to_json
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = ["model.dim_cnn=16", "model.num_blocks_cnn=1", "model.dim_vit=64", "model.elo_dim=8",
-              "model.heads=4", "model.dim_head=16"]
 
 
 def test_non_finite_numbers_become_null_and_numpy_values_plain(tmp_path):
@@ -31,24 +26,19 @@ def test_non_finite_numbers_become_null_and_numpy_values_plain(tmp_path):
     assert strict_loads(to_json({"a": [float("nan")]})) == {"a": [None]}
 
 
-def _app(args):
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "maia_adapt.run", *args, "logger=none"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
+@pytest.mark.slow
 def test_stage_outputs_are_strict_json_with_null_for_empty_buckets(tmp_path):
     # the first 30 self-play games are all low-Elo buckets, so the high buckets have no test positions
     data = ["data=default", "data.max_games=30", "data.test_fraction=0.3", f"data.store_dir={tmp_path}/store"]
-    r = _app(["stage=train", *data, *TINY_MODEL, "train.max_steps=4", "train.batch_size=16", "train.checkpoint_every=2",
-              "train.log_every=2", "train.eval_positions=200", f"hydra.run.dir={tmp_path}/train"])
+    r = run_app(["stage=train", *data, *TINY_MODEL, "train.max_steps=4", "train.batch_size=16",
+                 "train.checkpoint_every=2", "train.log_every=2", "train.eval_positions=200"], run_dir=tmp_path / "train", env=ONE_THREAD, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     summary = strict_loads((tmp_path / "train" / "summary.json").read_text())
     assert summary["test_accuracy_bucket_10"] is None and summary["test_positions"] > 0
     assert 0 <= summary["test_accuracy"] <= 1
     assert "NaN" not in r.stdout  # the summary printed at the end is strict too
-    r = _app(["stage=sae", *data, "sae.steps=10", "sae.cache_positions=512", "sae.chunk_positions=256",
-              "sae.batch_size=64", "sae.eval_positions=100", f"hydra.run.dir={tmp_path}/sae"])
+    r = run_app(["stage=sae", *data, "sae.steps=10", "sae.cache_positions=512", "sae.chunk_positions=256",
+                 "sae.batch_size=64", "sae.eval_positions=100"], run_dir=tmp_path / "sae", env=ONE_THREAD, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     checked = {p.relative_to(tmp_path).as_posix() for p in check_json_tree(tmp_path)}
     for must in ("train/summary.json", "train/metrics.jsonl", "train/model.safetensors", "sae/summary.json",

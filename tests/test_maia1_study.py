@@ -2,15 +2,13 @@
 every network, steering fitted per network, SAEs on one network, and what the family refuses."""
 import copy
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from maia_adapt.config import REPO_ROOT
+from _app import error_line, run_app
 from maia_adapt.data.store import store_from_fens
 from maia_adapt.interventions import add_direction
 
@@ -18,15 +16,6 @@ SITE = "blocks.3.hook_resid_post"
 FENS = ["r1bqkb1r/pppp1ppp/2n2n2/4p2Q/2B1P3/8/PPPP1PPP/RNB1K1NR w KQkq - 4 4",
         "rnbqkbnr/pppp1ppp/8/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R b KQkq - 1 2",
         "8/5pk1/6p1/8/3Q4/6P1/5PKP/3r4 b - - 0 40"]
-
-
-def _app(args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "maia_adapt.run", *args, "logger=none"], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def _error_line(r) -> str:
-    return [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")][-1]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +30,7 @@ def family(shared_models):
 def transitional(shared_data, shared_models, tmp_path_factory):
     """stage=transitional on the seed positions with the family, once for this module."""
     out = tmp_path_factory.mktemp("maia1_study") / "tr"
-    r = _app(["stage=transitional", "transitional.position_set=seed", "model=maia1", f"hydra.run.dir={out}"])
+    r = run_app(["stage=transitional", "transitional.position_set=seed", "model=maia1"], run_dir=out)
     assert r.returncode == 0, r.stderr[-2000:]
     return out
 
@@ -103,20 +92,21 @@ def test_policy_head_finetune_of_every_network(family, shared_data, tmp_path):
     assert list(one.nets) == [1500] and load_maia1_safetensors(path)[1500].rating == 1500
 
 
+@pytest.mark.slow
 def test_stage_finetune_and_intervention_on_the_family(transitional, shared_data, tmp_path):
-    r = _app(["stage=finetune", "model=maia1", f"finetune.transitional={transitional}", "finetune.concept=",
-              "finetune.steps=20", "finetune.eval_every=10", "finetune.trainable=policy_head", "finetune.side_info_weight=0",
-              "finetune.heldout_positions=200", "data=lichess", "data.max_games=40", f"data.store_dir={tmp_path}/store",
-              f"hydra.run.dir={tmp_path}/ft"])
+    r = run_app(["stage=finetune", "model=maia1", f"finetune.transitional={transitional}", "finetune.concept=",
+                 "finetune.steps=20", "finetune.eval_every=10", "finetune.trainable=policy_head", "finetune.side_info_weight=0",
+                 "finetune.heldout_positions=200", "data=lichess", "data.max_games=40", f"data.store_dir={tmp_path}/store"],
+                run_dir=tmp_path / "ft")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "ft" / "results.json").read_text())
     assert res["trainable_parameters"] == 9 * (64 * 64 * 9 + 64 + 80 * 64 * 9 + 80)
     assert 0 < res["heldout_accuracy_before"] < 1 and len(res["accuracy_after"]) == 11
     assert "maia-1500" in (tmp_path / "ft" / "results.md").read_text()
     # the fine-tuned family feeds the next stage as model.checkpoint
-    r = _app(["stage=intervention", "model=maia1", f"model.checkpoint={tmp_path}/ft", "intervention.kind=steering",
-              f"intervention.transitional={transitional}", "intervention.strengths=[1.0,4.0]", "intervention.n_boot=100",
-              "intervention.heldout_positions=0", f"intervention.site={SITE}", f"hydra.run.dir={tmp_path}/iv"])
+    r = run_app(["stage=intervention", "model=maia1", f"model.checkpoint={tmp_path}/ft", "intervention.kind=steering",
+                 f"intervention.transitional={transitional}", "intervention.strengths=[1.0,4.0]", "intervention.n_boot=100",
+                 "intervention.heldout_positions=0", f"intervention.site={SITE}"], run_dir=tmp_path / "iv")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "iv" / "results.json").read_text())
     assert [g["strength"] for g in res["grid"]] == [None, 1.0, 4.0] and len(res["per_bucket_settings"]) == 11
@@ -125,19 +115,20 @@ def test_stage_finetune_and_intervention_on_the_family(transitional, shared_data
     # buckets 0,1 run one network, and so do 9,10: same accuracy without intervention
     acc = res["accuracy_by_bucket"]["base"]
     assert acc[0] == acc[1] and acc[9] == acc[10]
-    r = _app(["stage=intervention", "model=maia1", "intervention.kind=sae", f"intervention.transitional={transitional}",
-              f"hydra.run.dir={tmp_path}/iv2"])
-    assert r.returncode != 0 and "unrelated activation spaces" in _error_line(r)
+    r = run_app(["stage=intervention", "model=maia1", "intervention.kind=sae", f"intervention.transitional={transitional}"],
+                run_dir=tmp_path / "iv2")
+    assert r.returncode != 0 and "unrelated activation spaces" in error_line(r)
 
 
+@pytest.mark.slow
 def test_stage_sae_on_one_network(shared_data, shared_models, tmp_path):
     base = ["stage=sae", "model=maia1", "data=lichess", "data.max_games=60", f"data.store_dir={tmp_path}/store",
             "sae=topk", "sae.k=8", "sae.dim=256", f"sae.sites=[{SITE}]", "sae.token_pooling=none", "sae.steps=60",
             "sae.batch_size=256", "sae.chunk_positions=512", "sae.calibrate_every=0", "sae.eval_positions=200",
             "sae.log_every=20"]
-    r = _app([*base, f"hydra.run.dir={tmp_path}/family"])
-    assert r.returncode != 0 and "model.rating" in _error_line(r)
-    r = _app([*base, "model.rating=1500", f"hydra.run.dir={tmp_path}/run"])
+    r = run_app(base, run_dir=tmp_path / "family")
+    assert r.returncode != 0 and "model.rating" in error_line(r)
+    r = run_app([*base, "model.rating=1500"], run_dir=tmp_path / "run")
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((tmp_path / "run" / "results.json").read_text())["sites"][SITE]
     # every square a sample of 64 channels; the spliced network keeps more behaviour than zero-ablation

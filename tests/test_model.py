@@ -49,6 +49,7 @@ def real_boards(shared_data):
     return [b for b, _ in pos]
 
 
+@pytest.mark.reference
 def test_same_outputs_as_official(official, real_boards):
     ref, path = official
     ours = load_model(path)
@@ -62,6 +63,7 @@ def test_same_outputs_as_official(official, real_boards):
         assert torch.allclose(p, q, atol=1e-5, rtol=0), f"{name} differs by {(p - q).abs().max()}"
 
 
+@pytest.mark.reference
 def test_predict_matches_official_inference(official, real_boards):
     from maia2.inference import inference_each, prepare
 

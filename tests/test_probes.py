@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from _app import ONE_THREAD, run_app
 from maia_adapt.concepts import all_position_concepts
 from maia_adapt.config import ASSETS
 from maia_adapt.data import GameFilter, build_store
@@ -188,19 +189,15 @@ def test_logit_lens_by_bucket_shapes(real):
     assert ((out["accuracy"] >= 0) & (out["accuracy"] <= 1)).all() and out["n_with_move"] > 0
 
 
+@pytest.mark.slow
 def test_stage_probe_end_to_end(shared_data, tmp_path):
     import json
-    import subprocess
-    import sys
 
-    from maia_adapt.config import REPO_ROOT
     from maia_adapt.probes import load_probe
 
-    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=probe", "data=lichess", "data.max_games=120",
-                        f"data.store_dir={tmp_path}/store", "logger=none", "probe.train_positions=1000",
-                        "probe.test_positions=500", "probe.buckets=[0,10]", "probe.families=[board-state]",
-                        f"hydra.run.dir={tmp_path}/run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
-                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    r = run_app(["stage=probe", "data=lichess", "data.max_games=120", f"data.store_dir={tmp_path}/store",
+                 "probe.train_positions=1000", "probe.test_positions=500", "probe.buckets=[0,10]",
+                 "probe.families=[board-state]"], run_dir=tmp_path / "run", env=ONE_THREAD)
     assert r.returncode == 0, r.stderr[-2000:]
     run = tmp_path / "run"
     res = json.loads((run / "results.json").read_text())
@@ -235,19 +232,14 @@ def test_maia1_conv_site_pools_to_one_vector_per_position(shared_models, tmp_pat
     assert torch.allclose(per_square[64 + 9], cache[site][1, :, 1, 1], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_stage_probe_maia1_on_real_games(shared_data, shared_models, tmp_path):
     import json
-    import subprocess
-    import sys
 
-    from maia_adapt.config import REPO_ROOT
-
-    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=probe", "model=maia1", "data=lichess",
-                        "data.max_games=120", f"data.store_dir={tmp_path}/store", "logger=none",
-                        "probe.train_positions=600", "probe.test_positions=300", "probe.buckets=[1,9]",
-                        "probe.families=[board-state]", "probe.sites=[blocks.5.hook_resid_post]",
-                        f"hydra.run.dir={tmp_path}/run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
-                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    r = run_app(["stage=probe", "model=maia1", "data=lichess", "data.max_games=120", f"data.store_dir={tmp_path}/store",
+                 "probe.train_positions=600", "probe.test_positions=300", "probe.buckets=[1,9]",
+                 "probe.families=[board-state]", "probe.sites=[blocks.5.hook_resid_post]"], run_dir=tmp_path / "run",
+                env=ONE_THREAD)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     site = res["sites"]["blocks.5.hook_resid_post"]

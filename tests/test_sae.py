@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from _app import run_app
 from maia_adapt.activations import activation_batches, site_dim
 from maia_adapt.config import ASSETS
 from maia_adapt.data import GameFilter, build_store
@@ -239,20 +240,14 @@ def test_calibration_score_rises_with_training(model, store, acts):
     assert 0.5 * len(names) < after <= len(names)
 
 
+@pytest.mark.slow
 def test_stage_sae_then_threats_end_to_end(shared_data, tmp_path):
     import json
-    import subprocess
-    import sys
 
-    from maia_adapt.config import REPO_ROOT
-
-    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=sae", "data=lichess", "data.max_games=80",
-                        f"data.store_dir={tmp_path}/store", "logger=none", "sae=jumprelu", "site=study",
-                        "sae.dim=256", "sae.steps=40", "sae.batch_size=128", "sae.chunk_positions=2048",
-                        "sae.calibrate_every=20", "sae.calibration_positions=300", "sae.calibration_min_positives=5",
-                        "sae.calibration_concepts=all",
-                        "sae.eval_positions=200", "sae.log_every=10", f"hydra.run.dir={tmp_path}/run"],
-                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    r = run_app(["stage=sae", "data=lichess", "data.max_games=80", f"data.store_dir={tmp_path}/store", "sae=jumprelu",
+                 "site=study", "sae.dim=256", "sae.steps=40", "sae.batch_size=128", "sae.chunk_positions=2048",
+                 "sae.calibrate_every=20", "sae.calibration_positions=300", "sae.calibration_min_positives=5",
+                 "sae.calibration_concepts=all", "sae.eval_positions=200", "sae.log_every=10"], run_dir=tmp_path / "run")
     assert r.returncode == 0, r.stderr[-2000:]
     run = tmp_path / "run"
     res = json.loads((run / "results.json").read_text())["sites"]
@@ -267,10 +262,9 @@ def test_stage_sae_then_threats_end_to_end(shared_data, tmp_path):
     assert sorted(p.name for p in (run / "best").iterdir()) == sorted(f"{s.replace('.', '_')}.safetensors" for s in res)
 
     # stage=threats reads the three SAEs of that run
-    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=threats", "data=lichess", "data.max_games=80",
-                        f"data.store_dir={tmp_path}/store", "logger=none", f"threats.saes={run}", "threats.positions=600",
-                        "threats.n_boot=20", "threats.n_null=5", "threats.min_positives=5", f"hydra.run.dir={tmp_path}/thr"],
-                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    r = run_app(["stage=threats", "data=lichess", "data.max_games=80", f"data.store_dir={tmp_path}/store",
+                 f"threats.saes={run}", "threats.positions=600", "threats.n_boot=20", "threats.n_null=5",
+                 "threats.min_positives=5"], run_dir=tmp_path / "thr")
     assert r.returncode == 0, r.stderr[-2000:]
     thr = json.loads((tmp_path / "thr" / "results.json").read_text())
     assert len(thr["sites"]) == 3 and 300 < thr["positions"] <= 600  # 80 games have fewer test positions
@@ -284,14 +278,11 @@ def test_stage_sae_then_threats_end_to_end(shared_data, tmp_path):
     assert pages[0].read_text().count("<svg") >= 5
 
     # stage=intervention amplifies the resid_post SAE's top threat features on the seed positions
-    base = [sys.executable, "-m", "maia_adapt.run", "logger=none"]
-    r = subprocess.run([*base, "stage=transitional", "transitional.position_set=seed", f"hydra.run.dir={tmp_path}/tr"],
-                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    r = run_app(["stage=transitional", "transitional.position_set=seed"], run_dir=tmp_path / "tr")
     assert r.returncode == 0, r.stderr[-2000:]
-    r = subprocess.run([*base, "stage=intervention", f"intervention.transitional={tmp_path}/tr", f"intervention.saes={run}",
-                        f"intervention.threats={tmp_path}/thr", "intervention.strengths=[1.0,3.0]", "intervention.top_n=[2]",
-                        "intervention.n_boot=50", "intervention.heldout_positions=0", f"hydra.run.dir={tmp_path}/iv"],
-                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    r = run_app(["stage=intervention", f"intervention.transitional={tmp_path}/tr", f"intervention.saes={run}",
+                 f"intervention.threats={tmp_path}/thr", "intervention.strengths=[1.0,3.0]", "intervention.top_n=[2]",
+                 "intervention.n_boot=50", "intervention.heldout_positions=0"], run_dir=tmp_path / "iv")
     assert r.returncode == 0, r.stderr[-2000:]
     iv = json.loads((tmp_path / "iv" / "results.json").read_text())
     assert iv["kind"] == "sae" and [g["strength"] for g in iv["grid"]] == [None, 1.0, 3.0]

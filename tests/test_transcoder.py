@@ -1,14 +1,13 @@
 """Transcoders on real FFN activations: they learn, splice better than zero-ablation, save exactly."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from _app import error_line, run_app
 from maia_adapt.activations import activation_batches
-from maia_adapt.config import ASSETS, REPO_ROOT
+from maia_adapt.config import ASSETS
 from maia_adapt.data import GameFilter, build_store
 from maia_adapt.dictionaries import DictionaryTrainer
 from maia_adapt.dictionaries.evaluate import ablate_fn, spliced_metrics
@@ -82,12 +81,12 @@ def test_splice_hooks_with_an_exact_ffn_copy_change_nothing(data):
     torch.testing.assert_close(out, clean, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_stage_transcoder_end_to_end(shared_data, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=transcoder", "data=lichess", "data.max_games=80",
-                        f"data.store_dir={tmp_path}/store", "transcoder.steps=40", "transcoder.dim=512", "transcoder.k=16",
-                        "transcoder.cache_positions=1500", "transcoder.eval_positions=150", "transcoder.grid_positions=8",
-                        "transcoder.layers=[0,1]", "logger=none", f"hydra.run.dir={tmp_path}/run"],
-                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    r = run_app(["stage=transcoder", "data=lichess", "data.max_games=80", f"data.store_dir={tmp_path}/store",
+                 "transcoder.steps=40", "transcoder.dim=512", "transcoder.k=16", "transcoder.cache_positions=1500",
+                 "transcoder.eval_positions=150", "transcoder.grid_positions=8", "transcoder.layers=[0,1]"],
+                run_dir=tmp_path / "run")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())["layers"]
     assert set(res) == {"layer_0", "layer_1"}
@@ -101,13 +100,7 @@ def test_stage_transcoder_end_to_end(shared_data, tmp_path):
 
 @pytest.mark.parametrize("stage,why", [("transcoder", "no transformer FFN"), ("circuits", "transcoders")])
 def test_maia1_is_refused_in_one_line(stage, why, tmp_path):
-    import subprocess
-    import sys
-
-    from maia_adapt.config import REPO_ROOT
-
-    p = subprocess.run([sys.executable, "-m", "maia_adapt.run", f"stage={stage}", "model=maia1", "logger=none",
-                        f"hydra.run.dir={tmp_path}/run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    p = run_app([f"stage={stage}", "model=maia1"], run_dir=tmp_path / "run", timeout=300)
     assert p.returncode == 1
-    line = p.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: ") and f"stage={stage} does not take model=maia1" in line and why in line
+    line = error_line(p)
+    assert f"stage={stage} does not take model=maia1" in line and why in line

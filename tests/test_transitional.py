@@ -1,14 +1,13 @@
 """Transition points, the Stockfish oracle, the seed positions and stage=transitional."""
 import csv
 import json
-import subprocess
-import sys
 
 import chess
 import numpy as np
 import pytest
 
-from maia_adapt.config import ASSETS, REPO_ROOT
+from _app import run_app
+from maia_adapt.config import ASSETS
 from maia_adapt.data.store import store_from_fens
 from maia_adapt.errors import DataError
 from maia_adapt.model import load_model
@@ -79,10 +78,9 @@ def test_seed_positions_load_and_bad_file_is_named(shared_data, tmp_path):
         load_seed_positions(bad)
 
 
+@pytest.mark.slow
 def test_stage_transitional_on_seed_positions(shared_data, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=transitional", "transitional.position_set=seed",
-                        "logger=none", f"hydra.run.dir={tmp_path}/run"], cwd=REPO_ROOT, capture_output=True, text=True,
-                       timeout=600)
+    r = run_app(["stage=transitional", "transitional.position_set=seed"], run_dir=tmp_path / "run", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = list(csv.DictReader(open(tmp_path / "run" / "transitional.csv")))
     assert len(rows) == 264
@@ -97,12 +95,11 @@ def test_stage_transitional_on_seed_positions(shared_data, tmp_path):
     assert (tmp_path / "run" / "transition_points.png").stat().st_size > 5000
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(find_engine() is None, reason="Stockfish not installed (apt-get install stockfish)")
 def test_stage_transitional_on_games_with_stockfish(shared_data, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=transitional", "data=lichess", "data.max_games=40",
-                        f"data.store_dir={tmp_path}/store", "transitional.positions=20", "transitional.depth=6",
-                        "logger=none", f"hydra.run.dir={tmp_path}/run"], cwd=REPO_ROOT, capture_output=True, text=True,
-                       timeout=600)
+    r = run_app(["stage=transitional", "data=lichess", "data.max_games=40", f"data.store_dir={tmp_path}/store",
+                 "transitional.positions=20", "transitional.depth=6"], run_dir=tmp_path / "run", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["oracle"] == "engine" and res["positions"] == 60  # 20 from each split
@@ -139,10 +136,10 @@ def test_maia1_predictions_are_each_bands_network(shared_models, tmp_path):
     assert moves[0][9] == "h5f7"  # maia-1900 finds the mate
 
 
+@pytest.mark.slow
 def test_stage_transitional_maia1_on_seed_positions(shared_data, shared_models, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "maia_adapt.run", "stage=transitional", "transitional.position_set=seed",
-                        "model=maia1", "logger=none", f"hydra.run.dir={tmp_path}/run"], cwd=REPO_ROOT,
-                       capture_output=True, text=True, timeout=600)
+    r = run_app(["stage=transitional", "transitional.position_set=seed", "model=maia1"], run_dir=tmp_path / "run",
+                timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     rows = list(csv.DictReader(open(tmp_path / "run" / "transitional.csv")))
