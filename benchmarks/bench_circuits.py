@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from maia_adapt.circuits import attributions, attributions_loop
+from maia_adapt.analysis.circuits import attributions, attributions_loop
 
 
 def main():

@@ -425,7 +425,7 @@ def _choices() -> dict[str, tuple]:
     from .data.store import SPLITS
     from .dictionaries.kernels import KERNELS
     from .dictionaries.sae import ARCHITECTURES
-    from .evaluation import SPLITS as EVAL_SPLITS
+    from .analysis.evaluation import SPLITS as EVAL_SPLITS
 
     pooling = ("mean", "none")
     return {

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from . import config as _config  # noqa: F401  (registers the schemas)
-from . import distributed
+from .runtime import distributed
 from .errors import MaiaAdaptError
 from .io import atomic_write_json, atomic_write_text, to_json
 

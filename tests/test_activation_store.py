@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from maia_adapt.activation_store import ActivationCache, write_activation_cache
-from maia_adapt.activations import activation_batches
+from maia_adapt.analysis.activation_cache import ActivationCache, write_activation_cache
+from maia_adapt.analysis.activations import activation_batches
 from maia_adapt.config import ASSETS
 from maia_adapt.data import GameFilter, build_store
 from maia_adapt.dictionaries import SAEConfig, SparseAutoencoder

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from _app import run_app
-from maia_adapt.circuits import attributions, attributions_loop, circuit_edges, connections, skill_relevance
+from maia_adapt.analysis.circuits import attributions, attributions_loop, circuit_edges, connections, skill_relevance
 from maia_adapt.dictionaries.transcoder import Transcoder, TranscoderConfig
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from maia_adapt.activations import activation_batches
+from maia_adapt.analysis.activations import activation_batches
 from maia_adapt.config import ASSETS
 from maia_adapt.data import GameFilter, build_store
 from maia_adapt.dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder, load_sae, save_sae

@@ -16,7 +16,7 @@ from _app import TINY_MODEL, error_line, run_app
 from maia_adapt.config import ASSETS
 from maia_adapt.data import GameFilter, build_store
 from maia_adapt.encoding import NUM_BUCKETS
-from maia_adapt.evaluation import json_safe, sample_positions, skill_hits, skill_metrics
+from maia_adapt.analysis.evaluation import json_safe, sample_positions, skill_hits, skill_metrics
 from maia_adapt.model import load_model
 from maia_adapt.model.skill import Maia2Skill, SkillModel, maia1_rating_for_bucket
 

@@ -1,7 +1,7 @@
 """Faults: a stage killed (SIGKILL) and started again with the same command finishes with the same
 result as an uninterrupted run; half-written files are never taken as valid.
 
-The kills land at named points (maia_adapt.faults, MAIA_ADAPT_FAULT=<point>:<step>): inside the
+The kills land at named points (maia_adapt.runtime.faults, MAIA_ADAPT_FAULT=<point>:<step>): inside the
 calibration, between the best/ write and the step checkpoint, inside a checkpoint write (files
 written but unsealed, sealed but not renamed, renamed but the old ones not yet removed) and after it.
 A kill from outside timed by the clock reached those millisecond windows only by chance, and which
@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 from _app import ONE_THREAD, ROOT, TINY_MODEL, app_summary, run_app
-from maia_adapt import faults
-from maia_adapt.checkpointing import latest_step_dir, write_step_dir
+from maia_adapt.runtime import faults
+from maia_adapt.runtime.checkpointing import latest_step_dir, write_step_dir
 from maia_adapt.errors import CheckpointError, ConfigError
 from maia_adapt.io import atomic_write_bytes, load_safetensors
 from maia_adapt.model import Maia2, Maia2Config, load_model, save_model
@@ -78,7 +78,7 @@ def _killed_then_finished(args, parent: Path, kills: list[tuple[str, int, int]],
 
 
 def test_a_fault_point_kills_at_its_step_only_and_a_bad_one_is_a_clear_error(monkeypatch):
-    code = ("from maia_adapt.faults import reach\n"
+    code = ("from maia_adapt.runtime.faults import reach\n"
             "reach('checkpointed', 1); reach('calibrated', 2); print('past', flush=True)\n"
             "reach('checkpointed', 2); print('not killed')")
     env = {**os.environ, faults.ENV: "checkpointed:2"}
@@ -205,7 +205,7 @@ def test_a_reused_run_directory_of_other_settings_starts_fresh(tmp_path):
 def test_a_resumed_dictionary_run_keeps_the_calibration_best_of_the_killed_one(tmp_path):
     from maia_adapt.dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder
     from maia_adapt.dictionaries.train import BestKeeper, start_or_resume
-    from maia_adapt.runs import config_fingerprint, mark_started
+    from maia_adapt.runtime.resume import config_fingerprint, mark_started
 
     def trainer():
         sae = SparseAutoencoder(SAEConfig(d_in=16, dim=32, k=4, site="x"))

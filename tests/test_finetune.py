@@ -7,9 +7,9 @@ import torch
 from _app import run_app
 from maia_adapt.config import ASSETS
 from maia_adapt.errors import ConfigError
-from maia_adapt.finetune import MoveSet, concept_rows, finetune, select_trainable, transition_report
+from maia_adapt.analysis.calibration import MoveSet, concept_rows, finetune, select_trainable, transition_report
 from maia_adapt.model import load_model
-from maia_adapt.transitional import load_seed_positions
+from maia_adapt.analysis.transitional import load_seed_positions
 
 
 @pytest.fixture(scope="module")

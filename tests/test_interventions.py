@@ -11,8 +11,7 @@ from maia_adapt.config import ASSETS
 from maia_adapt.dictionaries import SAEConfig, SparseAutoencoder
 from maia_adapt.dictionaries.evaluate import splice_fn
 from maia_adapt.errors import MaiaAdaptError
-from maia_adapt.interventions import (add_direction, bootstrap_diff, matched_random_features, sae_amplify,
-                                      steering_vector)
+from maia_adapt.analysis.interventions import (add_direction, bootstrap_diff, matched_random_features, sae_amplify, steering_vector)
 from maia_adapt.model import load_model
 from maia_adapt.model.inference import encode_fens
 

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from _app import error_line, run_app
 from maia_adapt.data.store import store_from_fens
-from maia_adapt.interventions import add_direction
+from maia_adapt.analysis.interventions import add_direction
 
 SITE = "blocks.3.hook_resid_post"
 FENS = ["r1bqkb1r/pppp1ppp/2n2n2/4p2Q/2B1P3/8/PPPP1PPP/RNB1K1NR w KQkq - 4 4",
@@ -60,9 +60,9 @@ def test_hooks_see_conv_maps_as_square_tokens(family, tmp_path):
 
 
 def test_policy_head_finetune_of_every_network(family, shared_data, tmp_path):
-    from maia_adapt.finetune import MoveSet, finetune, select_trainable, transition_report
+    from maia_adapt.analysis.calibration import MoveSet, finetune, select_trainable, transition_report
     from maia_adapt.model.skill import Maia1Family, load_maia1_safetensors, load_skill_model, save_skill_model
-    from maia_adapt.transitional import load_seed_positions
+    from maia_adapt.analysis.transitional import load_seed_positions
 
     fam = Maia1Family(  # private copies: the module's networks stay untouched
         {r: copy.deepcopy(n) for r, n in family.nets.items()})

@@ -58,7 +58,7 @@ def _replay(fen, movetext):
 
 def test_game_set_up_with_black_to_move_is_stored_from_its_real_position(tmp_path):
     from maia_adapt.model.checkpoint import load_model
-    from maia_adapt.transitional import predictions_by_bucket
+    from maia_adapt.analysis.transitional import predictions_by_bucket
 
     extra = f'[SetUp "1"]\n[FEN "{SETUP_FEN}"]'
     store = _build(tmp_path, _game(extra=extra, moves=SETUP_MOVES))

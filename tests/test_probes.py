@@ -13,16 +13,7 @@ from maia_adapt.errors import MaiaAdaptError
 from maia_adapt.io import save_safetensors
 from maia_adapt.model import load_model
 from maia_adapt.model.inference import masked_probs
-from maia_adapt.probes import (
-    LinearProbe,
-    evaluate_probes,
-    load_probe,
-    logit_lens,
-    logit_lens_by_bucket,
-    probes_per_bucket,
-    save_probe,
-    train_probes,
-)
+from maia_adapt.analysis.probes import (LinearProbe, evaluate_probes, load_probe, logit_lens, logit_lens_by_bucket, probes_per_bucket, save_probe, train_probes)
 
 SITE = "blocks.1.hook_resid_post"
 
@@ -193,7 +184,7 @@ def test_logit_lens_by_bucket_shapes(real):
 def test_stage_probe_end_to_end(shared_data, tmp_path):
     import json
 
-    from maia_adapt.probes import load_probe
+    from maia_adapt.analysis.probes import load_probe
 
     r = run_app(["stage=probe", "data=lichess", "data.max_games=120", f"data.store_dir={tmp_path}/store",
                  "probe.train_positions=1000", "probe.test_positions=500", "probe.buckets=[0,10]",
@@ -214,7 +205,7 @@ def test_stage_probe_end_to_end(shared_data, tmp_path):
 def test_maia1_conv_site_pools_to_one_vector_per_position(shared_models, tmp_path):
     import chess
 
-    from maia_adapt.activations import collect_activations
+    from maia_adapt.analysis.activations import collect_activations
     from maia_adapt.data.store import store_from_fens
     from maia_adapt.model.maia1 import load_maia1
     from maia_adapt.model.skill import Maia1Family

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from maia_adapt.checkpointing import latest_step_dir, write_step_dir
+from maia_adapt.runtime.checkpointing import latest_step_dir, write_step_dir
 from maia_adapt.config import CONF_DIR
-from maia_adapt.runs import config_fingerprint, mark_started, resume_point
+from maia_adapt.runtime.resume import config_fingerprint, mark_started, resume_point
 
 
 def _cfg(*overrides):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from _app import run_app
-from maia_adapt.activations import activation_batches, site_dim
+from maia_adapt.analysis.activations import activation_batches, site_dim
 from maia_adapt.config import ASSETS
 from maia_adapt.data import GameFilter, build_store
 from maia_adapt.dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder, load_sae, save_sae, train_dictionaries

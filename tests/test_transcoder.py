@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from _app import error_line, run_app
-from maia_adapt.activations import activation_batches
+from maia_adapt.analysis.activations import activation_batches
 from maia_adapt.config import ASSETS
 from maia_adapt.data import GameFilter, build_store
 from maia_adapt.dictionaries import DictionaryTrainer

@@ -11,8 +11,7 @@ from maia_adapt.config import ASSETS
 from maia_adapt.data.store import store_from_fens
 from maia_adapt.errors import DataError
 from maia_adapt.model import load_model
-from maia_adapt.transitional import (NEVER, EngineOracle, build_transitional, find_engine, load_seed_positions,
-                                     predictions_by_bucket, transition_points)
+from maia_adapt.analysis.transitional import (NEVER, EngineOracle, build_transitional, find_engine, load_seed_positions, predictions_by_bucket, transition_points)
 
 
 def test_transition_points_on_constructed_cases():
@@ -153,7 +152,7 @@ def test_stage_transitional_maia1_on_seed_positions(shared_data, shared_models, 
 
 
 def test_skill_stats_by_game_bootstrap():
-    from maia_adapt.transitional import skill_stats
+    from maia_adapt.analysis.transitional import skill_stats
 
     rng = np.random.default_rng(0)
     n = 600

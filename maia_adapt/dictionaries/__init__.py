@@ -1,5 +1,5 @@
 """Sparse dictionaries of model activations: SAEs (JumpReLU, TopK, BatchTopK, ReLU-L1) and their training."""
-from .io import find_saes, load_sae, save_sae
+from .files import find_saes, load_sae, save_sae
 from .sae import ARCHITECTURES, SAEConfig, SparseAutoencoder, geometric_median
 from .train import DictionaryTrainer, chunk_batches, train_dictionaries
 

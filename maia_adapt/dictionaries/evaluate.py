@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..activations import elo_buckets_for
+from ..analysis.activations import elo_buckets_for
 from ..encoding import NUM_BUCKETS
 
 

@@ -1,7 +1,7 @@
 """Teach SAELens (the optional `sae-lens` package) our TopK transcoders.
 
 SAELens has ReLU and JumpReLU transcoders but no TopK one, so `SAE.load_from_disk` refuses a folder of
-architecture `topk_transcoder` / `topk_skip_transcoder` (dictionaries/io.py). After `register()` it
+architecture `topk_transcoder` / `topk_skip_transcoder` (dictionaries/files.py). After `register()` it
 loads them as subclasses of its own Transcoder / SkipTranscoder whose activation is its TopK, which
 compute what `Transcoder.forward` computes.
 """

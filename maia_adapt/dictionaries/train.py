@@ -21,9 +21,9 @@ import torch
 import torch._dynamo
 from torch import nn
 
-from .. import distributed
-from ..checkpointing import latest_step_dir, load_optimizer, optimizer_tensors, read_state, write_step_dir
-from ..faults import reach
+from ..runtime import distributed
+from ..runtime.checkpointing import latest_step_dir, load_optimizer, optimizer_tensors, read_state, write_step_dir
+from ..runtime.faults import reach
 from ..io import load_safetensors, save_safetensors, to_json
 from .sae import SparseAutoencoder
 
@@ -248,7 +248,7 @@ def start_or_resume(trainer: DictionaryTrainer, cfg, run_dir: Path, resume: bool
     """Mark run_dir as a run of these settings and, with resume, load the last checkpoint of an
     unfinished earlier run of the same settings (and keep its calibration best); returns that
     checkpoint, if any."""
-    from ..runs import config_fingerprint, resume_point
+    from ..runtime.resume import config_fingerprint, resume_point
 
     last = resume_point(run_dir, config_fingerprint(cfg), resume, carry=("best",))
     if last is not None:

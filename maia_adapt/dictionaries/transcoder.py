@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_json, load_safetensors, save_safetensors
-from .io import WEIGHTS, check_tensors, meta_get, read_folder, saelens_cfg
+from .files import WEIGHTS, check_tensors, meta_get, read_folder, saelens_cfg
 from .kernels import KERNELS, compute_dtype, fired_counts, row_crow, sparse_decode, topk_encode, use_sparse
 from .sae import UnitDecoderMixin
 
@@ -166,7 +166,7 @@ def transcoder_architecture(cfg: TranscoderConfig) -> str:
 
 
 def save_transcoder(tc: Transcoder, folder, extra: dict | None = None) -> Path:
-    """Write the transcoder with its scales folded in, in the layout of dictionaries/io.py."""
+    """Write the transcoder with its scales folded in, in the layout of dictionaries/files.py."""
     folder = Path(folder)
     folded = copy.deepcopy(tc).cpu().float()
     folded.fold_normalisation()

@@ -163,7 +163,7 @@ class Maia2Skill:
         return x
 
     def site_dim(self, name: str) -> int:
-        from ..activations import site_dim
+        from ..analysis.activations import site_dim
 
         return site_dim(self.model, self.check_hook_name(name))
 

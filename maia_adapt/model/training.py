@@ -2,7 +2,7 @@
 
 Every step draws its batch and its dropout noise from (seed, step) alone, so a run resumed from a
 checkpoint at step s continues exactly as the uninterrupted run would have. Under torchrun each rank
-takes its slice of the same global batch and DDP averages the gradients (see maia_adapt.distributed).
+takes its slice of the same global batch and DDP averages the gradients (see maia_adapt.runtime.distributed).
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .. import distributed
-from ..checkpointing import load_optimizer, optimizer_tensors, read_state, write_step_dir
+from ..runtime import distributed
+from ..runtime.checkpointing import load_optimizer, optimizer_tensors, read_state, write_step_dir
 from ..encoding import NUM_BUCKETS
-from ..faults import reach
+from ..runtime.faults import reach
 from ..errors import MaiaAdaptError
 from .maia2 import Maia2
 

@@ -1,6 +1,6 @@
 """stage=activations: cache model and dictionary activations of a position set on disk, in shards.
 
-Writes run_dir/activations/ (see maia_adapt.activation_store): site activations, SAE codes (sparse),
+Writes run_dir/activations/ (see maia_adapt.analysis.activation_cache): site activations, SAE codes (sparse),
 the model's predictions and the FENs, for every position under every Elo conditioning asked for.
 Re-running the same command after an interruption continues the unfinished run's cache.
 `model=maia1` caches the Maia-1 networks' sites (bucket b -> its band's network; a conv map is pooled
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..activation_store import ActivationCache, write_activation_cache
+from ..analysis.activation_cache import ActivationCache, write_activation_cache
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import find_saes, load_sae
 from ..errors import ConfigError
-from ..runs import config_fingerprint, find_resumable, fresh_start, mark_done, mark_started
+from ..runtime.resume import config_fingerprint, find_resumable, fresh_start, mark_done, mark_started
 from .common import skill_model
 
 

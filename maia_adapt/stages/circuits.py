@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..circuits import (attributions, circuit_edges, codes_by_bucket, connections, plot_circuit, rng_positions,
-                        skill_relevance, top_indices)
+from ..analysis.circuits import (attributions, circuit_edges, codes_by_bucket, connections, plot_circuit, rng_positions, skill_relevance, top_indices)
 from ..data.preprocess import open_or_build_store
 from ..dictionaries.transcoder import load_transcoder
 from ..encoding import BUCKET_NAMES
@@ -20,7 +19,7 @@ from ..layout import transcoder_folder
 from ..model import load_model
 from ..reporting.dashboard import write_dashboards
 from ..reporting.plots import bucket_heatmap
-from ..tracking import Tracker
+from ..runtime.tracking import Tracker
 from .common import frozen_model
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..config import check_model_shape
 from ..data.preprocess import open_or_build_store
-from ..evaluation import evaluate_run
+from ..analysis.evaluation import evaluate_run
 from ..model.skill import load_skill_model
 from ..model.training import resolve_device
 

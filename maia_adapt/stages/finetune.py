@@ -19,14 +19,14 @@ from tqdm import tqdm
 from ..data.preprocess import open_or_build_store
 from ..encoding import NUM_BUCKETS
 from ..errors import ConfigError
-from ..evaluation import own_bucket_accuracy
-from ..finetune import MoveSet, concept_rows, finetune, select_trainable, shift_summary, split_rows, transition_report
+from ..analysis.evaluation import own_bucket_accuracy
+from ..analysis.calibration import (MoveSet, concept_rows, finetune, select_trainable, shift_summary, split_rows, transition_report)
 from ..io import atomic_write_json, atomic_write_text
 from ..layout import MODEL_FILE
 from ..model.skill import Maia2Skill, save_skill_model
 from ..reporting.plots import bar_by_bucket, transition_histogram
-from ..tracking import Tracker
-from ..transitional import read_transitional
+from ..runtime.tracking import Tracker
+from ..analysis.transitional import read_transitional
 from .common import bucket_label, skill_model
 
 

@@ -23,13 +23,12 @@ from ..concepts import threat_concepts
 from ..data.preprocess import open_or_build_store
 from ..encoding import NUM_BUCKETS, decode_move
 from ..errors import ConfigError
-from ..finetune import MoveSet, concept_rows, split_rows
-from ..interventions import (DirectionIntervention, SAEIntervention, assemble, choose_settings, evaluate_under, grid_search,
-                             judge)
+from ..analysis.calibration import MoveSet, concept_rows, split_rows
+from ..analysis.interventions import (DirectionIntervention, SAEIntervention, assemble, choose_settings, evaluate_under, grid_search, judge)
 from ..io import atomic_write_json, atomic_write_text
 from ..reporting.plots import bar_by_bucket, transition_histogram
-from ..tracking import Tracker
-from ..transitional import NEVER, read_transitional
+from ..runtime.tracking import Tracker
+from ..analysis.transitional import NEVER, read_transitional
 from .common import bucket_label, skill_model
 
 

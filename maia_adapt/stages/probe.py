@@ -26,9 +26,9 @@ from ..errors import ConfigError
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..layout import probe_file, site_slug
 from ..model.skill import Maia2Skill
-from ..probes import logit_lens_by_bucket, probes_per_bucket, save_probe
+from ..analysis.probes import logit_lens_by_bucket, probes_per_bucket, save_probe
 from ..reporting.plots import bucket_heatmap
-from ..tracking import Tracker
+from ..runtime.tracking import Tracker
 from .common import bucket_label, skill_model
 from .threats import check_families, select_families
 

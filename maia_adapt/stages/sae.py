@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from .. import distributed
-from ..activations import activation_batches, collect_activations, position_codes
+from ..runtime import distributed
+from ..analysis.activations import activation_batches, collect_activations, position_codes
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder, save_sae, train_dictionaries
 from ..dictionaries.evaluate import ablate_fn, site_mean, spliced_metrics, splice_fn
@@ -28,9 +28,9 @@ from ..concepts import all_position_concepts, best_auc_per_concept, piece_square
 from ..dictionaries.train import BestKeeper, start_or_resume
 from ..io import atomic_write_json, atomic_write_text
 from ..reporting.plots import feature_density
-from ..runs import mark_done
+from ..runtime.resume import mark_done
 from ..model.training import resolve_device
-from ..tracking import Tracker
+from ..runtime.tracking import Tracker
 from .common import skill_model
 
 

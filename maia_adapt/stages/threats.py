@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..activations import collect_activations, position_codes
+from ..analysis.activations import collect_activations, position_codes
 from ..concepts import BoardConcepts, ConceptSpec, all_position_concepts, concept_specs, load_puzzles, load_sts
 from ..concepts.detection import detect_concepts
 from ..data.preprocess import open_or_build_store
@@ -28,7 +28,7 @@ from ..encoding import NUM_BUCKETS
 from ..layout import detection_table, site_slug
 from ..reporting.dashboard import write_dashboards
 from ..reporting.plots import square_heatmaps
-from ..tracking import Tracker
+from ..runtime.tracking import Tracker
 
 FAMILIES = ("threat", "strategic", "capture", "study", "board-state")
 

@@ -9,20 +9,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import distributed
+from ..runtime import distributed
 from ..config import check_model_shape
 from ..data.preprocess import open_or_build_store
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS
 from ..errors import ConfigError
-from ..evaluation import evaluate_run, json_safe
+from ..analysis.evaluation import evaluate_run, json_safe
 from ..layout import MODEL_FILE
 from ..model import Maia2, Maia2Config, load_model, save_model
 from ..model.distill import prepare_teacher
 from ..model.skill import Maia2Skill
 from ..model.training import evaluate, resolve_device, train_model
 from ..reporting import bar_by_bucket
-from ..runs import config_fingerprint, mark_done, resume_point
-from ..tracking import Tracker
+from ..runtime.resume import config_fingerprint, mark_done, resume_point
+from ..runtime.tracking import Tracker
 
 
 def run(cfg, run_dir: Path) -> dict:

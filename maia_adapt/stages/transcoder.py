@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from .. import distributed
-from ..activations import collect_activations
+from ..runtime import distributed
+from ..analysis.activations import collect_activations
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import DictionaryTrainer, train_dictionaries
 from ..dictionaries.train import start_or_resume
@@ -26,9 +26,9 @@ from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
 from ..layout import transcoder_folder
 from ..reporting.plots import elo_grid_heatmap, qq_plot
-from ..runs import mark_done
+from ..runtime.resume import mark_done
 from ..model.training import resolve_device
-from ..tracking import Tracker
+from ..runtime.tracking import Tracker
 from .common import frozen_model
 
 

@@ -23,8 +23,8 @@ from ..errors import ConfigError
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..layout import TRANSITIONAL_CSV
 from ..reporting.plots import bar_by_bucket, transition_histogram
-from ..tracking import Tracker
-from ..transitional import NEVER, EngineOracle, build_transitional, find_engine, flat_rows, load_seed_positions, skill_stats
+from ..runtime.tracking import Tracker
+from ..analysis.transitional import (NEVER, EngineOracle, build_transitional, find_engine, flat_rows, load_seed_positions, skill_stats)
 from .common import bucket_label, skill_model
 
 

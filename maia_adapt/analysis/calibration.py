@@ -20,11 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.store import store_from_fens
-from .encoding import NUM_BUCKETS
-from .errors import ConfigError
-from .model.skill import Maia2Skill, as_skill_model
-from .model.training import train_mode
+from ..data.store import store_from_fens
+from ..encoding import NUM_BUCKETS
+from ..errors import ConfigError
+from ..model.skill import Maia2Skill, as_skill_model
+from ..model.training import train_mode
 from .transitional import NEVER, correct_by_bucket, predictions_by_bucket, transition_points
 
 def select_trainable(model, trainable: str, freeze_elo: bool = True) -> list[str]:

@@ -32,7 +32,7 @@ def reach(point: str, step: int) -> None:
         return
     name, _, at = spec.partition(":")
     if name not in POINTS or not at.isdigit():
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"{ENV}={spec!r}: expected <point>:<step> with point one of {', '.join(POINTS)}")
     if name == point and int(at) == step:

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .encoding import BUCKET_NAMES, NUM_BUCKETS
-from .errors import DataError
-from .io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..encoding import BUCKET_NAMES, NUM_BUCKETS
+from ..errors import DataError
+from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -73,7 +73,7 @@ def skill_hits(model, store, indices, batch_size: int = 512, oppo: str = "data")
 def own_bucket_accuracy(model, store, indices, batch_size: int = 512) -> dict:
     """Top-1 accuracy on the played move with each position conditioned on its players' own buckets
     (for the Maia-1 family: each row through its band's network), overall and per player bucket."""
-    from .model.skill import as_skill_model
+    from ..model.skill import as_skill_model
 
     model = as_skill_model(model)
     idx = np.asarray(indices, dtype=np.int64)
@@ -200,7 +200,7 @@ def _fmt(v, ci=None, pct=True) -> str:
 
 def write_evaluation(run_dir, res: dict, title: str, prefix: str = "") -> dict:
     """skill_matrix.csv / .png and results.md into run_dir; returns the strict-JSON summary entries."""
-    from .reporting.plots import skill_matrix_heatmap
+    from ..reporting.plots import skill_matrix_heatmap
 
     run_dir = Path(run_dir)
     cols = res["columns"]

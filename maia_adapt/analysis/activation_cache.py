@@ -20,9 +20,9 @@ import torch
 from tqdm import tqdm
 
 from .activations import pool, position_codes
-from .errors import MaiaAdaptError
-from .io import atomic_write_json, atomic_write_text, load_safetensors, save_safetensors
-from .model.inference import masked_probs
+from ..errors import MaiaAdaptError
+from ..io import atomic_write_json, atomic_write_text, load_safetensors, save_safetensors
+from ..model.inference import masked_probs
 
 
 def _csr(z: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -56,7 +56,7 @@ def write_activation_cache(
 ) -> Path:
     """Cache activations at `sites` (and codes of `dictionaries` {name: SAE}) for every position in
     `indices` under every Elo bucket in `elo_buckets` (a bucket 0..10, or 'data' for the players' own)."""
-    from .model.skill import as_skill_model
+    from ..model.skill import as_skill_model
 
     model = as_skill_model(model)
     out = Path(out_dir)

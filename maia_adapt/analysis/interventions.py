@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from .activations import collect_activations
-from .dictionaries import find_saes, load_sae
-from .encoding import NUM_BUCKETS
-from .errors import ConfigError, MaiaAdaptError
-from .layout import detection_table, probe_file
+from ..dictionaries import find_saes, load_sae
+from ..encoding import NUM_BUCKETS
+from ..errors import ConfigError, MaiaAdaptError
+from ..layout import detection_table, probe_file
 from .probes import load_probe
 from .transitional import correct_by_bucket, predictions_by_bucket, transition_points
 

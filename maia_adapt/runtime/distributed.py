@@ -18,7 +18,7 @@ from typing import Callable, TypeVar
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 T = TypeVar("T")
 

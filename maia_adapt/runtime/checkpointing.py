@@ -14,9 +14,9 @@ from typing import Callable
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .faults import reach
-from .io import to_json
+from ..io import to_json
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "") -> tuple[dict, dict]:

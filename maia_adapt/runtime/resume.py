@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .io import atomic_write_json
+from ..io import atomic_write_json
 
 FINGERPRINT_FILE = "fingerprint.txt"
 FINGERPRINT_KEYS_FILE = "fingerprint.json"  # what the fingerprint hashed: names the keys when a run does not resume
@@ -46,7 +46,7 @@ def fingerprint_keys(cfg) -> dict:
     if isinstance(kept.get(name), dict):
         kept[name] = {k: v for k, v in kept[name].items() if k not in _RUN_ONLY}
     if container.get("data"):
-        from .data.preprocess import data_fingerprint
+        from ..data.preprocess import data_fingerprint
 
         data = container["data"]
         kept["data"] = {**{k: v for k, v in data.items() if k not in _DATA_LAYOUT},

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .activations import activation_batches
-from .encoding import NUM_BUCKETS
+from ..encoding import NUM_BUCKETS
 
 
 @torch.no_grad()
@@ -94,7 +94,7 @@ def plot_circuit(edges, path, title: str):
     """Two columns of nodes (layer-0 left, layer-1 right) joined by edges whose width is |attribution|."""
     from pathlib import Path
 
-    from .reporting.plots import plt
+    from ..reporting.plots import plt
 
     ups = sorted({e[0] for e in edges})
     downs = sorted({e[1] for e in edges})

@@ -17,10 +17,10 @@ import torch
 import torch.nn as nn
 
 from .activations import collect_activations
-from .concepts.auc import paired_auc
-from .errors import MaiaAdaptError
-from .io import load_safetensors, save_safetensors, to_json
-from .model.inference import masked_probs
+from ..concepts.auc import paired_auc
+from ..errors import MaiaAdaptError
+from ..io import load_safetensors, save_safetensors, to_json
+from ..model.inference import masked_probs
 
 FORMAT = "maia_adapt.linear_probe.v1"
 
@@ -160,7 +160,7 @@ def probes_per_bucket(model, store, train_idx, test_idx, site: str, labels_train
     permutation, keeping co-occurrence between concepts): its test AUC shows what the probe can
     reach from the activations' capacity alone, and should be about 0.5.
     """
-    from .model.skill import as_skill_model
+    from ..model.skill import as_skill_model
 
     model = as_skill_model(model)
     buckets = [int(b) for b in buckets]

@@ -19,9 +19,9 @@ import chess.engine
 import numpy as np
 import torch
 
-from .encoding import NUM_BUCKETS, decode_move
-from .errors import DataError, MaiaAdaptError
-from .model.inference import masked_probs
+from ..encoding import NUM_BUCKETS, decode_move
+from ..errors import DataError, MaiaAdaptError
+from ..model.inference import masked_probs
 
 NEVER = NUM_BUCKETS  # transition point of a position the model never gets right
 
@@ -48,7 +48,7 @@ def predictions_by_bucket(model, store, indices, oppo_bucket: int | None = None,
     bare-FEN input (the position repeated in every history slot).
     hooks_for(batch indices, bucket) gives the hooks to run each batch under at a conditioning bucket
     (an intervention, which may differ per network of the Maia-1 family), or None."""
-    from .model.skill import as_skill_model
+    from ..model.skill import as_skill_model
 
     model = as_skill_model(model)
     moves: list[list[str]] = []
@@ -189,7 +189,7 @@ def build_transitional(
     oracle: 'engine' (the engine's best move; also gives the blunder flag), 'accepted' (any move of
     `accepted[i]`, e.g. the seed study's acceptable moves) or 'model' (the model's top-bucket move).
     """
-    from .concepts import threat_concepts
+    from ..concepts import threat_concepts
 
     indices = np.asarray(indices)
     preds, probs = predictions_by_bucket(model, store, indices, oppo_bucket, batch_size)
@@ -290,7 +290,7 @@ def read_transitional(path) -> list[dict]:
     """Rows of a transitional.csv written by stage=transitional (a file or its run directory)."""
     import csv
 
-    from .layout import TRANSITIONAL_CSV, resolve
+    from ..layout import TRANSITIONAL_CSV, resolve
 
     try:
         path = resolve(path, TRANSITIONAL_CSV, what="the transitional.csv of a stage=transitional run")

@@ -14,9 +14,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from . import distributed
-from .encoding import NUM_BUCKETS
-from .errors import MaiaAdaptError
+from ..runtime import distributed
+from ..encoding import NUM_BUCKETS
+from ..errors import MaiaAdaptError
 
 # The study's three SAE sites. Its "residual" hook was registered on the FeedForward module, so it
 # read the FFN output (hook_mlp_out), not the residual stream; `resid_post` offers the true stream.
@@ -77,7 +77,7 @@ def _numbered_batches(model, store, indices, sites, batch_size=256, elo="data", 
                       device="cpu", shard: bool = False) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
     """(batch number, {site: [n, features]}); with shard, only this rank's batches of a DDP run.
     Random Elo draws depend on (seed, batch number) alone, so sharding does not change them."""
-    from .model.skill import as_skill_model
+    from ..model.skill import as_skill_model
 
     model = as_skill_model(model)
     for s in sites:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .io import to_json
+from ..io import to_json
 
 
 class Tracker:
@@ -28,7 +28,7 @@ class Tracker:
         if lc.backend == "none" or lc.mode == "disabled" or not self.active:
             return
         if lc.backend != "wandb":
-            from .errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"logger.backend '{lc.backend}': expected 'wandb' or 'none'")
         try:

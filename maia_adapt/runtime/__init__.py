@@ -1,0 +1,1 @@
+"""Running stages reliably: resume fingerprints, training-state checkpoints, DDP, tracking, fault points."""
