@@ -483,7 +483,7 @@ def validate(cfg) -> None:
         v = OmegaConf.select(cfg, key)
         if v not in words:
             bad(key, v, "one of " + ", ".join(words))
-    from .stages.threats import check_families
+    from .concepts import check_families
 
     check_families(cfg.threats.families, "threats.families")
     check_families(cfg.probe.families, "probe.families")

@@ -240,3 +240,19 @@ def test_stage_probe_maia1_on_real_games(shared_data, shared_models, tmp_path):
     md = (tmp_path / "run" / "results.md").read_text()
     assert "maia-1100" in md and "maia-1900" in md and "Skipped" in md
     assert (tmp_path / "run" / "probes" / "blocks_5_hook_resid_post" / "bucket_9.safetensors").is_file()
+
+
+def test_awareness_trend_finds_a_trend_and_not_noise():
+    from maia_adapt.analysis.probes import awareness_trend
+
+    rng = np.random.default_rng(0)
+    noise = 0.8 + 0.03 * rng.standard_normal((40, 9))
+    flat = awareness_trend(noise, seed=1)
+    lo, hi = flat["auc_gain_top_minus_bottom_ci95"]
+    assert lo < 0 < hi and flat["concepts"] == 40
+    rising = noise + 0.01 * np.arange(9)[None, :]
+    up = awareness_trend(rising, seed=1)
+    assert up["auc_slope_per_bucket"] == pytest.approx(flat["auc_slope_per_bucket"] + 0.01, abs=1e-9)
+    assert up["auc_slope_per_bucket_ci95"][0] > 0 and up["auc_gain_top_minus_bottom_ci95"][0] > 0
+    with_gap = np.vstack([rising, np.full((1, 9), np.nan)])  # a concept left out is not counted
+    assert awareness_trend(with_gap, seed=1)["concepts"] == 40

@@ -15,6 +15,7 @@ import torch
 
 from .activations import activation_batches
 from ..encoding import NUM_BUCKETS
+from ..model.hooks import block_hook
 
 
 @torch.no_grad()
@@ -52,19 +53,19 @@ def attributions_loop(z0: torch.Tensor, z1: torch.Tensor, conn: torch.Tensor, up
 def codes_by_bucket(model, store, indices, transcoders: dict[int, object], batch_size: int = 256):
     """{layer: [11, F] mean code per Elo bucket (max over tokens per position)} and {layer: codes at
     the data's own buckets [N, 8, F]} for the given positions."""
-    sites = [f"blocks.{l}.hook_mlp_in" for l in transcoders]
+    sites = [block_hook(l, "hook_mlp_in") for l in transcoders]
     means = {l: torch.zeros(NUM_BUCKETS, t.cfg.dim) for l, t in transcoders.items()}
     for k in range(NUM_BUCKETS):
         for batch in activation_batches(model, store, indices, sites, batch_size, elo=k, token_pooling="none"):
             for l, t in transcoders.items():
-                z = t.encode(batch[f"blocks.{l}.hook_mlp_in"])
+                z = t.encode(batch[block_hook(l, "hook_mlp_in")])
                 means[l][k] += z.view(-1, 8, z.shape[-1]).amax(1).sum(0)
     for l in means:
         means[l] /= len(indices)
     tokens = {l: [] for l in transcoders}
     for batch in activation_batches(model, store, indices, sites, batch_size, elo="data", token_pooling="none"):
         for l, t in transcoders.items():
-            tokens[l].append(t.encode(batch[f"blocks.{l}.hook_mlp_in"]))
+            tokens[l].append(t.encode(batch[block_hook(l, "hook_mlp_in")]))
     return means, {l: torch.cat(v) for l, v in tokens.items()}
 
 

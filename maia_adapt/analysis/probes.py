@@ -21,6 +21,7 @@ from ..concepts.auc import paired_auc
 from ..errors import MaiaAdaptError
 from ..io import load_safetensors, save_safetensors, to_json
 from ..model.inference import masked_probs
+from ..model.hooks import block_hook
 
 FORMAT = "maia_adapt.linear_probe.v1"
 
@@ -189,6 +190,26 @@ def probes_per_bucket(model, store, train_idx, test_idx, site: str, labels_train
     return {**out, "probes": probes, "buckets": buckets, "names": list(names), "site": site}
 
 
+def awareness_trend(auc, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Does probe AUC change with skill? auc [C concepts, B buckets in rising order] (NaN where a
+    concept was left out). Returns the mean over concepts of AUC(top bucket) - AUC(bottom bucket)
+    and of each concept's least-squares slope per bucket step, with 95% intervals from a bootstrap over
+    concepts: an interval holding 0 is what "awareness is flat across skill" (H2) predicts."""
+    a = np.asarray(auc, dtype=float)
+    a = a[np.isfinite(a).all(1)]
+    x = np.arange(a.shape[1], dtype=float)
+    x -= x.mean()
+    gain = a[:, -1] - a[:, 0]
+    slope = (a - a.mean(1, keepdims=True)) @ x / max(float((x ** 2).sum()), 1e-12)
+    rng = np.random.default_rng(seed)
+    out = {"concepts": int(len(a))}
+    for name, v in (("auc_gain_top_minus_bottom", gain), ("auc_slope_per_bucket", slope)):
+        boots = [v[rng.integers(0, len(v), len(v))].mean() for _ in range(n_boot)] if len(v) else [np.nan]
+        out[name] = float(v.mean()) if len(v) else float("nan")
+        out[f"{name}_ci95"] = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
+    return out
+
+
 def save_probe(probe: LinearProbe, path, metadata: dict | None = None) -> Path:
     tensors = {k: getattr(probe, k) for k in ("mean", "std", "weight", "bias")}
     meta = {"format": FORMAT, "names": to_json(probe.names), "metadata": to_json({**probe.metadata, **(metadata or {})})}
@@ -213,7 +234,7 @@ def _lens(model, boards, elo_self, elo_oppo, legal, blocks):
     """({lens name: probs}, final policy probs); blocks None = every block."""
     n_blocks = model.cfg.num_blocks_vit
     blocks = range(n_blocks) if blocks is None else [int(i) for i in blocks]
-    names = ["hook_tokens"] + [f"blocks.{i}.hook_resid_post" for i in blocks]
+    names = ["hook_tokens"] + [block_hook(i, "hook_resid_post") for i in blocks]
     device = next(model.parameters()).device
     legal = legal.to(device)
     was_training = model.training

@@ -2,10 +2,13 @@
 from .auc import best_auc_per_concept, paired_auc, roc_auc_matrix
 from .board import BoardConcepts, piece_square_concepts
 from .chess_concepts import (
+    FAMILIES,
     ConceptSpec,
     all_position_concepts,
     board_state_concepts,
+    check_families,
     concept_specs,
+    select_families,
     strategic_concepts,
     study_concepts,
     threat_concepts,
@@ -13,17 +16,20 @@ from .chess_concepts import (
 from .realworld import load_puzzles, load_sts
 
 __all__ = [
+    "FAMILIES",
     "BoardConcepts",
     "ConceptSpec",
     "all_position_concepts",
     "best_auc_per_concept",
     "board_state_concepts",
+    "check_families",
     "concept_specs",
     "load_puzzles",
     "load_sts",
     "paired_auc",
     "piece_square_concepts",
     "roc_auc_matrix",
+    "select_families",
     "strategic_concepts",
     "study_concepts",
     "threat_concepts",

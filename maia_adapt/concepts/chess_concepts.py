@@ -33,6 +33,7 @@ import chess
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from .board import BoardConcepts
 
 _PIECES = ["pawn", "knight", "bishop", "rook", "queen", "king"]
@@ -435,3 +436,20 @@ def all_position_concepts(boards) -> BoardConcepts:
         1,
     )
     return BoardConcepts(labels, _names(concept_specs()))
+
+
+# concept families a stage can select (threats.families, probe.families)
+FAMILIES = ("threat", "strategic", "capture", "study", "board-state")
+
+
+def check_families(families, key: str = "threats.families") -> None:
+    for f in families:
+        if f not in FAMILIES:
+            raise ConfigError(f"{key}: unknown family '{f}': expected some of {', '.join(FAMILIES)}")
+
+
+def select_families(concepts: BoardConcepts, families) -> tuple[BoardConcepts, list]:
+    check_families(families)
+    specs = concept_specs()
+    keep = [i for i, s in enumerate(specs) if s.family in families]
+    return BoardConcepts(concepts.labels[:, keep], [specs[i].name for i in keep]), [specs[i] for i in keep]

@@ -23,6 +23,7 @@ from ..io import atomic_write_json, load_safetensors, save_safetensors
 from .files import WEIGHTS, check_tensors, meta_get, read_folder, saelens_cfg
 from .kernels import KERNELS, compute_dtype, fired_counts, row_crow, sparse_decode, topk_encode, use_sparse
 from .sae import UnitDecoderMixin
+from ..model.hooks import block_hook
 
 LEGACY_WEIGHTS = "transcoder.safetensors"  # maia-adapt-transcoder-v1: W_skip as [d_in, d_out]
 
@@ -231,4 +232,4 @@ def splice_hooks(tc: Transcoder, layer: int) -> list:
         inp = seen.pop("x")
         return tc(inp.reshape(-1, inp.shape[-1])).reshape(x.shape).to(x.dtype)
 
-    return [(f"blocks.{layer}.hook_mlp_in", grab), (f"blocks.{layer}.hook_mlp_out", replace)]
+    return [(block_hook(layer, "hook_mlp_in"), grab), (block_hook(layer, "hook_mlp_out"), replace)]

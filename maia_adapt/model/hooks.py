@@ -15,6 +15,12 @@ from ..errors import MaiaAdaptError
 HookFn = Callable[[torch.Tensor, str], "torch.Tensor | None"]
 
 
+def block_hook(layer: int, site: str) -> str:
+    """The name of hook point `site` of block `layer` (block_hook(1, "hook_mlp_in") ->
+    "blocks.1.hook_mlp_in"), as both model families name their per-block sites."""
+    return f"blocks.{int(layer)}.{site}"
+
+
 class HookPoints:
     """Mixin: the model sets `self.hook_names` (its sites) and `self._hooks = {}` in __init__."""
 

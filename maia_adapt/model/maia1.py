@@ -45,9 +45,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..encoding.lc0 import LC0_NUM_MOVES, LC0_NUM_PLANES, conv_policy_gather
+from ..encoding.lc0 import LC0_NUM_PLANES, conv_policy_gather
 from ..errors import CheckpointError, MaiaAdaptError
-from .hooks import HookFn, HookPoints
+from .hooks import HookFn, HookPoints, block_hook
 from .lc0_weights import read_lc0_net
 
 MAIA1_RATINGS = tuple(range(1100, 2000, 100))
@@ -92,7 +92,7 @@ class HookNames(list):
 def hook_names(num_blocks: int) -> HookNames:
     names = ["hook_input_conv"]
     for i in range(num_blocks):
-        names += [f"blocks.{i}.{s}" for s in ("hook_resid_pre", "hook_conv1", "hook_conv2", "hook_se_gate",
+        names += [block_hook(i, s) for s in ("hook_resid_pre", "hook_conv1", "hook_conv2", "hook_se_gate",
                                                "hook_se_bias", "hook_resid_post")]
     return HookNames(names + ["hook_policy_conv", "hook_policy_planes", "hook_policy", "hook_value_conv",
                               "hook_value_hidden", "hook_wdl"])
@@ -170,14 +170,14 @@ class Maia1(HookPoints, nn.Module):
         # in-place ReLUs act on fresh conv outputs only: fewer 16 MB allocations per block at batch 1024
         h = self._hook("hook_input_conv", F.relu(self.input_conv(x), inplace=True))
         for i, blk in enumerate(self.blocks):
-            h = self._hook(f"blocks.{i}.hook_resid_pre", h)
-            y = self._hook(f"blocks.{i}.hook_conv1", F.relu(blk.conv1(h), inplace=True))
-            y = self._hook(f"blocks.{i}.hook_conv2", blk.conv2(y))
+            h = self._hook(block_hook(i, "hook_resid_pre"), h)
+            y = self._hook(block_hook(i, "hook_conv1"), F.relu(blk.conv1(h), inplace=True))
+            y = self._hook(block_hook(i, "hook_conv2"), blk.conv2(y))
             gb = blk.se_fc2(F.relu(blk.se_fc1(F.adaptive_avg_pool2d(y, 1).flatten(1))))
-            gate = self._hook(f"blocks.{i}.hook_se_gate", torch.sigmoid(gb[:, : self.filters]))
-            bias = self._hook(f"blocks.{i}.hook_se_bias", gb[:, self.filters:])
+            gate = self._hook(block_hook(i, "hook_se_gate"), torch.sigmoid(gb[:, : self.filters]))
+            bias = self._hook(block_hook(i, "hook_se_bias"), gb[:, self.filters:])
             h = F.relu(torch.addcmul(h, y, gate[:, :, None, None]).add_(bias[:, :, None, None]), inplace=True)
-            h = self._hook(f"blocks.{i}.hook_resid_post", h)
+            h = self._hook(block_hook(i, "hook_resid_post"), h)
         p = self._hook("hook_policy_conv", F.relu(self.policy_conv1(h), inplace=True))
         p = self._hook("hook_policy_planes", self.policy_conv2(p))
         policy = p.permute(0, 2, 3, 1).reshape(p.size(0), -1).index_select(1, self.policy_gather)
@@ -289,14 +289,14 @@ class Maia1(HookPoints, nn.Module):
         h = self._sq_hook("hook_input_conv", h, st)
         t = st["t_stored"]
         for i, blk in enumerate(self.blocks):
-            h = self._sq_hook(f"blocks.{i}.hook_resid_pre", h, st)
-            y = self._sq_hook(f"blocks.{i}.hook_conv1", conv(h, t, blk.conv1.bias, True), st)
-            y = self._sq_hook(f"blocks.{i}.hook_conv2", conv(y, t, blk.conv2.bias, False), st)
+            h = self._sq_hook(block_hook(i, "hook_resid_pre"), h, st)
+            y = self._sq_hook(block_hook(i, "hook_conv1"), conv(h, t, blk.conv1.bias, True), st)
+            y = self._sq_hook(block_hook(i, "hook_conv2"), conv(y, t, blk.conv2.bias, False), st)
             gb = blk.se_fc2(F.relu(blk.se_fc1(y.view(64, b, -1).mean(0))))
-            gate = self._hook(f"blocks.{i}.hook_se_gate", torch.sigmoid(gb[:, : self.filters]))
-            bias = self._hook(f"blocks.{i}.hook_se_bias", gb[:, self.filters:])
+            gate = self._hook(block_hook(i, "hook_se_gate"), torch.sigmoid(gb[:, : self.filters]))
+            bias = self._hook(block_hook(i, "hook_se_bias"), gb[:, self.filters:])
             h = torch.addcmul(h, y, gate).add_(bias).relu_()
-            h = self._sq_hook(f"blocks.{i}.hook_resid_post", h, st)
+            h = self._sq_hook(block_hook(i, "hook_resid_post"), h, st)
         p = self._sq_hook("hook_policy_conv", conv(h, t, self.policy_conv1.bias, True), st)
         p = self._sq_hook("hook_policy_planes",
                           conv(p, t, self.policy_conv2.bias, False), st)

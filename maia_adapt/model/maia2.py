@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..encoding import NUM_BUCKETS, NUM_MOVES
-from .hooks import HookFn, HookPoints
+from .hooks import HookFn, HookPoints, block_hook
 
 
 @dataclass
@@ -62,7 +62,7 @@ def hook_names(cfg: Maia2Config) -> list[str]:
     names = ["hook_cnn_out", "hook_tokens"]
     for i in range(cfg.num_blocks_vit):
         names += [
-            f"blocks.{i}.{s}"
+            block_hook(i, s)
             for s in (
                 "hook_resid_pre",
                 "hook_attn_heads",
@@ -191,12 +191,12 @@ class Maia2(HookPoints, nn.Module):
         q = q + rearrange(attn.elo_query(elo_emb), "b (h d) -> b h 1 d", h=attn.heads)
         weights = attn.dropout(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * attn.scale, dim=-1))
         heads = rearrange(torch.matmul(weights, v), "b h n d -> b n h d")
-        heads = self._hook(f"blocks.{i}.hook_attn_heads", heads)
+        heads = self._hook(block_hook(i, "hook_attn_heads"), heads)
         return attn.to_out(rearrange(heads, "b n h d -> b n (h d)"))
 
     def _feedforward(self, ff: FeedForward, x, i: int):
         net = ff.net
-        h = self._hook(f"blocks.{i}.hook_mlp_in", net[0](x))
+        h = self._hook(block_hook(i, "hook_mlp_in"), net[0](x))
         return net[5](net[4](net[3](net[2](net[1](h)))))
 
     def forward(self, boards, elo_self, elo_oppo):
@@ -216,11 +216,11 @@ class Maia2(HookPoints, nn.Module):
         conditionings (distillation asks for several per position)."""
         elo_emb = torch.cat((self.elo_embedding(elo_self), self.elo_embedding(elo_oppo)), dim=1)
         for i, (attn, ff) in enumerate(self.transformer.elo_layers):
-            x = self._hook(f"blocks.{i}.hook_resid_pre", x)
-            x = x + self._hook(f"blocks.{i}.hook_attn_out", self._attention(attn, x, elo_emb, i))
-            x = self._hook(f"blocks.{i}.hook_resid_mid", x)
-            x = x + self._hook(f"blocks.{i}.hook_mlp_out", self._feedforward(ff, x, i))
-            x = self._hook(f"blocks.{i}.hook_resid_post", x)
+            x = self._hook(block_hook(i, "hook_resid_pre"), x)
+            x = x + self._hook(block_hook(i, "hook_attn_out"), self._attention(attn, x, elo_emb, i))
+            x = self._hook(block_hook(i, "hook_resid_mid"), x)
+            x = x + self._hook(block_hook(i, "hook_mlp_out"), self._feedforward(ff, x, i))
+            x = self._hook(block_hook(i, "hook_resid_post"), x)
         x = self._hook("hook_final", self.last_ln(self.transformer.norm(x).mean(dim=1)))
         return self.heads(x)
 

@@ -57,7 +57,7 @@ def feature_density(freq, path, title: str) -> Path:
     return _save(fig, path)
 
 
-def square_heatmaps(panels: dict[str, "np.ndarray"], path, title: str, vmin: float = 0.5, vmax: float = 1.0,
+def square_heatmaps(panels: dict[str, object], path, title: str, vmin: float = 0.5, vmax: float = 1.0,
                     label: str = "held-out AUC") -> Path:
     """One 8x8 board heatmap per panel (values indexed by square a1=0 .. h8=63, rank 8 at the top)."""
     import numpy as np

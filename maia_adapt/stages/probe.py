@@ -19,18 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..concepts import all_position_concepts
+from ..concepts import all_position_concepts, check_families, select_families
 from ..data.preprocess import open_or_build_store
 from ..encoding import BUCKET_NAMES
 from ..errors import ConfigError
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..layout import probe_file, site_slug
 from ..model.skill import Maia2Skill
-from ..analysis.probes import logit_lens_by_bucket, probes_per_bucket, save_probe
+from ..analysis.probes import awareness_trend, logit_lens_by_bucket, probes_per_bucket, save_probe
 from ..reporting.plots import bucket_heatmap
 from ..runtime.tracking import Tracker
 from .common import bucket_label, skill_model
-from .threats import check_families, select_families
 
 
 def run(cfg, run_dir: Path) -> dict:
@@ -83,14 +82,22 @@ def run(cfg, run_dir: Path) -> dict:
                 for c, n in enumerate(names)])
             per_bucket = np.nanmean(auc, axis=1)
             spread = np.nanmax(auc, axis=0) - np.nanmin(auc, axis=0)
+            trend = awareness_trend(auc.T, seed=cfg.seed)  # [concepts, buckets]
             results["sites"][site] = {"mean_auc_per_bucket": per_bucket.tolist(),
                                       "mean_control_auc": float(np.nanmean(ctrl)),
-                                      "mean_auc_spread_across_buckets": float(np.nanmean(spread))}
+                                      "mean_auc_spread_across_buckets": float(np.nanmean(spread)), **trend}
             summary[f"{slug}:mean_auc"] = float(np.nanmean(auc))
             summary[f"{slug}:mean_control_auc"] = float(np.nanmean(ctrl))
             summary[f"{slug}:mean_spread_across_buckets"] = float(np.nanmean(spread))
+            summary[f"{slug}:auc_gain_top_minus_bottom"] = trend["auc_gain_top_minus_bottom"]
+            summary[f"{slug}:auc_gain_top_minus_bottom_ci95"] = trend["auc_gain_top_minus_bottom_ci95"]
             lines += [f"## {site}", "", f"mean test AUC {np.nanmean(auc):.3f} (shuffled-label control "
-                      f"{np.nanmean(ctrl):.3f}); a concept's AUC varies across buckets by {np.nanmean(spread):.3f} on average.",
+                      f"{np.nanmean(ctrl):.3f}); a concept's AUC varies across buckets by {np.nanmean(spread):.3f} on average. "
+                      f"Top minus bottom bucket, mean over {trend['concepts']} concepts: "
+                      f"{trend['auc_gain_top_minus_bottom']:+.3f} [{trend['auc_gain_top_minus_bottom_ci95'][0]:+.3f}, "
+                      f"{trend['auc_gain_top_minus_bottom_ci95'][1]:+.3f}]; slope per bucket {trend['auc_slope_per_bucket']:+.4f} "
+                      f"[{trend['auc_slope_per_bucket_ci95'][0]:+.4f}, {trend['auc_slope_per_bucket_ci95'][1]:+.4f}] "
+                      "(95% bootstrap over concepts; 0 inside = awareness flat across skill).",
                       "", f"![probe AUC]({png.name})", "", "| Elo bucket | mean probe AUC | mean control AUC |", "|---|---|---|"]
             lines += [f"| {bucket_label(model, b)} | {per_bucket[i]:.3f} | {np.nanmean(ctrl[i]):.3f} |" for i, b in enumerate(pc.buckets)]
             lines.append("")

@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from ..concepts import all_position_concepts, best_auc_per_concept, piece_square_concepts, roc_auc_matrix, threat_concepts
 from ..dictionaries.train import BestKeeper, start_or_resume
 from ..io import atomic_write_json, atomic_write_text
+from ..layout import site_slug
 from ..reporting.plots import feature_density
 from ..runtime.resume import mark_done
 from ..model.training import resolve_device
@@ -38,10 +39,6 @@ def _sae_config(stage_cfg, site: str, d_in: int) -> SAEConfig:
     names = {f.name for f in dataclasses.fields(SAEConfig)}
     raw = OmegaConf.to_container(stage_cfg, resolve=True) if OmegaConf.is_config(stage_cfg) else dataclasses.asdict(stage_cfg)
     return SAEConfig(**{**{k: v for k, v in raw.items() if k in names}, "site": site, "d_in": d_in})
-
-
-def _slug(site: str) -> str:
-    return site.replace(".", "_")
 
 
 def calibration_set(model, store, idx, sites, sc, seed: int, device="cpu"):
@@ -124,7 +121,7 @@ def run(cfg, run_dir: Path) -> dict:
     saes = {}
     for s in sites:
         sae = SparseAutoencoder(_sae_config(sc, s, model.site_dim(s)))
-        saes[_slug(s)] = (sae, s)
+        saes[site_slug(s)] = (sae, s)
     first = make_chunk(0)
     for sae, s in saes.values():
         sae.init_from_data(first[s])

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..analysis.activations import collect_activations, position_codes
-from ..concepts import BoardConcepts, ConceptSpec, all_position_concepts, concept_specs, load_puzzles, load_sts
+from ..concepts import BoardConcepts, ConceptSpec, all_position_concepts, check_families, load_puzzles, load_sts, select_families
 from ..concepts.detection import detect_concepts
 from ..data.preprocess import open_or_build_store
 from ..data.store import store_from_fens
@@ -29,22 +29,6 @@ from ..layout import detection_table, site_slug
 from ..reporting.dashboard import write_dashboards
 from ..reporting.plots import square_heatmaps
 from ..runtime.tracking import Tracker
-
-FAMILIES = ("threat", "strategic", "capture", "study", "board-state")
-
-
-def check_families(families, key: str = "threats.families") -> None:
-    for f in families:
-        if f not in FAMILIES:
-            raise ConfigError(f"{key}: unknown family '{f}': expected some of {', '.join(FAMILIES)}")
-
-
-def select_families(concepts: BoardConcepts, families) -> tuple[BoardConcepts, list]:
-    check_families(families)
-    specs = concept_specs()
-    keep = [i for i, s in enumerate(specs) if s.family in families]
-    return BoardConcepts(concepts.labels[:, keep], [specs[i].name for i in keep]), [specs[i] for i in keep]
-
 
 def _load_saes(tc) -> list:
     if tc.saes:

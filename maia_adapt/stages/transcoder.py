@@ -30,13 +30,14 @@ from ..runtime.resume import mark_done
 from ..model.training import resolve_device
 from ..runtime.tracking import Tracker
 from .common import frozen_model
+from ..model.hooks import block_hook
 
 
 def _config(tc, layer: int, d: int) -> TranscoderConfig:
     names = {f.name for f in dataclasses.fields(TranscoderConfig)}
     raw = OmegaConf.to_container(tc, resolve=True) if OmegaConf.is_config(tc) else dataclasses.asdict(tc)
     return TranscoderConfig(**{**{k: v for k, v in raw.items() if k in names}, "layer": layer, "d_in": d, "d_out": d,
-                               "site": f"blocks.{layer}.hook_mlp_in", "target_site": f"blocks.{layer}.hook_mlp_out"})
+                               "site": block_hook(layer, "hook_mlp_in"), "target_site": block_hook(layer, "hook_mlp_out")})
 
 
 def run(cfg, run_dir: Path) -> dict:
@@ -48,7 +49,7 @@ def run(cfg, run_dir: Path) -> dict:
     for l in layers:
         if not 0 <= l < model.cfg.num_blocks_vit:
             raise ConfigError(f"transcoder layer {l}: the model has blocks 0..{model.cfg.num_blocks_vit - 1}")
-    sites = [s for l in layers for s in (f"blocks.{l}.hook_mlp_in", f"blocks.{l}.hook_mlp_out")]
+    sites = [s for l in layers for s in (block_hook(l, "hook_mlp_in"), block_hook(l, "hook_mlp_out"))]
     store = distributed.main_first(lambda: open_or_build_store(cfg.data, cfg.paths.cache_dir))
     train_idx, test_idx = store.split_indices("train"), store.split_indices("test")
     if not len(train_idx) or not len(test_idx):
@@ -71,8 +72,8 @@ def run(cfg, run_dir: Path) -> dict:
     dicts = {}
     for l in layers:
         t = Transcoder(_config(tc, l, model.cfg.dim_vit))
-        t.init_from_data(cache[f"blocks.{l}.hook_mlp_in"][:65536], cache[f"blocks.{l}.hook_mlp_out"][:65536])
-        dicts[f"layer_{l}"] = (t, f"blocks.{l}.hook_mlp_in")
+        t.init_from_data(cache[block_hook(l, "hook_mlp_in")][:65536], cache[block_hook(l, "hook_mlp_out")][:65536])
+        dicts[f"layer_{l}"] = (t, block_hook(l, "hook_mlp_in"))
     trainer = DictionaryTrainer(dicts, tc.steps, tc.batch_size, device=device, bf16=tc.bf16, compile=tc.compile)
     start_or_resume(trainer, cfg, run_dir, tc.resume)
     tracker = Tracker(cfg, run_dir, job_type="transcoder")
