@@ -119,6 +119,41 @@ def collect_activations(model, store, indices, sites: list[str], shard: bool = F
     return {s: torch.cat([p[s] for p in parts]) for s in sites}
 
 
+class ActivationChunks:
+    """Training data for dictionaries at `sites`: chunk(r) -> {site: [rows, d]} on `device`.
+
+    With `cache_positions`, the activations of that many train positions are collected once and each
+    chunk samples `chunk_positions` positions' worth of rows from them; without, each chunk is a fresh
+    forward pass over `chunk_positions` train positions. A chunk is a function of (seed, r) alone, so a
+    resumed run sees the same batches. Under torchrun each rank runs the model on its share."""
+
+    def __init__(self, model, store, train_idx, sites, *, chunk_positions: int, cache_positions: int | None, seed: int,
+                 elo="data", token_pooling: str = "mean", device="cpu", batch_size: int = 512, verbose: bool = True):
+        self.model, self.store, self.train_idx, self.sites = model, store, np.asarray(train_idx), list(sites)
+        self.chunk_positions, self.seed, self.device = int(chunk_positions), seed, device
+        self.kw = dict(batch_size=batch_size, elo=elo, token_pooling=token_pooling, device=device)
+        self.cache, self.per_position = None, 1
+        if cache_positions:
+            idx = np.sort(np.random.default_rng([seed, 99]).permutation(self.train_idx)[:cache_positions])
+            if verbose:
+                print(f"caching activations of {len(idx):,} train positions at {len(self.sites)} site(s)")
+            self.cache = self._forward(idx, seed)
+            self.per_position = len(next(iter(self.cache.values()))) // max(len(idx), 1)
+
+    def _forward(self, idx, seed) -> dict[str, torch.Tensor]:
+        acts = collect_activations(self.model, self.store, idx, self.sites, seed=seed, shard=True, **self.kw)
+        return {s: v.to(self.device) for s, v in acts.items()}  # the chunk (or cache) lives where training runs
+
+    def __call__(self, r: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, r])
+        if self.cache is not None:
+            n = len(next(iter(self.cache.values())))
+            rows = torch.from_numpy(rng.choice(n, size=min(self.chunk_positions * self.per_position, n), replace=False))
+            return {s: v[rows] for s, v in self.cache.items()}
+        idx = np.sort(rng.choice(self.train_idx, size=min(self.chunk_positions, len(self.train_idx)), replace=False))
+        return self._forward(idx, self.seed + r)
+
+
 @torch.no_grad()
 def position_codes(sae, acts: torch.Tensor, n_positions: int, chunk: int = 4096) -> torch.Tensor:
     """Dictionary codes [n_positions, F] of activations [n_positions, d] (mean-pooled) or

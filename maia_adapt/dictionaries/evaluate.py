@@ -120,6 +120,27 @@ def spliced_metrics(model, store, indices, site: str, variants: dict, batch_size
 
 
 @torch.no_grad()
+def evaluate_dictionary(model, store, indices, site: str, sae, pooling: str, dense_threshold: float) -> tuple[dict, torch.Tensor]:
+    """An SAE at `site` on held-out positions: spliced into the model next to zero- and mean-ablation of
+    what the splice replaces (`spliced_metrics`), plus reconstruction (FVU, variance explained), L0 and
+    the dead / dense fractions. Returns (metrics, each feature's firing frequency)."""
+    from ..analysis.activations import activation_batches
+
+    mean = site_mean(model, store, indices, site)
+    m = spliced_metrics(model, store, indices, site, {
+        "clean": None, "sae": splice_fn(sae, pooling), "zero": ablate_fn(None, pooling), "mean": ablate_fn(mean, pooling)})
+    acts = torch.cat([p[site] for p in activation_batches(model, store, indices, [site], elo="data", token_pooling=pooling)])
+    z = sae.encode(acts)
+    recon = sae.decode(z)
+    fvu = float((acts - recon).pow(2).sum() / (acts - acts.mean(0)).pow(2).sum())
+    freq = (z > 0).float().mean(0)
+    m.update({"fvu": fvu, "variance_explained": 1 - fvu, "l0": float((z > 0).sum(1).float().mean()),
+              "dead_fraction_eval": float((freq == 0).float().mean()),
+              "dense_fraction_eval": float((freq > dense_threshold).float().mean())})
+    return m, freq
+
+
+@torch.no_grad()
 def agreement_grid(model, store, indices, hooks: list, batch_size: int = 256) -> dict:
     """Top-1 agreement between the clean and the hooked model for every (self, opponent) Elo bucket
     pair [11, 11], plus both models' win probabilities over all pairs (for correlation and QQ plots)."""

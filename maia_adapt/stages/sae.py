@@ -18,16 +18,16 @@ import torch
 from omegaconf import OmegaConf
 
 from ..runtime import distributed
-from ..analysis.activations import activation_batches, collect_activations, position_codes
+from ..analysis.activations import ActivationChunks, collect_activations, position_codes
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder, save_sae, train_dictionaries
-from ..dictionaries.evaluate import ablate_fn, site_mean, spliced_metrics, splice_fn
+from ..dictionaries.evaluate import evaluate_dictionary
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS
 from ..errors import ConfigError
 from ..concepts import all_position_concepts, best_auc_per_concept, piece_square_concepts, roc_auc_matrix, threat_concepts
 from ..dictionaries.train import BestKeeper, start_or_resume
 from ..io import atomic_write_json, atomic_write_text
-from ..layout import site_slug
+from ..layout import sae_folder, site_slug
 from ..reporting.plots import feature_density
 from ..runtime.resume import mark_done
 from ..model.training import resolve_device
@@ -77,6 +77,24 @@ def summed_best_auc(sae, acts: torch.Tensor, labels: torch.Tensor) -> float:
     return float(torch.nan_to_num(best).sum())
 
 
+def _site_report(s: str, m: dict, calibration_concepts: str) -> list[str]:
+    """results.md's section for the SAE at site s."""
+    lines = [f"## {s}", "",
+             f"L0 {m['l0']:.1f}, variance explained {m['variance_explained']:.3f}, dead {m['dead_fraction_eval']:.3f}, "
+             f"dense {m['dense_fraction_eval']:.3f}", "",
+             *([f"calibrated: best summed AUC {m['calibration_score']:.1f} over {m['calibration_concepts']} {calibration_concepts} "
+                f"concepts at step {m['calibration_step']} (the saved SAE)", ""] if "calibration_score" in m else []),
+             "| model | top-1 agreement with clean | policy KL | move accuracy |", "|---|---|---|---|"]
+    for v in ("clean", "sae", "mean", "zero"):
+        lines.append(f"| {v} | {m[f'{v}/agreement']:.3f} | {m[f'{v}/kl']:.4f} | {m[f'{v}/accuracy']:.3f} |")
+    lines += ["", "| Elo bucket | clean accuracy | spliced accuracy | spliced agreement |", "|---|---|---|---|"]
+    for i in range(NUM_BUCKETS):
+        if f"clean/accuracy_bucket_{i}" in m:
+            lines.append(f"| {BUCKET_NAMES[i]} | {m[f'clean/accuracy_bucket_{i}']:.3f} | "
+                         f"{m[f'sae/accuracy_bucket_{i}']:.3f} | {m[f'sae/agreement_bucket_{i}']:.3f} |")
+    return lines + [""]
+
+
 def run(cfg, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     sc = cfg.sae
@@ -96,27 +114,9 @@ def run(cfg, run_dir: Path) -> dict:
     if len(train_idx) == 0:
         raise ConfigError("the position store has no training positions")
 
-    def forward_chunk(idx, seed) -> dict[str, torch.Tensor]:
-        # under torchrun each rank runs the model on its share of the positions
-        acts = collect_activations(model, store, idx, sites, batch_size=512, elo=sc.elo,
-                                   token_pooling=sc.token_pooling, seed=seed, shard=True, device=device)
-        return {s: v.to(device) for s, v in acts.items()}  # the chunk (or cache) lives where training runs
-
-    cache = None
-    if sc.cache_positions:
-        idx = np.sort(np.random.default_rng([cfg.seed, 99]).permutation(train_idx)[: sc.cache_positions])
-        print(f"caching activations of {len(idx):,} train positions at {len(sites)} site(s)")
-        cache = forward_chunk(idx, cfg.seed)
-
-    def make_chunk(r: int) -> dict[str, torch.Tensor]:
-        """Chunk r: a deterministic function of r, so a resumed run sees the same batches."""
-        rng = np.random.default_rng([cfg.seed, r])
-        if cache is not None:
-            n = len(next(iter(cache.values())))
-            rows = torch.from_numpy(rng.choice(n, size=min(sc.chunk_positions * (n // len(idx)), n), replace=False))
-            return {s: v[rows] for s, v in cache.items()}
-        idx_r = np.sort(rng.choice(train_idx, size=min(sc.chunk_positions, len(train_idx)), replace=False))
-        return forward_chunk(idx_r, cfg.seed + r)
+    make_chunk = ActivationChunks(model, store, train_idx, sites, chunk_positions=sc.chunk_positions,
+                                  cache_positions=sc.cache_positions, seed=cfg.seed, elo=sc.elo,
+                                  token_pooling=sc.token_pooling, device=device)
 
     saes = {}
     for s in sites:
@@ -160,22 +160,8 @@ def run(cfg, run_dir: Path) -> dict:
                      if sc.token_pooling == "mean" else "every token's activation, set to zero / to its mean"), ""]
         for name, (sae, s) in saes.items():
             sae.eval()
-            folder = save_sae(sae, run_dir / "saes" / name, {"model_checkpoint": str(cfg.model.checkpoint), "model_name": model.name})
-            mean = site_mean(model, store, eval_idx, s)
-            m = spliced_metrics(model, store, eval_idx, s, {
-                "clean": None, "sae": splice_fn(sae, sc.token_pooling), "zero": ablate_fn(None, sc.token_pooling),
-                "mean": ablate_fn(mean, sc.token_pooling),
-            })
-            acts = torch.cat([p[s] for p in activation_batches(model, store, eval_idx, [s], elo="data",
-                                                                token_pooling=sc.token_pooling)])
-            with torch.no_grad():
-                z = sae.encode(acts)
-                recon = sae.decode(z)
-            fvu = float((acts - recon).pow(2).sum() / (acts - acts.mean(0)).pow(2).sum())
-            freq = (z > 0).float().mean(0)
-            m.update({"fvu": fvu, "variance_explained": 1 - fvu, "l0": float((z > 0).sum(1).float().mean()),
-                      "dead_fraction_eval": float((freq == 0).float().mean()),
-                      "dense_fraction_eval": float((freq > sc.dense_threshold).float().mean())})
+            folder = save_sae(sae, sae_folder(run_dir, s), {"model_checkpoint": str(cfg.model.checkpoint), "model_name": model.name})
+            m, freq = evaluate_dictionary(model, store, eval_idx, s, sae, sc.token_pooling, sc.dense_threshold)
             png = feature_density(freq, run_dir / f"feature_density_{name}.png", f"{s}: feature firing frequency")
             tracker.log_image(f"eval/{name}/feature_density", png)
             tracker.log({f"eval/{name}/{k}": v for k, v in m.items()}, step=trainer.step)
@@ -186,20 +172,7 @@ def run(cfg, run_dir: Path) -> dict:
                           "calibration_concepts": len(cal_names)})
             results["sites"][s] = {"folder": str(folder), **m,
                                    **{f"train_{k.split('/')[-1]}": v for k, v in final.items() if k.startswith(name + "/")}}
-            lines += [f"## {s}", "",
-                      f"L0 {m['l0']:.1f}, variance explained {m['variance_explained']:.3f}, dead {m['dead_fraction_eval']:.3f}, "
-                      f"dense {m['dense_fraction_eval']:.3f}", "",
-                      *([f"calibrated: best summed AUC {m['calibration_score']:.1f} over {m['calibration_concepts']} {sc.calibration_concepts} "
-                         f"concepts at step {m['calibration_step']} (the saved SAE)", ""] if "calibration_score" in m else []),
-                      "| model | top-1 agreement with clean | policy KL | move accuracy |", "|---|---|---|---|"]
-            for v in ("clean", "sae", "mean", "zero"):
-                lines.append(f"| {v} | {m[f'{v}/agreement']:.3f} | {m[f'{v}/kl']:.4f} | {m[f'{v}/accuracy']:.3f} |")
-            lines += ["", "| Elo bucket | clean accuracy | spliced accuracy | spliced agreement |", "|---|---|---|---|"]
-            for i in range(NUM_BUCKETS):
-                if f"clean/accuracy_bucket_{i}" in m:
-                    lines.append(f"| {BUCKET_NAMES[i]} | {m[f'clean/accuracy_bucket_{i}']:.3f} | "
-                                 f"{m[f'sae/accuracy_bucket_{i}']:.3f} | {m[f'sae/agreement_bucket_{i}']:.3f} |")
-            lines.append("")
+            lines += _site_report(s, m, sc.calibration_concepts)
         atomic_write_json(run_dir / "results.json", results)
         atomic_write_text(run_dir / "results.md", "\n".join(lines))
         summary = {}

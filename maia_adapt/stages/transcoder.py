@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..runtime import distributed
-from ..analysis.activations import collect_activations
+from ..analysis.activations import ActivationChunks, collect_activations
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import DictionaryTrainer, train_dictionaries
 from ..dictionaries.train import start_or_resume
@@ -55,19 +55,14 @@ def run(cfg, run_dir: Path) -> dict:
     if not len(train_idx) or not len(test_idx):
         raise ConfigError("stage=transcoder needs train and test positions in the data")
 
-    def tokens(idx, seed, shard=False) -> dict[str, torch.Tensor]:
+    make_chunk = ActivationChunks(model, store, train_idx, sites, chunk_positions=tc.chunk_positions,
+                                  cache_positions=tc.cache_positions, seed=cfg.seed, elo="random", token_pooling="none",
+                                  device=device, batch_size=256, verbose=False)
+    cache = make_chunk.cache
+
+    def tokens(idx, seed) -> dict[str, torch.Tensor]:
         return collect_activations(model, store, idx, sites, batch_size=256, elo="random", token_pooling="none",
-                                   seed=seed, shard=shard, device=device)
-
-    rng = np.random.default_rng([cfg.seed, 99])
-    # under torchrun each rank runs the model on its share of the positions
-    cache = tokens(np.sort(rng.permutation(train_idx)[: tc.cache_positions]), cfg.seed, shard=True)
-    cache = {s: v.to(device) for s, v in cache.items()}  # kept where training runs
-    n = len(cache[sites[0]])
-
-    def make_chunk(r: int) -> dict[str, torch.Tensor]:
-        rows = torch.from_numpy(np.random.default_rng([cfg.seed, r]).choice(n, size=min(tc.chunk_positions * 8, n), replace=False))
-        return {s: v[rows] for s, v in cache.items()}
+                                   seed=seed, device=device)
 
     dicts = {}
     for l in layers:
