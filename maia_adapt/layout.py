@@ -24,6 +24,7 @@ from .errors import MaiaAdaptError
 MODEL_FILE = "model.safetensors"
 LAST_CHECKPOINT = "checkpoints/last.safetensors"
 TRANSITIONAL_CSV = "transitional.csv"
+SAES_DIR = "saes"
 
 
 def site_slug(site: str) -> str:
@@ -40,7 +41,7 @@ def detection_table(run_dir, site: str) -> Path:
 
 
 def sae_folder(run_dir, site: str) -> Path:
-    return Path(run_dir) / "saes" / site_slug(site)
+    return Path(run_dir) / SAES_DIR / site_slug(site)
 
 
 def transcoder_folder(run_dir, layer: int) -> Path:

@@ -259,3 +259,17 @@ def test_damaged_sae_files_are_refused_in_one_line(tmp_path, damage, message):
     with pytest.raises(CheckpointError, match=message) as e:
         load_sae(folder)
     assert "\n" not in str(e.value) and str(file) in str(e.value)
+
+
+def test_a_run_directory_names_its_sae_or_says_which(tmp_path):
+    from maia_adapt.dictionaries import SAEConfig, SparseAutoencoder, load_sae, save_sae
+    from maia_adapt.errors import CheckpointError
+    from maia_adapt.layout import sae_folder
+
+    sae = SparseAutoencoder(SAEConfig(architecture="topk", d_in=8, dim=16, k=2, site="blocks.0.hook_mlp_out"))
+    save_sae(sae, sae_folder(tmp_path / "run", "blocks.0.hook_mlp_out"))
+    x = torch.randn(5, 8)
+    assert torch.allclose(load_sae(tmp_path / "run").encode(x), sae.eval().encode(x), atol=1e-5)
+    save_sae(sae, sae_folder(tmp_path / "run", "blocks.1.hook_mlp_out"))
+    with pytest.raises(CheckpointError, match="2 SAEs in this run directory .blocks_0_hook_mlp_out, blocks_1_hook_mlp_out"):
+        load_sae(tmp_path / "run")

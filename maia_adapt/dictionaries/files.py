@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from ..layout import SAES_DIR
 from ..io import atomic_write_json, load_safetensors, save_safetensors
 from .sae import SAEConfig, SparseAutoencoder
 
@@ -123,10 +124,14 @@ def save_sae(sae: SparseAutoencoder, folder, extra: dict | None = None) -> Path:
 
 def load_sae(path, device="cpu") -> SparseAutoencoder:
     """An SAE from a folder written by save_sae, an older `sae.safetensors` folder, a SAELens folder of
-    architecture standard / topk / jumprelu, or a run directory holding one in `sae/`."""
+    architecture standard / topk / jumprelu, or a stage=sae run directory holding exactly one SAE."""
     path = Path(path)
-    if path.is_dir() and not (path / "cfg.json").is_file() and (path / "sae" / "cfg.json").is_file():
-        path = path / "sae"
+    if path.is_dir() and not (path / "cfg.json").is_file():
+        found = find_saes(path)
+        if len(found) > 1:
+            raise CheckpointError(f"{path}: {len(found)} SAEs in this run directory ({', '.join(p.name for p in found)}): "
+                                  "name one folder")
+        path = found[0]
     path, meta, file = read_folder(path, LEGACY_SAE_WEIGHTS, "SAE")
     cfg_path = path / "cfg.json"
     d_in, dim = meta_get(meta, cfg_path, "d_in"), meta_get(meta, cfg_path, "d_sae")
@@ -169,7 +174,7 @@ def find_saes(path) -> list[Path]:
     path = Path(path)
     if (path / "cfg.json").is_file():
         return [path]
-    found = sorted(p.parent for p in path.glob("saes/*/cfg.json")) or sorted(p.parent for p in path.glob("*/cfg.json"))
+    found = sorted(p.parent for p in path.glob(f"{SAES_DIR}/*/cfg.json")) or sorted(p.parent for p in path.glob("*/cfg.json"))
     if not found:
-        raise CheckpointError(f"{path}: no SAE found (expected a folder with cfg.json, or a stage=sae run directory with saes/)")
+        raise CheckpointError(f"{path}: no SAE found (expected a folder with cfg.json, or a stage=sae run directory with {SAES_DIR}/)")
     return found
