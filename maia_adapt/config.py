@@ -17,9 +17,11 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from .data.pgn import GameFilter
 from .dictionaries.sae import SAEConfig
 from .errors import ConfigError
 from .dictionaries.transcoder import TranscoderConfig
+from .model.maia2 import Maia2Config
 from .model.training import lr_at
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -46,22 +48,12 @@ class StageConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Maia2Config):
+    """`model`: the architecture is Maia2Config's own fields (one definition), plus what to load."""
+
     name: str = "maia2"
-    input_channels: int = 18
-    dim_cnn: int = 256
-    num_blocks_cnn: int = 5
-    dim_vit: int = 1024
-    num_blocks_vit: int = 2
-    vit_length: int = 8
-    elo_dim: int = 128
-    heads: int = 16
-    dim_head: int = 64
-    dropout_cnn: float = 0.5
-    dropout_vit: float = 0.1
-    dropout: float = 0.1
     # official .pt file, our .safetensors file or a run directory; null = random initialisation.
-    # model=maia1: the folder of maia-1100.pb.gz ... maia-1900.pb.gz
+    # model=maia1: the folder of maia-1100.pb.gz ... maia-1900.pb.gz (or a fine-tuned family's file)
     checkpoint: Optional[str] = None
     # model=maia1 only: one network (1100..1900) used for every Elo bucket; null = the family, bucket b
     # -> the network of its band (0 -> 1100, 10 -> 1900; see maia_adapt/model/skill.py)
@@ -71,21 +63,12 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(GameFilter):
+    """`data`: the game filters are GameFilter's own fields (one definition), plus where and how to store."""
+
     name: str = "lichess"
     pgn: list[str] = field(default_factory=list)
     store_dir: Optional[str] = None  # null: ${paths.cache_dir}/stores/<name>-<fingerprint>
-    rated_only: bool = True
-    speeds: list[str] = field(default_factory=lambda: ["Rapid"])
-    require_elos: bool = True
-    require_result: bool = True
-    skip_bots: bool = True
-    keep_from_position: bool = False  # keep lichess Variant "From Position" games (other variants are always dropped)
-    clock_threshold: Optional[float] = None  # seconds; null: no clock filter (the real data has no clocks)
-    first_n_plies: int = 10
-    max_ply: int = 300
-    max_games_per_elo_pair: Optional[int] = None
-    max_games: Optional[int] = None
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     split_seed: int = 0
