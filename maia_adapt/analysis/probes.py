@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from .activations import collect_activations
 from ..concepts.auc import paired_auc
-from ..errors import MaiaAdaptError
+from ..errors import ConfigError, MaiaAdaptError
 from ..io import load_safetensors, save_safetensors, to_json
 from ..model.inference import masked_probs
 from ..model.hooks import block_hook
@@ -188,6 +188,22 @@ def probes_per_bucket(model, store, train_idx, test_idx, site: str, labels_train
         probes[b] = probe
     out = {k: torch.stack(v) for k, v in rows.items()}
     return {**out, "probes": probes, "buckets": buckets, "names": list(names), "site": site}
+
+
+def concept_labels(train_fens, test_fens, families, min_positives: int, key: str = "probe"):
+    """(names, train labels [N, C], test labels [M, C]) of the concept families' concepts that have at
+    least `min_positives` positives and negatives in both splits (a probe needs both classes to be
+    trained and judged); ConfigError naming `<key>.*` settings when none has."""
+    from ..concepts import all_position_concepts, select_families
+
+    tr, _ = select_families(all_position_concepts(train_fens), list(families))
+    te, _ = select_families(all_position_concepts(test_fens), list(families))
+    enough = lambda y: (y.sum(0) >= min_positives) & ((~y).sum(0) >= min_positives)
+    keep = (enough(tr.labels) & enough(te.labels)).nonzero().flatten().tolist()
+    if not keep:
+        raise ConfigError(f"no concept has {min_positives} positives in both splits: raise {key}.train_positions/"
+                          f"test_positions or lower {key}.min_positives")
+    return [tr.names[c] for c in keep], tr.labels[:, keep], te.labels[:, keep]
 
 
 def awareness_trend(auc, n_boot: int = 1000, seed: int = 0) -> dict:

@@ -19,17 +19,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..concepts import all_position_concepts, check_families, select_families
+from ..concepts import check_families
 from ..data.preprocess import open_or_build_store
 from ..encoding import BUCKET_NAMES
 from ..errors import ConfigError
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..layout import probe_file, site_slug
 from ..model.skill import Maia2Skill
-from ..analysis.probes import awareness_trend, logit_lens_by_bucket, probes_per_bucket, save_probe
+from ..analysis.probes import awareness_trend, concept_labels, logit_lens_by_bucket, probes_per_bucket, save_probe
 from ..reporting.plots import bucket_heatmap
 from ..runtime.tracking import Tracker
 from .common import bucket_label, skill_model
+
+
+def _site_report(model, site: str, buckets, auc, ctrl, spread, trend: dict, png_name: str) -> list[str]:
+    """results.md's section for one site: AUC per bucket [buckets, concepts], controls, the trend."""
+    per_bucket = np.nanmean(auc, axis=1)
+    lines = [f"## {site}", "", f"mean test AUC {np.nanmean(auc):.3f} (shuffled-label control "
+             f"{np.nanmean(ctrl):.3f}); a concept's AUC varies across buckets by {np.nanmean(spread):.3f} on average. "
+             f"Top minus bottom bucket, mean over {trend['concepts']} concepts: "
+             f"{trend['auc_gain_top_minus_bottom']:+.3f} [{trend['auc_gain_top_minus_bottom_ci95'][0]:+.3f}, "
+             f"{trend['auc_gain_top_minus_bottom_ci95'][1]:+.3f}]; slope per bucket {trend['auc_slope_per_bucket']:+.4f} "
+             f"[{trend['auc_slope_per_bucket_ci95'][0]:+.4f}, {trend['auc_slope_per_bucket_ci95'][1]:+.4f}] "
+             "(95% bootstrap over concepts; 0 inside = awareness flat across skill).",
+             "", f"![probe AUC]({png_name})", "", "| Elo bucket | mean probe AUC | mean control AUC |", "|---|---|---|"]
+    lines += [f"| {bucket_label(model, b)} | {per_bucket[i]:.3f} | {np.nanmean(ctrl[i]):.3f} |" for i, b in enumerate(buckets)]
+    lines.append("")
+    return lines
 
 
 def run(cfg, run_dir: Path) -> dict:
@@ -45,17 +61,8 @@ def run(cfg, run_dir: Path) -> dict:
     test_idx = np.sort(rng.permutation(store.split_indices("test"))[: pc.test_positions])
     if not len(train_idx) or not len(test_idx):
         raise ConfigError("stage=probe needs positions in both the train and the test split of the data")
-    tr, _ = select_families(all_position_concepts(store.fens(train_idx)), list(pc.families))
-    te, _ = select_families(all_position_concepts(store.fens(test_idx)), list(pc.families))
-    ok = [(tr.labels[:, c].sum() >= pc.min_positives) & ((~tr.labels[:, c]).sum() >= pc.min_positives)
-          & (te.labels[:, c].sum() >= pc.min_positives) & ((~te.labels[:, c]).sum() >= pc.min_positives)
-          for c in range(len(tr.names))]
-    keep = [c for c, k in enumerate(ok) if k]
-    if not keep:
-        raise ConfigError(f"no concept has {pc.min_positives} positives in both splits: raise probe.train_positions/"
-                          "test_positions or lower probe.min_positives")
-    names = [tr.names[c] for c in keep]
-    y_tr, y_te = tr.labels[:, keep], te.labels[:, keep]
+    names, y_tr, y_te = concept_labels(store.fens(train_idx), store.fens(test_idx), pc.families, pc.min_positives,
+                                       key="probe")
     print(f"{len(names)} concepts, {len(train_idx)} train / {len(test_idx)} test positions, buckets {list(pc.buckets)}")
 
     tracker = Tracker(cfg, run_dir, job_type="probe")
@@ -91,16 +98,7 @@ def run(cfg, run_dir: Path) -> dict:
             summary[f"{slug}:mean_spread_across_buckets"] = float(np.nanmean(spread))
             summary[f"{slug}:auc_gain_top_minus_bottom"] = trend["auc_gain_top_minus_bottom"]
             summary[f"{slug}:auc_gain_top_minus_bottom_ci95"] = trend["auc_gain_top_minus_bottom_ci95"]
-            lines += [f"## {site}", "", f"mean test AUC {np.nanmean(auc):.3f} (shuffled-label control "
-                      f"{np.nanmean(ctrl):.3f}); a concept's AUC varies across buckets by {np.nanmean(spread):.3f} on average. "
-                      f"Top minus bottom bucket, mean over {trend['concepts']} concepts: "
-                      f"{trend['auc_gain_top_minus_bottom']:+.3f} [{trend['auc_gain_top_minus_bottom_ci95'][0]:+.3f}, "
-                      f"{trend['auc_gain_top_minus_bottom_ci95'][1]:+.3f}]; slope per bucket {trend['auc_slope_per_bucket']:+.4f} "
-                      f"[{trend['auc_slope_per_bucket_ci95'][0]:+.4f}, {trend['auc_slope_per_bucket_ci95'][1]:+.4f}] "
-                      "(95% bootstrap over concepts; 0 inside = awareness flat across skill).",
-                      "", f"![probe AUC]({png.name})", "", "| Elo bucket | mean probe AUC | mean control AUC |", "|---|---|---|"]
-            lines += [f"| {bucket_label(model, b)} | {per_bucket[i]:.3f} | {np.nanmean(ctrl[i]):.3f} |" for i, b in enumerate(pc.buckets)]
-            lines.append("")
+            lines += _site_report(model, site, pc.buckets, auc, ctrl, spread, trend, png.name)
         if pc.logit_lens and not isinstance(model, Maia2Skill):
             results["logit_lens"] = None
             lines += ["## Logit lens", "", f"Skipped: the logit lens reads Maia-2's transformer residual stream through its "
