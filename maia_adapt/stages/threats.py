@@ -94,17 +94,26 @@ def positions(cfg, run_dir: Path):
     return store, np.arange(len(keep)), BoardConcepts(themes.labels[keep], themes.names), family
 
 
-def run(cfg, run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
+def _site_report(name: str, site_res: dict, counts: dict, kinds: dict, png_name: str, best: list) -> list[str]:
+    """results.md's section for one feature set: detections per family and the best detectors."""
+    lines = [f"## {name}", "",
+             f"threat concepts detected: defensive {kinds['defensive']}/64, offensive {kinds['offensive']}/64 "
+             f"({site_res['threat_scored']} of 128 had enough positives); per family: "
+             + ", ".join(f"{f} {c}" for f, c in counts.items()), "",
+             f"![threat AUC]({png_name})", "",
+             "| concept | feature | AUC selection | AUC held-out | 95% CI | null 95% | positives |",
+             "|---|---|---|---|---|---|---|"]
+    for r in best:
+        lines.append(f"| {r['concept']} | {r['feature']} | {r['auc_selection']:.3f} | {r['auc_heldout']:.3f} | "
+                     f"{r['ci_low']:.3f}-{r['ci_high']:.3f} | {r['null_max95']:.3f} | {r['positives']} |")
+    lines.append("")
+    return lines
+
+
+def _concept_set(cfg, run_dir: Path):
+    """(store, positions, their FENs, the concepts scored, every concept's spec): the chosen families
+    (and a puzzle set's themes) labelled on the positions, concepts.csv written, rare ones left out."""
     tc = cfg.threats
-    check_families(tc.families)
-    model = skill_model(cfg, "threats")
-    saes = _load_saes(tc)
-    if saes and len(model.spaces()) > 1:
-        raise ConfigError(f"threats.saes with {model.name}: its networks have unrelated activation spaces and an SAE reads "
-                          "one; use the model.rating=R the SAEs were trained on, or threats.sites for raw channels")
-    for sae in saes:
-        model.check_hook_name(sae.cfg.site)
     store, idx, themes, theme_family = positions(cfg, run_dir)
     concepts, specs = select_families(all_position_concepts(fens := store.fens(idx)), list(tc.families))
     if themes is not None:
@@ -118,10 +127,25 @@ def run(cfg, run_dir: Path) -> dict:
     print(f"{len(idx)} positions, {len(scored.names)} of {len(specs)} concepts with >= {tc.min_positives} positives and negatives")
     if not scored.names:
         raise ConfigError("no concept has enough positive positions: raise threats.positions or lower threats.min_positives")
+    return store, idx, fens, scored, specs
+
+
+def run(cfg, run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    tc = cfg.threats
+    check_families(tc.families)
+    model = skill_model(cfg, "threats")
+    saes = _load_saes(tc)
+    if saes and len(model.spaces()) > 1:
+        raise ConfigError(f"threats.saes with {model.name}: its networks have unrelated activation spaces and an SAE reads "
+                          "one; use the model.rating=R the SAEs were trained on, or threats.sites for raw channels")
+    for sae in saes:
+        model.check_hook_name(sae.cfg.site)
+    store, idx, fens, scored, specs = _concept_set(cfg, run_dir)
 
     tracker = Tracker(cfg, run_dir, job_type="threats")
     results, summary = {"positions": len(idx), "concepts_scored": len(scored.names), "sites": {}}, {}
-    lines = ["# Concept detection", "", f"model `{cfg.model.checkpoint}`, {len(idx)} `{tc.split}` positions "
+    lines = ["# Concept detection", "", f"model `{model.name}` (`{cfg.model.checkpoint}`), {len(idx)} `{tc.split}` positions "
              f"(half selection, half held-out), Elo conditioning `{tc.elo}`, {len(scored.names)} concepts scored; "
              f"detected = held-out AUC >= {tc.auc_threshold} and selection AUC above the 95% shuffled-label null.", ""]
     profiles: dict[str, list] = {}
@@ -155,17 +179,7 @@ def run(cfg, run_dir: Path) -> dict:
             results["sites"][name] = site_res
             summary.update({f"{slug}:{k}_detected": v for k, v in kinds.items()})
             summary[f"{slug}:best_heldout_auc"] = best[0]["auc_heldout"] if best else float("nan")
-            lines += [f"## {name}", "",
-                      f"threat concepts detected: defensive {kinds['defensive']}/64, offensive {kinds['offensive']}/64 "
-                      f"({site_res['threat_scored']} of 128 had enough positives); per family: "
-                      + ", ".join(f"{f} {c}" for f, c in counts.items()), "",
-                      f"![threat AUC]({png.name})", "",
-                      "| concept | feature | AUC selection | AUC held-out | 95% CI | null 95% | positives |",
-                      "|---|---|---|---|---|---|---|"]
-            for r in best:
-                lines.append(f"| {r['concept']} | {r['feature']} | {r['auc_selection']:.3f} | {r['auc_heldout']:.3f} | "
-                             f"{r['ci_low']:.3f}-{r['ci_high']:.3f} | {r['null_max95']:.3f} | {r['positives']} |")
-            lines.append("")
+            lines += _site_report(name, site_res, counts, kinds, png.name, best)
             if tc.dashboards:
                 index = _dashboards(run_dir / f"dashboards_{slug}", name, feats, fens, rows, detected,
                                     torch.stack(profiles[name]), tc)
