@@ -10,11 +10,10 @@ from maia_adapt.analysis.activations import activation_batches
 from maia_adapt.config import ASSETS
 from maia_adapt.data import GameFilter, build_store
 from maia_adapt.dictionaries import DictionaryTrainer
-from maia_adapt.dictionaries.evaluate import ablate_fn, spliced_metrics
+from maia_adapt.dictionaries.evaluate import ablate_fn, spliced_metrics, transcoder_splice_metrics
 from maia_adapt.dictionaries.transcoder import (Transcoder, TranscoderConfig, load_transcoder, save_transcoder,
                                                 splice_hooks)
 from maia_adapt.model import load_model
-from maia_adapt.stages.transcoder import _splice_metrics
 
 IN, OUT = "blocks.1.hook_mlp_in", "blocks.1.hook_mlp_out"
 
@@ -50,7 +49,7 @@ def test_transcoder_learns_the_ffn_and_beats_zero_ablation(data, skip):
     # the shipped model's FFN), and the code has not collapsed to a handful of latents
     assert hist[-1]["t/fvu"] < 0.6 * hist[5]["t/fvu"] and 8 < hist[-1]["t/l0"] <= 32
     idx = store.split_indices("test")[:300]
-    spliced = _splice_metrics(model, store, idx, t, 1)
+    spliced = transcoder_splice_metrics(model, store, idx, t, 1)
     zero = spliced_metrics(model, store, idx, OUT, {"zero": ablate_fn(None)})
     assert spliced["agreement"] > zero["zero/agreement"] and spliced["kl"] < zero["zero/kl"]
 

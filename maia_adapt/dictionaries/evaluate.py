@@ -165,3 +165,47 @@ def agreement_grid(model, store, indices, hooks: list, batch_size: int = 256) ->
                 wins_hooked.append((vh.float() / 2 + 0.5).clamp(0, 1))
         n += m
     return {"agreement": agree / max(n, 1), "win_clean": torch.cat(wins_clean), "win_hooked": torch.cat(wins_hooked)}
+
+
+@torch.no_grad()
+def transcoder_splice_metrics(model, store, idx, t, layer: int, batch_size: int = 256) -> dict:
+    """Top-1 agreement and policy KL of the model with the transcoder in place of the FFN (data Elo)."""
+    from ..model.inference import masked_probs
+    from .transcoder import splice_hooks
+
+    agree, kl, n = 0.0, 0.0, 0
+    for s in range(0, len(idx), batch_size):
+        b = store.batch(np.sort(idx[s : s + batch_size]))
+        lc, _, _ = model(b["boards"], b["elo_self"], b["elo_oppo"])
+        with model.hooks(splice_hooks(t, layer)):
+            lh, _, _ = model(b["boards"], b["elo_self"], b["elo_oppo"])
+        pc, ph = masked_probs(lc, b["legal"]), masked_probs(lh, b["legal"])
+        agree += float((pc.argmax(-1) == ph.argmax(-1)).sum())
+        kl += float(F.kl_div(ph.clamp_min(1e-12).log(), pc, reduction="sum"))
+        n += len(pc)
+    return {"agreement": agree / max(n, 1), "kl": kl / max(n, 1)}
+
+
+@torch.no_grad()
+def evaluate_transcoder(model, store, eval_idx, grid_idx, t, test_tokens: dict) -> tuple[dict, dict]:
+    """A transcoder of block `t.cfg.layer`'s FFN on held-out positions: FVU, L0 and dead fraction on
+    the test tokens, the model with the transcoder spliced in place of the FFN (agreement and KL,
+    next to the zero-ablated FFN), and over the 11 x 11 (own, opponent) Elo grid (`agreement_grid`).
+    Returns (metrics, the grid with both models' win probabilities)."""
+    from .transcoder import splice_hooks
+
+    layer = t.cfg.layer
+    x, y = test_tokens[t.cfg.site], test_tokens[t.cfg.target_site]
+    z = torch.cat([t.encode(c) for c in x.split(8192)])
+    pred = torch.cat([t(c) for c in x.split(8192)])
+    m = spliced_metrics(model, store, eval_idx, t.cfg.target_site, {"clean": None, "zero": ablate_fn(None)})
+    spliced = transcoder_splice_metrics(model, store, eval_idx, t, layer)
+    grid = agreement_grid(model, store, grid_idx, splice_hooks(t, layer))
+    wc, wh = grid["win_clean"].numpy(), grid["win_hooked"].numpy()
+    res = {"fvu": float((y - pred).pow(2).sum() / (y - y.mean(0)).pow(2).sum()), "l0": float((z > 0).sum(1).float().mean()),
+           "dead_fraction_eval": float(((z > 0).sum(0) == 0).float().mean()),
+           "agreement": spliced["agreement"], "kl": spliced["kl"], "zero/agreement": m["zero/agreement"],
+           "zero/kl": m["zero/kl"], "grid_agreement_mean": float(grid["agreement"].mean()),
+           "grid_agreement_min": float(grid["agreement"].min()), "win_correlation": float(np.corrcoef(wc, wh)[0, 1]),
+           "grid_agreement": grid["agreement"].tolist()}
+    return res, grid

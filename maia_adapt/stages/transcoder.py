@@ -20,8 +20,8 @@ from ..analysis.activations import ActivationChunks, collect_activations
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import DictionaryTrainer, train_dictionaries
 from ..dictionaries.train import start_or_resume
-from ..dictionaries.evaluate import ablate_fn, agreement_grid, spliced_metrics
-from ..dictionaries.transcoder import Transcoder, TranscoderConfig, save_transcoder, splice_hooks
+from ..dictionaries.evaluate import evaluate_transcoder
+from ..dictionaries.transcoder import Transcoder, TranscoderConfig, save_transcoder
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
 from ..layout import transcoder_folder
@@ -91,33 +91,20 @@ def run(cfg, run_dir: Path) -> dict:
             t.eval()
             l = t.cfg.layer
             folder = save_transcoder(t, transcoder_folder(run_dir, l), {"model_checkpoint": str(cfg.model.checkpoint)})
-            x, y = test_tokens[t.cfg.site], test_tokens[t.cfg.target_site]
-            with torch.no_grad():
-                z = torch.cat([t.encode(c) for c in x.split(8192)])
-                pred = torch.cat([t(c) for c in x.split(8192)])
-            fvu = float((y - pred).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
-            m = spliced_metrics(model, store, eval_idx, t.cfg.target_site, {"clean": None, "zero": ablate_fn(None)})
-            spliced = _splice_metrics(model, store, eval_idx, t, l)
-            grid = agreement_grid(model, store, grid_idx, splice_hooks(t, l))
-            wc, wh = grid["win_clean"].numpy(), grid["win_hooked"].numpy()
-            corr = float(np.corrcoef(wc, wh)[0, 1])
+            res, grid = evaluate_transcoder(model, store, eval_idx, grid_idx, t, test_tokens)
+            res["folder"] = str(folder)
+            wc, wh, corr = grid["win_clean"].numpy(), grid["win_hooked"].numpy(), res["win_correlation"]
             heat = elo_grid_heatmap(grid["agreement"].numpy(), run_dir / f"agreement_grid_{name}.png",
                                     f"layer {l}: top-1 agreement, transcoder spliced vs model")
             qq = qq_plot(wc, wh, run_dir / f"win_qq_{name}.png", f"layer {l}: win probability (r = {corr:.3f})",
                          "model", "transcoder spliced")
             for png in (heat, qq):
                 tracker.log_image(f"transcoder/{png.stem}", png)
-            res = {"folder": str(folder), "fvu": fvu, "l0": float((z > 0).sum(1).float().mean()),
-                   "dead_fraction_eval": float(((z > 0).sum(0) == 0).float().mean()),
-                   "agreement": spliced["agreement"], "kl": spliced["kl"], "zero/agreement": m["zero/agreement"],
-                   "zero/kl": m["zero/kl"], "grid_agreement_mean": float(grid["agreement"].mean()),
-                   "grid_agreement_min": float(grid["agreement"].min()), "win_correlation": corr,
-                   "grid_agreement": grid["agreement"].tolist()}
             results["layers"][name] = res
             tracker.log({f"eval/{name}/{k}": v for k, v in res.items() if isinstance(v, float)})
             summary.update({f"{name}:{k}": res[k] for k in ("fvu", "l0", "dead_fraction_eval", "agreement", "kl",
                                                            "zero/agreement", "grid_agreement_mean", "win_correlation")})
-            lines += [f"## layer {l}", "", f"FVU {fvu:.3f}, L0 {res['l0']:.1f}, dead {res['dead_fraction_eval']:.3f}; "
+            lines += [f"## layer {l}", "", f"FVU {res['fvu']:.3f}, L0 {res['l0']:.1f}, dead {res['dead_fraction_eval']:.3f}; "
                       f"spliced top-1 agreement {res['agreement']:.3f} (zero-ablated FFN {res['zero/agreement']:.3f}), policy KL "
                       f"{res['kl']:.4f}; over the 11 x 11 Elo grid mean agreement {res['grid_agreement_mean']:.3f} (min "
                       f"{res['grid_agreement_min']:.3f}); win-probability correlation {corr:.3f}.", "",
@@ -129,23 +116,3 @@ def run(cfg, run_dir: Path) -> dict:
         tracker.finish()
     mark_done(run_dir)
     return summary
-
-
-@torch.no_grad()
-def _splice_metrics(model, store, idx, t: Transcoder, layer: int, batch_size: int = 256) -> dict:
-    """Top-1 agreement and policy KL of the model with the transcoder in place of the FFN (data Elo)."""
-    import torch.nn.functional as F
-
-    from ..model.inference import masked_probs
-
-    agree, kl, n = 0.0, 0.0, 0
-    for s in range(0, len(idx), batch_size):
-        b = store.batch(np.sort(idx[s : s + batch_size]))
-        lc, _, _ = model(b["boards"], b["elo_self"], b["elo_oppo"])
-        with model.hooks(splice_hooks(t, layer)):
-            lh, _, _ = model(b["boards"], b["elo_self"], b["elo_oppo"])
-        pc, ph = masked_probs(lc, b["legal"]), masked_probs(lh, b["legal"])
-        agree += float((pc.argmax(-1) == ph.argmax(-1)).sum())
-        kl += float(F.kl_div(ph.clamp_min(1e-12).log(), pc, reduction="sum"))
-        n += len(pc)
-    return {"agreement": agree / max(n, 1), "kl": kl / max(n, 1)}
