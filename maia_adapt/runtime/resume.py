@@ -70,9 +70,11 @@ def _file_identity(checkpoint: str):
     """(size, modification and change time) of the model file a checkpoint setting loads, as the data
     fingerprint has for games files: a retrained or replaced model under the same path never resumes
     a run of the old one. None for a folder that holds no model file (the Maia-1 networks)."""
+    from ..layout import LAST_CHECKPOINT, MODEL_FILE
+
     path = Path(checkpoint)
     if path.is_dir():
-        path = next((path / n for n in ("model.safetensors", "checkpoints/last.safetensors") if (path / n).is_file()), path)
+        path = next((path / n for n in (MODEL_FILE, LAST_CHECKPOINT) if (path / n).is_file()), path)
     if not path.is_file():
         return None
     st = path.stat()
