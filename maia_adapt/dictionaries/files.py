@@ -95,13 +95,19 @@ def check_tensors(file: Path, tensors: dict, want: dict[str, tuple]) -> None:
         raise CheckpointError(f"{file}: unexpected key '{extra[0]}' (expected only {', '.join(want)})")
 
 
+def folded_copy(module) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """A float32 CPU copy of a dictionary (SAE or transcoder) with its normalisation folded into the
+    weights, so it works on raw activations, and its four SAELens tensors."""
+    folded = copy.deepcopy(module).cpu().float()
+    folded.fold_normalisation()
+    return folded, {"W_enc": folded.W_enc, "b_enc": folded.b_enc, "W_dec": folded.W_dec, "b_dec": folded.b_dec}
+
+
 def save_sae(sae: SparseAutoencoder, folder, extra: dict | None = None) -> Path:
     """Write the SAE with its normalisation folded in, so it works on raw activations."""
     folder = Path(folder)
-    folded = copy.deepcopy(sae).cpu().float()
-    folded.fold_normalisation()
+    folded, tensors = folded_copy(sae)
     cfg = sae.cfg
-    tensors = {"W_enc": folded.W_enc, "b_enc": folded.b_enc, "W_dec": folded.W_dec, "b_dec": folded.b_dec}
     arch = SAELENS_SAE[cfg.architecture]
     if cfg.architecture == "jumprelu":
         tensors["threshold"] = folded.threshold

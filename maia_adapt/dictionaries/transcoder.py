@@ -9,7 +9,6 @@ like an SAE: `losses(x, target=y)` and the decoder upkeep methods.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_json, load_safetensors, save_safetensors
-from .files import WEIGHTS, check_tensors, meta_get, read_folder, saelens_cfg
+from .files import WEIGHTS, check_tensors, folded_copy, meta_get, read_folder, saelens_cfg
 from .kernels import KERNELS, compute_dtype, fired_counts, row_crow, sparse_decode, topk_encode, use_sparse
 from .sae import UnitDecoderMixin
 from ..model.hooks import block_hook
@@ -169,10 +168,8 @@ def transcoder_architecture(cfg: TranscoderConfig) -> str:
 def save_transcoder(tc: Transcoder, folder, extra: dict | None = None) -> Path:
     """Write the transcoder with its scales folded in, in the layout of dictionaries/files.py."""
     folder = Path(folder)
-    folded = copy.deepcopy(tc).cpu().float()
-    folded.fold_normalisation()
+    folded, tensors = folded_copy(tc)
     cfg = tc.cfg
-    tensors = {"W_enc": folded.W_enc, "b_enc": folded.b_enc, "W_dec": folded.W_dec, "b_dec": folded.b_dec}
     if folded.W_skip is not None:
         tensors["W_skip"] = folded.W_skip.t()  # SAELens's [d_out, d_in]: y = ... + x @ W_skip.T
     extra = dict(extra or {})
