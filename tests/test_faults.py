@@ -232,9 +232,7 @@ def test_a_killed_sae_run_resumes_after_an_edit_of_another_stage_only(tmp_path):
     fixed = tmp_path / "fixed"
 
     def run(*extra, fault=None):
-        p = subprocess.run([sys.executable, "-m", "maia_adapt.run", *args, *extra, "logger=none",
-                            f"hydra.run.dir={fixed}"], cwd=ROOT, env=_env(fault), capture_output=True, text=True,
-                           timeout=900)
+        p = run_app([*args, *extra], run_dir=fixed, env=_env(fault))
         assert p.returncode == (-signal.SIGKILL if fault else 0), p.stderr[-2000:]
         return p
 
