@@ -35,3 +35,13 @@ def real_games(pgn_zst: Path, n_games: int) -> tuple[tuple[str, ...], ...]:
                 break
             out.append(tuple(m.uci() for m in game.mainline_moves()))
     return tuple(out)
+
+
+LICHESS = "lichess/lichess_rated_rapid_58k.pgn.zst"
+
+
+def lichess_store(shared_data: Path, folder: Path, game_filter=None, workers: int = 1):
+    """A position store of the first games of the shared lichess file (GameFilter(max_games=...))."""
+    from maia_adapt.data import GameFilter, build_store
+
+    return build_store([shared_data / LICHESS], folder, game_filter or GameFilter(), workers=workers)

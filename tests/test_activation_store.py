@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 import torch
 
+from _games import lichess_store
 from maia_adapt.analysis.activation_cache import ActivationCache, write_activation_cache
 from maia_adapt.analysis.activations import activation_batches
 from maia_adapt.config import ASSETS
-from maia_adapt.data import GameFilter, build_store
+from maia_adapt.data import GameFilter
 from maia_adapt.dictionaries import SAEConfig, SparseAutoencoder
 from maia_adapt.errors import MaiaAdaptError
 from maia_adapt.model import load_model
@@ -18,7 +19,7 @@ SITE = "blocks.1.hook_resid_post"
 @pytest.fixture(scope="module")
 def setup(shared_data, tmp_path_factory):
     d = tmp_path_factory.mktemp("cache")
-    store = build_store([shared_data / "lichess/lichess_rated_rapid_58k.pgn.zst"], d / "store", GameFilter(max_games=30), workers=1)
+    store = lichess_store(shared_data, d / "store", GameFilter(max_games=30))
     model = load_model(ASSETS / "maia2_small.safetensors")
     sae = SparseAutoencoder(SAEConfig(architecture="topk", d_in=256, dim=512, k=16, site=SITE))
     sae.init_from_data(torch.cat([b[SITE] for b in activation_batches(model, store, np.arange(512), [SITE])]))

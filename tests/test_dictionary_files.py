@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from _games import lichess_store
 from maia_adapt.analysis.activations import activation_batches
 from maia_adapt.config import ASSETS
-from maia_adapt.data import GameFilter, build_store
+from maia_adapt.data import GameFilter
 from maia_adapt.dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder, load_sae, save_sae
 from maia_adapt.dictionaries.transcoder import Transcoder, TranscoderConfig, load_transcoder, save_transcoder
 from maia_adapt.errors import CheckpointError
@@ -29,8 +30,7 @@ def _sae_lens():
 def acts(shared_data, tmp_path_factory):
     """Real activations of the shipped small model on real games: pooled residual stream, FFN in/out."""
     model = load_model(ASSETS / "maia2_small.safetensors")
-    store = build_store([shared_data / "lichess/lichess_rated_rapid_58k.pgn.zst"], tmp_path_factory.mktemp("df") / "s",
-                        GameFilter(max_games=40), workers=1)
+    store = lichess_store(shared_data, tmp_path_factory.mktemp("df") / "s", GameFilter(max_games=40))
     idx = store.split_indices("train")[:1200]
     resid = torch.cat([b[SITE] for b in activation_batches(model, store, idx, [SITE], elo="random")])
     parts = list(activation_batches(model, store, idx[:150], [IN, OUT], elo="random", token_pooling="none"))

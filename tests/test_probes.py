@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from _app import ONE_THREAD, run_app
+from _games import lichess_store
 from maia_adapt.concepts import all_position_concepts
 from maia_adapt.config import ASSETS
-from maia_adapt.data import GameFilter, build_store
+from maia_adapt.data import GameFilter
 from maia_adapt.errors import MaiaAdaptError
 from maia_adapt.io import save_safetensors
 from maia_adapt.model import load_model
@@ -117,8 +118,7 @@ def test_probe_rejects_inconsistent_shapes():
 @pytest.fixture(scope="module")
 def real(shared_data, tmp_path_factory):
     d = tmp_path_factory.mktemp("probes")
-    store = build_store([shared_data / "lichess/lichess_rated_rapid_58k.pgn.zst"], d / "store",
-                        GameFilter(max_games=120), workers=1)
+    store = lichess_store(shared_data, d / "store", GameFilter(max_games=120))
     model = load_model(ASSETS / "maia2_small.safetensors")
     return store, model
 

@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from _app import run_app
+from _games import lichess_store
 from maia_adapt.analysis.activations import activation_batches, site_dim
 from maia_adapt.config import ASSETS
-from maia_adapt.data import GameFilter, build_store
+from maia_adapt.data import GameFilter
 from maia_adapt.dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder, load_sae, save_sae, train_dictionaries
 from maia_adapt.dictionaries.evaluate import ablate_fn, site_mean, spliced_metrics, splice_fn
 from maia_adapt.model import load_model
@@ -21,7 +22,7 @@ def model():
 @pytest.fixture(scope="module")
 def store(shared_data, tmp_path_factory):
     d = tmp_path_factory.mktemp("sae")
-    return build_store([shared_data / "lichess/lichess_rated_rapid_58k.pgn.zst"], d / "store", GameFilter(max_games=120), workers=1)
+    return lichess_store(shared_data, d / "store", GameFilter(max_games=120))
 
 
 @pytest.fixture(scope="module")

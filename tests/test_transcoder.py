@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from _app import error_line, run_app
+from _games import lichess_store
 from maia_adapt.analysis.activations import activation_batches
 from maia_adapt.config import ASSETS
-from maia_adapt.data import GameFilter, build_store
+from maia_adapt.data import GameFilter
 from maia_adapt.dictionaries import DictionaryTrainer
 from maia_adapt.dictionaries.evaluate import ablate_fn, spliced_metrics, transcoder_splice_metrics
 from maia_adapt.dictionaries.transcoder import (Transcoder, TranscoderConfig, load_transcoder, save_transcoder,
@@ -21,8 +22,7 @@ IN, OUT = "blocks.1.hook_mlp_in", "blocks.1.hook_mlp_out"
 @pytest.fixture(scope="module")
 def data(shared_data, tmp_path_factory):
     model = load_model(ASSETS / "maia2_small.safetensors")
-    store = build_store([shared_data / "lichess/lichess_rated_rapid_58k.pgn.zst"], tmp_path_factory.mktemp("tc") / "s",
-                        GameFilter(max_games=120), workers=1)
+    store = lichess_store(shared_data, tmp_path_factory.mktemp("tc") / "s", GameFilter(max_games=120))
     idx = store.split_indices("train")[:3000]
     parts = list(activation_batches(model, store, idx, [IN, OUT], elo="random", token_pooling="none"))
     return model, store, torch.cat([p[IN] for p in parts]), torch.cat([p[OUT] for p in parts])
