@@ -7,12 +7,7 @@ pgn=$1; out=$2; limit=${3:-600}
 store=$out/store
 common=("data.pgn=[$pgn]" data.store_dir=$store data.workers=16 train.device=cuda train.loader_workers=4 logger=none)
 mkdir -p "$out"
-run() {
-  local name=$1; shift
-  local t0=$SECONDS
-  timeout "$limit" python3 -m maia_adapt.run "${common[@]}" hydra.run.dir="$out/$name" "$@" >"$out/$name.log" 2>&1
-  echo "$name: exit $? after $((SECONDS - t0)) s"
-}
+. "$(dirname "$0")/_gpu_run.sh"
 run distill_finetune experiment=skill_model &
 # the first run builds the store and the teachers' inputs; the second reuses both
 until [ -f "$store/lc0_planes_history.npy" ]; do sleep 2; done

@@ -9,12 +9,7 @@ store=$out/store
 common=(experiment=train_small "data.pgn=[$pgn]" data.store_dir=$store data.workers=16
         train.device=cuda train.loader_workers=4 logger=none)
 mkdir -p "$out"
-run() {
-  local name=$1; shift
-  local t0=$SECONDS
-  timeout "$limit" python3 -m maia_adapt.run "${common[@]}" hydra.run.dir="$out/$name" "$@" >"$out/$name.log" 2>&1
-  echo "$name: exit $? after $((SECONDS - t0)) s"
-}
+. "$(dirname "$0")/_gpu_run.sh"
 run baseline &
 until [ -f "$store/manifest.json" ]; do sleep 2; done  # the first run builds the store, the others reuse it
 echo "store built after $SECONDS s"

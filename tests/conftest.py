@@ -40,6 +40,19 @@ def shared_models() -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch intra-op thread for a module: on a 2-core machine shared with a CPU-heavy process, two
+    threads spin against each other and L-BFGS or tiny training steps run 10-50x slower; the results
+    do not depend on the thread count. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _outputs_are_strict_json(request):
     """After every test that used tmp_path: every JSON written there parses strictly (no NaN/Infinity)."""

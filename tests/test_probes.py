@@ -19,14 +19,7 @@ from maia_adapt.analysis.probes import (LinearProbe, evaluate_probes, load_probe
 SITE = "blocks.1.hook_resid_post"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # on a 2-core machine shared with other jobs, two intra-op threads spin against each other and
-    # L-BFGS runs 10-50x slower; one thread keeps the timings predictable
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted(n=3000, d=32, seed=0):

@@ -24,14 +24,7 @@ def _cfg(**kw):
     return SimpleNamespace(**base)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # as in test_probes: beside a CPU-heavy process on 2 cores, two intra-op threads spin against each
-    # other and these steps ran 10x slower; the tiny model gains little from a second thread anyway
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
