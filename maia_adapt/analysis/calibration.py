@@ -114,16 +114,18 @@ def calibration_loss(model, batch: dict, side_info_weight: float) -> torch.Tenso
 
 @torch.no_grad()
 def all_bucket_loss(model, moves: MoveSet, side_info_weight: float, batch_size: int = 512) -> float:
-    """Mean loss over every (position, bucket) pair of a move set."""
+    """Mean loss over every (position, bucket) pair of a move set. Buckets that behave identically
+    (`conditions()`: the Maia-1 family's 0/1 and 9/10) are run once and counted for each."""
     sm = as_skill_model(model)
     sm.module.eval()
     n = len(moves.rows)
     total, count = 0.0, 0
-    for k in range(NUM_BUCKETS):
+    for k, same in sm.conditions():
         for s in range(0, n, batch_size):
             pos = np.arange(s, min(n, s + batch_size))
-            total += calibration_loss(sm, moves.batch(pos, np.full(len(pos), k), sm), side_info_weight).item() * len(pos)
-            count += len(pos)
+            loss = calibration_loss(sm, moves.batch(pos, np.full(len(pos), k), sm), side_info_weight).item()
+            total += loss * len(pos) * len(same)
+            count += len(pos) * len(same)
     return total / count
 
 
