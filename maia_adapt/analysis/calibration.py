@@ -76,7 +76,7 @@ class MoveSet:
 
     store: object
     rows: list[dict]
-    _inputs: dict | None = None
+    _inputs: tuple | None = None  # (the model they were built for, its inputs for every row)
 
     @classmethod
     def build(cls, rows: list[dict], folder: Path) -> "MoveSet":
@@ -91,9 +91,9 @@ class MoveSet:
         if model is None or isinstance(as_skill_model(model), Maia2Skill):
             b = self.store.batch(positions)
         else:
-            if self._inputs is None:
-                self._inputs = as_skill_model(model).inputs(self.store, np.arange(len(self.rows)))
-            b = {k: v[torch.from_numpy(np.asarray(positions))] for k, v in self._inputs.items() if torch.is_tensor(v)}
+            if self._inputs is None or self._inputs[0] is not model:  # another model (e.g. history off) reads others
+                self._inputs = (model, as_skill_model(model).inputs(self.store, np.arange(len(self.rows))))
+            b = {k: v[torch.from_numpy(np.asarray(positions))] for k, v in self._inputs[1].items() if torch.is_tensor(v)}
         b["elo_self"] = b["elo_oppo"] = torch.from_numpy(buckets).long()
         return b
 
