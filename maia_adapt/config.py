@@ -94,6 +94,9 @@ class TrainConfig:
     log_every: int = 50
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = True  # autocast on CUDA only
+    # bfloat16 autocast on a CPU too (student and Maia-1 teachers): several times faster where the CPU
+    # has bf16 matrix units (AMX, `lscpu | grep amx`), slow emulation where it has not
+    cpu_bf16: bool = False
     compile: bool = False
     # batch: BatchNorm normalises each batch (SyncBatchNorm over the global batch under DDP on GPUs;
     # on CPU, where PyTorch has no SyncBatchNorm, each rank's part); frozen: running statistics only

@@ -77,16 +77,19 @@ def teacher_planes(store, history: bool = True, workers: int = 2) -> np.ndarray:
 class Maia1Teacher:
     """The Maia-1 family as a teacher: each network's most likely moves in Maia-2's vocabulary."""
 
-    def __init__(self, nets: dict, device, bf16: bool = True, top_k: int = 32):
+    def __init__(self, nets: dict, device, bf16: bool = True, top_k: int = 32, cpu_bf16: bool = False):
         self.ratings = sorted(int(r) for r in nets)
         missing = sorted({maia1_rating_for_bucket(b) for b in range(NUM_BUCKETS)} - set(self.ratings))
         if missing:
             raise DataError(f"the Maia-1 teacher needs networks {', '.join(f'maia-{r}' for r in missing)} as well")
-        self.nets = [nets[r].to(device).eval().requires_grad_(False) for r in self.ratings]
         self.device = torch.device(device)
+        self.amp = self.device.type == "cuda" and bf16
+        # on a CPU the networks hold bfloat16 weights instead of autocasting (faster there; the top
+        # move agrees with float32 on about 98% of positions, benchmarks/RESULTS.md)
+        self.dtype = torch.bfloat16 if self.device.type == "cpu" and cpu_bf16 else torch.float32
+        self.nets = [nets[r].to(device, self.dtype).eval().requires_grad_(False) for r in self.ratings]
         # bucket -> index into self.nets
         self.net_of_bucket = torch.tensor([self.ratings.index(maia1_rating_for_bucket(b)) for b in range(NUM_BUCKETS)])
-        self.amp = self.device.type == "cuda" and bf16
         self.top_k = top_k
 
     @torch.no_grad()
@@ -95,7 +98,7 @@ class Maia1Teacher:
         networks `nets` (indices into self.nets; default all) for float lc0 planes [B, 112, 8, 8]."""
         from ..encoding.lc0 import lc0_policy_to_maia2
 
-        planes, legal = planes.to(self.device), legal.to(self.device)
+        planes, legal = planes.to(self.device, self.dtype), legal.to(self.device)
         k = min(self.top_k, legal.shape[-1])
         moves, probs = [], []
         for j in (range(len(self.nets)) if nets is None else nets):
@@ -112,15 +115,23 @@ class Maia1Teacher:
         which = self.net_of_bucket[buckets.cpu()]
         if "teacher_moves" in batch:  # cached for these positions (train.teacher_cache_positions)
             moves, probs = batch["teacher_moves"], batch["teacher_probs"]
-            j = which.to(moves.device)
-        else:
-            from ..encoding.lc0 import unpack_lc0_planes
+            rows, which = torch.arange(buckets.shape[0], device=moves.device)[:, None], which.to(moves.device)
+            return moves[rows, which].long(), probs[rows, which].float()
+        from ..encoding.lc0 import unpack_lc0_planes
 
-            used = which.unique()
-            moves, probs = self.top_moves(unpack_lc0_planes(batch["lc0"].to(self.device)), batch["legal"], used.tolist())
-            j = torch.searchsorted(used, which).to(moves.device)
-        rows = torch.arange(buckets.shape[0], device=moves.device)[:, None]
-        return moves[rows, j].long(), probs[rows, j].float()
+        # each network runs on the rows that drew one of its buckets only: with 4 draws of 11 buckets a
+        # row needs about 3.3 of the 9 networks
+        planes, legal = unpack_lc0_planes(batch["lc0"]), batch["legal"]
+        k, dev = min(self.top_k, legal.shape[-1]), planes.device
+        moves = torch.zeros((*buckets.shape, k), dtype=torch.long, device=dev)
+        probs = torch.zeros((*buckets.shape, k), device=dev)
+        for j in which.unique().tolist():
+            need = (which == j).to(dev)
+            r = need.any(1).nonzero().squeeze(1)
+            m, p = self.top_moves(planes[r], legal[r], [j])
+            i, kk = need[r].nonzero(as_tuple=True)
+            moves[r[i], kk], probs[r[i], kk] = m[i, 0].to(dev), p[i, 0].float().to(dev)
+        return moves, probs
 
 
 def sparse_kl(logits: torch.Tensor, legal: torch.Tensor, moves: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -177,7 +188,8 @@ def prepare_teacher(models_dir, store, train_idx: np.ndarray, cfg, device, worke
     of cfg.teacher_cache_positions random training rows, which become the training rows."""
     from .maia1 import load_maia1_family
 
-    teacher = Maia1Teacher(load_maia1_family(models_dir), device, cfg.bf16, cfg.teacher_top_k)
+    teacher = Maia1Teacher(load_maia1_family(models_dir), device, cfg.bf16, cfg.teacher_top_k,
+                           getattr(cfg, "cpu_bf16", False))
     if cfg.teacher_cache_positions is None:
         return teacher, {"lc0": teacher_planes(store, cfg.teacher_history, workers)}, train_idx
     rng = np.random.default_rng(seed)

@@ -228,7 +228,7 @@ def train_model(
         state = load_training_checkpoint(Path(resume_from), model, opt)
         start = int(state["step"])
         model.to(device)
-    amp = device.type == "cuda" and cfg.bf16
+    amp = cfg.bf16 if device.type == "cuda" else getattr(cfg, "cpu_bf16", False)
     rows = distributed.local_rows(cfg.batch_size, "train.batch_size")
     step_fn = distributed.wrap(model, device)
     step_fn = torch.compile(step_fn) if cfg.compile else step_fn
