@@ -40,6 +40,10 @@ if not OmegaConf.has_resolver("repo_root"):
     OmegaConf.register_new_resolver("repo_root", lambda: str(project_root()))
 if not OmegaConf.has_resolver("assets"):
     OmegaConf.register_new_resolver("assets", lambda: str(ASSETS))
+# what the study presets name a model's run directories by: `maia1` for the family, `maia1-1100` for
+# one of its networks (model.rating), as SkillModel.name says
+if not OmegaConf.has_resolver("model_id"):
+    OmegaConf.register_new_resolver("model_id", lambda name, rating=None: name if rating is None else f"{name}-{rating}")
 
 
 @dataclass

@@ -81,3 +81,15 @@ def test_a_shape_override_that_disagrees_with_the_checkpoint_names_the_key_and_b
                         "sae").cfg.dim_vit == 256
     assert frozen_model(_cfg("stage=sae", "model=maia2", "model.checkpoint=${paths.assets}/maia2_small.safetensors",
                              "model.dim_vit=256"), "sae").cfg.dim_vit == 256
+
+
+def test_study_presets_keep_one_network_of_the_family_apart_from_the_family():
+    """`model=maia1 model.rating=1100` writes and reads its own run directories (maia1-1100), while the
+    intervention still takes the family's transitional positions; one network never overwrites another."""
+    one = _cfg("experiment=intervention_study", "model=maia1", "model.rating=1100")
+    assert one.intervention.saes.endswith("sae_study/maia1-1100")
+    assert one.intervention.threats.endswith("threats_study/maia1-1100")
+    assert one.intervention.transitional.endswith("transitional_study/maia1")
+    assert _cfg("experiment=threats_study", "model=maia1", "model.rating=1900").threats.saes.endswith("sae_study/maia1-1900")
+    assert _cfg("experiment=intervention_study").intervention.saes.endswith("sae_study/maia2_small")
+    assert _cfg("experiment=intervention_study", "model=maia1").intervention.saes.endswith("sae_study/maia1")
