@@ -104,3 +104,18 @@ def test_resume_false_in_a_fixed_run_directory_says_so(tmp_path, capsys):
     assert resume_point(fixed, _fp("stage=sae"), resume=False) is None
     assert "(resume=false): removing its checkpoints/" in capsys.readouterr().out
     shutil.rmtree(fixed)
+
+
+def test_metrics_of_a_reused_run_directory_belong_to_one_run(tmp_path):
+    """A preset's fixed run directory run twice: the second run's metrics.jsonl holds its own lines
+    only, unless it continues the first (a resumed run appends)."""
+    import json
+
+    from maia_adapt.runtime.tracking import Tracker
+
+    cfg = _cfg("logger=none")
+    Tracker(cfg, tmp_path).log({"val/loss": 3.0}, step=10)
+    Tracker(cfg, tmp_path, continues=True).log({"val/loss": 2.5}, step=20)
+    assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [10, 20]
+    Tracker(cfg, tmp_path).log({"val/loss": 9.0}, step=5)
+    assert [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [{"step": 5, "val/loss": 9.0}]

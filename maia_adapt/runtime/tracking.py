@@ -16,7 +16,10 @@ from ..io import to_json
 
 
 class Tracker:
-    def __init__(self, cfg, run_dir, job_type: str | None = None):
+    def __init__(self, cfg, run_dir, job_type: str | None = None, continues: bool = False):
+        """`continues`: this run resumes an earlier one in run_dir and appends to its metrics.jsonl;
+        otherwise a metrics.jsonl left there (a preset's fixed run directory) is started anew, so the
+        file never mixes two runs' curves."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
@@ -24,6 +27,8 @@ class Tracker:
         from .distributed import is_main
 
         self.active = is_main()
+        if self.active and not continues:
+            self.metrics_path.unlink(missing_ok=True)
         lc = cfg.logger
         if lc.backend == "none" or lc.mode == "disabled" or not self.active:
             return

@@ -127,8 +127,8 @@ def run(cfg, run_dir: Path) -> dict:
         sae.init_from_data(first[s])
     trainer = DictionaryTrainer(saes, sc.steps, sc.batch_size, device=device, bf16=sc.bf16, compile=sc.compile)
 
-    start_or_resume(trainer, cfg, run_dir, sc.resume)
-    tracker = Tracker(cfg, run_dir, job_type="sae")
+    resumed = start_or_resume(trainer, cfg, run_dir, sc.resume)
+    tracker = Tracker(cfg, run_dir, job_type="sae", continues=resumed is not None)
     calibrate, calibrated = None, {}
     if sc.calibrate_every and distributed.is_main():
         val_idx = store.split_indices("val")

@@ -44,7 +44,7 @@ def run(cfg, run_dir: Path) -> dict:
             Path(cfg.paths.models_root) / "maia1", store, store.split_indices("train"), cfg.train,
             resolve_device(cfg.train.device), cfg.data.workers, cfg.seed)
     resume = resume_point(run_dir, config_fingerprint(cfg), cfg.train.resume)
-    tracker = Tracker(cfg, run_dir, job_type="train")
+    tracker = Tracker(cfg, run_dir, job_type="train", continues=resume is not None)
     try:
         train_model(model, store, cfg.train, run_dir, tracker=tracker, seed=cfg.seed, resume_from=resume,
                     teacher=teacher, extras=extras, train_idx=train_idx)

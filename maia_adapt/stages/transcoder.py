@@ -70,8 +70,8 @@ def run(cfg, run_dir: Path) -> dict:
         t.init_from_data(cache[block_hook(l, "hook_mlp_in")][:65536], cache[block_hook(l, "hook_mlp_out")][:65536])
         dicts[f"layer_{l}"] = (t, block_hook(l, "hook_mlp_in"))
     trainer = DictionaryTrainer(dicts, tc.steps, tc.batch_size, device=device, bf16=tc.bf16, compile=tc.compile)
-    start_or_resume(trainer, cfg, run_dir, tc.resume)
-    tracker = Tracker(cfg, run_dir, job_type="transcoder")
+    resumed = start_or_resume(trainer, cfg, run_dir, tc.resume)
+    tracker = Tracker(cfg, run_dir, job_type="transcoder", continues=resumed is not None)
     summary, results = {}, {"layers": {}}
     lines = ["# Transcoders", "", f"model `{cfg.model.checkpoint}`, F={tc.dim}, k={tc.k or 'ReLU'}, skip {tc.skip}", ""]
     try:
