@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from bench_maia1 import best_times
 from bench_sae import matmul_gflops
+
 from maia_adapt.data import GameFilter, build_store
 from maia_adapt.model import load_model
 from maia_adapt.model.distill import Maia1Teacher, distill_losses
