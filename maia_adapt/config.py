@@ -115,6 +115,9 @@ class TrainConfig:
     distill_coefficient: float = 1.0
     teacher_history: bool = True  # the teachers see the game's move history (false: lc0's bare-FEN mode)
     teacher_top_k: int = 32  # the teacher's most likely moves the KL runs over (renormalised)
+    # beta >= 0: each band's target p_b^(1+beta) / pbar^beta (pbar: the nine networks' mean), which
+    # exaggerates what sets a band apart from the others; 0: the network's own distribution
+    teacher_amplify: float = 0.0
     # null: the teachers run on every batch (a GPU); N: their targets for N random training positions are
     # computed once and cached beside the store, and training draws from those positions (a CPU)
     teacher_cache_positions: Optional[int] = None
@@ -395,6 +398,7 @@ _NON_NEGATIVE_INT = ("train.warmup_steps", "train.loader_workers", "train.eval_p
                      "sae.aux_k", "transcoder.aux_k", "transcoder.k", "data.first_n_plies", "threats.n_null",
                      "threats.n_boot", "threats.dashboards")
 _POSITIVE_FLOAT = ("train.lr", "sae.lr", "transcoder.lr", "finetune.lr")
+_NON_NEGATIVE_FLOAT = ("train.teacher_amplify", "train.distill_coefficient")
 _FRACTION = ("data.val_fraction", "data.test_fraction", "model.dropout_cnn", "model.dropout_vit", "model.dropout",
              "train.min_lr_ratio", "threats.heldout_fraction", "sae.dense_threshold", "transcoder.dense_threshold")
 # Elo settings: (key, words accepted besides a bucket 0..10); a list value is checked item by item
@@ -456,6 +460,10 @@ def validate(cfg) -> None:
         v = OmegaConf.select(cfg, key)
         if v is not None and not (math.isfinite(v) and v > 0):
             bad(key, v, "a finite number > 0")
+    for key in _NON_NEGATIVE_FLOAT:
+        v = OmegaConf.select(cfg, key)
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            bad(key, v, "a finite number >= 0")
     for key in _FRACTION:
         v = OmegaConf.select(cfg, key)
         if v is not None and not (math.isfinite(v) and 0 <= v <= 1):

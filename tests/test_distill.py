@@ -138,3 +138,36 @@ def test_bfloat16_teachers_and_student_on_a_cpu(store, shared_models):
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
     assert all(p.dtype == torch.float32 and (p.grad is None or p.grad.dtype == torch.float32) for p in model.parameters())
+
+
+def test_amplified_targets_exaggerate_what_sets_a_band_apart():
+    """train.teacher_amplify: beta=0 leaves every network's targets as they are; beta>0 keeps the
+    support and raises the share of the move one network prefers more than the others do."""
+    from maia_adapt.model.distill import amplify_targets
+
+    moves = torch.tensor([[[10, 20, 30], [10, 20, 30]]])  # two networks, the same three moves
+    probs = torch.tensor([[[0.5, 0.3, 0.2], [0.5, 0.1, 0.4]]])
+    assert torch.allclose(amplify_targets(moves, probs, 0.0), probs)
+    amp = amplify_targets(moves, probs, 2.0)
+    assert torch.allclose(amp.sum(-1), torch.ones(1, 2))
+    assert amp[0, 0, 1] > probs[0, 0, 1] and amp[0, 1, 2] > probs[0, 1, 2]  # each network's own preference grows
+    assert amp[0, 0, 2] < probs[0, 0, 2] and amp[0, 1, 1] < probs[0, 1, 1]  # the other's shrinks
+    # a move outside a network's top k stays at zero
+    probs0 = torch.tensor([[[0.6, 0.4, 0.0], [0.5, 0.1, 0.4]]])
+    assert amplify_targets(moves, probs0, 2.0)[0, 0, 2] == 0
+
+
+def test_amplified_targets_on_the_fly_equal_the_cached_ones(store, teacher):
+    rows = np.arange(0, len(store), 13)[:24]
+    batch = store.batch(rows)
+    batch["lc0"] = torch.from_numpy(np.ascontiguousarray(teacher_planes(store, workers=1)[rows]))
+    full = cache_teacher_targets(store, teacher, rows)
+    buckets = torch.randint(0, 11, (len(rows), 3), generator=torch.Generator().manual_seed(1))
+    teacher.amplify = 2.0
+    try:
+        m, p = teacher.targets(batch, buckets)
+        cm, cp = teacher.targets(dict(batch, teacher_moves=full["moves"], teacher_probs=full["probs"].float()), buckets)
+    finally:
+        teacher.amplify = 0.0
+    assert torch.equal(m[..., 0], cm[..., 0]) and torch.allclose(p.sum(-1), torch.ones(len(rows), 3), atol=1e-4)
+    assert torch.allclose(p[p > 0.05], cp[p > 0.05], atol=5e-3)

@@ -77,7 +77,8 @@ def teacher_planes(store, history: bool = True, workers: int = 2) -> np.ndarray:
 class Maia1Teacher:
     """The Maia-1 family as a teacher: each network's most likely moves in Maia-2's vocabulary."""
 
-    def __init__(self, nets: dict, device, bf16: bool = True, top_k: int = 32, cpu_bf16: bool = False):
+    def __init__(self, nets: dict, device, bf16: bool = True, top_k: int = 32, cpu_bf16: bool = False,
+                 amplify: float = 0.0):
         self.ratings = sorted(int(r) for r in nets)
         missing = sorted({maia1_rating_for_bucket(b) for b in range(NUM_BUCKETS)} - set(self.ratings))
         if missing:
@@ -91,6 +92,7 @@ class Maia1Teacher:
         # bucket -> index into self.nets
         self.net_of_bucket = torch.tensor([self.ratings.index(maia1_rating_for_bucket(b)) for b in range(NUM_BUCKETS)])
         self.top_k = top_k
+        self.amplify = amplify
 
     @torch.no_grad()
     def top_moves(self, planes: torch.Tensor, legal: torch.Tensor, nets=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,11 +115,17 @@ class Maia1Teacher:
     def targets(self, batch: dict, buckets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher (moves, probabilities) [B, K, k] at conditioning buckets [B, K]."""
         which = self.net_of_bucket[buckets.cpu()]
-        if "teacher_moves" in batch:  # cached for these positions (train.teacher_cache_positions)
-            moves, probs = batch["teacher_moves"], batch["teacher_probs"]
-            rows, which = torch.arange(buckets.shape[0], device=moves.device)[:, None], which.to(moves.device)
-            return moves[rows, which].long(), probs[rows, which].float()
         from ..encoding.lc0 import unpack_lc0_planes
+
+        if "teacher_moves" in batch or self.amplify:  # every network's targets at every row
+            if "teacher_moves" in batch:  # cached for these positions (train.teacher_cache_positions)
+                moves, probs = batch["teacher_moves"], batch["teacher_probs"].float()
+            else:
+                moves, probs = self.top_moves(unpack_lc0_planes(batch["lc0"]), batch["legal"])
+            if self.amplify:
+                probs = amplify_targets(moves, probs, self.amplify)
+            rows, which = torch.arange(buckets.shape[0], device=moves.device)[:, None], which.to(moves.device)
+            return moves[rows, which].long(), probs[rows, which]
 
         # each network runs on the rows that drew one of its buckets only: with 4 draws of 11 buckets a
         # row needs about 3.3 of the 9 networks
@@ -132,6 +140,21 @@ class Maia1Teacher:
             i, kk = need[r].nonzero(as_tuple=True)
             moves[r[i], kk], probs[r[i], kk] = m[i, 0].to(dev), p[i, 0].float().to(dev)
         return moves, probs
+
+
+def amplify_targets(moves: torch.Tensor, probs: torch.Tensor, beta: float, num_moves: int = 1880) -> torch.Tensor:
+    """Every network's top-k probabilities [B, J, k] raised to p_j^(1 + beta) / pbar^beta and
+    renormalised, pbar being the J networks' mean probability of the same move (a move outside a
+    network's top k counts as 0 there). Where the bands agree the target is unchanged; where one band
+    prefers a move more than the others do, the target prefers it more still. A student that learns
+    the bands' shared moves far better than their differences is pushed toward the differences."""
+    b, j, k = moves.shape
+    idx = moves.long().reshape(b, 1, j * k)
+    dense = torch.zeros(b, j, num_moves, device=probs.device).scatter_(2, moves.long(), probs.float())
+    pbar = dense.mean(1, keepdim=True).gather(2, idx).reshape(b, j, k)
+    p = probs.float()
+    out = torch.where(p > 0, p.clamp_min(1e-12) ** (1 + beta) / pbar.clamp_min(1e-12) ** beta, torch.zeros_like(p))
+    return out / out.sum(-1, keepdim=True)
 
 
 def sparse_kl(logits: torch.Tensor, legal: torch.Tensor, moves: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -189,7 +212,7 @@ def prepare_teacher(models_dir, store, train_idx: np.ndarray, cfg, device, worke
     from .maia1 import load_maia1_family
 
     teacher = Maia1Teacher(load_maia1_family(models_dir), device, cfg.bf16, cfg.teacher_top_k,
-                           getattr(cfg, "cpu_bf16", False))
+                           getattr(cfg, "cpu_bf16", False), getattr(cfg, "teacher_amplify", 0.0))
     if cfg.teacher_cache_positions is None:
         return teacher, {"lc0": teacher_planes(store, cfg.teacher_history, workers)}, train_idx
     rng = np.random.default_rng(seed)
