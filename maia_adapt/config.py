@@ -505,6 +505,16 @@ MODEL_SHAPE = ("input_channels", "dim_cnn", "num_blocks_cnn", "dim_vit", "num_bl
                "heads", "dim_head")
 
 
+def _model_preset(name: str):
+    """A model preset's own values, merged over those of the presets it extends (its `defaults`)."""
+    path = CONF_DIR / "model" / f"{name}.yaml"
+    if not path.is_file():
+        return OmegaConf.create({})
+    node = OmegaConf.load(path)
+    parents = [d for d in node.pop("defaults", []) if isinstance(d, str) and d != "_self_"]
+    return OmegaConf.merge(*(_model_preset(p) for p in parents), node)
+
+
 def check_model_shape(model_cfg, model) -> None:
     """Fail, naming the key and both values, when a shape value set for this run (one that differs
     from its model preset's) disagrees with the loaded checkpoint, instead of silently loading the
@@ -512,8 +522,7 @@ def check_model_shape(model_cfg, model) -> None:
     loaded = getattr(getattr(model, "model", model), "cfg", None)
     if loaded is None or not all(hasattr(loaded, k) for k in MODEL_SHAPE):
         return
-    preset_file = CONF_DIR / "model" / f"{model_cfg.name}.yaml"
-    preset = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(preset_file) if preset_file.is_file() else {})
+    preset = OmegaConf.merge(OmegaConf.structured(ModelConfig), _model_preset(model_cfg.name))
     for key in MODEL_SHAPE:
         wanted, has = model_cfg[key], getattr(loaded, key)
         if wanted != preset[key] and wanted != has:

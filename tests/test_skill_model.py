@@ -17,7 +17,8 @@ ASSETS = Path(__file__).resolve().parents[1] / "maia_adapt" / "assets"
 def test_the_skill_model_ships_small_and_loads_through_its_preset():
     from hydra import compose, initialize_config_dir
 
-    from maia_adapt.config import CONF_DIR
+    from maia_adapt.config import CONF_DIR, check_model_shape
+    from maia_adapt.errors import ConfigError
 
     path = ASSETS / "maia2_skill.safetensors"
     assert path.stat().st_size < 20 * 2**20
@@ -26,6 +27,12 @@ def test_the_skill_model_ships_small_and_loads_through_its_preset():
     assert cfg.model.name == "maia2_skill" and Path(cfg.model.checkpoint).resolve() == path.resolve()
     small = load_model(ASSETS / "maia2_small.safetensors")
     assert load_model(path).cfg == small.cfg  # the same architecture, other weights
+    # its preset extends maia2_small's, and the shape check every stage runs reads through that
+    check_model_shape(cfg.model, small)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        wide = compose("config", overrides=["model=maia2_skill", "model.dim_vit=512"])
+    with pytest.raises(ConfigError, match="model.dim_vit=512"):
+        check_model_shape(wide.model, small)
 
 
 @torch.no_grad()
