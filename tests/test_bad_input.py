@@ -64,6 +64,10 @@ CASES = {
                                    "(empty position set): {d}/garbage.pgn.zst: compressed stream is corrupt"),
     "binary file as PGN": ([*TINY_TRAIN, "data.pgn=[{d}/binary.pgn]"], "empty position set"),
     "empty position set": ([*TINY_TRAIN, "data.pgn=[{d}/no_elo.pgn]"], "no_elo.pgn'] pass the data filters (empty position set)"),
+    "comparison run that did not score the site": (["stage=threats", "threats.sites=[blocks.1.hook_resid_post]",
+                                                     "threats.compare_to={d}"],
+                                                    ("threats.compare_to: {d}/detection_blocks_1_hook_resid_post.csv not found "
+                                                     "(expected a stage=threats run that scored blocks.1.hook_resid_post)")),
     "FEN that is not legal chess": (["stage=threats", "threats.sites=[blocks.1.hook_resid_post]", "threats.position_set=puzzles",
                                      "threats.puzzles_path={d}/puzzles.csv"],
                                     "puzzles.csv:3: FEN 'rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKKNR w - - 0 1' "

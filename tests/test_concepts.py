@@ -97,6 +97,35 @@ def test_detection_finds_planted_features_and_rejects_noise():
     assert bal.top_features[0, 0] == 17
 
 
+def test_compare_detections_pairs_concepts_and_finds_the_better_dictionary():
+    """Two feature sets on the same positions: one holds a clean detector for every concept, the other
+    a noisy one; paired over concepts the first is better with an interval above zero, and a run
+    compared with itself differs by exactly zero."""
+    from maia_adapt.concepts.detection import compare_detections, detect_concepts
+
+    g = torch.Generator().manual_seed(3)
+    n, c = 3000, 12
+    y = torch.rand(n, c, generator=g) < 0.2
+    noise = torch.relu(torch.randn(n, 64, generator=g) - 1.0)
+    clean = torch.cat([y.float() + 0.3 * torch.rand(n, c, generator=g), noise], 1)
+    noisy = torch.cat([y.float() + 1.5 * torch.randn(n, c, generator=g), noise], 1)
+    names = [f"defensive@{sq}" for sq in ("a1", "b1", "c1", "d1", "e1", "f1")] + [f"b{i}" for i in range(6)]
+    fam = {nm: ("threat" if "@" in nm else "board-state") for nm in names}
+    a = detect_concepts(clean, y, names, n_null=5, n_boot=0, seed=0).rows()
+    b = detect_concepts(noisy, y, names, n_null=5, n_boot=0, seed=0).rows()
+    out = compare_detections(a, b, fam, seed=0)
+    assert set(out) == {"threat", "board-state"} and all(v["concepts"] == 6 for v in out.values())
+    for v in out.values():
+        lo, hi = v["auc_difference_ci95"]
+        assert 0 < lo <= v["auc_difference"] <= hi
+        assert v["auc_difference"] == pytest.approx(v["mean_auc"] - v["mean_auc_other"])
+        assert v["detected"] == 6 and v["detected"] >= v["detected_other"]
+    same = compare_detections(a, a, fam)["threat"]
+    assert same["auc_difference"] == 0 and same["auc_difference_ci95"] == [0, 0]
+    # a concept only one run scored is left out of the pairs
+    assert compare_detections(a, b[1:], fam)["threat"]["concepts"] == 5
+
+
 @pytest.mark.slow
 def test_stage_threats_on_model_units_finds_board_state(shared_data, tmp_path):
     import csv
@@ -115,6 +144,20 @@ def test_stage_threats_on_model_units_finds_board_state(shared_data, tmp_path):
     assert all(0 <= float(t["positive_rate"]) <= 1 for t in table)
     rows = list(csv.DictReader(open(run / "detection_blocks_1_hook_resid_post.csv")))
     assert rows and all(float(r["ci_low"]) <= float(r["auc_heldout"]) + 1e-6 for r in rows if r["ci_low"] != "nan")
+    # the same units with the model conditioned on the weakest bucket, compared with the run above
+    r = run_app(["stage=threats", "data=lichess", "data.max_games=60", f"data.store_dir={tmp_path}/store",
+                 "threats.sites=[blocks.1.hook_resid_post]", "threats.positions=800", "threats.n_boot=20",
+                 "threats.n_null=5", "threats.families=[threat,board-state]", "threats.elo=0", "threats.dashboards=0",
+                 f"threats.compare_to={run}"], run_dir=tmp_path / "elo0", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cmp = json.loads((tmp_path / "elo0" / "results.json").read_text())["sites"]["blocks.1.hook_resid_post (units)"]["compared"]
+    board = cmp["board-state"]
+    assert board["concepts"] >= 10 and board["auc_difference_ci95"][0] <= board["auc_difference"] <= board["auc_difference_ci95"][1]
+    # same positions and split, so the pairs are every board-state concept the first run scored
+    first = [float(x["auc_heldout"]) for x in rows if not x["concept"].startswith(("defensive@", "offensive@"))]
+    first = [a for a in first if np.isfinite(a)]
+    assert board["concepts"] == len(first) and board["mean_auc_other"] == pytest.approx(float(np.mean(first)))
+    assert "Paired over concepts, this run minus" in (tmp_path / "elo0" / "results.md").read_text()
 
 
 def test_stage_threats_rejects_unknown_family(shared_data, tmp_path):

@@ -8,7 +8,9 @@ selection maximum gets by chance, and the bootstrap over held-out positions give
 """
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -116,3 +118,43 @@ def detect_concepts(
     null95[null95 < 0] = float("nan")
     return ConceptDetection(names, labels.sum(0), top_features, top_auc, heldout, ci_low, ci_high, null95,
                             absence_feature, absence_auc)
+
+
+def read_detection_table(path) -> list[dict]:
+    """The rows of a detection_<site>.csv written by stage=threats (numbers as floats)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no detection table (expected a stage=threats run scoring this site)")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in ("auc_selection", "auc_heldout", "null_max95"):
+            r[k] = float(r[k])
+    return rows
+
+
+def compare_detections(rows: list[dict], other: list[dict], family: dict[str, str], threshold: float = 0.7,
+                       n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Paired over the concepts both runs scored, per concept family: the mean of (held-out AUC of this
+    run's best feature - the other run's), with a 95% bootstrap over concepts, and each run's
+    detected count. Two subjects (a weak and a strong network) or one model conditioned on two Elo
+    buckets: an interval above zero means this run's features detect the family's concepts better."""
+    theirs = {r["concept"]: r for r in other}
+    pairs: dict[str, list] = {}
+    for r in rows:
+        o = theirs.get(r["concept"])
+        if o is not None and np.isfinite(r["auc_heldout"]) and np.isfinite(o["auc_heldout"]):
+            pairs.setdefault(family.get(r["concept"], "other"), []).append((r, o))
+    rng = np.random.default_rng(seed)
+    out = {}
+    for fam, ps in pairs.items():
+        diff = np.array([r["auc_heldout"] - o["auc_heldout"] for r, o in ps])
+        boots = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(n_boot)]
+        found = [sum(x["auc_heldout"] >= threshold and x["auc_selection"] > x["null_max95"] for x in side)
+                 for side in zip(*ps)]
+        out[fam] = {"concepts": len(ps), "mean_auc": float(np.mean([r["auc_heldout"] for r, _ in ps])),
+                    "mean_auc_other": float(np.mean([o["auc_heldout"] for _, o in ps])),
+                    "auc_difference": float(diff.mean()),
+                    "auc_difference_ci95": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))],
+                    "detected": int(found[0]), "detected_other": int(found[1])}
+    return out

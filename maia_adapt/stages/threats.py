@@ -17,7 +17,7 @@ import torch
 
 from ..analysis.activations import collect_activations, position_codes
 from ..concepts import BoardConcepts, ConceptSpec, all_position_concepts, check_families, load_puzzles, load_sts, select_families
-from ..concepts.detection import detect_concepts
+from ..concepts.detection import compare_detections, detect_concepts, read_detection_table
 from ..data.preprocess import open_or_build_store
 from ..data.store import store_from_fens
 from ..dictionaries import find_saes, load_sae
@@ -110,6 +110,18 @@ def _site_report(name: str, site_res: dict, counts: dict, kinds: dict, png_name:
     return lines
 
 
+def _comparison_report(compared: dict, other: str) -> list[str]:
+    lines = [(f"Paired over concepts, this run minus `{other}` (held-out AUC of each concept's best feature, "
+              "95% bootstrap over concepts):"), "",
+             "| family | concepts | mean AUC here | there | difference | 95% CI | detected here / there |",
+             "|---|---|---|---|---|---|---|"]
+    for fam, c in compared.items():
+        lo, hi = c["auc_difference_ci95"]
+        lines.append(f"| {fam} | {c['concepts']} | {c['mean_auc']:.3f} | {c['mean_auc_other']:.3f} | "
+                     f"{c['auc_difference']:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {c['detected']} / {c['detected_other']} |")
+    return lines + [""]
+
+
 def _concept_set(cfg, run_dir: Path):
     """(store, positions, their FENs, the concepts scored, every concept's spec): the chosen families
     (and a puzzle set's themes) labelled on the positions, concepts.csv written, rare ones left out."""
@@ -141,6 +153,11 @@ def run(cfg, run_dir: Path) -> dict:
                           "one; use the model.rating=R the SAEs were trained on, or threats.sites for raw channels")
     for sae in saes:
         model.check_hook_name(sae.cfg.site)
+    if tc.compare_to:
+        for site in [s.cfg.site for s in saes] or list(tc.sites):
+            if not detection_table(tc.compare_to, site).is_file():
+                raise ConfigError(f"threats.compare_to: {detection_table(tc.compare_to, site)} not found "
+                                  f"(expected a stage=threats run that scored {site})")
     store, idx, fens, scored, specs = _concept_set(cfg, run_dir)
 
     tracker = Tracker(cfg, run_dir, job_type="threats")
@@ -180,6 +197,11 @@ def run(cfg, run_dir: Path) -> dict:
             summary.update({f"{slug}:{k}_detected": v for k, v in kinds.items()})
             summary[f"{slug}:best_heldout_auc"] = best[0]["auc_heldout"] if best else float("nan")
             lines += _site_report(name, site_res, counts, kinds, png.name, best)
+            if tc.compare_to:
+                site_res["compared"] = compare_detections(rows, read_detection_table(detection_table(tc.compare_to, name.split(" ")[0])),
+                                                          fam, tc.auc_threshold, seed=cfg.seed)
+                summary.update({f"{slug}:{f}_auc_minus_compare_to": c["auc_difference"] for f, c in site_res["compared"].items()})
+                lines += _comparison_report(site_res["compared"], tc.compare_to)
             if tc.dashboards:
                 index = _dashboards(run_dir / f"dashboards_{slug}", name, feats, fens, rows, detected,
                                     torch.stack(profiles[name]), tc)
