@@ -141,6 +141,22 @@ def test_board_state_probes_beat_shuffled_control(real):
     assert (auc > 0.9).all(), auc
     assert ((control > 0.35) & (control < 0.65)).all(), control
     assert (out["accuracy"].mean(1) > 0.8).all()
+    # the Elo input moves the residual stream (by a fifth to a third of its spread over positions on
+    # the repaired file), beyond a constant shift
+    ch = out["activation_change"]
+    assert 0.05 < ch["position_dependent"] <= ch["change"] < 1.0, ch
+
+
+def test_activation_change_separates_a_shift_from_a_change_of_representation():
+    from maia_adapt.analysis.probes import activation_change
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 32, generator=g)
+    assert activation_change(x, x) == {"change": 0.0, "position_dependent": 0.0}
+    shifted = activation_change(x, x + 0.5)  # every position moved alike: what a probe's bias absorbs
+    assert shifted["change"] > 0.3 and shifted["position_dependent"] < 1e-6
+    moved = activation_change(x, x + 0.5 * torch.randn(500, 32, generator=g))
+    assert moved["position_dependent"] == pytest.approx(moved["change"], rel=0.05) and 0.3 < moved["change"] < 0.7
 
 
 def test_last_logit_lens_is_the_policy(real):
@@ -228,6 +244,7 @@ def test_stage_probe_maia1_on_real_games(shared_data, shared_models, tmp_path):
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     site = res["sites"]["blocks.5.hook_resid_post"]
     assert res["model"] == "maia1" and res["logit_lens"] is None
+    assert site["activation_change"] is None  # nine networks: their activations are not comparable
     # board-state concepts are linearly readable from maia-1100 and maia-1900; shuffled labels are not
     assert min(site["mean_auc_per_bucket"]) > 0.65 and abs(site["mean_control_auc"] - 0.5) < 0.1
     md = (tmp_path / "run" / "results.md").read_text()

@@ -151,6 +151,19 @@ def _site_activations(model, store, indices, site, bucket, batch_size, device) -
                                device=device)[site]
 
 
+def activation_change(x_low: torch.Tensor, x_high: torch.Tensor) -> dict:
+    """How far the Elo input moves a site's activations: the same positions [N, d] at two buckets.
+    `change`: the mean distance between them over the mean distance of the low bucket's activations
+    from their mean (the spread over positions); `position_dependent`: the same after removing the
+    mean shift, which a probe's bias absorbs. Near 0: flat probe AUC across skill says nothing, the
+    buckets see the same activations; well above 0: the representation moves and the probes read the
+    concepts off it as well at every bucket."""
+    d = (x_high - x_low).double()
+    spread = (x_low - x_low.mean(0)).double().norm(dim=1).mean().clamp_min(1e-12)
+    return {"change": float(d.norm(dim=1).mean() / spread),
+            "position_dependent": float((d - d.mean(0)).norm(dim=1).mean() / spread)}
+
+
 def probes_per_bucket(model, store, train_idx, test_idx, site: str, labels_train: torch.Tensor,
                       labels_test: torch.Tensor, names: list[str], buckets=range(11), l2: float = 1e-3,
                       seed: int = 0, shuffled_control: bool = True, batch_size: int = 256, **train_kw) -> dict:
@@ -171,10 +184,12 @@ def probes_per_bucket(model, store, train_idx, test_idx, site: str, labels_train
     device = model.device
     perm = torch.from_numpy(np.random.default_rng(seed).permutation(len(train_idx)))
     rows = {k: [] for k in ("auc", "accuracy", "control_auc")}
-    probes = {}
+    probes, ends = {}, []
     for b in buckets:
         x_tr = _site_activations(model, store, train_idx, site, b, batch_size, device)
         x_te = _site_activations(model, store, test_idx, site, b, batch_size, device)
+        if b in (buckets[0], buckets[-1]):
+            ends.append(x_te)
         probe = train_probes(x_tr, labels_train, l2=l2, seed=seed, names=names, **train_kw)
         probe.metadata = {"site": site, "elo_bucket": b}
         ev = evaluate_probes(probe, x_te, labels_test)
@@ -187,7 +202,9 @@ def probes_per_bucket(model, store, train_idx, test_idx, site: str, labels_train
             rows["control_auc"].append(torch.full((len(names),), float("nan")))
         probes[b] = probe
     out = {k: torch.stack(v) for k, v in rows.items()}
-    return {**out, "probes": probes, "buckets": buckets, "names": list(names), "site": site}
+    # one network at every bucket: its activations are comparable across buckets (not so for Maia-1's nine)
+    change = activation_change(ends[0], ends[-1]) if len(model.spaces()) == 1 and len(ends) == 2 else None
+    return {**out, "probes": probes, "buckets": buckets, "names": list(names), "site": site, "activation_change": change}
 
 
 def concept_labels(train_fens, test_fens, families, min_positives: int, key: str = "probe"):

@@ -32,7 +32,8 @@ from ..runtime.tracking import Tracker
 from .common import bucket_label, skill_model
 
 
-def _site_report(model, site: str, buckets, auc, ctrl, spread, trend: dict, png_name: str) -> list[str]:
+def _site_report(model, site: str, buckets, auc, ctrl, spread, trend: dict, png_name: str,
+                 change: dict | None = None) -> list[str]:
     """results.md's section for one site: AUC per bucket [buckets, concepts], controls, the trend."""
     per_bucket = np.nanmean(auc, axis=1)
     lines = [f"## {site}", "", f"mean test AUC {np.nanmean(auc):.3f} (shuffled-label control "
@@ -41,7 +42,10 @@ def _site_report(model, site: str, buckets, auc, ctrl, spread, trend: dict, png_
              f"{trend['auc_gain_top_minus_bottom']:+.3f} [{trend['auc_gain_top_minus_bottom_ci95'][0]:+.3f}, "
              f"{trend['auc_gain_top_minus_bottom_ci95'][1]:+.3f}]; slope per bucket {trend['auc_slope_per_bucket']:+.4f} "
              f"[{trend['auc_slope_per_bucket_ci95'][0]:+.4f}, {trend['auc_slope_per_bucket_ci95'][1]:+.4f}] "
-             "(95% bootstrap over concepts; 0 inside = awareness flat across skill).",
+             "(95% bootstrap over concepts; 0 inside = awareness flat across skill)."
+             + ("" if change is None else
+                f" The Elo input moves these activations: top vs bottom bucket, {change['change']:.3f} of their spread "
+                f"over positions ({change['position_dependent']:.3f} beyond the mean shift)."),
              "", f"![probe AUC]({png_name})", "", "| Elo bucket | mean probe AUC | mean control AUC |", "|---|---|---|"]
     lines += [f"| {bucket_label(model, b)} | {per_bucket[i]:.3f} | {np.nanmean(ctrl[i]):.3f} |" for i, b in enumerate(buckets)]
     lines.append("")
@@ -92,13 +96,16 @@ def run(cfg, run_dir: Path) -> dict:
             trend = awareness_trend(auc.T, seed=cfg.seed)  # [concepts, buckets]
             results["sites"][site] = {"mean_auc_per_bucket": per_bucket.tolist(),
                                       "mean_control_auc": float(np.nanmean(ctrl)),
-                                      "mean_auc_spread_across_buckets": float(np.nanmean(spread)), **trend}
+                                      "mean_auc_spread_across_buckets": float(np.nanmean(spread)), **trend,
+                                      "activation_change": res["activation_change"]}
             summary[f"{slug}:mean_auc"] = float(np.nanmean(auc))
             summary[f"{slug}:mean_control_auc"] = float(np.nanmean(ctrl))
             summary[f"{slug}:mean_spread_across_buckets"] = float(np.nanmean(spread))
             summary[f"{slug}:auc_gain_top_minus_bottom"] = trend["auc_gain_top_minus_bottom"]
             summary[f"{slug}:auc_gain_top_minus_bottom_ci95"] = trend["auc_gain_top_minus_bottom_ci95"]
-            lines += _site_report(model, site, pc.buckets, auc, ctrl, spread, trend, png.name)
+            if res["activation_change"]:
+                summary[f"{slug}:activation_change_top_vs_bottom"] = res["activation_change"]["change"]
+            lines += _site_report(model, site, pc.buckets, auc, ctrl, spread, trend, png.name, res["activation_change"])
         if pc.logit_lens and not isinstance(model, Maia2Skill):
             results["logit_lens"] = None
             lines += ["## Logit lens", "", f"Skipped: the logit lens reads Maia-2's transformer residual stream through its "
