@@ -91,5 +91,15 @@ def test_study_presets_keep_one_network_of_the_family_apart_from_the_family():
     assert one.intervention.threats.endswith("threats_study/maia1-1100")
     assert one.intervention.transitional.endswith("transitional_study/maia1")
     assert _cfg("experiment=threats_study", "model=maia1", "model.rating=1900").threats.saes.endswith("sae_study/maia1-1900")
-    assert _cfg("experiment=intervention_study").intervention.saes.endswith("sae_study/maia2_small")
+    assert _cfg("experiment=intervention_study", "model=maia2_small").intervention.saes.endswith("sae_study/maia2_small")
     assert _cfg("experiment=intervention_study", "model=maia1").intervention.saes.endswith("sae_study/maia1")
+
+
+@pytest.mark.parametrize("name", ["transitional_study", "probe_study", "finetune_study", "sae_study", "threats_study",
+                                  "intervention_study", "transcoder_study", "circuits_study"])
+def test_study_presets_default_to_the_skill_model_and_a_model_override_wins(name):
+    """The study runs on the distilled maia2_skill (whose moves depend on skill) unless the command line
+    names another model: the preset's `override /model` must not shadow `model=...`."""
+    assert _cfg(f"experiment={name}").model.name == "maia2_skill"
+    assert _cfg(f"experiment={name}", "model=maia2_small").model.name == "maia2_small"
+    assert _cfg(f"experiment={name}", "model=maia1").model.name == "maia1"
