@@ -96,7 +96,7 @@ def test_study_presets_keep_one_network_of_the_family_apart_from_the_family():
 
 
 @pytest.mark.parametrize("name", ["transitional_study", "probe_study", "finetune_study", "sae_study", "threats_study",
-                                  "intervention_study", "transcoder_study", "circuits_study"])
+                                  "intervention_study", "transcoder_study", "circuits_study", "sae_sweep"])
 def test_study_presets_default_to_the_skill_model_and_a_model_override_wins(name):
     """The study runs on the distilled maia2_skill (whose moves depend on skill) unless the command line
     names another model: the preset's `override /model` must not shadow `model=...`."""
