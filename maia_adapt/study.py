@@ -1,0 +1,198 @@
+"""The whole study on one subject, in order: `python -m maia_adapt.study [--dry-run] [--only a,b] [override ...]`.
+
+Runs the `experiment=*_study` presets one after another as app runs (each reads the fixed run
+directories of the ones before it, for the same model), then writes `outputs/study/<model>/headline.md`
+and `headline.json`: the numbers of the headline table in experiments/README.md for this subject.
+Overrides go to every step (`model=maia2_small`, `data.max_games=...`). A step whose run directory
+already holds a finished run (its `summary.json`) is skipped, so an interrupted study resumes where it
+stopped; `--only` reruns the named steps (after changing an override, rerun the steps it touches);
+`--report-only` writes the headline from the runs there are. The Maia-1 family (`model=maia1`) takes
+its own steps: its networks' activation spaces are unrelated, so the SAE chain runs per network
+(experiments/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from .config import CONF_DIR
+from .errors import ConfigError
+from .io import atomic_write_json, atomic_write_text
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    args: tuple[str, ...]
+    run_dir: str = ""  # set for steps that are not a preset's own fixed directory ({id}: the model's)
+
+
+_CMP = "outputs/threats/threats_study_elo0/{id}"
+MAIA2_STEPS = (
+    Step("transitional", ("experiment=transitional_study",)),
+    Step("probe", ("experiment=probe_study",)),
+    Step("finetune_head", ("experiment=finetune_study", "finetune.trainable=policy_head")),
+    Step("finetune_all", ("experiment=finetune_study", "finetune.lr=3e-5", "finetune.eval_every=10")),
+    Step("sae", ("experiment=sae_study",)),
+    Step("threats", ("experiment=threats_study",)),
+    Step("threats_elo0", ("experiment=threats_study", "threats.elo=0", "threats.dashboards=0"), _CMP),
+    Step("threats_elo10", ("experiment=threats_study", "threats.elo=10", "threats.dashboards=0",
+                           f"threats.compare_to={_CMP}"), "outputs/threats/threats_study_elo10/{id}"),
+    Step("intervention_sae", ("experiment=intervention_study",)),
+    Step("intervention_steering", ("experiment=intervention_study", "intervention.kind=steering")),
+    Step("intervention_probe", ("experiment=intervention_study", "intervention.kind=probe")),
+    Step("transcoder", ("experiment=transcoder_study",)),
+    Step("circuits", ("experiment=circuits_study",)),
+)
+_M1 = ("intervention.site=blocks.5.hook_resid_post",)
+MAIA1_STEPS = (
+    Step("transitional", ("experiment=transitional_study",)),
+    Step("probe", ("experiment=probe_study", "probe.buckets=[1,2,3,4,5,6,7,8,9]",
+                   "probe.sites=[blocks.2.hook_resid_post,blocks.5.hook_resid_post]")),
+    Step("finetune_head", ("experiment=finetune_study", "finetune.trainable=policy_head", "finetune.side_info_weight=0")),
+    Step("intervention_steering", ("experiment=intervention_study", "intervention.kind=steering", *_M1)),
+    Step("intervention_probe", ("experiment=intervention_study", "intervention.kind=probe", *_M1)),
+)
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=True)
+
+
+def plan(overrides: list[str]) -> tuple[str, list[tuple[Step, list[str], Path]]]:
+    """(the model's run-directory name, [(step, its full override list, its run directory)]); every
+    step's config is composed here, so a bad override fails before anything runs."""
+    base = _compose(["experiment=probe_study", *overrides])
+    model_id = Path(base.hydra.run.dir).name
+    if base.model.name == "maia1" and base.model.get("rating") is not None:
+        raise ConfigError("the study runs on the Maia-1 family as a whole (model=maia1): one network's SAE chain "
+                          "is run preset by preset (experiments/README.md)")
+    steps = MAIA1_STEPS if base.model.name == "maia1" else MAIA2_STEPS
+    out = []
+    for step in steps:
+        args = [a.replace("{id}", model_id) for a in (*step.args, *overrides)]
+        if step.run_dir:
+            args.append(f"hydra.run.dir={step.run_dir.format(id=model_id)}")
+        cfg = _compose(args)
+        out.append((step, args, Path(cfg.hydra.run.dir)))
+    return model_id, out
+
+
+def _get(run_dir: Path, *keys: str):
+    """The first of `keys` in the run's results.json or summary.json, with its `_ci95`/`_ci` interval."""
+    for name in ("summary.json", "results.json"):
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        for k in keys:
+            if k in data:
+                ci = data.get(f"{k}_ci95", data.get(f"{k}_ci"))
+                return data[k], ci
+    return None, None
+
+
+def _fmt(value, ci) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+
+
+def headline(model_id: str, runs: dict[str, Path]) -> list[dict]:
+    """The headline rows for one subject from its finished runs (missing runs give '-')."""
+    rows = []
+    if "transitional" in runs:
+        rows.append(("does behaviour depend on skill?", "Stockfish's move, top minus bottom bucket",
+                     _get(runs["transitional"], "skill_gain")))
+    probe = runs["probe"] / "results.json" if "probe" in runs else None
+    if probe is not None and probe.is_file():
+        for site, res in json.loads(probe.read_text())["sites"].items():
+            rows.append(("is awareness flat across skill?", f"probe AUC, top minus bottom bucket ({site})",
+                         (res.get("auc_gain_top_minus_bottom"), res.get("auc_gain_top_minus_bottom_ci95"))))
+    res_path = runs["threats_elo10"] / "results.json" if "threats_elo10" in runs else None
+    if res_path is not None and res_path.is_file():
+        for site, res in json.loads(res_path.read_text())["sites"].items():
+            c = res.get("compared", {}).get("threat")
+            if c:
+                rows.append(("do the weak settings represent threats?",
+                             f"best feature AUC on threat squares, >= 2000 minus < 1100 ({site.split(' ')[0]})",
+                             (c["auc_difference"], c["auc_difference_ci95"])))
+    for step, what in (("finetune_head", "policy head"), ("finetune_all", "all parameters, lr 3e-5")):
+        if step in runs:
+            rows.append(("does fine-tuning move the transition points?", f"mean shift ({what})",
+                         _get(runs[step], "mean_shift")))
+    for step, what in (("intervention_steering", "steering vector"), ("intervention_probe", "probe direction"),
+                       ("intervention_sae", "SAE features")):
+        if step in runs:
+            rows.append(("does the intervention make them act?", f"correct-move accuracy minus control ({what})",
+                         _get(runs[step], "effect_minus_control")))
+    return [{"question": q, "measurement": m, "value": v, "ci95": ci, "text": _fmt(v, ci)} for q, m, (v, ci) in rows]
+
+
+def write_headline(model_id: str, runs: dict[str, Path], out_dir: Path) -> Path:
+    rows = headline(model_id, runs)
+    lines = [f"# The study on {model_id}", "", ("Each number from the run directory of its step (95% intervals); "
+             "experiments/README.md has the same table for every subject, with what the numbers say."), "",
+             "| question | measurement | value |", "|---|---|---|"]
+    lines += [f"| {r['question']} | {r['measurement']} | {r['text']} |" for r in rows]
+    lines += ["", "Run directories:", ""] + [f"- {name}: `{path}`" for name, path in runs.items()]
+    atomic_write_json(out_dir / "headline.json", {"model": model_id, "rows": rows, "runs": {k: str(v) for k, v in runs.items()}})
+    return atomic_write_text(out_dir / "headline.md", "\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m maia_adapt.study", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--only", default="", help="comma-separated steps to (re)run; the others are only read")
+    p.add_argument("--report-only", action="store_true", help="write the headline from the runs there are")
+    p.add_argument("overrides", nargs="*")
+    a = p.parse_args(argv)
+    try:
+        model_id, steps = plan(a.overrides)
+        only = {s for s in a.only.split(",") if s}
+        unknown = only - {s.name for s, _, _ in steps}
+        if unknown:
+            raise ConfigError(f"--only {','.join(sorted(unknown))}: expected steps of "
+                              f"{', '.join(s.name for s, _, _ in steps)}")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (HydraException, OmegaConfBaseException) as e:  # composing a step's config: the key, what was wrong
+        from .run import config_error_line
+
+        print(f"error: {config_error_line(e)}", file=sys.stderr)
+        return 2
+    runs = {}
+    for i, (step, args, run_dir) in enumerate(steps, 1):
+        cmd = [sys.executable, "-m", "maia_adapt.run", *args]
+        runs[step.name] = run_dir
+        todo = step.name in only if only else not (run_dir / "summary.json").is_file()
+        if a.dry_run:
+            print(("" if todo else "# done: ") + " ".join(cmd[1:]))
+            continue
+        if a.report_only or not todo:
+            continue
+        print(f"[{i}/{len(steps)}] {step.name}: {' '.join(args)}", flush=True)
+        if subprocess.run(cmd, check=False).returncode != 0:
+            print(f"error: study step '{step.name}' failed (its run directory: {run_dir}); fix it and run the "
+                  f"same command again to resume there", file=sys.stderr)
+            return 1
+    if a.dry_run:
+        return 0
+    md = write_headline(model_id, runs, Path("outputs/study") / model_id)
+    print(md.read_text())
+    print(f"headline: {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

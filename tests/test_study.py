@@ -1,0 +1,101 @@
+"""The whole study on one subject (`python -m maia_adapt.study`): its plan, its headline, and a tiny run
+of every step end to end on real games."""
+import json
+import subprocess
+import sys
+
+import pytest
+from _app import app_env
+
+from maia_adapt.errors import ConfigError
+from maia_adapt.study import headline, plan
+
+
+def test_plan_chains_the_presets_for_one_subject():
+    model_id, steps = plan([])
+    names = [s.name for s, _, _ in steps]
+    assert model_id == "maia2_skill" and names[0] == "transitional" and names[-1] == "circuits"
+    # a step comes after every step whose run directory it reads
+    assert names.index("sae") < names.index("threats") < names.index("intervention_sae")
+    assert names.index("finetune_all") < names.index("circuits") and names.index("transcoder") < names.index("circuits")
+    dirs = {s.name: d for s, _, d in steps}
+    assert str(dirs["sae"]).endswith("sae_study/maia2_skill") and str(dirs["threats_elo0"]).endswith("threats_study_elo0/maia2_skill")
+    elo10 = dict(a.split("=", 1) for step, args, _d in steps if step.name == "threats_elo10" for a in args)
+    assert elo10["threats.compare_to"] == str(dirs["threats_elo0"]) and elo10["threats.elo"] == "10"
+    # another subject: every run directory follows it
+    small_id, small = plan(["model=maia2_small"])
+    assert small_id == "maia2_small" and all("maia2_small" in str(d) for _, _, d in small)
+    # the Maia-1 family takes its own steps; one network is refused
+    fam_id, fam = plan(["model=maia1"])
+    assert fam_id == "maia1" and "sae" not in [s.name for s, _, _ in fam]
+    with pytest.raises(ConfigError, match="Maia-1 family as a whole"):
+        plan(["model=maia1", "model.rating=1100"])
+
+
+def _study(args, cwd, timeout=120):
+    return subprocess.run([sys.executable, "-m", "maia_adapt.study", *args], cwd=cwd, env=app_env(), capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def test_bad_overrides_and_steps_are_one_error_line(tmp_path):
+    for args, expected in ((["train.lrr=3"], "error: train.lrr: Key 'lrr' not in 'TrainConfig'"),
+                           (["--only", "nope"], "error: --only nope: expected steps of transitional, probe")):
+        r = _study(args, tmp_path)
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(expected), r.stderr[-1000:]
+
+
+def test_headline_reads_each_step_and_marks_what_is_missing(tmp_path):
+    def put(name, summary=None, results=None):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps(summary or {}))
+        if results is not None:
+            (d / "results.json").write_text(json.dumps(results))
+        return d
+
+    runs = {"transitional": put("tr", {"skill_gain": 0.041, "skill_gain_ci95": [0.034, 0.049]}),
+            "probe": put("pr", results={"sites": {"blocks.5.hook_resid_post": {"auc_gain_top_minus_bottom": 0.012,
+                                                                               "auc_gain_top_minus_bottom_ci95": [-0.007, 0.033]}}}),
+            "finetune_head": put("ft", {"mean_shift": 0.0, "mean_shift_ci": [0.0, 0.0]}),
+            "intervention_steering": put("iv", {"effect_minus_control": -0.0004, "effect_minus_control_ci": [-0.004, 0.004]})}
+    rows = {r["measurement"]: r for r in headline("maia1", runs)}
+    assert rows["Stockfish's move, top minus bottom bucket"]["text"] == "+0.041 [+0.034, +0.049]"
+    assert rows["probe AUC, top minus bottom bucket (blocks.5.hook_resid_post)"]["value"] == 0.012
+    assert rows["mean shift (policy head)"]["ci95"] == [0.0, 0.0]
+    assert rows["correct-move accuracy minus control (steering vector)"]["text"] == "-0.000 [-0.004, +0.004]"
+    # steps this subject did not run are not rows; a run without the number is '-'
+    assert not any("SAE features" in m for m in rows)
+    runs["intervention_probe"] = put("ip", {})
+    assert {r["measurement"]: r for r in headline("maia1", runs)}[
+        "correct-move accuracy minus control (probe direction)"]["text"] == "-"
+
+
+TINY = ["data.max_games=300", "transitional.positions=150", "transitional.depth=4", "probe.train_positions=1500",
+        "probe.test_positions=500", "probe.min_positives=5", "probe.buckets=[0,10]", "probe.logit_lens=false", "finetune.steps=4", "finetune.eval_every=2",
+        "finetune.heldout_positions=100", "sae.steps=20", "sae.dim=256", "sae.k=8", "sae.cache_positions=2048",
+        "sae.chunk_positions=512", "sae.batch_size=128", "sae.eval_positions=100", "sae.calibrate_every=0",
+        "threats.positions=400", "threats.n_boot=10", "threats.n_null=3", "threats.min_positives=5",
+        "threats.dashboards=0", "intervention.strengths=[2.0]", "intervention.top_n=[1]", "intervention.n_boot=20",
+        "intervention.heldout_positions=100", "transcoder.steps=20", "transcoder.dim=256", "transcoder.k=8",
+        "transcoder.cache_positions=1024", "transcoder.chunk_positions=256", "transcoder.eval_positions=100",
+        "transcoder.grid_positions=10", "circuits.positions=100", "circuits.dashboards=0", "logger=none"]
+
+
+@pytest.mark.slow
+def test_the_whole_study_runs_and_resumes_on_real_games(shared_data, tmp_path):
+    r = _study([*TINY, f"data.store_dir={tmp_path}/store"], tmp_path, timeout=1500)
+    assert r.returncode == 0, [ln for ln in r.stderr.splitlines() if ln.startswith("error")]
+    out = json.loads((tmp_path / "outputs" / "study" / "maia2_skill" / "headline.json").read_text())
+    rows = {r["measurement"]: r for r in out["rows"]}
+    # every step left its number: none is missing
+    assert all(r["value"] is not None for r in out["rows"]), [m for m, r in rows.items() if r["value"] is None]
+    assert {"transitional", "sae", "threats_elo10", "intervention_sae", "circuits"} <= set(out["runs"])
+    for r in out["rows"]:
+        if r["ci95"]:
+            assert r["ci95"][0] - 1e-9 <= r["value"] <= r["ci95"][1] + 1e-9, r
+    assert (tmp_path / "outputs" / "study" / "maia2_skill" / "headline.md").read_text().count("| ") > 10
+    # a second call finds every step finished and only writes the headline again; --only reruns one step
+    again = _study([*TINY, f"data.store_dir={tmp_path}/store"], tmp_path, timeout=600)
+    assert again.returncode == 0 and "[1/13]" not in again.stdout
+    one = _study([*TINY, f"data.store_dir={tmp_path}/store", "--only", "probe"], tmp_path, timeout=600)
+    assert one.returncode == 0 and "[2/13] probe" in one.stdout and "[1/13]" not in one.stdout
