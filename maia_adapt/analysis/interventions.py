@@ -10,7 +10,6 @@ the concepts active in it) through a per-sample mask.
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from .activations import collect_activations
+from ..concepts.detection import read_detection_table
 from ..dictionaries import find_saes, load_sae
 from ..encoding import NUM_BUCKETS
 from ..errors import ConfigError, MaiaAdaptError
@@ -139,8 +139,7 @@ class SAEIntervention:
         table = detection_table(ic.threats, ic.site)
         if not table.is_file():
             raise ConfigError(f"{table} not found: run stage=threats with the same SAEs")
-        with open(table, newline="") as f:
-            self.top = {r["concept"]: [int(x) for x in r["top_features"].split()] for r in csv.DictReader(f)}
+        self.top = {r["concept"]: [int(x) for x in r["top_features"].split()] for r in read_detection_table(table)}
         with torch.no_grad():
             self.freq = (self.sae.encode(_pooled_acts(model, train, ic.site, ic.batch_size)) > 0).float().mean(0)
         self.ic, self.seed = ic, seed
