@@ -87,17 +87,13 @@ def plan(overrides: list[str]) -> tuple[str, list[tuple[Step, list[str], Path]]]
     return model_id, out
 
 
-def _get(run_dir: Path, *keys: str):
-    """The first of `keys` in the run's results.json or summary.json, with its `_ci95`/`_ci` interval."""
+def _get(run_dir: Path, key: str):
+    """`key` from the run's summary.json or results.json, with its `_ci95`/`_ci` interval."""
     for name in ("summary.json", "results.json"):
         path = run_dir / name
-        if not path.is_file():
-            continue
-        data = json.loads(path.read_text())
-        for k in keys:
-            if k in data:
-                ci = data.get(f"{k}_ci95", data.get(f"{k}_ci"))
-                return data[k], ci
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        if key in data:
+            return data[key], data.get(f"{key}_ci95", data.get(f"{key}_ci"))
     return None, None
 
 
@@ -107,7 +103,7 @@ def _fmt(value, ci) -> str:
     return f"{value:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
 
 
-def headline(model_id: str, runs: dict[str, Path]) -> list[dict]:
+def headline(runs: dict[str, Path]) -> list[dict]:
     """The headline rows for one subject from its finished runs (missing runs give '-')."""
     rows = []
     if "transitional" in runs:
@@ -139,7 +135,7 @@ def headline(model_id: str, runs: dict[str, Path]) -> list[dict]:
 
 
 def write_headline(model_id: str, runs: dict[str, Path], out_dir: Path) -> Path:
-    rows = headline(model_id, runs)
+    rows = headline(runs)
     lines = [f"# The study on {model_id}", "", ("Each number from the run directory of its step (95% intervals); "
              "experiments/README.md has the same table for every subject, with what the numbers say."), "",
              "| question | measurement | value |", "|---|---|---|"]

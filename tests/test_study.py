@@ -58,7 +58,7 @@ def test_headline_reads_each_step_and_marks_what_is_missing(tmp_path):
                                                                                "auc_gain_top_minus_bottom_ci95": [-0.007, 0.033]}}}),
             "finetune_head": put("ft", {"mean_shift": 0.0, "mean_shift_ci": [0.0, 0.0]}),
             "intervention_steering": put("iv", {"effect_minus_control": -0.0004, "effect_minus_control_ci": [-0.004, 0.004]})}
-    rows = {r["measurement"]: r for r in headline("maia1", runs)}
+    rows = {r["measurement"]: r for r in headline(runs)}
     assert rows["Stockfish's move, top minus bottom bucket"]["text"] == "+0.041 [+0.034, +0.049]"
     assert rows["probe AUC, top minus bottom bucket (blocks.5.hook_resid_post)"]["value"] == 0.012
     assert rows["mean shift (policy head)"]["ci95"] == [0.0, 0.0]
@@ -66,7 +66,7 @@ def test_headline_reads_each_step_and_marks_what_is_missing(tmp_path):
     # steps this subject did not run are not rows; a run without the number is '-'
     assert not any("SAE features" in m for m in rows)
     runs["intervention_probe"] = put("ip", {})
-    assert {r["measurement"]: r for r in headline("maia1", runs)}[
+    assert {r["measurement"]: r for r in headline(runs)}[
         "correct-move accuracy minus control (probe direction)"]["text"] == "-"
 
 
