@@ -3,7 +3,7 @@ import chess
 import numpy as np
 import pytest
 
-from maia_adapt.analysis.patching import skill_patching
+from maia_adapt.analysis.patching import head_patching, skill_patching
 from maia_adapt.config import ASSETS
 from maia_adapt.errors import MaiaAdaptError
 from maia_adapt.model import load_model
@@ -45,6 +45,35 @@ def test_patching_lies_between_the_elo_blind_tokens_and_the_last_residual_stream
     both = skill_patching(model, inputs, ["blocks.0.hook_attn_out", "blocks.0.hook_resid_post"], n_boot=0)["sites"]
     assert both["blocks.0.hook_attn_out"]["kl_closed"] == pytest.approx(both["blocks.0.hook_resid_post"]["kl_closed"], abs=1e-5)
     assert s["blocks.0.hook_resid_post"]["kl_closed"] > 0.5
+
+
+def test_head_patching_splits_the_attention_output_by_head():
+    model = Maia2Skill(load_model(ASSETS / "maia2_skill.safetensors"), name="maia2_skill")
+    inputs = model.inputs_from_boards(_positions(200, seed=1))
+    res = head_patching(model, inputs, layer=0, n_boot=20)
+    heads = [h["kl_closed"] for h in res["heads"]]
+    assert len(heads) == model.model.cfg.heads and res["site"] == "blocks.0.hook_attn_heads"
+    # every head at once is the attention output patch (the output projection is linear)
+    whole = skill_patching(model, inputs, ["blocks.0.hook_attn_out"], n_boot=0)["sites"]["blocks.0.hook_attn_out"]
+    assert res["all"]["kl_closed"] == pytest.approx(whole["kl_closed"], abs=1e-5)
+    assert res["all"]["top_moves_flipped"] == pytest.approx(whole["top_moves_flipped"])
+    # one head moves less than all of them, and the heads are not interchangeable
+    assert max(heads) < res["all"]["kl_closed"] and max(heads) - min(heads) > 0.01
+    for h in res["heads"]:
+        assert h["kl_closed_ci95"][0] <= h["kl_closed"] <= h["kl_closed_ci95"][1]
+
+
+def test_mean_shift_is_the_identity_where_the_elo_is_not_seen():
+    model = Maia2Skill(load_model(ASSETS / "maia2_skill.safetensors"), name="maia2_skill")
+    inputs = model.inputs_from_boards(_positions(200, seed=2))
+    s = skill_patching(model, inputs, ["hook_tokens", "blocks.1.hook_resid_post"], n_boot=20, mean_shift=True)["sites"]
+    # the tokens are the same at both buckets: their mean difference is zero and moves nothing
+    assert s["hook_tokens"]["mean_shift"]["top_moves_changed"] == 0
+    assert abs(s["hook_tokens"]["mean_shift"]["kl_closed"]) < 1e-4
+    # at the last residual stream exchanging gives the high policy exactly; one vector for all positions does not
+    last = s["blocks.1.hook_resid_post"]
+    assert last["kl_closed"] > 1 - 1e-4 and last["mean_shift"]["kl_closed"] < last["kl_closed"] - 1e-3
+    assert last["mean_shift"]["kl_closed_ci95"][0] <= last["mean_shift"]["kl_closed"] <= last["mean_shift"]["kl_closed_ci95"][1]
 
 
 def test_patching_rejects_an_unknown_site():
