@@ -7,8 +7,9 @@ Overrides go to every step (`model=maia2_small`, `data.max_games=...`). A step w
 already holds a finished run (its `summary.json`) is skipped, so an interrupted study resumes where it
 stopped; `--only` reruns the named steps (after changing an override, rerun the steps it touches);
 `--report-only` writes the headline from the runs there are. The Maia-1 family (`model=maia1`) takes
-its own steps: its networks' activation spaces are unrelated, so the SAE chain runs per network
-(experiments/README.md).
+its own steps: its networks' activation spaces are unrelated, so the SAE chain (SAE, threat detectors,
+feature amplification) runs per network, on the weak and the strong end (maia-1100, maia-1900), and
+the strong network's detectors are paired with the weak one's (experiments/README.md).
 """
 from __future__ import annotations
 
@@ -53,6 +54,23 @@ MAIA2_STEPS = (
     Step("circuits", ("experiment=circuits_study",)),
 )
 _M1 = ("intervention.site=blocks.5.hook_resid_post",)
+# One SAE per end network (their activation spaces are unrelated): the last residual block, every
+# square a sample (experiments/sae_study/README.md).
+_M1_SAE = ("sae.k=16", "sae.dim=1024", "sae.sites=[blocks.5.hook_resid_post]", "sae.token_pooling=none",
+           "sae.steps=2000", "sae.batch_size=4096", "sae.chunk_positions=2048", "sae.cache_positions=20000",
+           "sae.calibrate_every=0", "sae.eval_positions=2000")
+M1_NETWORKS = (1100, 1900)  # the weak and the strong end of the family
+
+
+def _network_chain(rating: int, compare_to: int | None) -> tuple[Step, ...]:
+    net = (f"model.rating={rating}",)
+    cmp = (f"threats.compare_to=outputs/threats/threats_study/maia1-{compare_to}",) if compare_to else ()
+    return (Step(f"sae_{rating}", ("experiment=sae_study", *net, *_M1_SAE)),
+            Step(f"threats_{rating}", ("experiment=threats_study", *net, "threats.families=[threat,study]",
+                                       "threats.dashboards=12", *cmp)),
+            Step(f"intervention_sae_{rating}", ("experiment=intervention_study", *net, *_M1)))
+
+
 MAIA1_STEPS = (
     Step("transitional", ("experiment=transitional_study",)),
     Step("probe", ("experiment=probe_study", "probe.buckets=[1,2,3,4,5,6,7,8,9]",
@@ -60,6 +78,8 @@ MAIA1_STEPS = (
     Step("finetune_head", ("experiment=finetune_study", "finetune.trainable=policy_head", "finetune.side_info_weight=0")),
     Step("intervention_steering", ("experiment=intervention_study", "intervention.kind=steering", *_M1)),
     Step("intervention_probe", ("experiment=intervention_study", "intervention.kind=probe", *_M1)),
+    *_network_chain(M1_NETWORKS[0], None),
+    *_network_chain(M1_NETWORKS[1], M1_NETWORKS[0]),  # its threat detectors paired with the weak network's
 )
 
 
@@ -74,8 +94,9 @@ def plan(overrides: list[str]) -> tuple[str, list[tuple[Step, list[str], Path]]]
     base = _compose(["experiment=probe_study", *overrides])
     model_id = Path(base.hydra.run.dir).name
     if base.model.name == "maia1" and base.model.get("rating") is not None:
-        raise ConfigError("the study runs on the Maia-1 family as a whole (model=maia1): one network's SAE chain "
-                          "is run preset by preset (experiments/README.md)")
+        raise ConfigError("the study runs on the Maia-1 family as a whole (model=maia1, which also runs the SAE chain "
+                          f"of maia-{M1_NETWORKS[0]} and maia-{M1_NETWORKS[1]}); another network's SAE chain is run "
+                          "preset by preset (experiments/README.md)")
     steps = MAIA1_STEPS if base.model.name == "maia1" else MAIA2_STEPS
     out = []
     for step in steps:
@@ -114,20 +135,24 @@ def headline(runs: dict[str, Path]) -> list[dict]:
         for site, res in json.loads(probe.read_text())["sites"].items():
             rows.append(("is awareness flat across skill?", f"probe AUC, top minus bottom bucket ({site})",
                          (res.get("auc_gain_top_minus_bottom"), res.get("auc_gain_top_minus_bottom_ci95"))))
-    res_path = runs["threats_elo10"] / "results.json" if "threats_elo10" in runs else None
-    if res_path is not None and res_path.is_file():
+    strong, weak = (f"maia-{M1_NETWORKS[1]}", f"maia-{M1_NETWORKS[0]}")
+    for step, what in (("threats_elo10", ">= 2000 minus < 1100"), (f"threats_{M1_NETWORKS[1]}", f"{strong} minus {weak}")):
+        res_path = runs[step] / "results.json" if step in runs else None
+        if res_path is None or not res_path.is_file():
+            continue
         for site, res in json.loads(res_path.read_text())["sites"].items():
             c = res.get("compared", {}).get("threat")
             if c:
                 rows.append(("do the weak settings represent threats?",
-                             f"best feature AUC on threat squares, >= 2000 minus < 1100 ({site.split(' ')[0]})",
+                             f"best feature AUC on threat squares, {what} ({site.split(' ')[0]})",
                              (c["auc_difference"], c["auc_difference_ci95"])))
     for step, what in (("finetune_head", "policy head"), ("finetune_all", "all parameters, lr 3e-5")):
         if step in runs:
             rows.append(("does fine-tuning move the transition points?", f"mean shift ({what})",
                          _get(runs[step], "mean_shift")))
     for step, what in (("intervention_steering", "steering vector"), ("intervention_probe", "probe direction"),
-                       ("intervention_sae", "SAE features")):
+                       ("intervention_sae", "SAE features"),
+                       *((f"intervention_sae_{r}", f"SAE features, maia-{r}") for r in M1_NETWORKS)):
         if step in runs:
             rows.append(("does the intervention make them act?", f"correct-move accuracy minus control ({what})",
                          _get(runs[step], "effect_minus_control")))

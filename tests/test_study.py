@@ -25,9 +25,19 @@ def test_plan_chains_the_presets_for_one_subject():
     # another subject: every run directory follows it
     small_id, small = plan(["model=maia2_small"])
     assert small_id == "maia2_small" and all("maia2_small" in str(d) for _, _, d in small)
-    # the Maia-1 family takes its own steps; one network is refused
+    # the Maia-1 family takes its own steps: the family's, then an SAE chain per end network
     fam_id, fam = plan(["model=maia1"])
-    assert fam_id == "maia1" and "sae" not in [s.name for s, _, _ in fam]
+    fam_names = [s.name for s, _, _ in fam]
+    assert fam_id == "maia1" and "sae" not in fam_names
+    fam_dirs = {s.name: d for s, _, d in fam}
+    for r in (1100, 1900):
+        assert fam_names.index(f"sae_{r}") < fam_names.index(f"threats_{r}") < fam_names.index(f"intervention_sae_{r}")
+        assert str(fam_dirs[f"sae_{r}"]).endswith(f"sae_study/maia1-{r}")
+        assert str(fam_dirs[f"intervention_sae_{r}"]).endswith(f"intervention_study_sae/maia1-{r}")
+    # the strong network's detectors are paired with the weak one's, which runs first
+    m19 = dict(a.split("=", 1) for step, args, _d in fam if step.name == "threats_1900" for a in args)
+    assert m19["threats.compare_to"] == str(fam_dirs["threats_1100"])
+    assert fam_names.index("threats_1100") < fam_names.index("threats_1900")
     with pytest.raises(ConfigError, match="Maia-1 family as a whole"):
         plan(["model=maia1", "model.rating=1100"])
 
@@ -65,6 +75,14 @@ def test_headline_reads_each_step_and_marks_what_is_missing(tmp_path):
     assert rows["correct-move accuracy minus control (steering vector)"]["text"] == "-0.000 [-0.004, +0.004]"
     # steps this subject did not run are not rows; a run without the number is '-'
     assert not any("SAE features" in m for m in rows)
+    # a Maia-1 network pair: the strong network's detectors against the weak one's, each network's amplification
+    runs["threats_1900"] = put("t19", results={"sites": {"blocks.5.hook_resid_post (SAE topk, F=1024)": {"compared": {
+        "threat": {"auc_difference": -0.044, "auc_difference_ci95": [-0.068, -0.021]}}}}})
+    runs["intervention_sae_1100"] = put("i11", {"effect_minus_control": 0.003, "effect_minus_control_ci": [-0.002, 0.008]})
+    rows = {r["measurement"]: r for r in headline(runs)}
+    assert rows["best feature AUC on threat squares, maia-1900 minus maia-1100 (blocks.5.hook_resid_post)"]["text"] == \
+        "-0.044 [-0.068, -0.021]"
+    assert rows["correct-move accuracy minus control (SAE features, maia-1100)"]["value"] == 0.003
     runs["intervention_probe"] = put("ip", {})
     assert {r["measurement"]: r for r in headline(runs)}[
         "correct-move accuracy minus control (probe direction)"]["text"] == "-"
@@ -99,3 +117,20 @@ def test_the_whole_study_runs_and_resumes_on_real_games(shared_data, tmp_path):
     assert again.returncode == 0 and "[1/13]" not in again.stdout
     one = _study([*TINY, f"data.store_dir={tmp_path}/store", "--only", "probe"], tmp_path, timeout=600)
     assert one.returncode == 0 and "[2/13] probe" in one.stdout and "[1/13]" not in one.stdout
+
+
+@pytest.mark.slow
+def test_the_maia1_family_study_runs_with_an_sae_chain_per_end_network(shared_data, shared_models, tmp_path):
+    # every network's probe (the family's probe intervention adds each network's own direction)
+    r = _study([*TINY, "model=maia1", "probe.buckets=[1,2,3,4,5,6,7,8,9]", f"data.store_dir={tmp_path}/store"],
+               tmp_path, timeout=1500)
+    assert r.returncode == 0, [ln for ln in r.stderr.splitlines() if ln.startswith("error")]
+    out = json.loads((tmp_path / "outputs" / "study" / "maia1" / "headline.json").read_text())
+    assert all(r["value"] is not None for r in out["rows"]), [r["measurement"] for r in out["rows"] if r["value"] is None]
+    measured = {r["measurement"] for r in out["rows"]}
+    assert "best feature AUC on threat squares, maia-1900 minus maia-1100 (blocks.5.hook_resid_post)" in measured
+    assert {f"correct-move accuracy minus control (SAE features, maia-{n})" for n in (1100, 1900)} <= measured
+    # each end network has its own SAE, trained on its own activations
+    for n in (1100, 1900):
+        assert (tmp_path / "outputs" / "sae" / "sae_study" / f"maia1-{n}" / "summary.json").is_file()
+    assert "[11/11] intervention_sae_1900" in r.stdout
