@@ -339,6 +339,9 @@ class CircuitsConfig:
     edges_per_node: int = 3
     dashboards: bool = True
     batch_size: int = 256
+    # where skill enters (analysis/patching.py): test positions run at < 1100 and >= 2000, then at
+    # < 1100 with each block's sites and each attention head taken from the >= 2000 run; 0: skip
+    patching_positions: int = 2000
 
 
 @dataclass

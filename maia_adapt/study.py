@@ -130,6 +130,10 @@ def headline(runs: dict[str, Path]) -> list[dict]:
     if "transitional" in runs:
         rows.append(("does behaviour depend on skill?", "Stockfish's move, top minus bottom bucket",
                      _get(runs["transitional"], "skill_gain")))
+    if "circuits" in runs:
+        rows.append(("where does the skill dependence enter?",
+                     "share of KL(top bucket || bottom bucket) closed by block 0's attention output from the top bucket",
+                     _get(runs["circuits"], "skill_kl_closed_attn0")))
     probe = runs["probe"] / "results.json" if "probe" in runs else None
     if probe is not None and probe.is_file():
         for site, res in json.loads(probe.read_text())["sites"].items():

@@ -58,7 +58,7 @@ def test_stage_circuits_end_to_end(shared_data, tmp_path):
                  "transcoder.layers=[0,1]"], run_dir=tmp_path / "tc")
     assert r.returncode == 0, r.stderr[-2000:]
     r = run_app([*base, "stage=circuits", f"circuits.transcoders={tmp_path}/tc", "circuits.positions=120",
-                 "circuits.top_down=4", "circuits.top_up=10"], run_dir=tmp_path / "run")
+                 "circuits.top_down=4", "circuits.top_up=10", "circuits.patching_positions=150"], run_dir=tmp_path / "run")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert len(res["selected_layer1"]) == 4
@@ -66,3 +66,12 @@ def test_stage_circuits_end_to_end(shared_data, tmp_path):
     assert (tmp_path / "run" / "circuit.png").stat().st_size > 5000
     assert (tmp_path / "run" / "dashboards" / "index.html").is_file()
     assert np.isfinite(res["strongest_edge"])
+    # where skill enters: the first block's attention carries the shipped model's skill dependence
+    patch = json.loads((tmp_path / "run" / "patching.json").read_text())
+    assert patch["positions"] == 150 and len(patch["heads"]["0"]["heads"]) == 8
+    assert patch["sites"]["blocks.1.hook_resid_post"]["kl_closed"] > 1 - 1e-4
+    lo, hi = res["skill_kl_closed_attn0_ci95"]
+    assert lo <= res["skill_kl_closed_attn0"] <= hi and res["skill_kl_closed_attn0"] > 0.5
+    assert res["skill_kl_closed_attn0"] == pytest.approx(patch["heads"]["0"]["all"]["kl_closed"], abs=1e-5)
+    assert (tmp_path / "run" / "patching_heads.png").stat().st_size > 5000
+    assert "## Where the skill dependence enters" in (tmp_path / "run" / "results.md").read_text()

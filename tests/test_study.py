@@ -72,6 +72,7 @@ def test_headline_reads_each_step_and_marks_what_is_missing(tmp_path):
     assert rows["Stockfish's move, top minus bottom bucket"]["text"] == "+0.041 [+0.034, +0.049]"
     assert rows["probe AUC, top minus bottom bucket (blocks.5.hook_resid_post)"]["value"] == 0.012
     assert rows["mean shift (policy head)"]["ci95"] == [0.0, 0.0]
+    assert not any("block 0's attention" in m for m in rows)  # no circuits step, no row
     assert rows["correct-move accuracy minus control (steering vector)"]["text"] == "-0.000 [-0.004, +0.004]"
     # steps this subject did not run are not rows; a run without the number is '-'
     assert not any("SAE features" in m for m in rows)
@@ -96,7 +97,7 @@ TINY = ["data.max_games=300", "transitional.positions=150", "transitional.depth=
         "threats.dashboards=0", "intervention.strengths=[2.0]", "intervention.top_n=[1]", "intervention.n_boot=20",
         "intervention.heldout_positions=100", "transcoder.steps=20", "transcoder.dim=256", "transcoder.k=8",
         "transcoder.cache_positions=1024", "transcoder.chunk_positions=256", "transcoder.eval_positions=100",
-        "transcoder.grid_positions=10", "circuits.positions=100", "circuits.dashboards=0", "logger=none"]
+        "transcoder.grid_positions=10", "circuits.positions=100", "circuits.dashboards=0", "circuits.patching_positions=100", "logger=none"]
 
 
 @pytest.mark.slow
@@ -108,6 +109,7 @@ def test_the_whole_study_runs_and_resumes_on_real_games(shared_data, tmp_path):
     # every step left its number: none is missing
     assert all(r["value"] is not None for r in out["rows"]), [m for m, r in rows.items() if r["value"] is None]
     assert {"transitional", "sae", "threats_elo10", "intervention_sae", "circuits"} <= set(out["runs"])
+    assert any("block 0's attention" in m for m in rows)  # where skill enters, from the circuits step
     for r in out["rows"]:
         if r["ci95"]:
             assert r["ci95"][0] - 1e-9 <= r["value"] <= r["ci95"][1] + 1e-9, r

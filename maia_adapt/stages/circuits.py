@@ -3,13 +3,15 @@
 Writes features_layer_<l>.csv (mean activation per Elo bucket for the base model and, with
 circuits.finetuned, the calibrated one, and the skill relevance), circuit.csv and circuit.png (the
 strongest attributed edges into the top layer-1 features), skill_profile.png, dashboards/ (top
-positions of the selected layer-1 features), results.md.
+positions of the selected layer-1 features), patching.json and patching_heads.png (where the skill
+dependence enters: sites and heads exchanged between < 1100 and >= 2000), results.md.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..analysis.circuits import (attributions, circuit_edges, codes_by_bucket, connections, plot_circuit, rng_positions, skill_relevance, top_indices)
+from ..analysis.patching import head_patching, skill_patching
 from ..data.preprocess import open_or_build_store
 from ..dictionaries.transcoder import load_transcoder
 from ..encoding import BUCKET_NAMES
@@ -17,10 +19,52 @@ from ..errors import ConfigError
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..layout import transcoder_folder
 from ..model import load_model
+from ..model.hooks import block_hook
+from ..model.skill import Maia2Skill
 from ..reporting.dashboard import write_dashboards
-from ..reporting.plots import bucket_heatmap
+from ..reporting.plots import bucket_heatmap, grouped_bars
 from ..runtime.tracking import Tracker
 from .common import frozen_model
+
+
+def _patching(model, store, positions: int, seed: int, run_dir: Path) -> tuple[dict, list[str]]:
+    """(summary numbers, results.md lines; writes patching.json and patching_heads.png): each block's
+    attention output, FFN output and residual stream exchanged between < 1100 and >= 2000 (and moved
+    by the mean difference instead), and each attention head alone."""
+    sm = Maia2Skill(model)
+    inputs = sm.inputs(store, rng_positions(store, "test", positions, seed))
+    blocks = range(model.cfg.num_blocks_vit)
+    sites = [block_hook(b, s) for b in blocks for s in ("hook_attn_out", "hook_mlp_out", "hook_resid_post")]
+    res = skill_patching(sm, inputs, sites, seed=seed, mean_shift=True)
+    heads = {b: head_patching(sm, inputs, b, seed=seed) for b in blocks}
+    grouped_bars({f"block {b}": [h["kl_closed"] for h in heads[b]["heads"]] for b in blocks},
+                 [f"head {h}" for h in range(model.cfg.heads)], run_dir / "patching_heads.png",
+                 "share of KL(>= 2000 || < 1100) closed by one head's output from the >= 2000 run", "head", "KL closed")
+    atomic_write_json(run_dir / "patching.json", {**res, "heads": {str(b): h for b, h in heads.items()}})
+    a0 = res["sites"][block_hook(0, "hook_attn_out")]
+    top = max(range(model.cfg.heads), key=lambda h: heads[0]["heads"][h]["kl_closed"])
+    summary = {"skill_kl_closed_attn0": a0["kl_closed"], "skill_kl_closed_attn0_ci95": a0["kl_closed_ci95"],
+               "skill_mean_shift_attn0": a0["mean_shift"]["kl_closed"],
+               "skill_mean_shift_attn0_ci95": a0["mean_shift"]["kl_closed_ci95"],
+               "skill_top_head0": top, "skill_top_head0_kl_closed": heads[0]["heads"][top]["kl_closed"],
+               "skill_top_moves_differ": res["top_moves_differ"]}
+
+    def f(v):
+        return f"{v['kl_closed']:.3f} [{v['kl_closed_ci95'][0]:.3f}, {v['kl_closed_ci95'][1]:.3f}]"
+
+    lines = ["## Where the skill dependence enters", "",
+             f"{res['positions']} test positions at < 1100 and at >= 2000 (opponent alike); the top move differs on "
+             f"{res['top_moves_differ']:.1%}. Share of KL(>= 2000 || < 1100) closed when the < 1100 run takes a "
+             "site from the >= 2000 run (exchange) or is moved by the mean difference, one vector per token "
+             "(mean shift); 95% bootstrap over positions.", "",
+             "| site | exchange | mean shift | top moves flipped (exchange / mean shift) |", "|---|---|---|---|"]
+    lines += [f"| {s} | {f(v)} | {f(v['mean_shift'])} | {v['top_moves_flipped']:.3f} / {v['mean_shift']['top_moves_flipped']:.3f} |"
+              for s, v in res["sites"].items()]
+    lines += ["", "One head at a time (`blocks.{b}.hook_attn_heads`):", "", "![heads](patching_heads.png)", "",
+              "| head | " + " | ".join(f"block {b}" for b in blocks) + " |", "|---" * (len(blocks) + 1) + "|"]
+    lines += [f"| {h} | " + " | ".join(f(heads[b]["heads"][h]) for b in blocks) + " |" for h in range(model.cfg.heads)]
+    lines += ["| all | " + " | ".join(f(heads[b]["all"]) for b in blocks) + " |", ""]
+    return summary, lines
 
 
 def run(cfg, run_dir: Path) -> dict:
@@ -76,16 +120,17 @@ def run(cfg, run_dir: Path) -> dict:
               for f in down}
         index = write_dashboards(run_dir / "dashboards", pos, store.fens(idx), fc, elo_profile=means[1],
                                  title="layer-1 transcoder features most tied to skill")
+    patched, patch_lines = _patching(model, store, cc.patching_positions, cfg.seed, run_dir) if cc.patching_positions else ({}, [])
     tracker = Tracker(cfg, run_dir, job_type="circuits")
     try:
-        for png in (graph, profile):
+        for png in (graph, profile, *([run_dir / "patching_heads.png"] if patched else [])):
             tracker.log_image(f"circuits/{png.stem}", png)
     finally:
         tracker.finish()
     summary = {"positions": int(len(idx)), "layer1_features": len(down), "edges": len(edges),
                "mean_relevance_selected": float(relevance[1][down].mean()) if down else 0.0,
                "strongest_edge": max((abs(e[2]) for e in edges), default=0.0),
-               "compared_with_finetuned": bool(tuned)}
+               "compared_with_finetuned": bool(tuned), **patched}
     lines = ["# Transcoder circuits", "", f"{len(idx)} test positions; layer-1 features ranked by their {what}; "
              f"attribution A[i, j] = E[z0_i | z1_j > 0] x C[i, j], C = (W_dec0 * gamma) W_enc1.", "",
              "![circuit](circuit.png)", "", "![profile](skill_profile.png)", ""]
@@ -93,6 +138,7 @@ def run(cfg, run_dir: Path) -> dict:
         lines += ["Top positions of each selected feature: [dashboards/index.html](dashboards/index.html)", ""]
     lines += ["| layer-0 feature | layer-1 feature | attribution | connection |", "|---|---|---|---|"]
     lines += [f"| {i} | {j} | {v:+.4f} | {float(conn[i, j]):+.4f} |" for i, j, v in edges]
+    lines += ["", *patch_lines]
     atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
     atomic_write_json(run_dir / "results.json", {**summary, "selected_layer1": down, "edges": edges})
     return summary
