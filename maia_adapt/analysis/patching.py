@@ -34,7 +34,8 @@ def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 class _Ends:
     """The low and high runs of the same positions, and how far a patched run gets from one to the other."""
 
-    def __init__(self, model, inputs: dict, low: int, high: int, names: list[str], n_boot: int, seed: int):
+    def __init__(self, model, inputs: dict, low: int, high: int, names: list[str], n_boot: int, seed: int,
+                 cache_low: bool = False):
         model = as_skill_model(model)
         if len(model.spaces()) > 1:
             raise ConfigError(f"skill patching needs one network at every bucket; {model.name}'s buckets run different "
@@ -42,7 +43,8 @@ class _Ends:
         self.names = [model.check_hook_name(s) for s in names]
         self.model, self.inputs, self.low = model, inputs, low
         self.legal = inputs["legal"].to(model.device)
-        lo_logits, self.lo_cache = model.run_with_cache(inputs, low, low, names=self.names)
+        # the low run's activations are kept only when asked (the mean shifts): they double the memory
+        lo_logits, self.lo_cache = model.run_with_cache(inputs, low, low, names=self.names if cache_low else [])
         hi_logits, self.hi_cache = model.run_with_cache(inputs, high, high, names=self.names)
         self.lo, self.hi = masked_probs(lo_logits, self.legal), masked_probs(hi_logits, self.legal)
         self.differ = self.lo.argmax(-1) != self.hi.argmax(-1)
@@ -79,7 +81,7 @@ def skill_patching(model, inputs: dict, sites: list[str], low: int = 0, high: in
     bucket follows the player's (`low` or `high`), as the skill matrix's `same` setting does.
     `mean_shift=True` adds `mean_shift`: the same numbers when the site's low activation is moved by
     the high-minus-low difference averaged over these positions (one vector per token) instead."""
-    ends = _Ends(model, inputs, low, high, sites, n_boot, seed)
+    ends = _Ends(model, inputs, low, high, sites, n_boot, seed, cache_low=mean_shift)
     out = {**ends.summary(), "sites": {}}
     for site in ends.names:
         res = ends.effect([(site, lambda x, name, v=ends.hi_cache[site]: v.to(x.dtype))])
