@@ -36,7 +36,8 @@ class Step:
     run_dir: str = ""  # set for steps that are not a preset's own fixed directory ({id}: the model's)
 
 
-_CMP = "outputs/threats/threats_study_elo0/{id}"
+# In a step's arguments `{id}` is the model's run-directory name and `{dir:<step>}` the run directory
+# of an earlier step, as plan() composed it.
 MAIA2_STEPS = (
     Step("transitional", ("experiment=transitional_study",)),
     Step("probe", ("experiment=probe_study",)),
@@ -44,9 +45,10 @@ MAIA2_STEPS = (
     Step("finetune_all", ("experiment=finetune_study", "finetune.lr=3e-5", "finetune.eval_every=10")),
     Step("sae", ("experiment=sae_study",)),
     Step("threats", ("experiment=threats_study",)),
-    Step("threats_elo0", ("experiment=threats_study", "threats.elo=0", "threats.dashboards=0"), _CMP),
+    Step("threats_elo0", ("experiment=threats_study", "threats.elo=0", "threats.dashboards=0"),
+         "outputs/threats/threats_study_elo0/{id}"),
     Step("threats_elo10", ("experiment=threats_study", "threats.elo=10", "threats.dashboards=0",
-                           f"threats.compare_to={_CMP}"), "outputs/threats/threats_study_elo10/{id}"),
+                           "threats.compare_to={dir:threats_elo0}"), "outputs/threats/threats_study_elo10/{id}"),
     Step("intervention_sae", ("experiment=intervention_study",)),
     Step("intervention_steering", ("experiment=intervention_study", "intervention.kind=steering")),
     Step("intervention_probe", ("experiment=intervention_study", "intervention.kind=probe")),
@@ -64,7 +66,7 @@ M1_NETWORKS = (1100, 1900)  # the weak and the strong end of the family
 
 def _network_chain(rating: int, compare_to: int | None) -> tuple[Step, ...]:
     net = (f"model.rating={rating}",)
-    cmp = (f"threats.compare_to=outputs/threats/threats_study/maia1-{compare_to}",) if compare_to else ()
+    cmp = (f"threats.compare_to={{dir:threats_{compare_to}}}",) if compare_to else ()
     return (Step(f"sae_{rating}", ("experiment=sae_study", *net, *_M1_SAE)),
             Step(f"threats_{rating}", ("experiment=threats_study", *net, "threats.families=[threat,study]",
                                        "threats.dashboards=12", *cmp)),
@@ -98,13 +100,15 @@ def plan(overrides: list[str]) -> tuple[str, list[tuple[Step, list[str], Path]]]
                           f"of maia-{M1_NETWORKS[0]} and maia-{M1_NETWORKS[1]}); another network's SAE chain is run "
                           "preset by preset (experiments/README.md)")
     steps = MAIA1_STEPS if base.model.name == "maia1" else MAIA2_STEPS
-    out = []
+    out, dirs = [], {}
     for step in steps:
         args = [a.replace("{id}", model_id) for a in (*step.args, *overrides)]
+        for name, d in dirs.items():
+            args = [a.replace(f"{{dir:{name}}}", str(d)) for a in args]
         if step.run_dir:
             args.append(f"hydra.run.dir={step.run_dir.format(id=model_id)}")
-        cfg = _compose(args)
-        out.append((step, args, Path(cfg.hydra.run.dir)))
+        dirs[step.name] = Path(_compose(args).hydra.run.dir)
+        out.append((step, args, dirs[step.name]))
     return model_id, out
 
 
