@@ -141,6 +141,30 @@ def test_cache_has_every_hook_with_documented_shapes():
     assert torch.allclose(model.heads(cache["hook_final"])[0], out[0], atol=1e-6)
 
 
+def test_elo_query_and_pattern_hooks():
+    """The Elo's query term is one vector per head that only the buckets decide, and the pattern is
+    what the heads average the values with."""
+    torch.manual_seed(0)
+    model = Maia2(SMALL).eval()
+    boards, _, _ = _inputs()
+    elo = torch.tensor([0, 0, 10, 10])
+    _, cache = model.run_with_cache(boards, elo, elo)
+    eq, pat = cache["blocks.0.hook_elo_q"], cache["blocks.1.hook_pattern"]
+    assert eq.shape == (4, 1, 4, 16) and pat.shape == (4, 8, 4, 8)
+    assert torch.equal(eq[0], eq[1]) and not torch.allclose(eq[0], eq[2])
+    assert torch.allclose(pat.sum(-1), torch.ones(4, 8, 4), atol=1e-6)
+    attn = model.transformer.elo_layers[0][0]
+    v = attn.to_qkv(attn.norm(cache["blocks.0.hook_resid_pre"])).chunk(3, dim=-1)[2].view(4, 8, 4, 16)
+    heads = torch.einsum("bqhk,bkhd->bqhd", cache["blocks.0.hook_pattern"], v)
+    assert torch.allclose(heads, cache["blocks.0.hook_attn_heads"], atol=1e-5)
+    # the low rows given the high rows' Elo term in every head of both blocks become the high rows
+    hi = {i: cache[f"blocks.{i}.hook_elo_q"][2:3] for i in range(2)}
+    low = torch.zeros(4, dtype=torch.long)
+    swapped = model.run_with_hooks(boards, low, low, [(f"blocks.{i}.hook_elo_q", lambda x, n, i=i: hi[i].expand_as(x))
+                                                      for i in range(2)])[0]
+    assert torch.allclose(swapped, model(boards, torch.full((4,), 10), torch.full((4,), 10))[0], atol=1e-5)
+
+
 def test_hooks_replace_and_are_removed():
     torch.manual_seed(0)
     model = Maia2(SMALL).eval()

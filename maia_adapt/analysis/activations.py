@@ -41,8 +41,10 @@ def site_dim(model, name: str) -> int:
     cfg = model.cfg
     if name == "hook_cnn_out":
         return 64
-    if name.endswith("hook_attn_heads"):
+    if name.endswith(("hook_attn_heads", "hook_elo_q")):
         return cfg.heads * cfg.dim_head
+    if name.endswith("hook_pattern"):
+        return cfg.heads * cfg.vit_length
     return cfg.dim_vit
 
 

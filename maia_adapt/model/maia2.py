@@ -8,6 +8,10 @@ Hook sites (tensors [batch, tokens, dim] unless noted):
   hook_cnn_out [B, vit_length, 64]   CNN trunk output, one 64-square map per token
   hook_tokens                        patch embedding + position embedding (before dropout)
   blocks.{i}.hook_resid_pre          input of transformer block i
+  blocks.{i}.hook_elo_q              the Elo's term of the attention queries [B, 1, H, Dh]: the same for every
+                                     token (one query token, broadcast), it depends on the two buckets only
+  blocks.{i}.hook_pattern            attention weights [B, T query, H, T key] (query tokens first, as every
+                                     site here is token-first; TransformerLens orders it [B, H, Tq, Tk])
   blocks.{i}.hook_attn_heads         per-head attention output before the output projection [B, T, H, Dh]
   blocks.{i}.hook_attn_out           Elo-aware attention output (after projection, before the residual add)
   blocks.{i}.hook_resid_mid          after the attention residual add
@@ -65,6 +69,8 @@ def hook_names(cfg: Maia2Config) -> list[str]:
             block_hook(i, s)
             for s in (
                 "hook_resid_pre",
+                "hook_elo_q",
+                "hook_pattern",
                 "hook_attn_heads",
                 "hook_attn_out",
                 "hook_resid_mid",
@@ -188,8 +194,14 @@ class Maia2(HookPoints, nn.Module):
     def _attention(self, attn: EloAwareAttention, x, elo_emb, i: int):
         x = attn.norm(x)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=attn.heads) for t in attn.to_qkv(x).chunk(3, dim=-1))
-        q = q + rearrange(attn.elo_query(elo_emb), "b (h d) -> b h 1 d", h=attn.heads)
-        weights = attn.dropout(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * attn.scale, dim=-1))
+        # the only place the Elo enters: one vector per head added to every token's query, i.e. a bias
+        # on the attention scores that depends on the key token alone (which tokens a head reads)
+        elo_q = self._hook(block_hook(i, "hook_elo_q"), rearrange(attn.elo_query(elo_emb), "b (h d) -> b 1 h d", h=attn.heads))
+        q = q + rearrange(elo_q, "b 1 h d -> b h 1 d")
+        weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * attn.scale, dim=-1)
+        weights = rearrange(self._hook(block_hook(i, "hook_pattern"), rearrange(weights, "b h q k -> b q h k")),
+                            "b q h k -> b h q k")
+        weights = attn.dropout(weights)
         heads = rearrange(torch.matmul(weights, v), "b h n d -> b n h d")
         heads = self._hook(block_hook(i, "hook_attn_heads"), heads)
         return attn.to_out(rearrange(heads, "b n h d -> b n (h d)"))
