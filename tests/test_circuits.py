@@ -74,4 +74,9 @@ def test_stage_circuits_end_to_end(shared_data, tmp_path):
     assert lo <= res["skill_kl_closed_attn0"] <= hi and res["skill_kl_closed_attn0"] > 0.5
     assert res["skill_kl_closed_attn0"] == pytest.approx(patch["heads"]["0"]["all"]["kl_closed"], abs=1e-5)
     assert (tmp_path / "run" / "patching_heads.png").stat().st_size > 5000
+    # the Elo's entry into block 0 is its whole attention output; the top head moves its attention
+    assert patch["sites"]["blocks.0.hook_elo_q"]["kl_closed"] == pytest.approx(res["skill_kl_closed_attn0"], abs=1e-5)
+    assert 0 < res["skill_kl_closed_elo1"] < res["skill_kl_closed_attn0"]
+    moved = patch["attention_shift"]["0"]["moved"]
+    assert len(moved) == 8 and res["skill_top_head0_attention_moved"] == moved[res["skill_top_head0"]] > np.median(moved)
     assert "## Where the skill dependence enters" in (tmp_path / "run" / "results.md").read_text()

@@ -3,7 +3,8 @@ import chess
 import numpy as np
 import pytest
 
-from maia_adapt.analysis.patching import head_patching, skill_patching
+import torch
+from maia_adapt.analysis.patching import _Ends, attention_shift, head_patching, skill_patching
 from maia_adapt.config import ASSETS
 from maia_adapt.errors import MaiaAdaptError
 from maia_adapt.model import load_model
@@ -61,6 +62,30 @@ def test_head_patching_splits_the_attention_output_by_head():
     assert max(heads) < res["all"]["kl_closed"] and max(heads) - min(heads) > 0.01
     for h in res["heads"]:
         assert h["kl_closed_ci95"][0] <= h["kl_closed"] <= h["kl_closed_ci95"][1]
+
+
+def test_the_elo_enters_by_its_query_term_and_moves_attention():
+    model = Maia2Skill(load_model(ASSETS / "maia2_skill.safetensors"), name="maia2_skill")
+    inputs = model.inputs_from_boards(_positions(200, seed=3))
+    s = skill_patching(model, inputs, ["blocks.0.hook_elo_q", "blocks.0.hook_attn_out", "blocks.1.hook_elo_q"],
+                       n_boot=0)["sites"]
+    # block 0 reads Elo-blind tokens, so its Elo term decides its whole attention output
+    assert s["blocks.0.hook_elo_q"]["kl_closed"] == pytest.approx(s["blocks.0.hook_attn_out"]["kl_closed"], abs=1e-5)
+    # the Elo's two entries together are the whole skill dependence; block 1's alone is a part of it
+    with torch.no_grad():
+        both = _Ends(model, inputs, 0, 10, ["blocks.0.hook_elo_q", "blocks.1.hook_elo_q"], 0, 0)
+        whole = both.effect([(n, lambda x, name, v=both.hi_cache[n]: v) for n in both.names])
+    assert whole["kl_closed"] == pytest.approx(1.0, abs=1e-4) and whole["top_moves_flipped"] == 1.0
+    assert 0 < s["blocks.1.hook_elo_q"]["kl_closed"] < 0.5
+    # the heads that carry the difference are the heads whose attention the Elo moves the most
+    shift = attention_shift(model, inputs, layer=0)
+    moved, gain = shift["moved"], torch.tensor(shift["key_gain"])
+    heads = [h["kl_closed"] for h in head_patching(model, inputs, 0, n_boot=0)["heads"]]
+    top2 = sorted(range(len(heads)), key=heads.__getitem__)[-2:]
+    assert all(0 <= m <= 1 for m in moved) and min(moved[h] for h in top2) > sorted(moved)[len(moved) // 2]
+    assert torch.allclose(gain.sum(-1), torch.zeros(len(moved), dtype=gain.dtype), atol=1e-6)
+    # the same bucket twice moves nothing
+    assert max(attention_shift(model, inputs, layer=0, low=4, high=4)["moved"]) == 0
 
 
 def test_mean_shift_is_the_identity_where_the_elo_is_not_seen():

@@ -8,13 +8,18 @@ and patching the last residual stream reproduces the high bucket exactly: the tw
 between.
 
 Two finer questions about a site that carries the difference: which attention heads carry it
-(`head_patching`: one head's output exchanged at a time), and is it one direction, the same at every
+(`head_patching`: one head's output exchanged at a time; `attention_shift`: how much attention each
+head moves between the buckets, the only thing the Elo acts on), and is it one direction, the same at every
 position (`mean_shift=True`: the low run's activation moved by the mean high-minus-low difference
 instead of exchanged; if that closes as much, skill is a steering vector at that site).
 
     from maia_adapt.analysis.patching import head_patching, skill_patching
     res = skill_patching(model, inputs, ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"], low=0, high=10)
     heads = head_patching(model, inputs, layer=0)
+    moved = attention_shift(model, inputs, layer=0)["moved"]   # per head, 0..1
+
+The Elo's own entry into a block is a site too: `blocks.{b}.hook_elo_q` (its query term) exchanged
+gives what the Elo does there with everything upstream left at the low bucket.
 """
 from __future__ import annotations
 
@@ -113,3 +118,18 @@ def head_patching(model, inputs: dict, layer: int, low: int = 0, high: int = 10,
     heads = [ends.effect([(site, one_head(h))]) for h in range(hi.shape[2])]
     return {**ends.summary(), "site": site, "heads": heads,
             "all": ends.effect([(site, lambda x, name: hi.to(x.dtype))])}
+
+
+@torch.no_grad()
+def attention_shift(model, inputs: dict, layer: int, low: int = 0, high: int = 10) -> dict:
+    """What the Elo does to each head of block `layer`: the Elo's only entry is a per-head bias on the
+    attention scores that depends on the key token, so it moves attention between tokens. `moved[h]`:
+    the attention mass head h moves between the two buckets (total variation between its patterns,
+    averaged over positions and query tokens, 0..1); `key_gain[h][t]`: the mean attention key token t
+    gains at `high` over `low` (sums to 0 over t)."""
+    model = as_skill_model(model)
+    site = model.check_hook_name(f"blocks.{layer}.hook_pattern")
+    pats = [model.run_with_cache(inputs, b, b, names=[site])[1][site].double() for b in (low, high)]  # [B, Tq, H, Tk]
+    diff = pats[1] - pats[0]
+    return {"site": site, "moved": (0.5 * diff.abs().sum(-1)).mean((0, 1)).tolist(),
+            "key_gain": diff.mean((0, 1)).tolist()}

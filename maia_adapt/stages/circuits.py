@@ -4,14 +4,15 @@ Writes features_layer_<l>.csv (mean activation per Elo bucket for the base model
 circuits.finetuned, the calibrated one, and the skill relevance), circuit.csv and circuit.png (the
 strongest attributed edges into the top layer-1 features), skill_profile.png, dashboards/ (top
 positions of the selected layer-1 features), patching.json and patching_heads.png (where the skill
-dependence enters: sites and heads exchanged between < 1100 and >= 2000), results.md.
+dependence enters: sites and heads exchanged between < 1100 and >= 2000, the attention each head
+moves), results.md.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..analysis.circuits import (attributions, circuit_edges, codes_by_bucket, connections, plot_circuit, rng_positions, skill_relevance, top_indices)
-from ..analysis.patching import head_patching, skill_patching
+from ..analysis.patching import attention_shift, head_patching, skill_patching
 from ..data.preprocess import open_or_build_store
 from ..dictionaries.transcoder import load_transcoder
 from ..encoding import BUCKET_NAMES
@@ -29,24 +30,29 @@ from .common import frozen_model
 
 def _patching(model, store, positions: int, seed: int, run_dir: Path) -> tuple[dict, list[str]]:
     """(summary numbers, results.md lines; writes patching.json and patching_heads.png): each block's
-    attention output, FFN output and residual stream exchanged between < 1100 and >= 2000 (and moved
-    by the mean difference instead), and each attention head alone."""
+    Elo query term, attention output, FFN output and residual stream exchanged between < 1100 and
+    >= 2000 (and moved by the mean difference instead), each attention head alone, and the attention
+    each head moves between the two buckets."""
     sm = Maia2Skill(model)
     inputs = sm.inputs(store, rng_positions(store, "test", positions, seed))
     blocks = range(model.cfg.num_blocks_vit)
-    sites = [block_hook(b, s) for b in blocks for s in ("hook_attn_out", "hook_mlp_out", "hook_resid_post")]
+    sites = [block_hook(b, s) for b in blocks for s in ("hook_elo_q", "hook_attn_out", "hook_mlp_out", "hook_resid_post")]
     res = skill_patching(sm, inputs, sites, seed=seed, mean_shift=True)
     heads = {b: head_patching(sm, inputs, b, seed=seed) for b in blocks}
+    shift = {b: attention_shift(sm, inputs, b) for b in blocks}
     grouped_bars({f"block {b}": [h["kl_closed"] for h in heads[b]["heads"]] for b in blocks},
                  [f"head {h}" for h in range(model.cfg.heads)], run_dir / "patching_heads.png",
                  "share of KL(>= 2000 || < 1100) closed by one head's output from the >= 2000 run", "head", "KL closed")
-    atomic_write_json(run_dir / "patching.json", {**res, "heads": {str(b): h for b, h in heads.items()}})
-    a0 = res["sites"][block_hook(0, "hook_attn_out")]
+    atomic_write_json(run_dir / "patching.json", {**res, "heads": {str(b): h for b, h in heads.items()},
+                                                  "attention_shift": {str(b): v for b, v in shift.items()}})
+    a0, e1 = res["sites"][block_hook(0, "hook_attn_out")], res["sites"][block_hook(1, "hook_elo_q")]
     top = max(range(model.cfg.heads), key=lambda h: heads[0]["heads"][h]["kl_closed"])
     summary = {"skill_kl_closed_attn0": a0["kl_closed"], "skill_kl_closed_attn0_ci95": a0["kl_closed_ci95"],
                "skill_mean_shift_attn0": a0["mean_shift"]["kl_closed"],
                "skill_mean_shift_attn0_ci95": a0["mean_shift"]["kl_closed_ci95"],
+               "skill_kl_closed_elo1": e1["kl_closed"], "skill_kl_closed_elo1_ci95": e1["kl_closed_ci95"],
                "skill_top_head0": top, "skill_top_head0_kl_closed": heads[0]["heads"][top]["kl_closed"],
+               "skill_top_head0_attention_moved": shift[0]["moved"][top],
                "skill_top_moves_differ": res["top_moves_differ"]}
 
     def f(v):
@@ -56,14 +62,25 @@ def _patching(model, store, positions: int, seed: int, run_dir: Path) -> tuple[d
              f"{res['positions']} test positions at < 1100 and at >= 2000 (opponent alike); the top move differs on "
              f"{res['top_moves_differ']:.1%}. Share of KL(>= 2000 || < 1100) closed when the < 1100 run takes a "
              "site from the >= 2000 run (exchange) or is moved by the mean difference, one vector per token "
-             "(mean shift); 95% bootstrap over positions.", "",
+             "(mean shift); 95% bootstrap over positions. `hook_elo_q` is the Elo's own entry into a block (its "
+             "term of the attention queries, everything upstream left at < 1100); it does not vary with the "
+             "position, so its mean shift is its exchange.", "",
              "| site | exchange | mean shift | top moves flipped (exchange / mean shift) |", "|---|---|---|---|"]
     lines += [f"| {s} | {f(v)} | {f(v['mean_shift'])} | {v['top_moves_flipped']:.3f} / {v['mean_shift']['top_moves_flipped']:.3f} |"
               for s, v in res["sites"].items()]
-    lines += ["", "One head at a time (`blocks.{b}.hook_attn_heads`):", "", "![heads](patching_heads.png)", "",
-              "| head | " + " | ".join(f"block {b}" for b in blocks) + " |", "|---" * (len(blocks) + 1) + "|"]
-    lines += [f"| {h} | " + " | ".join(f(heads[b]["heads"][h]) for b in blocks) + " |" for h in range(model.cfg.heads)]
-    lines += ["| all | " + " | ".join(f(heads[b]["all"]) for b in blocks) + " |", ""]
+    def keys(gain):  # the key tokens that gain and lose the most attention at >= 2000
+        up, down = max(range(len(gain)), key=gain.__getitem__), min(range(len(gain)), key=gain.__getitem__)
+        return f"token {up} {gain[up]:+.2f}, token {down} {gain[down]:+.2f}"
+
+    lines += ["", "One head at a time (`blocks.{b}.hook_attn_heads`); the attention mass the head moves between "
+              "the two buckets (total variation between its patterns, mean over positions and query tokens; the "
+              "Elo acts on nothing else), and the key tokens that gain and lose the most of it at >= 2000:", "",
+              "![heads](patching_heads.png)", "",
+              "| head | " + " | ".join(f"block {b}: KL closed | moved | gains, loses" for b in blocks) + " |",
+              "|---" * (3 * len(blocks) + 1) + "|"]
+    lines += [f"| {h} | " + " | ".join(f"{f(heads[b]['heads'][h])} | {shift[b]['moved'][h]:.3f} | {keys(shift[b]['key_gain'][h])}"
+                                       for b in blocks) + " |" for h in range(model.cfg.heads)]
+    lines += ["| all | " + " | ".join(f"{f(heads[b]['all'])} | - | -" for b in blocks) + " |", ""]
     return summary, lines
 
 
