@@ -260,7 +260,9 @@ class ProbeConfig:
 class InterventionConfig:
     """stage=intervention: amplify concept features / add directions and measure transition-point shifts."""
 
-    kind: str = "sae"  # sae (amplify the concept's top SAE features) | probe (probe direction) | steering (mean difference)
+    # sae (amplify the concept's top SAE features) | probe (probe direction) | steering (mean difference) |
+    # elo_heads (a Maia-2's skill heads given bucket elo_to's Elo at site blocks.<b>.hook_elo_q: a reference)
+    kind: str = "sae"
     transitional: Optional[str] = None  # stage=transitional run (or CSV): train rows choose, test rows judge
     concept: str = "defensive"  # each position is intervened on for its active concepts of this kind (or one concept)
     site: str = "blocks.${layer}.hook_resid_post"
@@ -268,8 +270,10 @@ class InterventionConfig:
     threats: Optional[str] = None  # kind=sae: the stage=threats run whose detection table ranks the features
     probes: Optional[str] = None  # kind=probe: the stage=probe run
     probe_bucket: int = 10  # kind=probe: which bucket's probe gives the direction
-    strengths: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])  # sae: feature multiplier; else x steering norm
-    top_n: list[int] = field(default_factory=lambda: [1, 3, 5])  # kind=sae: features per concept (grid)
+    # sae: feature multiplier; probe/steering: x steering norm; elo_heads: how far toward elo_to's Elo term (1: replaced)
+    strengths: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
+    top_n: list[int] = field(default_factory=lambda: [1, 3, 5])  # grid; kind=sae: features per concept; elo_heads: heads
+    elo_to: int = 10  # kind=elo_heads: the bucket whose Elo the heads are given
     keep_error: bool = True  # kind=sae: keep the reconstruction error (False: the study's variant)
     per_bucket: bool = True  # each Elo bucket gets its best train setting (the study's); False: one for all
     n_boot: int = 1000
@@ -409,7 +413,8 @@ _FRACTION = ("data.val_fraction", "data.test_fraction", "model.dropout_cnn", "mo
              "train.min_lr_ratio", "threats.heldout_fraction", "sae.dense_threshold", "transcoder.dense_threshold")
 # Elo settings: (key, words accepted besides a bucket 0..10); a list value is checked item by item
 _ELO = (("threats.elo", ("data", "random")), ("sae.elo", ("data", "random")), ("activations.elo", ("data",)),
-        ("probe.buckets", ()), ("intervention.probe_bucket", ()), ("transitional.oppo_bucket", ()))
+        ("probe.buckets", ()), ("intervention.probe_bucket", ()), ("intervention.elo_to", ()),
+        ("transitional.oppo_bucket", ()))
 
 
 # keys a stage sets itself: (key, where its value comes from)
@@ -426,6 +431,7 @@ def _choices() -> dict[str, tuple]:
     from .dictionaries.kernels import KERNELS
     from .dictionaries.sae import ARCHITECTURES
     from .analysis.evaluation import SPLITS as EVAL_SPLITS
+    from .analysis.interventions import INTERVENTIONS
 
     pooling = ("mean", "none")
     return {
@@ -435,7 +441,7 @@ def _choices() -> dict[str, tuple]:
         "activations.token_pooling": pooling, "activations.dtype": ("float16", "float32"), "activations.split": SPLITS,
         "threats.split": SPLITS, "threats.position_set": ("store", "puzzles", "sts"),
         "transitional.position_set": ("store", "seed"), "transitional.oracle": ("auto", "engine", "accepted", "model"),
-        "intervention.kind": ("sae", "probe", "steering"),
+        "intervention.kind": tuple(INTERVENTIONS),
         "evaluate.split": EVAL_SPLITS, "evaluate.oppo": ("data", "same"),
         "train.batchnorm": ("batch", "frozen"),
         "train.sampling": ("uniform", "elo_balanced"), "logger.backend": ("wandb", "none"),

@@ -52,6 +52,10 @@ MAIA2_STEPS = (
     Step("intervention_sae", ("experiment=intervention_study",)),
     Step("intervention_steering", ("experiment=intervention_study", "intervention.kind=steering")),
     Step("intervention_probe", ("experiment=intervention_study", "intervention.kind=probe")),
+    # a reference for the three above: the model's own skill mechanism edited (block 0's skill heads)
+    Step("intervention_elo_heads", ("experiment=intervention_study", "intervention.kind=elo_heads",
+                                    "intervention.site=blocks.0.hook_elo_q", "intervention.strengths=[0.5,1.0,2.0]",
+                                    "intervention.top_n=[1,2,3]")),
     Step("transcoder", ("experiment=transcoder_study",)),
     Step("circuits", ("experiment=circuits_study",)),
 )
@@ -160,6 +164,7 @@ def headline(runs: dict[str, Path]) -> list[dict]:
                          _get(runs[step], "mean_shift")))
     for step, what in (("intervention_steering", "steering vector"), ("intervention_probe", "probe direction"),
                        ("intervention_sae", "SAE features"),
+                       ("intervention_elo_heads", "reference: block 0's skill heads given the top bucket's Elo"),
                        *((f"intervention_sae_{r}", f"SAE features, maia-{r}") for r in M1_NETWORKS)):
         if step in runs:
             rows.append(("does the intervention make them act?", f"correct-move accuracy minus control ({what})",

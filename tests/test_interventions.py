@@ -2,6 +2,7 @@
 predicted move as expected, controls and steering vectors, and stage=intervention end to end."""
 import json
 
+import chess
 import numpy as np
 import pytest
 import torch
@@ -125,3 +126,92 @@ def test_stage_intervention_steering_on_seed_positions(shared_data, tmp_path):
     assert lo <= res["effect_minus_control"] <= hi
     assert 0 <= res["heldout_human_accuracy_intervened"] <= 1
     assert (tmp_path / "iv" / "transition_points.png").is_file()
+
+
+def _elo_heads_setup(tmp_path, n=60):
+    from types import SimpleNamespace
+
+    from maia_adapt.analysis.calibration import MoveSet
+    from maia_adapt.model.skill import Maia2Skill
+
+    model = Maia2Skill(load_model(ASSETS / "maia2_skill.safetensors"), name="maia2_skill")
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(n):  # positions from random play, the first legal move standing in as "correct"
+        b = chess.Board()
+        for _ in range(int(rng.integers(4, 30))):
+            moves = list(b.legal_moves)
+            if not moves or b.is_game_over():
+                break
+            b.push(moves[int(rng.integers(len(moves)))])
+        if not b.is_game_over():
+            rows.append({"fen": b.fen(), "correct": [next(iter(b.legal_moves)).uci()], "threats": []})
+    train = MoveSet.build(rows, tmp_path / "train")
+    ic = SimpleNamespace(site="blocks.0.hook_elo_q", elo_to=10, top_n=[1, 2], strengths=[1.0])
+    return model, train, ic
+
+
+def test_elo_heads_edit_the_skill_heads_only(tmp_path):
+    from maia_adapt.analysis.interventions import EloHeadIntervention
+    from maia_adapt.analysis.patching import head_patching
+    from maia_adapt.errors import ConfigError
+
+    model, train, ic = _elo_heads_setup(tmp_path)
+    method = EloHeadIntervention(ic, model, train, seed=0)
+    inputs = model.inputs(train.store, np.arange(len(train.rows)))
+    with torch.no_grad():
+        ranked = head_patching(model, inputs, 0, n_boot=0)["heads"]
+        assert method.order[:2] == sorted(range(len(ranked)), key=lambda h: -ranked[h]["kl_closed"])[:2]
+        top, ctrl = method.heads(2, False), method.heads(2, True)
+        assert len(ctrl) == 2 and not set(ctrl) & set(top) and ctrl == method.heads(2, True)
+        pos = np.arange(len(train.rows))
+        run = lambda bucket, setting=None, control=False: model.policy_logits(inputs, bucket, bucket) if setting is None else \
+            _with(model, ic.site, method.make(train.rows, setting, control)(pos, bucket), inputs, bucket)
+        # the target bucket already has its own Elo: nothing changes there; strength 0 changes nothing anywhere
+        assert torch.allclose(run(10, (1.0, 2)), run(10), atol=1e-5)
+        assert torch.allclose(run(0, (0.0, 2)), run(0), atol=1e-6)
+        # in block 0 (Elo-blind input) strength 1 is exchanging those heads' outputs with the >= 2000 run's
+        _, hi = model.run_with_cache(inputs, 10, 10, names=["blocks.0.hook_attn_heads"])
+
+        def heads_from_hi(x, name):
+            x = x.clone()
+            x[:, :, top] = hi["blocks.0.hook_attn_heads"][:, :, top]
+            return x
+
+        assert torch.allclose(run(0, (1.0, 2)), _with(model, "blocks.0.hook_attn_heads", heads_from_hi, inputs, 0), atol=1e-4)
+        # and it moves bucket 0 toward bucket 10 more than the control heads do
+        p = lambda logits: torch.softmax(logits.masked_fill(~inputs["legal"], -1e9), -1)
+        kl = lambda a: (p(run(10)) * (p(run(10)).clamp_min(1e-12).log() - p(a).clamp_min(1e-12).log())).sum(-1).mean()
+        assert kl(run(0, (1.0, 2))) < 0.5 * kl(run(0)) and kl(run(0, (1.0, 2), True)) > kl(run(0, (1.0, 2)))
+    with pytest.raises(ConfigError, match="blocks.<block>.hook_elo_q"):
+        EloHeadIntervention(type(ic)(**{**vars(ic), "site": "blocks.0.hook_attn_out"}), model, train, 0)
+    with pytest.raises(ConfigError, match="control needs"):
+        EloHeadIntervention(type(ic)(**{**vars(ic), "top_n": [8]}), model, train, 0)
+
+
+def _with(model, site, fn, inputs, bucket):
+    with model.hooks([(site, fn)]):
+        return model.policy_logits(inputs, bucket, bucket)
+
+
+@pytest.mark.slow
+def test_stage_intervention_elo_heads_on_seed_positions(shared_data, tmp_path):
+    r = run_app(["stage=transitional", "transitional.position_set=seed", "model=maia2_skill"], run_dir=tmp_path / "tr")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_app(["stage=intervention", "model=maia2_skill", "intervention.kind=elo_heads", "intervention.site=blocks.0.hook_elo_q",
+                 f"intervention.transitional={tmp_path}/tr", "intervention.strengths=[0.5,1.0]", "intervention.top_n=[1,2]",
+                 "intervention.n_boot=100", "intervention.heldout_positions=0"], run_dir=tmp_path / "iv")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "iv" / "results.json").read_text())
+    assert [(g["strength"], g["top_n"]) for g in res["grid"][1:]] == [(0.5, 1), (0.5, 2), (1.0, 1), (1.0, 2)]
+    assert sorted(res["heads_ranked"]) == list(range(8)) and set(res["control_heads"]) == {"1", "2"}
+    assert res["heads_kl_closed_ranked"] == sorted(res["heads_kl_closed_ranked"], reverse=True)
+    # the >= 2000 bucket is given its own Elo: its accuracy cannot move
+    acc = res["accuracy_by_bucket"]
+    assert acc["intervened"][10] == acc["base"][10] == acc["control"][10]
+    lo, hi = res["effect_minus_control_ci"]
+    assert lo <= res["effect_minus_control"] <= hi
+    assert "Heads by the share of KL" in (tmp_path / "iv" / "results.md").read_text()
+    r = run_app(["stage=intervention", "model=maia2_skill", "intervention.kind=elo_heads", f"intervention.transitional={tmp_path}/tr"],
+                run_dir=tmp_path / "bad")
+    assert r.returncode != 0 and "hook_elo_q" in r.stderr

@@ -110,15 +110,16 @@ def test_the_whole_study_runs_and_resumes_on_real_games(shared_data, tmp_path):
     assert all(r["value"] is not None for r in out["rows"]), [m for m, r in rows.items() if r["value"] is None]
     assert {"transitional", "sae", "threats_elo10", "intervention_sae", "circuits"} <= set(out["runs"])
     assert any("block 0's attention" in m for m in rows)  # where skill enters, from the circuits step
+    assert "correct-move accuracy minus control (reference: block 0's skill heads given the top bucket's Elo)" in rows
     for r in out["rows"]:
         if r["ci95"]:
             assert r["ci95"][0] - 1e-9 <= r["value"] <= r["ci95"][1] + 1e-9, r
     assert (tmp_path / "outputs" / "study" / "maia2_skill" / "headline.md").read_text().count("| ") > 10
     # a second call finds every step finished and only writes the headline again; --only reruns one step
     again = _study([*TINY, f"data.store_dir={tmp_path}/store"], tmp_path, timeout=600)
-    assert again.returncode == 0 and "[1/13]" not in again.stdout
+    assert again.returncode == 0 and "[1/14]" not in again.stdout
     one = _study([*TINY, f"data.store_dir={tmp_path}/store", "--only", "probe"], tmp_path, timeout=600)
-    assert one.returncode == 0 and "[2/13] probe" in one.stdout and "[1/13]" not in one.stdout
+    assert one.returncode == 0 and "[2/14] probe" in one.stdout and "[1/14]" not in one.stdout
 
 
 @pytest.mark.slow

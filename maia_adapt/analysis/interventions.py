@@ -1,4 +1,5 @@
-"""Causal interventions at a hook site: amplify SAE features, add a probe direction or a steering vector.
+"""Causal interventions at a hook site: amplify SAE features, add a probe direction or a steering vector;
+and, for reference, give a Maia-2's skill heads another bucket's Elo (`EloHeadIntervention`).
 
 All three act on the site's activation [B, tokens, ...] through the model's hook API (a Maia-1 conv map
 as its 64 square tokens, `SkillModel.hooks`) and, like the SAE's mean-pooled training, change every
@@ -112,7 +113,7 @@ def bootstrap_diff(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int =
     return float(d.mean()) if len(d) else float("nan"), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
-# ---- the three kinds of stage=intervention, as per-row hook makers ----------------------------
+# ---- the kinds of stage=intervention, as per-row hook makers ----------------------------
 def _concepts_of(row: dict, concept: str) -> list[str]:
     return [t for t in row["threats"] if t == concept or t.startswith(concept + "@")]
 
@@ -146,6 +147,9 @@ class SAEIntervention:
 
     def settings(self):
         return [(s, n) for s in self.ic.strengths for n in self.ic.top_n]
+
+    def describe(self) -> dict:
+        return {}
 
     def make(self, rows: list[dict], setting, control: bool):
         strength, n = setting
@@ -207,6 +211,9 @@ class DirectionIntervention:
     def settings(self):
         return [(s, None) for s in self.ic.strengths]
 
+    def describe(self) -> dict:
+        return {}
+
     def _directions(self, rows: list[dict], vectors: dict, control: bool) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed)
         d = torch.zeros(len(rows), self.dim)
@@ -224,6 +231,70 @@ class DirectionIntervention:
         strength, _ = setting
         d = {rep: self._directions(rows, vectors, control) for rep, vectors in self.vectors.items()}
         return lambda pos, bucket: add_direction(d[self.space_of[int(bucket)]][pos], strength)
+
+
+class EloHeadIntervention:
+    """The skill heads given another bucket's Elo. At `blocks.<b>.hook_elo_q` (the Elo's term of block
+    b's attention queries, the only place a Maia-2 reads its Elo) the n heads that carry the most of the
+    skill dependence on the train rows (`head_patching` between < 1100 and >= 2000, ranked by the KL
+    closed) have their Elo term moved toward bucket `elo_to`'s: strength 1 replaces it, 0.5 goes halfway,
+    2 twice as far. The rest of the model keeps the row's own bucket. Control: as many of the block's
+    other heads, drawn at random. Not a concept intervention: a reference for how far the skill levels'
+    behaviour moves when the model's own skill mechanism is edited, against which the concept
+    directions' effects can be read."""
+
+    def __init__(self, ic, model, train, seed: int):
+        import re
+
+        from .patching import head_patching
+
+        m = re.fullmatch(r"blocks\.(\d+)\.hook_elo_q", str(ic.site))
+        if len(model.spaces()) > 1 or not hasattr(model, "model"):
+            raise ConfigError(f"intervention.kind=elo_heads on {model.name}: it edits a Maia-2's Elo input, which "
+                              "the Maia-1 family does not have (its skill levels are separate networks)")
+        if m is None:
+            raise ConfigError(f"intervention.kind=elo_heads acts on the Elo's query term: intervention.site must be "
+                              f"blocks.<block>.hook_elo_q, got '{ic.site}'")
+        if not 0 <= int(ic.elo_to) < NUM_BUCKETS:
+            raise ConfigError(f"intervention.elo_to={ic.elo_to}: expected an Elo bucket 0..{NUM_BUCKETS - 1}")
+        inputs = model.inputs(train.store, np.arange(len(train.rows)))
+        with torch.no_grad():
+            ranked = head_patching(model, inputs, int(m.group(1)), n_boot=0, seed=seed)["heads"]
+            self.target = model.run_with_cache({k: v[:1] for k, v in inputs.items() if torch.is_tensor(v)},
+                                               ic.elo_to, ic.elo_to, names=[ic.site])[1][ic.site]  # [1, 1, H, Dh]
+        self.order = sorted(range(len(ranked)), key=lambda h: -ranked[h]["kl_closed"])
+        self.kl_closed = [h["kl_closed"] for h in ranked]
+        if max(ic.top_n) >= len(self.order):
+            raise ConfigError(f"intervention.top_n={list(ic.top_n)}: kind=elo_heads picks heads, and block "
+                              f"{m.group(1)} has {len(self.order)}; the control needs as many others")
+        self.ic, self.seed = ic, seed
+
+    def settings(self):
+        return [(s, n) for s in self.ic.strengths for n in self.ic.top_n]
+
+    def describe(self) -> dict:
+        return {"heads_ranked": self.order, "heads_kl_closed_ranked": [self.kl_closed[h] for h in self.order],
+                "control_heads": {str(n): self.heads(n, True) for n in self.ic.top_n}}
+
+    def heads(self, n: int, control: bool) -> list[int]:
+        if not control:
+            return self.order[:n]
+        return sorted(np.random.default_rng(self.seed).choice(self.order[n:], n, replace=False).tolist())
+
+    def make(self, rows: list[dict], setting, control: bool):
+        strength, n = setting
+        heads = self.heads(n, control)
+
+        def fn(x, name):
+            x = x.clone()
+            x[:, :, heads] += strength * (self.target[:, :, heads].to(x) - x[:, :, heads])
+            return x
+
+        return lambda pos, bucket: fn
+
+
+INTERVENTIONS = {"sae": SAEIntervention, "probe": DirectionIntervention, "steering": DirectionIntervention,
+                 "elo_heads": EloHeadIntervention}  # intervention.kind -> its hook maker
 
 
 def assemble(reports: list) -> "BucketReport":

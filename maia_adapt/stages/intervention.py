@@ -24,7 +24,7 @@ from ..data.preprocess import open_or_build_store
 from ..encoding import NUM_BUCKETS, decode_move
 from ..errors import ConfigError
 from ..analysis.calibration import MoveSet, concept_rows, split_rows
-from ..analysis.interventions import (DirectionIntervention, SAEIntervention, assemble, choose_settings, evaluate_under, grid_search, judge)
+from ..analysis.interventions import (INTERVENTIONS, assemble, choose_settings, evaluate_under, grid_search, judge)
 from ..io import atomic_write_json, atomic_write_text
 from ..reporting.plots import bar_by_bucket, transition_histogram
 from ..runtime.tracking import Tracker
@@ -50,8 +50,11 @@ def _heldout(cfg, ic, run_dir: Path) -> MoveSet | None:
 def _report(model, ic, summary: dict, grid: list, per_bucket: list, base, eff, ctrl, heldout: bool) -> list[str]:
     """results.md's lines."""
     chose = ("a setting per Elo bucket (see the table)" if ic.per_bucket else f"strength {summary['strength']}"
-             + (f", top-{summary['top_n']} features per concept" if summary['top_n'] else ""))
-    lines = ["# Intervention", "", f"model `{model.name}`; `{ic.kind}` on `{ic.concept}` concepts at `{ic.site}`; {summary['train_positions']} train "
+             + (f", top-{summary['top_n']} {'skill heads' if ic.kind == 'elo_heads' else 'features per concept'}"
+                if summary['top_n'] else ""))
+    what = (f"the skill heads given bucket {ic.elo_to}'s Elo at `{ic.site}`, on positions with `{ic.concept}` concepts"
+            if ic.kind == "elo_heads" else f"`{ic.kind}` on `{ic.concept}` concepts at `{ic.site}`")
+    lines = ["# Intervention", "", f"model `{model.name}`; {what}; {summary['train_positions']} train "
              f"positions chose {chose}; judged on {summary['test_positions']} test positions.", "",
              f"Correct-move accuracy over all buckets: {summary['accuracy_base']:.3f} -> {summary['accuracy_intervened']:.3f} "
              f"(control {summary['accuracy_control']:.3f}); effect {summary['effect']:+.3f} [{summary['effect_ci'][0]:+.3f}, {summary['effect_ci'][1]:+.3f}], "
@@ -62,6 +65,11 @@ def _report(model, ic, summary: dict, grid: list, per_bucket: list, base, eff, c
     if heldout:
         lines += [f"Ordinary held-out games, human move predicted: {summary['heldout_human_accuracy_base']:.3f} -> "
                   f"{summary['heldout_human_accuracy_intervened']:.3f}.", ""]
+    if ic.kind == "elo_heads":
+        lines += ["Heads by the share of KL(>= 2000 || < 1100) each closes on the train positions: "
+                  + ", ".join(f"{h} ({k:.3f})" for h, k in zip(summary["heads_ranked"], summary["heads_kl_closed_ranked"]))
+                  + f". The top-n of them are given bucket {ic.elo_to}'s Elo; the control heads for each n: "
+                  + ", ".join(f"{n}: {h}" for n, h in summary["control_heads"].items()) + ".", ""]
     lines += ["![accuracy](accuracy_by_bucket.png)", "", "![transition points](transition_points.png)", "",
               "| Elo bucket | none | intervened | control | setting (strength, top-n) |", "|---|---|---|---|---|"]
     lines += [f"| {bucket_label(model, k)} | {base.accuracy[k]:.3f} | {eff.accuracy[k]:.3f} | {ctrl.accuracy[k]:.3f} | "
@@ -74,9 +82,8 @@ def _report(model, ic, summary: dict, grid: list, per_bucket: list, base, eff, c
 def run(cfg, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     ic = cfg.intervention
-    kinds = {"sae": SAEIntervention, "probe": DirectionIntervention, "steering": DirectionIntervention}
-    if ic.kind not in kinds:
-        raise ConfigError(f"intervention.kind '{ic.kind}': expected one of {', '.join(kinds)}")
+    if ic.kind not in INTERVENTIONS:
+        raise ConfigError(f"intervention.kind '{ic.kind}': expected one of {', '.join(INTERVENTIONS)}")
     if not ic.transitional:
         raise ConfigError("stage=intervention needs intervention.transitional (a stage=transitional run or CSV)")
     model = skill_model(cfg, "intervention")
@@ -85,7 +92,7 @@ def run(cfg, run_dir: Path) -> dict:
     split = split_rows(rows)
     train = MoveSet.build(split["train"] + split["val"], run_dir / "positions_train")
     test = MoveSet.build(split["test"], run_dir / "positions_test")
-    method = kinds[ic.kind](ic, model, train, cfg.seed)
+    method = INTERVENTIONS[ic.kind](ic, model, train, cfg.seed)
     ev = lambda moves, hook=None: evaluate_under(model, moves.store, moves.rows, ic.site, hook, ic.batch_size)
 
     grid = grid_search(method, ev, train)
@@ -94,7 +101,7 @@ def run(cfg, run_dir: Path) -> dict:
     base, eff, ctrl = j["base"], j["intervened"], j["control"]
     summary = {"kind": ic.kind, "concept": ic.concept, "site": ic.site, "train_positions": len(train.rows),
                "test_positions": len(test.rows), "strength": setting[0], "top_n": setting[1],
-               "per_bucket_settings": [list(st) for st in per_bucket], **j["summary"]}
+               "per_bucket_settings": [list(st) for st in per_bucket], **j["summary"], **method.describe()}
     held = _heldout(cfg, ic, run_dir)
     if held is not None:
         hb = ev(held)
