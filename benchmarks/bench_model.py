@@ -1,5 +1,7 @@
 """Maia-2 forward throughput on this machine: plain forward, with unused hook API, with activation
-capture at hook sites, and the official maia2 model on the same inputs.
+capture at hook sites, the 11 Elo buckets of the skill matrix (one forward each, or the Elo-blind CNN
+trunk once and the transformer 11 times, as stage=evaluate and the transitional predictions run), and
+the official maia2 model on the same inputs.
 
     python benchmarks/bench_model.py [--size official|small] [--batch 256] [--iters 10]
 """
@@ -9,8 +11,12 @@ import argparse
 import time
 
 import torch
+from bench_sae import matmul_gflops
+from torch.utils.flop_counter import FlopCounterMode
 
+from maia_adapt.encoding import NUM_BUCKETS
 from maia_adapt.model import Maia2, Maia2Config
+from maia_adapt.model.skill import Maia2Skill
 
 SIZES = {
     "official": Maia2Config(),
@@ -44,7 +50,13 @@ def main():
     with torch.inference_mode():
         rows.append(("plain forward", timed(lambda: model(x, e, e), a.iters)))
         rows.append(("run_with_cache, 4 sites", timed(lambda: model.run_with_cache(x, e, e, names=sites), a.iters)))
-        rows.append(("run_with_cache, all 17 sites", timed(lambda: model.run_with_cache(x, e, e), a.iters)))
+        rows.append((f"run_with_cache, all {len(model.hook_names)} sites", timed(lambda: model.run_with_cache(x, e, e), a.iters)))
+        sm = Maia2Skill(model)
+        inputs, buckets = {"boards": x}, [(b, b) for b in range(NUM_BUCKETS)]
+        per_bucket = timed(lambda: [sm.policy_logits(inputs, b, o) for b, o in buckets], a.iters)
+        shared = timed(lambda: list(sm.policy_logits_by_condition(inputs, buckets)), a.iters)
+        rows.append(("11 buckets, a forward each (per position)", per_bucket))
+        rows.append(("11 buckets, one trunk pass (policy_logits_by_condition)", shared))
         try:
             from importlib.resources import files
 
@@ -58,7 +70,12 @@ def main():
         except ImportError:
             pass
     base = rows[0][1]
-    print(f"model={a.size} batch={a.batch} threads={torch.get_num_threads()}")
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        model(x, e, e)
+    peak = matmul_gflops(2048, 2048, 2048)
+    print(f"model={a.size} batch={a.batch} threads={torch.get_num_threads()}; float32 matmul peak {peak:.0f} GFLOP/s; "
+          f"a forward is {fc.get_total_flops() / a.batch / 1e6:.1f} MFLOP a position, the plain forward "
+          f"{fc.get_total_flops() / base / 1e9 / peak:.0%} of the peak")
     print("| path | positions/s | vs plain |")
     print("|---|---|---|")
     for name, t in rows:

@@ -123,6 +123,13 @@ def test_maia2_adapter_satisfies_the_interface(selfplay_store):
     with torch.no_grad(), model.hooks([("hook_final", lambda x, name: x * 0)]):
         zeroed = model.policy_logits(inputs, es, eo)
     assert not torch.allclose(zeroed, logits)
+    # every condition from one trunk pass is the condition's own forward pass
+    pairs = [(0, 0), (10, 10), (es, eo), (3, eo)]
+    with torch.no_grad():
+        shared = list(model.policy_logits_by_condition(inputs, pairs))
+        for (a, b), got in zip(pairs, shared):
+            assert torch.allclose(got, model.policy_logits(inputs, a, b), atol=1e-5)
+    assert len(shared) == 4 and torch.allclose(shared[2], logits, atol=1e-5)
 
 
 def test_skill_hits_diagonal_is_the_data_conditioned_accuracy(selfplay_store):
@@ -203,6 +210,8 @@ def test_maia1_family_routes_rows_to_their_networks(selfplay_store):
     assert single.conditions() == [(0, list(range(NUM_BUCKETS)))]
     with torch.no_grad():
         assert torch.allclose(single.policy_logits(inputs, buckets), family.policy_logits(inputs, 5), atol=1e-6)
+        for got, b in zip(family.policy_logits_by_condition(inputs, [(0, 0), (buckets, 0)]), (0, buckets)):
+            assert torch.allclose(got, family.policy_logits(inputs, b), atol=1e-6)
 
 
 @needs_maia1

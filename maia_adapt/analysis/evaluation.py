@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS
 from ..errors import DataError
@@ -53,15 +54,18 @@ def skill_hits(model, store, indices, batch_size: int = 512, oppo: str = "data")
     idx = np.asarray(indices, dtype=np.int64)
     hits = np.zeros((len(idx), NUM_BUCKETS), dtype=bool)
     conditions = model.conditions()
+    bar = tqdm(total=len(idx), desc=f"evaluate {getattr(model, 'name', '')}".strip(), unit=" pos", dynamic_ncols=True,
+               disable=len(idx) < 20 * batch_size)  # a quick evaluation (e.g. inside training) stays quiet
     for s in range(0, len(idx), batch_size):
         inputs = model.inputs(store, idx[s : s + batch_size])
         legal = inputs["legal"].to(model.device)
         move = inputs["move"].to(model.device)
-        for rep, group in conditions:
-            eo = inputs["elo_oppo"] if oppo == "data" else rep
-            logits = model.policy_logits(inputs, rep, eo)
+        pairs = [(rep, inputs["elo_oppo"] if oppo == "data" else rep) for rep, _ in conditions]
+        for (rep, group), logits in zip(conditions, model.policy_logits_by_condition(inputs, pairs)):
             pred = logits.float().masked_fill(~legal, float("-inf")).argmax(-1)
             hits[s : s + len(move), group] = (pred == move).cpu().numpy()[:, None]
+        bar.update(len(move))
+    bar.close()
     return {
         "hits": hits,
         "bucket": np.asarray(store.column("elo_self")[idx]).astype(np.int64),

@@ -37,6 +37,11 @@ def transition_points(correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return tp.astype(np.int64), monotone
 
 
+def _hooked_logits(model, inputs, hooks, elo_self, elo_oppo):
+    with model.hooks(hooks):
+        return model.policy_logits(inputs, elo_self, elo_oppo)
+
+
 @torch.no_grad()
 def predictions_by_bucket(model, store, indices, oppo_bucket: int | None = None, batch_size: int = 512, hooks_for=None):
     """Top-1 legal move (UCI, real colours) and its probability at every Elo bucket: ([N][11], [N, 11]).
@@ -58,10 +63,13 @@ def predictions_by_bucket(model, store, indices, oppo_bucket: int | None = None,
         b = model.inputs(store, idx)
         n = len(idx)
         top = np.zeros((n, NUM_BUCKETS), dtype=np.int64)
-        for k, same in model.conditions():
-            eo = k if oppo_bucket is None else int(oppo_bucket)
-            with model.hooks(hooks_for(idx, k) if hooks_for is not None else []):
-                logits = model.policy_logits(b, k, eo)
+        conditions = model.conditions()
+        pairs = [(k, k if oppo_bucket is None else int(oppo_bucket)) for k, _ in conditions]
+        if hooks_for is None:  # one Elo-blind trunk pass for every bucket
+            all_logits = model.policy_logits_by_condition(b, pairs)
+        else:  # an intervention's hooks differ per bucket (and may sit in the trunk)
+            all_logits = (_hooked_logits(model, b, hooks_for(idx, k), k, eo) for k, eo in pairs)
+        for (k, same), logits in zip(conditions, all_logits):
             p = masked_probs(logits.cpu(), b["legal"])
             pk, mk = p.max(-1)
             top[:, same], probs[s : s + n, same] = mk.numpy()[:, None], pk.numpy()[:, None]

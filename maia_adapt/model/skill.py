@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterable, Optional, Protocol, runtime_checkable
+from typing import Iterable, Iterator, Optional, Protocol, runtime_checkable
 
 import chess
 import numpy as np
@@ -57,6 +57,10 @@ class SkillModel(Protocol):
 
     def value(self, inputs: dict, elo_self, elo_oppo) -> torch.Tensor:
         """[B] expected result for the side to move, in [-1, 1]."""
+
+    def policy_logits_by_condition(self, inputs: dict, conditions) -> Iterator[torch.Tensor]:
+        """`policy_logits` under each (elo_self, elo_oppo) of `conditions` in turn, sharing what does
+        not depend on the Elo (a Maia-2's CNN trunk runs once for all of them)."""
 
     def conditions(self) -> list[tuple[int, list[int]]]:
         """(a representative bucket, every bucket that behaves identically) for the 11 buckets."""
@@ -139,6 +143,13 @@ class Maia2Skill:
 
     def value(self, inputs, elo_self, elo_oppo) -> torch.Tensor:
         return self._forward(inputs, elo_self, elo_oppo)[2]
+
+    def policy_logits_by_condition(self, inputs, conditions):
+        boards = inputs["boards"].to(self.device)
+        n = boards.size(0)
+        tokens = self.model.tokens(boards)  # the CNN does not see the Elo: one pass serves every condition
+        for elo_self, elo_oppo in conditions:
+            yield self.model.from_tokens(tokens, _rows(elo_self, n, self.device), _rows(elo_oppo, n, self.device))[0]
 
     def conditions(self) -> list[tuple[int, list[int]]]:
         return [(b, [b]) for b in self.buckets]
@@ -270,6 +281,10 @@ class Maia1Family:
         from ..encoding.lc0 import lc0_policy_to_maia2
 
         return self._run(inputs, elo_self, lambda net, x: lc0_policy_to_maia2(net(x)[0], x))
+
+    def policy_logits_by_condition(self, inputs, conditions):
+        for elo_self, elo_oppo in conditions:  # each network its own forward pass
+            yield self.policy_logits(inputs, elo_self, elo_oppo)
 
     def wdl(self, inputs, elo_self, elo_oppo=None) -> torch.Tensor:
         """[B,3] win/draw/loss probabilities for the side to move."""
