@@ -171,3 +171,21 @@ def test_amplified_targets_on_the_fly_equal_the_cached_ones(store, teacher):
         teacher.amplify = 0.0
     assert torch.equal(m[..., 0], cm[..., 0]) and torch.allclose(p.sum(-1), torch.ones(len(rows), 3), atol=1e-4)
     assert torch.allclose(p[p > 0.05], cp[p > 0.05], atol=5e-3)
+
+
+def test_target_accuracy_is_each_networks_own_accuracy_before_amplification(store, teacher):
+    from maia_adapt.model.distill import target_accuracy
+    from maia_adapt.model.skill import Maia1Family
+
+    rows = np.arange(0, len(store), max(1, len(store) // 300))[:300]
+    acc = target_accuracy(teacher, store, rows, betas=(0.0, 3.0), batch_size=128)
+    # beta 0: the target's top move is the network's own top move, so its accuracy is the network's
+    family = Maia1Family(dict(zip(teacher.ratings, teacher.nets)))
+    inputs, legal = family.inputs(store, rows), store.batch(rows)["legal"]
+    with torch.no_grad():
+        own = [(family.policy_logits(inputs, b).masked_fill(~legal, float("-inf")).argmax(-1) == inputs["move"]).float().mean()
+               for b in range(1, 10)]
+    assert np.allclose(acc[0.0], [float(o) for o in own], atol=2 / len(rows))
+    # amplified targets are other predictors, each still a legal move's accuracy in [0, 1]
+    assert acc[3.0].shape == (9,) and (0 <= acc[3.0]).all() and (acc[3.0] <= 1).all()
+    assert not np.allclose(acc[3.0], acc[0.0])

@@ -157,6 +157,30 @@ def amplify_targets(moves: torch.Tensor, probs: torch.Tensor, beta: float, num_m
     return out / out.sum(-1, keepdim=True)
 
 
+@torch.no_grad()
+def target_accuracy(teacher: Maia1Teacher, store, indices, betas=(0.0,), history: bool = True,
+                    batch_size: int = 512) -> dict[float, np.ndarray]:
+    """What a student that matched its distillation targets exactly would score: {beta: [J]} the top-1
+    accuracy on the played move of each network's target (its top-k, amplified by beta as
+    `train.teacher_amplify` does) over the store rows `indices`. The skill gaps of the targets follow
+    from rows of the end buckets (e.g. maia-1100's minus maia-1900's on players < 1100): an upper
+    reference for the gaps distillation at that beta can teach."""
+    from .skill import lc0_store_planes
+
+    idx = np.asarray(indices, dtype=np.int64)
+    hits = {float(b): np.zeros(len(teacher.nets)) for b in betas}
+    for s in range(0, len(idx), batch_size):
+        rows = idx[s : s + batch_size]
+        batch = store.batch(rows)
+        moves, probs = teacher.top_moves(lc0_store_planes(store, rows, history), batch["legal"])
+        played = batch["move"].to(moves.device)[:, None]
+        for b in hits:
+            p = amplify_targets(moves, probs, b) if b else probs
+            top = moves.gather(2, p.argmax(-1, keepdim=True)).squeeze(2)  # [B, J]
+            hits[b] += (top == played).sum(0).cpu().numpy()
+    return {b: h / max(len(idx), 1) for b, h in hits.items()}
+
+
 def sparse_kl(logits: torch.Tensor, legal: torch.Tensor, moves: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     """KL(teacher || student) per row [N], the student's logits [N, 1880] softmaxed over the legal
     moves, the teacher given as its top moves [N, k] with probabilities [N, k]."""

@@ -1,0 +1,48 @@
+"""The skill gaps of the distillation targets themselves, for several `train.teacher_amplify` betas:
+each network's (amplified) top-k target taken as a predictor of the played move, on test positions
+of players < 1100 and >= 2000 (maia-1100's minus maia-1900's accuracy on the first, the reverse on
+the second). A student that matched its targets exactly would have these gaps.
+
+    python experiments/skill_model/target_gaps.py [--positions 8000] [--betas 0 1 2 3 6]
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from hydra import compose, initialize_config_dir
+
+from maia_adapt.config import CONF_DIR
+from maia_adapt.data.preprocess import open_or_build_store
+from maia_adapt.model.distill import Maia1Teacher, target_accuracy
+from maia_adapt.model.maia1 import load_maia1_family
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--positions", type=int, default=8000, help="test positions of each end bucket")
+    ap.add_argument("--betas", type=float, nargs="+", default=[0, 1, 2, 3, 6])
+    a = ap.parse_args()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=skill_model"])
+    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
+    teacher = Maia1Teacher(load_maia1_family(f"{cfg.paths.models_root}/maia1"), "cpu", top_k=cfg.train.teacher_top_k,
+                           cpu_bf16=True)
+    test = store.split_indices("test")
+    bucket = np.asarray(store.column("elo_self")[test])
+    acc = {}
+    for end in (0, 10):
+        rows = test[bucket == end]
+        rows = np.sort(np.random.default_rng(0).choice(rows, min(a.positions, len(rows)), replace=False))
+        acc[end] = target_accuracy(teacher, store, rows, a.betas)
+    print(f"{a.positions} test positions of each end; top-1 of the targets, maia-1100 / maia-1900, in %")
+    print("| beta | players < 1100 | low gap | players >= 2000 | high gap |")
+    print("|---|---|---|---|---|")
+    for b in map(float, a.betas):
+        lo, hi = acc[0][b], acc[10][b]
+        print(f"| {b:g} | {100 * lo[0]:.1f} / {100 * lo[-1]:.1f} | {100 * (lo[0] - lo[-1]):+.1f} | "
+              f"{100 * hi[0]:.1f} / {100 * hi[-1]:.1f} | {100 * (hi[-1] - hi[0]):+.1f} |")
+
+
+if __name__ == "__main__":
+    main()
