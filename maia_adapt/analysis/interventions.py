@@ -11,6 +11,7 @@ the concepts active in it) through a per-sample mask.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,12 +245,11 @@ class EloHeadIntervention:
     directions' effects can be read."""
 
     def __init__(self, ic, model, train, seed: int):
-        import re
-
+        from ..model.skill import Maia2Skill
         from .patching import head_patching
 
         m = re.fullmatch(r"blocks\.(\d+)\.hook_elo_q", str(ic.site))
-        if len(model.spaces()) > 1 or not hasattr(model, "model"):
+        if not isinstance(model, Maia2Skill):
             raise ConfigError(f"intervention.kind=elo_heads on {model.name}: it edits a Maia-2's Elo input, which "
                               "the Maia-1 family does not have (its skill levels are separate networks)")
         if m is None:
