@@ -124,7 +124,24 @@ def _pooled_acts(model, moves, site: str, batch_size: int, elo="data") -> torch.
     return collect_activations(model, moves.store, idx, [site], batch_size=batch_size, elo=elo)[site]
 
 
-class SAEIntervention:
+class Intervention:
+    """What the intervention stage asks of a method besides settings() and make(): its results in
+    words for the report (a concept intervention by default) and as data for results.json."""
+
+    unit = "features per concept"  # what a setting's top-n counts
+
+    def what(self) -> str:
+        return f"`{self.ic.kind}` on `{self.ic.concept}` concepts at `{self.ic.site}`"
+
+    def describe(self) -> dict:
+        return {}
+
+    def notes(self) -> list[str]:
+        """Paragraphs of results.md after the overall numbers."""
+        return []
+
+
+class SAEIntervention(Intervention):
     """Per-row masks of the top-n SAE features of the row's concepts (from a stage=threats table)."""
 
     def __init__(self, ic, model, train, seed: int):
@@ -149,9 +166,6 @@ class SAEIntervention:
     def settings(self):
         return [(s, n) for s in self.ic.strengths for n in self.ic.top_n]
 
-    def describe(self) -> dict:
-        return {}
-
     def make(self, rows: list[dict], setting, control: bool):
         strength, n = setting
         rng = np.random.default_rng(self.seed)
@@ -173,7 +187,7 @@ def _probe_path(ic, buckets: list[int]) -> Path:
     return probe_file(ic.probes, ic.site, buckets[0])  # load_probe names the missing file
 
 
-class DirectionIntervention:
+class DirectionIntervention(Intervention):
     """Per-row sums of concept directions: steering vectors, or probe directions scaled to their norm.
     One set per activation space (`SkillModel.spaces`: the Maia-1 family has one per network)."""
 
@@ -212,9 +226,6 @@ class DirectionIntervention:
     def settings(self):
         return [(s, None) for s in self.ic.strengths]
 
-    def describe(self) -> dict:
-        return {}
-
     def _directions(self, rows: list[dict], vectors: dict, control: bool) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed)
         d = torch.zeros(len(rows), self.dim)
@@ -234,7 +245,7 @@ class DirectionIntervention:
         return lambda pos, bucket: add_direction(d[self.space_of[int(bucket)]][pos], strength)
 
 
-class EloHeadIntervention:
+class EloHeadIntervention(Intervention):
     """The skill heads given another bucket's Elo. At `blocks.<b>.hook_elo_q` (the Elo's term of block
     b's attention queries, the only place a Maia-2 reads its Elo) the n heads that carry the most of the
     skill dependence on the train rows (`head_patching` between < 1100 and >= 2000, ranked by the KL
@@ -272,9 +283,21 @@ class EloHeadIntervention:
     def settings(self):
         return [(s, n) for s in self.ic.strengths for n in self.ic.top_n]
 
+    unit = "skill heads"
+
+    def what(self) -> str:
+        return (f"the skill heads given bucket {self.ic.elo_to}'s Elo at `{self.ic.site}`, on positions with "
+                f"`{self.ic.concept}` concepts")
+
     def describe(self) -> dict:
         return {"heads_ranked": self.order, "heads_kl_closed_ranked": [self.kl_closed[h] for h in self.order],
                 "control_heads": {str(n): self.heads(n, True) for n in self.ic.top_n}}
+
+    def notes(self) -> list[str]:
+        return ["Heads by the share of KL(>= 2000 || < 1100) each closes on the train positions: "
+                + ", ".join(f"{h} ({self.kl_closed[h]:.3f})" for h in self.order)
+                + f". The top-n of them are given bucket {self.ic.elo_to}'s Elo; the control heads for each n: "
+                + ", ".join(f"{n}: {h}" for n, h in self.describe()["control_heads"].items()) + ".", ""]
 
     def heads(self, n: int, control: bool) -> list[int]:
         if not control:

@@ -47,14 +47,11 @@ def _heldout(cfg, ic, run_dir: Path) -> MoveSet | None:
     return MoveSet.build(rows, run_dir / "positions_heldout")
 
 
-def _report(model, ic, summary: dict, grid: list, per_bucket: list, base, eff, ctrl, heldout: bool) -> list[str]:
+def _report(model, ic, method, summary: dict, grid: list, per_bucket: list, base, eff, ctrl, heldout: bool) -> list[str]:
     """results.md's lines."""
     chose = ("a setting per Elo bucket (see the table)" if ic.per_bucket else f"strength {summary['strength']}"
-             + (f", top-{summary['top_n']} {'skill heads' if ic.kind == 'elo_heads' else 'features per concept'}"
-                if summary['top_n'] else ""))
-    what = (f"the skill heads given bucket {ic.elo_to}'s Elo at `{ic.site}`, on positions with `{ic.concept}` concepts"
-            if ic.kind == "elo_heads" else f"`{ic.kind}` on `{ic.concept}` concepts at `{ic.site}`")
-    lines = ["# Intervention", "", f"model `{model.name}`; {what}; {summary['train_positions']} train "
+             + (f", top-{summary['top_n']} {method.unit}" if summary['top_n'] else ""))
+    lines = ["# Intervention", "", f"model `{model.name}`; {method.what()}; {summary['train_positions']} train "
              f"positions chose {chose}; judged on {summary['test_positions']} test positions.", "",
              f"Correct-move accuracy over all buckets: {summary['accuracy_base']:.3f} -> {summary['accuracy_intervened']:.3f} "
              f"(control {summary['accuracy_control']:.3f}); effect {summary['effect']:+.3f} [{summary['effect_ci'][0]:+.3f}, {summary['effect_ci'][1]:+.3f}], "
@@ -65,11 +62,7 @@ def _report(model, ic, summary: dict, grid: list, per_bucket: list, base, eff, c
     if heldout:
         lines += [f"Ordinary held-out games, human move predicted: {summary['heldout_human_accuracy_base']:.3f} -> "
                   f"{summary['heldout_human_accuracy_intervened']:.3f}.", ""]
-    if ic.kind == "elo_heads":
-        lines += ["Heads by the share of KL(>= 2000 || < 1100) each closes on the train positions: "
-                  + ", ".join(f"{h} ({k:.3f})" for h, k in zip(summary["heads_ranked"], summary["heads_kl_closed_ranked"]))
-                  + f". The top-n of them are given bucket {ic.elo_to}'s Elo; the control heads for each n: "
-                  + ", ".join(f"{n}: {h}" for n, h in summary["control_heads"].items()) + ".", ""]
+    lines += method.notes()
     lines += ["![accuracy](accuracy_by_bucket.png)", "", "![transition points](transition_points.png)", "",
               "| Elo bucket | none | intervened | control | setting (strength, top-n) |", "|---|---|---|---|---|"]
     lines += [f"| {bucket_label(model, k)} | {base.accuracy[k]:.3f} | {eff.accuracy[k]:.3f} | {ctrl.accuracy[k]:.3f} | "
@@ -122,7 +115,7 @@ def run(cfg, run_dir: Path) -> dict:
         tracker.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     finally:
         tracker.finish()
-    lines = _report(model, ic, summary, grid, per_bucket, base, eff, ctrl, held is not None)
+    lines = _report(model, ic, method, summary, grid, per_bucket, base, eff, ctrl, held is not None)
     atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
     atomic_write_json(run_dir / "results.json", {**summary, "grid": grid, "accuracy_by_bucket": {
         "base": base.accuracy.tolist(), "intervened": eff.accuracy.tolist(), "control": ctrl.accuracy.tolist()}})
