@@ -126,6 +126,9 @@ class TrainConfig:
     loader_workers: int = 0
     resume: bool = True  # continue an interrupted run of the same settings
     init_from_checkpoint: bool = False  # start from model.checkpoint instead of random weights
+    # with init_from_checkpoint: append this many transformer blocks to the checkpoint's, each starting
+    # as the identity (model/maia2.py grow_transformer): more places for the Elo to route the tokens
+    grow_vit_blocks: int = 0
 
 
 @dataclass
@@ -404,7 +407,7 @@ _POSITIVE_INT = ("train.batch_size", "train.max_steps", "train.eval_every", "tra
                  "model.dim_cnn", "model.num_blocks_cnn", "model.dim_vit", "model.num_blocks_vit", "model.heads",
                  "model.dim_head", "model.elo_dim", "data.workers", "data.shard_size", "evaluate.positions",
                  "evaluate.n_boot", "evaluate.batch_size", "train.teacher_top_k", "train.teacher_cache_positions")
-_NON_NEGATIVE_INT = ("train.warmup_steps", "train.loader_workers", "train.eval_positions", "sae.cache_positions", "sae.calibrate_every",
+_NON_NEGATIVE_INT = ("train.warmup_steps", "train.grow_vit_blocks", "train.loader_workers", "train.eval_positions", "sae.cache_positions", "sae.calibrate_every",
                      "sae.aux_k", "transcoder.aux_k", "transcoder.k", "data.first_n_plies", "threats.n_null",
                      "threats.n_boot", "threats.dashboards")
 _POSITIVE_FLOAT = ("train.lr", "sae.lr", "transcoder.lr", "finetune.lr")
@@ -509,6 +512,9 @@ def validate(cfg) -> None:
         bad("train.teacher", cfg.train.teacher, "null or maia1")
     if not 1 <= cfg.train.teacher_buckets <= 11:
         bad("train.teacher_buckets", cfg.train.teacher_buckets, "a number of Elo buckets 1..11")
+    if cfg.train.grow_vit_blocks and not cfg.train.init_from_checkpoint:
+        bad("train.grow_vit_blocks", cfg.train.grow_vit_blocks, "0 unless train.init_from_checkpoint=true (it grows a "
+            "trained model; one from random weights takes model.num_blocks_vit)")
     lr_at(0, 1.0, 0, 1, cfg.train.lr_schedule)  # the schedule's own check, before the first step
 
 

@@ -83,6 +83,13 @@ def test_a_shape_override_that_disagrees_with_the_checkpoint_names_the_key_and_b
                              "model.dim_vit=256"), "sae").cfg.dim_vit == 256
 
 
+def test_growing_the_transformer_needs_a_trained_model_to_grow():
+    assert _fails("stage=train", "train.grow_vit_blocks=2").startswith(
+        "train.grow_vit_blocks=2: expected 0 unless train.init_from_checkpoint=true")
+    assert _fails("stage=train", "train.grow_vit_blocks=-1").startswith("train.grow_vit_blocks=-1")
+    validate(_cfg("experiment=skill_model", "train.grow_vit_blocks=2"))
+
+
 def test_study_presets_keep_one_network_of_the_family_apart_from_the_family():
     """`model=maia1 model.rating=1100` writes and reads its own run directories (maia1-1100), while the
     intervention still takes the family's transitional positions; one network never overwrites another."""

@@ -210,3 +210,25 @@ def test_predict_unmirrors_black_moves_and_checks_input():
         predict(model, black, 99999, 5)
     with pytest.raises(MaiaAdaptError, match="no legal moves"):
         predict(model, "7k/6Q1/6K1/8/8/8/8/8 b - - 0 1", 5, 5)
+
+
+def test_grown_transformer_starts_as_the_same_function_and_its_new_blocks_learn():
+    from maia_adapt.model.maia2 import grow_transformer
+
+    torch.manual_seed(5)
+    model = Maia2(SMALL).eval()
+    _randomise_bn(model)
+    grown = grow_transformer(model, 2).eval()
+    assert grown.cfg.num_blocks_vit == SMALL.num_blocks_vit + 2
+    assert "blocks.3.hook_elo_q" in grown.hook_names
+    x, e, o = _inputs()
+    with torch.no_grad():
+        for p, q in zip(model(x, e, o), grown(x, e, o)):
+            torch.testing.assert_close(q, p, rtol=0, atol=1e-6)
+    # the zeroed output projections get gradient, so the new blocks do not stay the identity
+    grown.train()
+    grown(x, e, o)[0].logsumexp(-1).sum().backward()
+    new_out = grown.transformer.elo_layers[3][0].to_out[0].weight
+    assert new_out.grad is not None and new_out.grad.abs().sum() > 0
+    # the original is untouched
+    assert model.cfg.num_blocks_vit == SMALL.num_blocks_vit

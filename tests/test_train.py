@@ -89,3 +89,30 @@ def test_resume_from_a_checkpoint_gives_the_same_weights(store, tmp_path):
     train_model(resumed, store, _cfg(max_steps=20), tmp_path / "c", seed=3, resume_from=ckpt[0])
     for k, v in straight.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_the_app_grows_a_trained_model_and_the_grown_model_starts_where_it_left_off(tmp_path):
+    """train.grow_vit_blocks: the run trains (and saves) the shipped model with one more transformer block;
+    with a learning rate too small to move the weights, the saved model predicts what the shipped one does."""
+    from _app import run_app
+    from maia_adapt.encoding import board_planes
+    from maia_adapt.model import load_model
+    import chess
+
+    run = tmp_path / "run"
+    r = run_app(["stage=train", "model=maia2_small", "train.init_from_checkpoint=true", "train.grow_vit_blocks=1",
+                 "train.lr=1e-12", "train.weight_decay=0", "train.batchnorm=frozen", "train.max_steps=2",
+                 "train.batch_size=32", "train.warmup_steps=0", "train.eval_positions=64", "train.device=cpu",
+                 f"data.store_dir={tmp_path}/store"], run_dir=run, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    shipped = load_model(ROOT / "maia_adapt/assets/maia2_small.safetensors")
+    grown = load_model(run / "model.safetensors")
+    assert grown.cfg.num_blocks_vit == shipped.cfg.num_blocks_vit + 1
+    boards = [chess.Board()]
+    for move in ["e4", "e5", "Nf3", "Nc6", "Bb5", "a6"]:
+        boards.append(boards[-1].copy())
+        boards[-1].push_san(move)
+    x = torch.from_numpy(board_planes(boards))
+    elo = torch.arange(len(boards)) % 11
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x, elo, elo)[0], shipped(x, elo, elo)[0], rtol=0, atol=1e-4)

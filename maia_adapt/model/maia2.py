@@ -240,3 +240,20 @@ class Maia2(HookPoints, nn.Module):
         """Policy, side-info and value heads applied to a pooled representation [B, dim]."""
         value = self.fc_3(self.dropout(torch.relu(self.fc_3_1(x)))).squeeze(dim=-1)
         return self.fc_1(x), self.fc_2(x), value
+
+
+def grow_transformer(model: Maia2, blocks: int) -> Maia2:
+    """A copy of `model` with `blocks` more Elo-aware transformer blocks appended, each starting as the
+    identity (its attention and FFN output projections zeroed, so both residual branches add
+    nothing): the grown model computes exactly what `model` did, and training can give the new
+    blocks' Elo queries more routing to do without first unlearning the old ones."""
+    cfg = Maia2Config(**{**model.cfg.to_dict(), "num_blocks_vit": model.cfg.num_blocks_vit + blocks})
+    grown = Maia2(cfg).to(next(model.parameters()).device)
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("transformer.elo_layers.") for k in missing), (missing, unexpected)
+    with torch.no_grad():
+        for attn, ff in list(grown.transformer.elo_layers)[model.cfg.num_blocks_vit:]:
+            for out in (attn.to_out[0], ff.net[4]):
+                out.weight.zero_()
+                out.bias.zero_()
+    return grown.train(model.training)

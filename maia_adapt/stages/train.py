@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..analysis.evaluation import evaluate_run, json_safe
 from ..layout import MODEL_FILE
 from ..model import Maia2, Maia2Config, load_model, save_model
+from ..model.maia2 import grow_transformer
 from ..model.distill import prepare_teacher
 from ..model.skill import Maia2Skill
 from ..model.training import evaluate, resolve_device, train_model
@@ -34,6 +35,8 @@ def run(cfg, run_dir: Path) -> dict:
             raise ConfigError("train.init_from_checkpoint=true needs model.checkpoint (a .pt/.safetensors file or run directory)")
         model = load_model(cfg.model.checkpoint, eval=False)
         check_model_shape(cfg.model, model)
+        if cfg.train.grow_vit_blocks:
+            model = grow_transformer(model, cfg.train.grow_vit_blocks)
     else:
         model = Maia2(Maia2Config.from_any(cfg.model))
     teacher = extras = train_idx = None
