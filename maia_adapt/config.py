@@ -118,6 +118,13 @@ class TrainConfig:
     # beta >= 0: each band's target p_b^(1+beta) / pbar^beta (pbar: the nine networks' mean), which
     # exaggerates what sets a band apart from the others; 0: the network's own distribution
     teacher_amplify: float = 0.0
+    # true: every band's target is a straight line in rating fitted to the nine networks per position and
+    # move (distill.py smooth_targets; teacher_amplify then exaggerates the line's slope): what changes
+    # steadily with skill, without the networks' separate trainings' noise
+    teacher_smooth: bool = False
+    # weight of a loss on the differences between a position's targets at two buckets (distill.py
+    # contrast_loss): the part of the policy the Elo changes, without the part the buckets share
+    teacher_contrast: float = 0.0
     # null: the teachers run on every batch (a GPU); N: their targets for N random training positions are
     # computed once and cached beside the store, and training draws from those positions (a CPU)
     teacher_cache_positions: Optional[int] = None
@@ -411,7 +418,7 @@ _NON_NEGATIVE_INT = ("train.warmup_steps", "train.grow_vit_blocks", "train.loade
                      "sae.aux_k", "transcoder.aux_k", "transcoder.k", "data.first_n_plies", "threats.n_null",
                      "threats.n_boot", "threats.dashboards")
 _POSITIVE_FLOAT = ("train.lr", "sae.lr", "transcoder.lr", "finetune.lr")
-_NON_NEGATIVE_FLOAT = ("train.teacher_amplify", "train.distill_coefficient")
+_NON_NEGATIVE_FLOAT = ("train.teacher_amplify", "train.teacher_contrast", "train.distill_coefficient")
 _FRACTION = ("data.val_fraction", "data.test_fraction", "model.dropout_cnn", "model.dropout_vit", "model.dropout",
              "train.min_lr_ratio", "threats.heldout_fraction", "sae.dense_threshold", "transcoder.dense_threshold")
 # Elo settings: (key, words accepted besides a bucket 0..10); a list value is checked item by item
@@ -512,6 +519,12 @@ def validate(cfg) -> None:
         bad("train.teacher", cfg.train.teacher, "null or maia1")
     if not 1 <= cfg.train.teacher_buckets <= 11:
         bad("train.teacher_buckets", cfg.train.teacher_buckets, "a number of Elo buckets 1..11")
+    for key in ("teacher_amplify", "teacher_contrast", "teacher_smooth"):
+        if cfg.train[key] and not cfg.train.teacher:
+            bad(f"train.{key}", cfg.train[key], "its default unless train.teacher=maia1 (it shapes the teacher's targets)")
+    if cfg.train.teacher_contrast and cfg.train.teacher_buckets < 2:
+        bad("train.teacher_contrast", cfg.train.teacher_contrast, "0 unless train.teacher_buckets >= 2 (it compares "
+            "a position's conditionings)")
     if cfg.train.grow_vit_blocks and not cfg.train.init_from_checkpoint:
         bad("train.grow_vit_blocks", cfg.train.grow_vit_blocks, "0 unless train.init_from_checkpoint=true (it grows a "
             "trained model; one from random weights takes model.num_blocks_vit)")

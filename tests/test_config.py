@@ -90,6 +90,17 @@ def test_growing_the_transformer_needs_a_trained_model_to_grow():
     validate(_cfg("experiment=skill_model", "train.grow_vit_blocks=2"))
 
 
+@pytest.mark.parametrize("override", ["train.teacher_contrast=0.1", "train.teacher_smooth=true", "train.teacher_amplify=3"])
+def test_a_target_setting_without_a_teacher_fails(override):
+    assert _fails("stage=train", override).startswith(override.split("=")[0] + "=")
+    validate(_cfg("experiment=skill_model", override))
+
+
+def test_the_contrast_needs_two_conditionings():
+    assert _fails("experiment=skill_model", "train.teacher_contrast=0.1", "train.teacher_buckets=1").startswith(
+        "train.teacher_contrast=0.1: expected 0 unless train.teacher_buckets >= 2")
+
+
 def test_study_presets_keep_one_network_of_the_family_apart_from_the_family():
     """`model=maia1 model.rating=1100` writes and reads its own run directories (maia1-1100), while the
     intervention still takes the family's transitional positions; one network never overwrites another."""

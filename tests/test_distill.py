@@ -189,3 +189,86 @@ def test_target_accuracy_is_each_networks_own_accuracy_before_amplification(stor
     # amplified targets are other predictors, each still a legal move's accuracy in [0, 1]
     assert acc[3.0].shape == (9,) and (0 <= acc[3.0]).all() and (acc[3.0] <= 1).all()
     assert not np.allclose(acc[3.0], acc[0.0])
+
+
+def test_the_contrast_loss_sees_only_what_the_conditionings_change():
+    """train.teacher_contrast: zero when the student's differences between its conditionings are the
+    targets', whatever the student gets wrong in common at all of them; positive when it halves them."""
+    from maia_adapt.model.distill import contrast_loss
+
+    g = torch.Generator().manual_seed(0)
+    n, k, top, v = 6, 3, 5, 1880
+    legal = torch.zeros(n, v, dtype=torch.bool)
+    legal[:, :40] = True
+    # each row's targets share most moves (in another order), as neighbouring bands' top moves do
+    sets = [torch.randperm(40, generator=g)[:top + 1] for _ in range(n)]
+    moves = torch.stack([torch.stack([s[torch.randperm(top + 1, generator=g)[:top]] for _ in range(k)]) for s in sets])
+    probs = torch.rand(n, k, top, generator=g) + 0.05
+    probs = probs / probs.sum(-1, keepdim=True)
+    # a student whose log-probabilities on each target's moves are the target's, elsewhere low
+    logits = torch.full((n, k, v), -8.0)
+    logits.scatter_(2, moves, probs.log())
+    assert contrast_loss(logits, legal, moves, probs).abs().max() < 1e-5
+    shared = torch.randn(n, 1, v, generator=g) * 2  # the same error at every conditioning
+    torch.testing.assert_close(contrast_loss(logits + shared, legal, moves, probs),
+                               contrast_loss(logits, legal, moves, probs), atol=1e-4, rtol=0)
+    half = logits.mean(1, keepdim=True) + (logits - logits.mean(1, keepdim=True)) / 2
+    assert (contrast_loss(half, legal, moves, probs) > 1e-3).all()
+    # the pairs with no move in common contribute nothing, and nothing is NaN
+    disjoint = torch.stack([torch.arange(k * top).view(k, top)] * n)
+    assert torch.isfinite(contrast_loss(logits, legal, disjoint, probs)).all()
+
+
+def test_rating_line_targets_keep_what_changes_with_rating_and_drop_the_rest():
+    """train.teacher_smooth: networks whose log-probabilities are a line in rating keep their targets;
+    differences between them that are not a line in rating (separate trainings' noise) are removed;
+    the gain exaggerates the line's slope."""
+    from maia_adapt.model.distill import smooth_targets
+
+    g = torch.Generator().manual_seed(0)
+    ratings = list(range(1100, 2000, 100))
+    x = torch.linspace(-1, 1, 9)
+    moves = torch.tensor([[10, 20, 30, 40]]).expand(1, 9, 4).clone()
+    logits = torch.randn(1, 1, 4, generator=g) + torch.randn(1, 1, 4, generator=g) * x.view(1, 9, 1)
+    probs = logits.softmax(-1)
+    m, p = smooth_targets(moves, probs, ratings)
+    dense = lambda m, p: torch.zeros(1, 9, 1880).scatter_(2, m, p)
+    torch.testing.assert_close(dense(m, p), dense(moves, probs), atol=1e-5, rtol=0)
+    # noise orthogonal to (1, rating) across the nine networks
+    noise = torch.randn(1, 9, 4, generator=g)
+    basis = torch.stack([torch.ones(9), x], 1)
+    noise = noise - basis @ torch.linalg.lstsq(basis, noise[0]).solution
+    m2, p2 = smooth_targets(moves, (logits + noise).softmax(-1), ratings)
+    torch.testing.assert_close(dense(m2, p2), dense(moves, probs), atol=1e-5, rtol=0)
+    # a gain of 1 doubles the slope: the move the strongest network likes more than the weakest does
+    # gains at the top and loses at the bottom
+    m3, p3 = smooth_targets(moves, probs, ratings, gain=1.0)
+    up = int((probs[0, -1] / probs[0, 0]).argmax())
+    d3, d0 = dense(m3, p3), dense(moves, probs)
+    assert d3[0, -1, moves[0, 0, up]] > d0[0, -1, moves[0, 0, up]] and d3[0, 0, moves[0, 0, up]] < d0[0, 0, moves[0, 0, up]]
+
+
+def test_smooth_targets_and_the_contrast_term_in_a_training_step(store, teacher):
+    """train.teacher_smooth / teacher_contrast on real teacher outputs: the smoothed targets are legal,
+    normalised and keep most networks' top move; the step's loss adds contrast x contrast_loss."""
+    rows = np.arange(0, len(store), 7)[:32]
+    batch = store.batch(rows)
+    batch["lc0"] = torch.from_numpy(np.ascontiguousarray(teacher_planes(store, workers=1)[rows]))
+    buckets = torch.arange(11).repeat(len(rows), 1)
+    raw_m, _ = teacher.targets(batch, buckets)
+    teacher.smooth = True
+    try:
+        m, p = teacher.targets(batch, buckets)
+        model = Maia2(TINY)
+        args = (model, teacher, batch, LossWeights(1.0, 1.0), 3, 1.0)
+        plain = distill_losses(*args, torch.Generator().manual_seed(0))
+        with_c = distill_losses(*args, torch.Generator().manual_seed(0), contrast=0.5)
+    finally:
+        teacher.smooth = False
+    legal = batch["legal"][:, None].expand(-1, 11, -1).gather(2, m)
+    assert bool(legal[p > 0].all()) and torch.allclose(p.sum(-1), torch.ones(len(rows), 11), atol=1e-4)
+    assert (m[..., 0] == raw_m[..., 0]).float().mean() > 0.6  # a line through nine networks keeps most top moves
+    assert with_c["contrast_loss"] > 0 and "contrast_loss" not in plain
+    torch.testing.assert_close(with_c["loss"], plain["loss"] + 0.5 * with_c["contrast_loss"])
+    with_c["loss"].backward()
+    assert all(torch.isfinite(q.grad).all() for q in model.parameters() if q.grad is not None)

@@ -78,7 +78,7 @@ class Maia1Teacher:
     """The Maia-1 family as a teacher: each network's most likely moves in Maia-2's vocabulary."""
 
     def __init__(self, nets: dict, device, bf16: bool = True, top_k: int = 32, cpu_bf16: bool = False,
-                 amplify: float = 0.0):
+                 amplify: float = 0.0, smooth: bool = False):
         self.ratings = sorted(int(r) for r in nets)
         missing = sorted({maia1_rating_for_bucket(b) for b in range(NUM_BUCKETS)} - set(self.ratings))
         if missing:
@@ -93,6 +93,7 @@ class Maia1Teacher:
         self.net_of_bucket = torch.tensor([self.ratings.index(maia1_rating_for_bucket(b)) for b in range(NUM_BUCKETS)])
         self.top_k = top_k
         self.amplify = amplify
+        self.smooth = smooth  # the targets: each network's own (amplified), or a line in rating (smooth_targets)
 
     @torch.no_grad()
     def top_moves(self, planes: torch.Tensor, legal: torch.Tensor, nets=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,12 +118,14 @@ class Maia1Teacher:
         which = self.net_of_bucket[buckets.cpu()]
         from ..encoding.lc0 import unpack_lc0_planes
 
-        if "teacher_moves" in batch or self.amplify:  # every network's targets at every row
+        if "teacher_moves" in batch or self.amplify or self.smooth:  # every network's targets at every row
             if "teacher_moves" in batch:  # cached for these positions (train.teacher_cache_positions)
                 moves, probs = batch["teacher_moves"], batch["teacher_probs"].float()
             else:
                 moves, probs = self.top_moves(unpack_lc0_planes(batch["lc0"]), batch["legal"])
-            if self.amplify:
+            if self.smooth:
+                moves, probs = smooth_targets(moves.long(), probs, self.ratings, self.amplify)
+            elif self.amplify:
                 probs = amplify_targets(moves, probs, self.amplify)
             rows, which = torch.arange(buckets.shape[0], device=moves.device)[:, None], which.to(moves.device)
             return moves[rows, which].long(), probs[rows, which]
@@ -157,14 +160,41 @@ def amplify_targets(moves: torch.Tensor, probs: torch.Tensor, beta: float, num_m
     return out / out.sum(-1, keepdim=True)
 
 
+def smooth_targets(moves: torch.Tensor, probs: torch.Tensor, ratings, gain: float = 0.0,
+                   num_moves: int = 1880) -> tuple[torch.Tensor, torch.Tensor]:
+    """The nine networks' top-k targets [B, J, k] replaced by a straight line in rating: per position
+    and move, log p_j = a + s * x_j fitted by least squares over the J networks (x_j their rating,
+    standardised), the slope s exaggerated by (1 + gain), evaluated at each network's rating and
+    renormalised over the moves any network ranks (its top k again, as (moves, probs)).
+
+    Separately trained networks differ in ways that have nothing to do with skill: the variance of
+    log p_a - log p_b between two of them grows with their rating distance d as about 0.25 + 0.009 d^2
+    (d in hundreds of points, experiments/skill_model/README.md), so neighbouring networks differ
+    mostly by their trainings' noise, while maia-1100 and maia-1900 differ mostly by skill. The line
+    keeps what changes steadily with rating and averages the noise away (the intercept is the nine
+    networks' geometric mean). A move outside a network's top k counts at half its k-th probability."""
+    b, j, k = moves.shape
+    dense = torch.zeros(b, j, num_moves, device=probs.device).scatter_(2, moves.long(), probs.float())
+    support = (dense > 0).any(1, keepdim=True)  # [B, 1, V]
+    floor = torch.where(probs > 0, probs.float(), torch.ones_like(probs, dtype=torch.float)).amin(-1, keepdim=True) / 2
+    logp = torch.where(dense > 0, dense.clamp_min(1e-30).log(), floor.log())  # [B, J, V]
+    x = torch.as_tensor(ratings, dtype=torch.float, device=probs.device)
+    x = ((x - x.mean()) / x.std(unbiased=False)).view(1, j, 1)
+    a, slope = logp.mean(1, keepdim=True), (x * logp).mean(1, keepdim=True)  # sum x^2 / J = 1
+    logits = (a + (1 + gain) * slope * x).masked_fill(~support, float("-inf"))
+    p, m = logits.softmax(-1).topk(k, dim=-1)
+    return m, p / p.sum(-1, keepdim=True)
+
+
 @torch.no_grad()
 def target_accuracy(teacher: Maia1Teacher, store, indices, betas=(0.0,), history: bool = True,
-                    batch_size: int = 512) -> dict[float, np.ndarray]:
+                    batch_size: int = 512, smooth: bool = False) -> dict[float, np.ndarray]:
     """What a student that matched its distillation targets exactly would score: {beta: [J]} the top-1
     accuracy on the played move of each network's target (its top-k, amplified by beta as
     `train.teacher_amplify` does) over the store rows `indices`. The skill gaps of the targets follow
     from rows of the end buckets (e.g. maia-1100's minus maia-1900's on players < 1100): an upper
-    reference for the gaps distillation at that beta can teach."""
+    reference for the gaps distillation at that beta can teach. smooth: the targets of
+    `smooth_targets` with gain beta instead."""
     from .skill import lc0_store_planes
 
     idx = np.asarray(indices, dtype=np.int64)
@@ -175,8 +205,9 @@ def target_accuracy(teacher: Maia1Teacher, store, indices, betas=(0.0,), history
         moves, probs = teacher.top_moves(lc0_store_planes(store, rows, history), batch["legal"])
         played = batch["move"].to(moves.device)[:, None]
         for b in hits:
-            p = amplify_targets(moves, probs, b) if b else probs
-            top = moves.gather(2, p.argmax(-1, keepdim=True)).squeeze(2)  # [B, J]
+            m, p = (smooth_targets(moves, probs, teacher.ratings, b) if smooth
+                    else (moves, amplify_targets(moves, probs, b) if b else probs))
+            top = m.gather(2, p.argmax(-1, keepdim=True)).squeeze(2)  # [B, J]
             hits[b] += (top == played).sum(0).cpu().numpy()
     return {b: h / max(len(idx), 1) for b, h in hits.items()}
 
@@ -190,11 +221,37 @@ def sparse_kl(logits: torch.Tensor, legal: torch.Tensor, moves: torch.Tensor, pr
     return torch.where(probs > 0, probs * (probs.clamp_min(1e-30).log() - logq), torch.zeros_like(probs)).sum(-1)
 
 
+def contrast_loss(logits: torch.Tensor, legal: torch.Tensor, moves: torch.Tensor, probs: torch.Tensor,
+                  num_moves: int = 1880) -> torch.Tensor:
+    """Per row [N], how far the student's differences between its conditionings miss the targets'.
+
+    logits [N, K, 1880] are the student's at K conditionings of one position, (moves, probs) [N, K, k]
+    the targets there. For each pair of neighbouring conditionings (a, a+1) and each move in both
+    targets' top k, the student's log q_a - log q_{a+1} is compared with the targets' log p_a - log
+    p_{a+1}: the weighted variance of the residual (a constant offset is free, as the normalisers
+    differ), weighted by the two targets' mean probability, averaged over the pairs. The student's
+    error on what the conditionings share appears in both terms and cancels, so this loss sees only
+    the part of the policy the Elo changes, which the KL at each bucket buries under the shared part."""
+    n, kk, _ = logits.shape
+    logq = logits.float().masked_fill(~legal[:, None], float("-inf")).log_softmax(-1)
+    dense = torch.zeros(n, kk, num_moves, device=probs.device).scatter_(2, moves, probs.float())
+    a, b = slice(0, kk - 1), slice(1, kk)
+    m = moves[:, a]  # [N, K-1, k]: the first target's moves of each pair
+    pa, pb = dense[:, a].gather(2, m), dense[:, b].gather(2, m)
+    both = (pa > 0) & (pb > 0)
+    w = torch.where(both, (pa + pb) / 2, torch.zeros_like(pa))
+    resid = (logq[:, a].gather(2, m) - logq[:, b].gather(2, m)) - (pa.clamp_min(1e-30).log() - pb.clamp_min(1e-30).log())
+    resid = torch.where(both, resid, torch.zeros_like(resid))
+    wsum = w.sum(-1).clamp_min(1e-12)
+    mean = (w * resid).sum(-1) / wsum
+    return ((w * (resid - mean[..., None]) ** 2).sum(-1) / wsum).mean(-1)
+
+
 def distill_losses(model, teacher: Maia1Teacher, batch: dict, w, k: int, coefficient: float,
-                   generator: torch.Generator) -> dict[str, torch.Tensor]:
+                   generator: torch.Generator, contrast: float = 0.0) -> dict[str, torch.Tensor]:
     """maia2_losses at the players' own buckets plus `coefficient` x the mean KL(teacher || student)
     at k random conditioning buckets per position (the opponent's bucket stays the real one, as
-    stage=evaluate conditions)."""
+    stage=evaluate conditions), plus `contrast` x `contrast_loss` over those k conditionings."""
     tokens = model.tokens(batch["boards"])
     out = maia2_objective(model.from_tokens(tokens, batch["elo_self"], batch["elo_oppo"]), batch, w)
     n = tokens.size(0)
@@ -205,6 +262,10 @@ def distill_losses(model, teacher: Maia1Teacher, batch: dict, w, k: int, coeffic
                                batch["elo_oppo"].repeat_interleave(k, 0))[0]
     out["distill_loss"] = sparse_kl(logits, batch["legal"].repeat_interleave(k, 0), moves, probs).mean()
     out["loss"] = out["loss"] + coefficient * out["distill_loss"]
+    if contrast and k > 1:
+        out["contrast_loss"] = contrast_loss(logits.view(n, k, -1), batch["legal"], moves.view(n, k, -1),
+                                             probs.view(n, k, -1)).mean()
+        out["loss"] = out["loss"] + contrast * out["contrast_loss"]
     return out
 
 
@@ -236,7 +297,8 @@ def prepare_teacher(models_dir, store, train_idx: np.ndarray, cfg, device, worke
     from .maia1 import load_maia1_family
 
     teacher = Maia1Teacher(load_maia1_family(models_dir), device, cfg.bf16, cfg.teacher_top_k,
-                           getattr(cfg, "cpu_bf16", False), getattr(cfg, "teacher_amplify", 0.0))
+                           getattr(cfg, "cpu_bf16", False), getattr(cfg, "teacher_amplify", 0.0),
+                           getattr(cfg, "teacher_smooth", False))
     if cfg.teacher_cache_positions is None:
         return teacher, {"lc0": teacher_planes(store, cfg.teacher_history, workers)}, train_idx
     rng = np.random.default_rng(seed)

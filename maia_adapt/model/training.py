@@ -259,7 +259,8 @@ def train_model(
                 out = maia2_losses(step_fn, batch, w)
             else:  # one process (checked by the stage), so the module itself, not a DDP wrapper
                 gen = torch.Generator().manual_seed(seed * 1_000_003 + step)  # the buckets depend on the step only
-                out = distill_losses(model, teacher, batch, w, cfg.teacher_buckets, cfg.distill_coefficient, gen)
+                out = distill_losses(model, teacher, batch, w, cfg.teacher_buckets, cfg.distill_coefficient, gen,
+                                     getattr(cfg, "teacher_contrast", 0.0))
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise MaiaAdaptError(f"non-finite training loss at step {step}: lower train.lr or check the data")
@@ -273,7 +274,7 @@ def train_model(
         if done % cfg.log_every == 0 or done == cfg.max_steps:
             rate = seen / (time.time() - t0)
             metrics = distributed.mean_over_ranks(
-                {f"train/{k}": out[k].item() for k in ("loss", "policy_loss", "side_info_loss", "value_loss", "distill_loss")
+                {f"train/{k}": out[k].item() for k in ("loss", "policy_loss", "side_info_loss", "value_loss", "distill_loss", "contrast_loss")
                  if k in out})
             metrics.update({"train/lr": lr, "train/positions_per_s": rate})
             bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", pos_s=f"{rate:.0f}")
