@@ -168,7 +168,7 @@ def smooth_targets(moves: torch.Tensor, probs: torch.Tensor, ratings, gain: floa
     renormalised over the moves any network ranks (its top k again, as (moves, probs)).
 
     Separately trained networks differ in ways that have nothing to do with skill: the variance of
-    log p_a - log p_b between two of them grows with their rating distance d as about 0.25 + 0.009 d^2
+    log p_a - log p_b between two of them grows with their rating distance d as about 0.24 + 0.009 d^2
     (d in hundreds of points, experiments/skill_model/README.md), so neighbouring networks differ
     mostly by their trainings' noise, while maia-1100 and maia-1900 differ mostly by skill. The line
     keeps what changes steadily with rating and averages the noise away (the intercept is the nine
