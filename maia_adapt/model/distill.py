@@ -145,6 +145,12 @@ class Maia1Teacher:
         return moves, probs
 
 
+def dense_targets(moves: torch.Tensor, probs: torch.Tensor, num_moves: int = 1880) -> torch.Tensor:
+    """Top-k targets (moves, probs) [..., J, k] as probabilities over the whole vocabulary [..., J, 1880]."""
+    shape = (*moves.shape[:-1], num_moves)
+    return torch.zeros(shape, device=probs.device).scatter_(-1, moves.long(), probs.float())
+
+
 def amplify_targets(moves: torch.Tensor, probs: torch.Tensor, beta: float, num_moves: int = 1880) -> torch.Tensor:
     """Every network's top-k probabilities [B, J, k] raised to p_j^(1 + beta) / pbar^beta and
     renormalised, pbar being the J networks' mean probability of the same move (a move outside a
@@ -153,7 +159,7 @@ def amplify_targets(moves: torch.Tensor, probs: torch.Tensor, beta: float, num_m
     the bands' shared moves far better than their differences is pushed toward the differences."""
     b, j, k = moves.shape
     idx = moves.long().reshape(b, 1, j * k)
-    dense = torch.zeros(b, j, num_moves, device=probs.device).scatter_(2, moves.long(), probs.float())
+    dense = dense_targets(moves, probs, num_moves)
     pbar = dense.mean(1, keepdim=True).gather(2, idx).reshape(b, j, k)
     p = probs.float()
     out = torch.where(p > 0, p.clamp_min(1e-12) ** (1 + beta) / pbar.clamp_min(1e-12) ** beta, torch.zeros_like(p))
@@ -174,7 +180,7 @@ def smooth_targets(moves: torch.Tensor, probs: torch.Tensor, ratings, gain: floa
     keeps what changes steadily with rating and averages the noise away (the intercept is the nine
     networks' geometric mean). A move outside a network's top k counts at half its k-th probability."""
     b, j, k = moves.shape
-    dense = torch.zeros(b, j, num_moves, device=probs.device).scatter_(2, moves.long(), probs.float())
+    dense = dense_targets(moves, probs, num_moves)
     support = (dense > 0).any(1, keepdim=True)  # [B, 1, V]
     floor = torch.where(probs > 0, probs.float(), torch.ones_like(probs, dtype=torch.float)).amin(-1, keepdim=True) / 2
     logp = torch.where(dense > 0, dense.clamp_min(1e-30).log(), floor.log())  # [B, J, V]
@@ -234,7 +240,7 @@ def contrast_loss(logits: torch.Tensor, legal: torch.Tensor, moves: torch.Tensor
     the part of the policy the Elo changes, which the KL at each bucket buries under the shared part."""
     n, kk, _ = logits.shape
     logq = logits.float().masked_fill(~legal[:, None], float("-inf")).log_softmax(-1)
-    dense = torch.zeros(n, kk, num_moves, device=probs.device).scatter_(2, moves, probs.float())
+    dense = dense_targets(moves, probs, num_moves)
     a, b = slice(0, kk - 1), slice(1, kk)
     m = moves[:, a]  # [N, K-1, k]: the first target's moves of each pair
     pa, pb = dense[:, a].gather(2, m), dense[:, b].gather(2, m)
