@@ -21,7 +21,7 @@ from maia_adapt.config import CONF_DIR
 from maia_adapt.data.preprocess import open_or_build_store
 from maia_adapt.encoding import NUM_BUCKETS
 from maia_adapt.model import load_model
-from maia_adapt.model.distill import Maia1Teacher, contrast_loss, teacher_planes
+from maia_adapt.model.distill import Maia1Teacher, contrast_loss
 from maia_adapt.model.maia1 import load_maia1_family
 from maia_adapt.model.skill import lc0_store_planes
 
@@ -35,7 +35,6 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=skill_model"])
     store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
-    teacher_planes(store)  # built once per store, shared with training
     teacher = Maia1Teacher(load_maia1_family(f"{cfg.paths.models_root}/maia1"), "cpu", top_k=cfg.train.teacher_top_k,
                            cpu_bf16=True)
     rows = np.sort(np.random.default_rng(0).permutation(store.split_indices("test"))[: a.positions])
