@@ -62,6 +62,21 @@ def test_engine_oracle_finds_mate_and_prices_blunders(model, tmp_path):
     assert row["accuracy_by_bucket"].tolist() == [p == "h5f7" for p in row["preds"]]
 
 
+@pytest.mark.skipif(find_engine() is None, reason="Stockfish not installed (apt-get install stockfish)")
+def test_engine_oracle_answers_do_not_depend_on_what_it_searched_before(shared_data):
+    """The same positions in two orders give the same best moves and losses: each model's transitional
+    run must be judged by the same oracle."""
+    seed = load_seed_positions(shared_data / "transitional/seed_transitional_positions.json")
+    fens, moves = seed["fens"][:150], seed["all_best_moves"][:150]
+
+    def answers(order):
+        with EngineOracle(find_engine(), depth=8) as eng:
+            return {i: eng.analyse(fens[i], moves[i]) for i in order}
+
+    forward = answers(range(len(fens)))
+    assert answers(reversed(range(len(fens)))) == forward
+
+
 def test_seed_positions_load_and_bad_file_is_named(shared_data, tmp_path):
     seed = load_seed_positions(shared_data / "transitional/seed_transitional_positions.json")
     assert len(seed["fens"]) == 264 and all(chess.Board(f).is_valid() for f in seed["fens"])

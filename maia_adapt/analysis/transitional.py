@@ -94,7 +94,12 @@ def find_engine(path: str | None = None) -> str | None:
 
 @dataclass
 class EngineOracle:
-    """Best moves and move losses from a UCI engine at a fixed depth (or time) per position."""
+    """Best moves and move losses from a UCI engine at a fixed depth (or time) per position.
+
+    Every search starts from a cleared engine (a new game: Stockfish empties its hash table), so an
+    answer depends on the position alone. With one engine kept warm across positions, depth-8 best
+    moves depended on what had been searched before: a third of them changed with the order of the
+    positions, and every model's run got its own oracle."""
 
     path: str
     depth: int | None = 10
@@ -113,10 +118,13 @@ class EngineOracle:
     def limit(self) -> chess.engine.Limit:
         return chess.engine.Limit(depth=self.depth, time=self.seconds)
 
+    def _search(self, board: chess.Board) -> dict:
+        return self.engine.analyse(board, self.limit, game=object())  # a new game key sends ucinewgame
+
     def analyse(self, fen: str, moves: list[str]) -> tuple[str, dict[str, int]]:
         """(best move, {move: centipawns it loses against the best}) for the given candidate moves."""
         board = chess.Board(fen)
-        info = self.engine.analyse(board, self.limit)
+        info = self._search(board)
         best = info["pv"][0].uci()
         best_cp = info["score"].pov(board.turn).score(mate_score=10000)
         losses = {best: 0}
@@ -130,7 +138,7 @@ class EngineOracle:
             elif after.is_game_over():
                 cp = 0
             else:
-                cp = -self.engine.analyse(after, self.limit)["score"].pov(after.turn).score(mate_score=10000)
+                cp = -self._search(after)["score"].pov(after.turn).score(mate_score=10000)
             losses[m] = max(0, best_cp - cp)
         return best, losses
 
