@@ -13,12 +13,9 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from hydra import compose, initialize_config_dir
+from _preset import preset_store_and_teacher
 
-from maia_adapt.config import CONF_DIR
-from maia_adapt.data.preprocess import open_or_build_store
-from maia_adapt.model.distill import Maia1Teacher, target_accuracy
-from maia_adapt.model.maia1 import load_maia1_family
+from maia_adapt.model.distill import target_accuracy
 
 
 def main() -> None:
@@ -27,11 +24,7 @@ def main() -> None:
     ap.add_argument("--betas", type=float, nargs="+", default=[0, 1, 2, 3, 6])
     ap.add_argument("--smooth", action="store_true", help="the rating-line targets (train.teacher_smooth=true)")
     a = ap.parse_args()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=skill_model"])
-    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
-    teacher = Maia1Teacher(load_maia1_family(f"{cfg.paths.models_root}/maia1"), "cpu", top_k=cfg.train.teacher_top_k,
-                           cpu_bf16=True)
+    _, store, teacher = preset_store_and_teacher()
     test = store.split_indices("test")
     bucket = np.asarray(store.column("elo_self")[test])
     acc = {}

@@ -15,14 +15,11 @@ import argparse
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
+from _preset import preset_store_and_teacher
 
-from maia_adapt.config import CONF_DIR
-from maia_adapt.data.preprocess import open_or_build_store
 from maia_adapt.encoding import NUM_BUCKETS
 from maia_adapt.model import load_model
-from maia_adapt.model.distill import Maia1Teacher, contrast_loss
-from maia_adapt.model.maia1 import load_maia1_family
+from maia_adapt.model.distill import contrast_loss
 from maia_adapt.model.skill import lc0_store_planes
 
 
@@ -32,11 +29,7 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=3.0, help="train.teacher_amplify of the targets in part 2")
     ap.add_argument("--models", nargs="*", default=None, help="Maia-2 checkpoints (default: the shipped two)")
     a = ap.parse_args()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=skill_model"])
-    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
-    teacher = Maia1Teacher(load_maia1_family(f"{cfg.paths.models_root}/maia1"), "cpu", top_k=cfg.train.teacher_top_k,
-                           cpu_bf16=True)
+    cfg, store, teacher = preset_store_and_teacher()
     rows = np.sort(np.random.default_rng(0).permutation(store.split_indices("test"))[: a.positions])
     batch = store.batch(rows)
     moves, probs = teacher.top_moves(lc0_store_planes(store, rows, True), batch["legal"])
