@@ -12,7 +12,8 @@ from maia_adapt.config import ASSETS
 from maia_adapt.dictionaries import SAEConfig, SparseAutoencoder
 from maia_adapt.dictionaries.evaluate import splice_fn
 from maia_adapt.errors import MaiaAdaptError
-from maia_adapt.analysis.interventions import (add_direction, bootstrap_diff, matched_random_features, sae_amplify, steering_vector)
+from maia_adapt.analysis.interventions import (BucketReport, add_direction, bootstrap_diff, matched_random_features, sae_amplify,
+                                               skill_trend_stats, steering_vector)
 from maia_adapt.model import load_model
 from maia_adapt.model.inference import encode_fens
 
@@ -111,6 +112,25 @@ def test_controls_and_steering_vectors():
     assert mean == lo == hi == 1.0
 
 
+def test_skill_trend_stats_see_which_end_gained():
+    rng = np.random.default_rng(0)
+    rep = lambda c: BucketReport(c.mean(0), c, np.zeros(len(c)))
+    base = rng.random((600, 11)) < 0.4
+    base[:, 10] |= rng.random(600) < 0.15  # the top bucket plays the correct move more often
+    weak_gains = base.copy()
+    weak_gains[:, 0] |= rng.random(600) < 0.15
+    s = skill_trend_stats(rep(base), rep(weak_gains), rep(base), n_boot=300, seed=0)
+    assert s["skill_trend_base_ci"][0] > 0 and s["skill_trend_base"] == pytest.approx(base[:, 10].mean() - base[:, 0].mean())
+    assert s["minus_control_by_bucket_ci"][0][0] > 0 and s["minus_control_by_bucket"][1:] == [0.0] * 10
+    lo, hi = s["skill_trend_change_minus_control_ci"]
+    assert hi < 0 and s["skill_trend_change_minus_control"] == pytest.approx(-s["minus_control_by_bucket"][0])
+    # the same gain at both ends leaves the trend where it was
+    both = weak_gains.copy()
+    both[:, 10] |= weak_gains[:, 0] & ~base[:, 0]
+    s = skill_trend_stats(rep(base), rep(both), rep(base), n_boot=300, seed=0)
+    assert abs(s["skill_trend_change_minus_control"]) < abs(s["minus_control_by_bucket"][0])
+
+
 @pytest.mark.slow
 def test_stage_intervention_steering_on_seed_positions(shared_data, tmp_path):
     r = run_app(["stage=transitional", "transitional.position_set=seed"], run_dir=tmp_path / "tr")
@@ -124,6 +144,9 @@ def test_stage_intervention_steering_on_seed_positions(shared_data, tmp_path):
     assert res["train_positions"] > res["test_positions"] > 0 and len(res["per_bucket_settings"]) == 11
     lo, hi = res["effect_minus_control_ci"]
     assert lo <= res["effect_minus_control"] <= hi
+    assert len(res["minus_control_by_bucket"]) == len(res["minus_control_by_bucket_ci"]) == 11
+    assert all(a <= d <= b for d, (a, b) in zip(res["minus_control_by_bucket"], res["minus_control_by_bucket_ci"]))
+    assert "Skill trend (>=2000 minus <1100)" in (tmp_path / "iv" / "results.md").read_text()
     assert 0 <= res["heldout_human_accuracy_intervened"] <= 1
     assert (tmp_path / "iv" / "transition_points.png").is_file()
 

@@ -369,5 +369,23 @@ def judge(method, ev, test, per_bucket: list[tuple], n_boot: int, seed: int) -> 
         "mean_transition_point_intervened": float(eff.transition_points.mean()),
         "mean_transition_point_control": float(ctrl.transition_points.mean()),
         "fixed": int((~base.correct & eff.correct).sum()), "broken": int((base.correct & ~eff.correct).sum()),
+        **skill_trend_stats(base, eff, ctrl, n_boot, seed),
     }
     return {"base": base, "intervened": eff, "control": ctrl, "summary": summary}
+
+
+def skill_trend_stats(base: BucketReport, eff: BucketReport, ctrl: BucketReport, n_boot: int, seed: int) -> dict:
+    """Per bucket, intervened minus control with its interval (H2 asks which levels gain, so the pooled
+    effect is not enough), and the skill trend (top minus bottom bucket) before, under the intervention
+    and under the control, with the paired change of the trend: negative means the weak end gained more."""
+    top, bottom = NUM_BUCKETS - 1, 0
+    per_bucket = [bootstrap_diff(eff.correct[:, k], ctrl.correct[:, k], n_boot, seed) for k in range(NUM_BUCKETS)]
+    trend = lambda r: r.correct[:, top].astype(float) - r.correct[:, bottom]
+    out = {"minus_control_by_bucket": [d[0] for d in per_bucket],
+           "minus_control_by_bucket_ci": [[d[1], d[2]] for d in per_bucket]}
+    for name, r in (("base", base), ("intervened", eff), ("control", ctrl)):
+        m, lo, hi = bootstrap_diff(trend(r), np.zeros(len(r.correct)), n_boot, seed)
+        out[f"skill_trend_{name}"], out[f"skill_trend_{name}_ci"] = m, [lo, hi]
+    m, lo, hi = bootstrap_diff(trend(eff), trend(ctrl), n_boot, seed)
+    out["skill_trend_change_minus_control"], out["skill_trend_change_minus_control_ci"] = m, [lo, hi]
+    return out

@@ -47,6 +47,11 @@ def _heldout(cfg, ic, run_dir: Path) -> MoveSet | None:
     return MoveSet.build(rows, run_dir / "positions_heldout")
 
 
+def _ci(summary: dict, key: str) -> str:
+    lo, hi = summary[f"{key}_ci"]
+    return f"{summary[key]:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
 def _report(model, ic, method, summary: dict, grid: list, per_bucket: list, base, eff, ctrl, heldout: bool) -> list[str]:
     """results.md's lines."""
     chose = ("a setting per Elo bucket (see the table)" if ic.per_bucket else f"strength {summary['strength']}"
@@ -58,15 +63,22 @@ def _report(model, ic, method, summary: dict, grid: list, per_bucket: list, base
              f"minus control {summary['effect_minus_control']:+.3f} [{summary['effect_minus_control_ci'][0]:+.3f}, {summary['effect_minus_control_ci'][1]:+.3f}] (95% bootstrap). "
              f"Position-buckets fixed {summary['fixed']}, broken {summary['broken']}. Mean transition point "
              f"{summary['mean_transition_point_base']:.2f} -> {summary['mean_transition_point_intervened']:.2f} "
-             f"(control {summary['mean_transition_point_control']:.2f}; {NEVER} = never).", ""]
+             f"(control {summary['mean_transition_point_control']:.2f}; {NEVER} = never).", "",
+             f"Skill trend ({bucket_label(model, NUM_BUCKETS - 1)} minus {bucket_label(model, 0)}): "
+             f"{_ci(summary, 'skill_trend_base')} without intervention, {_ci(summary, 'skill_trend_intervened')} "
+             f"intervened, {_ci(summary, 'skill_trend_control')} under the control; change against the control "
+             f"{_ci(summary, 'skill_trend_change_minus_control')} (negative: the weak end gained more).", ""]
     if heldout:
         lines += [f"Ordinary held-out games, human move predicted: {summary['heldout_human_accuracy_base']:.3f} -> "
                   f"{summary['heldout_human_accuracy_intervened']:.3f}.", ""]
     lines += method.notes()
     lines += ["![accuracy](accuracy_by_bucket.png)", "", "![transition points](transition_points.png)", "",
-              "| Elo bucket | none | intervened | control | setting (strength, top-n) |", "|---|---|---|---|---|"]
+              "| Elo bucket | none | intervened | control | intervened minus control [95% CI] | setting (strength, top-n) |",
+              "|---|---|---|---|---|---|"]
+    d, ci = summary["minus_control_by_bucket"], summary["minus_control_by_bucket_ci"]
     lines += [f"| {bucket_label(model, k)} | {base.accuracy[k]:.3f} | {eff.accuracy[k]:.3f} | {ctrl.accuracy[k]:.3f} | "
-              f"{per_bucket[k][0]}, {per_bucket[k][1] or '-'} |" for k in range(NUM_BUCKETS)]
+              f"{d[k]:+.3f} [{ci[k][0]:+.3f}, {ci[k][1]:+.3f}] | {per_bucket[k][0]}, {per_bucket[k][1] or '-'} |"
+              for k in range(NUM_BUCKETS)]
     lines += ["", "Grid on the train positions:", "", "| strength | top-n | mean accuracy |", "|---|---|---|"]
     lines += [f"| {g['strength'] or 'none'} | {g['top_n'] or '-'} | {g['train_accuracy']:.3f} |" for g in grid]
     return lines
