@@ -80,10 +80,12 @@ def test_sae_lens_loads_each_architecture_and_computes_what_ours_does(acts, tmp_
     assert theirs.cfg.metadata.hook_name == SITE and theirs.cfg.normalize_activations == "none"
     x = _inputs(acts[0])
     z = ours.encode(x)
-    with torch.no_grad():
-        assert torch.equal(theirs.encode(x), z)
-        assert torch.equal(theirs.decode(z), ours.decode(z))
-        assert torch.equal(theirs(x), ours(x))
+    with torch.no_grad():  # float32 rounding only: the two order their matmuls' sums as their BLAS does
+        close = dict(rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(theirs.encode(x), z, **close)
+        assert torch.equal(theirs.encode(x) > 0, z > 0)  # the same latents fire
+        torch.testing.assert_close(theirs.decode(z), ours.decode(z), **close)
+        torch.testing.assert_close(theirs(x), ours(x), **close)
     # and the file is the trained SAE: folding the scale moves values by rounding only
     torch.testing.assert_close(ours(x), sae(x), atol=1e-4, rtol=1e-4)
     l0 = (z[:256] > 0).sum(1).float().mean()

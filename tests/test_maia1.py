@@ -406,8 +406,8 @@ def test_winograd_matches_direct(maia1500, real_planes, legal_masks):
     assert torch.equal(prob_d.argmax(1)[clear], prob_w.argmax(1)[clear])
     # chunked and whole-batch passes give the same outputs
     wino.winograd_chunk = len(real_planes)
-    with torch.no_grad():
-        assert torch.allclose(wino(real_planes)[0], pw, atol=1e-5)
+    with torch.no_grad():  # to float32 rounding: the BLAS picks its kernels by batch size (3e-5 on an AVX2 EPYC)
+        torch.testing.assert_close(wino(real_planes)[0], pw, rtol=1e-5, atol=1e-4)
 
 
 def test_winograd_hooks_see_the_direct_activations(maia1500, real_planes):
@@ -467,8 +467,9 @@ def test_forward_split_equals_one_pass(maia1500, real_planes):
         for model in (maia1500, wino):
             pol, wdl = model(x)
             pol2, wdl2 = forward_split(model, x, workers=2)
-            assert pol2.shape == pol.shape and torch.allclose(pol2, pol, atol=1e-5)
-            assert torch.allclose(wdl2, wdl, atol=1e-5)
+            # to float32 rounding: the BLAS picks its kernels by batch size (4e-5 on logits up to 16, AVX2 EPYC)
+            torch.testing.assert_close(pol2, pol, rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(wdl2, wdl, rtol=1e-5, atol=1e-4)
     with pytest.raises(MaiaAdaptError, match="workers must be >= 1"):
         forward_split(maia1500, x, workers=0)
 
