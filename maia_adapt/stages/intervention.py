@@ -59,8 +59,8 @@ def _report(model, ic, method, summary: dict, grid: list, per_bucket: list, base
     lines = ["# Intervention", "", f"model `{model.name}`; {method.what()}; {summary['train_positions']} train "
              f"positions chose {chose}; judged on {summary['test_positions']} test positions.", "",
              f"Correct-move accuracy over all buckets: {summary['accuracy_base']:.3f} -> {summary['accuracy_intervened']:.3f} "
-             f"(control {summary['accuracy_control']:.3f}); effect {summary['effect']:+.3f} [{summary['effect_ci'][0]:+.3f}, {summary['effect_ci'][1]:+.3f}], "
-             f"minus control {summary['effect_minus_control']:+.3f} [{summary['effect_minus_control_ci'][0]:+.3f}, {summary['effect_minus_control_ci'][1]:+.3f}] (95% bootstrap). "
+             f"(control {summary['accuracy_control']:.3f}); effect {_ci(summary, 'effect')}, "
+             f"minus control {_ci(summary, 'effect_minus_control')} (95% bootstrap). "
              f"Position-buckets fixed {summary['fixed']}, broken {summary['broken']}. Mean transition point "
              f"{summary['mean_transition_point_base']:.2f} -> {summary['mean_transition_point_intervened']:.2f} "
              f"(control {summary['mean_transition_point_control']:.2f}; {NEVER} = never).", "",
