@@ -186,8 +186,8 @@ class SAEStageConfig(DictionaryRunConfig, SAEConfig):
     # concept set on validation positions; the best summed AUC is the SAE that is saved. 0: off
     calibrate_every: int = 0
     # board: own/opponent piece on each square (768); threats: the study's 128 square-wise threat
-    # concepts; all: every concept of maia_adapt.concepts (986, the study family's 13 included: six of
-    # them repeat a strategic concept)
+    # concepts; all: every concept of maia_adapt.concepts (1158: the study family's 13 and the seed172
+    # family's 172 included, which repeat some concepts of the others, e.g. its 128 square threats)
     calibration_concepts: str = "board"
     calibration_positions: int = 2000
     calibration_min_positives: int = 20  # concepts with fewer positive (or negative) positions are left out
@@ -254,7 +254,8 @@ class ProbeConfig:
     """stage=probe: linear probes per concept and Elo bucket (awareness), and the logit lens."""
 
     sites: list[str] = "${sites}"  # the site preset's (site=...); a list here overrides it
-    # of threat, strategic, capture, study (the study's own 13 strategic concepts), board-state
+    # of threat, strategic, capture, study (the study's own 13 strategic concepts), seed172 (the 172 of
+    # the study's revision; seed172:<category> for one of its 5 categories), board-state
     families: list[str] = field(default_factory=lambda: ["threat", "strategic"])
     train_positions: int = 4000  # from the train split
     test_positions: int = 2000  # from the test split (other games)
@@ -305,7 +306,8 @@ class ThreatsConfig:
     positions: int = 4000  # positions scored (half selection, half held-out)
     split: str = "test"
     elo: str = "data"  # Elo conditioning of the model: data | random | 0..10 (data on puzzles/sts: bucket 5)
-    # the study family (its 13 strategic concepts as its code defines them) is for reproducing it
+    # the study family (its 13 strategic concepts as its code defines them) and seed172 (the 172 concepts
+    # of its revision, or seed172:<category>) are for reproducing it
     families: list[str] = field(default_factory=lambda: ["threat", "strategic", "capture", "board-state"])
     min_positives: int = 10  # concepts with fewer positive (or negative) positions are left out
     heldout_fraction: float = 0.5

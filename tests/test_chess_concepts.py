@@ -13,6 +13,7 @@ from maia_adapt.concepts.chess_concepts import (
     all_position_concepts,
     board_state_concepts,
     concept_specs,
+    seed172_concepts,
     strategic_concepts,
     study_concepts,
     threat_concepts,
@@ -213,10 +214,11 @@ def test_specs_are_unique_defined_and_match_the_label_columns():
     assert len(set(names)) == len(names) >= 172
     assert all(s.definition and "\n" not in s.definition for s in specs)
     counts = {f: sum(s.family == f for s in specs) for f in {s.family for s in specs}}
-    assert counts == {"threat": 128, "strategic": 13, "capture": 64, "study": 13, "board-state": 768}
+    assert counts == {"threat": 128, "strategic": 13, "capture": 64, "study": 13, "seed172": 172, "board-state": 768}
     boards = [chess.Board()]
     assert all_position_concepts(boards).names == names
-    families = threat_concepts(boards), strategic_concepts(boards), study_concepts(boards), board_state_concepts(boards)
+    families = (threat_concepts(boards), strategic_concepts(boards), study_concepts(boards), seed172_concepts(boards),
+                board_state_concepts(boards))
     assert [n for f in families for n in f.names] == names
     assert threat_concepts(boards).names[0] == "defensive@a1" and threat_concepts(boards).names[64] == "offensive@a1"
 
@@ -232,7 +234,7 @@ def test_families_agree_with_combined_labels_and_are_mirror_invariant(puzzle_pos
     c = all_position_concepts(boards)
     parts = torch.cat(
         [threat_concepts(boards).labels, strategic_concepts(boards).labels, study_concepts(boards).labels,
-         board_state_concepts(boards).labels], 1
+         seed172_concepts(boards).labels, board_state_concepts(boards).labels], 1
     )
     assert torch.equal(c.labels, parts)
     assert torch.equal(c.labels, all_position_concepts([b.mirror() for b in boards]).labels)

@@ -13,10 +13,42 @@ Families (see `concept_specs()` for one-line definitions):
                     reproducing it. Six equal ours; mate threat, bishop pair and open-file control
                     are defined differently, and right-bishop rook pawns replace hanging pieces
                     (each definition says how it differs)
+  seed172      172  seed172_*: the 172 concepts of the study's revision ("Playing Dumb",
+                    CSSLab/maia2-skill-adaptation at 3d8d091, train/chess_concept_oracle.py) as its
+                    code defines them, in its order and 5 categories (`ConceptSpec.category`;
+                    "seed172:<category>" selects one): king_queen_safety 4, square_threats 128,
+                    tactical_patterns_forks 7, tactical_patterns_pins 10, positional_structure 23;
+                    `SEED172_SEED_NAMES` gives each one's name in the seed
   board-state  768  <own|opp>_<piece>@<sq>, the same names and order as `piece_square_concepts`
+
+`position_concepts(boards, families)` computes only the families asked for; `all_position_concepts`
+computes them all (1,158 columns).
 
 Attack counts use python-chess `attackers_mask` semantics: every piece whose move pattern reaches
 the square on the current board, pinned pieces included, x-rays (a rook behind a rook) excluded.
+
+The seed172 family reproduces the revision's code, quirks included; docs/concepts_seed172.md has its
+check against that code on real positions (every concept agrees on every position). The revision
+labels the FENs it feeds Maia-2 unmirrored, so they are Maia-2's White-to-move views: its "mine" is
+the side to move, as our "own" is, and its square threats, written for White, are our threat family.
+Its quirks, kept (each concept's definition says which apply):
+  - king danger: 5 or more attacked squares next to the king, occupied ones included, but not a
+    square behind the king on a slider's line (the king blocks it); an edge king has 5 such
+    squares and a corner king 3, so a corner king never counts
+  - forks are attacks standing on the board, not moves: an unpinned piece attacking two or more
+    enemy pieces of the forked types, defended or not, the king included (an enemy fork on the
+    king is a check); knights and bishops fork only rooks, queens and kings, rooks only queens
+    and kings; a pinned piece never forks, even when a target stands on its pin line; there is no
+    queen fork, and the own rook fork the seed's code defines is not among its 172
+  - pins are python-chess absolute pins (to the king), also of a piece free to move along the line
+  - connected rooks on one file: the seed's code tests only the file's first-rank square (seen
+    from the side to move), whatever stands between: rooks a1 and a5 never count, rooks a3 and a6
+    count whenever a1 is empty; on a rank it tests the squares between. This is the one seed
+    definition that depends on the mirroring (on an un-mirrored Black-to-move board it would test
+    White's first rank)
+  - bishop pair: exactly two bishops; open-file control judged per file (as the study family)
+  - the opponent's captures with the turn passed, in check or not; the seed names their squares
+    from the opponent's side (its capture_possible_d1_opponent is our seed172_opp_capture@d8)
 
 Speed, measured on one core (taskset, Python 3.11, python-chess 1.11), best of 3 over the 5,451
 lichess puzzle positions, before the study family was added: `all_position_concepts` ~4,600
@@ -24,6 +56,11 @@ positions/s (~3,900/s on the 1,497 STS middlegames); threat alone ~24,000/s, str
 ~4,700/s (the mate-in-one search after a passed turn takes two thirds of it), board-state
 ~170,000/s. The study family's own mate-in-one search (for the side to move) makes
 `all_position_concepts` 0.67x as fast (old and new timed in one run on one core of a loaded machine).
+The seed172 family alone: ~5,900 positions/s on the 5,451 puzzle boards (~4,100/s on the 1,497 STS
+FENs, parsing included), best of 3 on one core of the shared 2-core EPYC, where threat alone ran
+~14,600/s in the same run (a slower machine than the one above); with it `all_position_concepts` runs
+0.85x as fast as the other five families (~1,450 against ~1,700 positions/s, same run), and stages
+that name their families (`position_concepts`) compute only those.
 """
 from __future__ import annotations
 
@@ -33,7 +70,7 @@ import chess
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MaiaAdaptError
 from .board import BoardConcepts
 
 _PIECES = ["pawn", "knight", "bishop", "rook", "queen", "king"]
@@ -45,6 +82,7 @@ class ConceptSpec:
     name: str
     family: str
     definition: str
+    category: str = ""  # family seed172: the seed's category (select one with "seed172:<category>")
 
 
 # ---------------------------------------------------------------- concept names and definitions
@@ -153,9 +191,89 @@ def _board_state_specs() -> list[ConceptSpec]:
     ]
 
 
+# The 172 concepts of the seed's revision ("Playing Dumb", CSSLab/maia2-skill-adaptation at 3d8d091,
+# train/chess_concept_oracle.py: CONCEPT_CATEGORIES), in its order: (our name, the seed's name, category,
+# definition). Its code's definitions are kept, quirks included; each one's quirk is said in its definition.
+SEED172_CATEGORIES = ("king_queen_safety", "square_threats", "tactical_patterns_forks", "tactical_patterns_pins",
+                      "positional_structure")
+# the seed's capture_possible_<sq>_mine/_opponent squares, each named from the capturing side
+_SEED172_CAPTURE_SQUARES = ("d1", "d2", "d3", "e1", "e2", "e3", "g5", "b5")
+_FORK_TARGETS = {"pawn": "knights, bishops, rooks, queens or kings", "knight": "rooks, queens or kings (minor pieces "
+                 "do not count)", "bishop": "rooks, queens or kings (minor pieces do not count)", "rook": "queens or kings"}
+_PIN_NOTE = ("pinned to its king by a rook, bishop or queen (python-chess is_pinned: an absolute pin, also when the "
+             "piece can move along the pin line; pins to other pieces do not count)")
+
+
+def _seed172_table() -> list[tuple[str, str, str, str]]:
+    rows = []
+    for side, seed_side, king, attacker in (("own", "mine", "own king", "the opponent"),
+                                            ("opp", "opponent", "enemy king", "the side to move")):
+        rows.append((f"seed172_{side}_king_danger", f"king_danger_{seed_side}", "king_queen_safety",
+                     f"at least 5 of the squares next to the {king} are attacked by {attacker} (occupied ones count; "
+                     "a square behind the king on a slider's line does not, the king blocks it; a king on an edge has "
+                     "5 such squares, in a corner 3, so it never counts there)"))
+    rows.append(("seed172_own_can_capture_queen", "can_capture_queen_mine", "king_queen_safety",
+                 "as own_can_capture_queen: the side to move has a legal capture of an enemy queen"))
+    rows.append(("seed172_opp_can_capture_queen", "can_capture_queen_opponent", "king_queen_safety",
+                 "as opp_can_capture_queen: with the turn passed, the opponent has a legal capture of an own queen "
+                 "(also when the side to move is in check)"))
+    for kind, seed_kind, piece, outnumbered in (("defensive", "defensive", "a piece of the side to move", "enemy"),
+                                                ("offensive", "offensive", "an enemy piece", "own")):
+        defenders = "own" if kind == "defensive" else "enemy"
+        for s in _SQUARES:
+            rows.append((f"seed172_{kind}@{s}", f"{seed_kind}_threat_{s}", "square_threats",
+                         f"as {kind}@{s}: {piece} (king included) stands on {s} and more {outnumbered} pieces attack "
+                         f"it than {defenders} pieces defend it"))
+    for piece in ("pawn", "knight", "bishop", "rook"):
+        for side, seed_side, whose, other in (("own", "mine", "an own", "enemy"), ("opp", "opponent", "an enemy", "own")):
+            if (piece, side) == ("rook", "own"):
+                continue  # the seed defines rook_fork_mine but leaves it out of its 172
+            note = "; the seed's set has no own rook fork (its code defines one but leaves it out)" if piece == "rook" else ""
+            rows.append((f"seed172_{side}_{piece}_fork", f"{piece}_fork_{seed_side}", "tactical_patterns_forks",
+                         f"{whose} {piece} not pinned to its king attacks two or more {other} {_FORK_TARGETS[piece]}, "
+                         f"defended or not (a position, not a move; an attacked king is a check){note}"))
+    for piece in ("pawn", "knight", "bishop", "rook", "queen"):
+        for side, seed_side, whose in (("own", "mine", "an own"), ("opp", "opponent", "an enemy")):
+            rows.append((f"seed172_{side}_pinned_{piece}", f"has_pinned_{piece}_{seed_side}", "tactical_patterns_pins",
+                         f"{whose} {piece} is {_PIN_NOTE}"))
+    for side, seed_side, whose, other in (("own", "mine", "own", "enemy"), ("opp", "opponent", "enemy", "own")):
+        rows.append((f"seed172_{side}_connected_rooks", f"has_connected_rooks_{seed_side}", "positional_structure",
+                     f"two {whose} rooks on one rank with no piece between them, or on one file on neighbouring ranks or "
+                     "with the file's first-rank square empty, whatever stands between (the seed's code tests only that "
+                     f"square for a file; {side}_connected_rooks and study_{side}_connected_rooks test the squares between)"))
+    for side, seed_side, whose in (("own", "mine", "the side to move"), ("opp", "opponent", "the opponent")):
+        rows.append((f"seed172_{side}_bishop_pair", f"has_bishop_pair_{seed_side}", "positional_structure",
+                     f"as study_{side}_bishop_pair: {whose} has exactly two bishops, of any square colours"))
+    for side, seed_side, whose, other in (("own", "mine", "an own", "enemy"), ("opp", "opponent", "an enemy", "own")):
+        rows.append((f"seed172_{side}_open_file_control", f"has_control_of_open_file_{seed_side}", "positional_structure",
+                     f"as study_{side}_open_file_control: some open file (no pawns) holds {whose} rook or queen and no "
+                     f"{other} one"))
+    rows.append(("seed172_contested_open_file", "has_contested_open_file", "positional_structure",
+                 "as contested_open_file: an own and an enemy rook or queen stand on the same open file"))
+    for s in _SEED172_CAPTURE_SQUARES:
+        rows.append((f"seed172_own_capture@{s}", f"capture_possible_{s}_mine", "positional_structure",
+                     f"as capture_possible@{s}: the side to move has a legal capture landing on {s} (en passant: the "
+                     "square the pawn lands on)"))
+    for s in _SEED172_CAPTURE_SQUARES:
+        m = chess.square_name(chess.square_mirror(chess.parse_square(s)))
+        rows.append((f"seed172_opp_capture@{m}", f"capture_possible_{s}_opponent", "positional_structure",
+                     f"with the turn passed, the opponent has a legal capture landing on {m} (the seed names it {s}, "
+                     "from the opponent's side)"))
+    return rows
+
+
+# our name -> the seed's name, for reading the seed's results (its probes and positions are filed by its names)
+SEED172_SEED_NAMES = {name: seed for name, seed, _, _ in _seed172_table()}
+
+
+def _seed172_specs() -> list[ConceptSpec]:
+    return [ConceptSpec(n, "seed172", d, c) for n, _, c, d in _seed172_table()]
+
+
 def concept_specs() -> list[ConceptSpec]:
     """Every concept of `all_position_concepts`, in its column order."""
-    return _threat_specs() + _strategic_specs() + _capture_specs() + _study_specs() + _board_state_specs()
+    return (_threat_specs() + _strategic_specs() + _capture_specs() + _study_specs() + _seed172_specs()
+            + _board_state_specs())
 
 
 # ---------------------------------------------------------------- per-board computations
@@ -300,10 +418,11 @@ def _can_capture_queen(b: chess.Board) -> bool:
     return bool(queens) and any(b.generate_legal_captures(to_mask=queens))
 
 
-def _capture_mask(b: chess.Board) -> int:
-    """Target squares of the legal captures (en passant: the square the pawn lands on)."""
+def _capture_mask(b: chess.Board, to_mask: int = chess.BB_ALL) -> int:
+    """Target squares of the legal captures (en passant: the square the pawn lands on), of those in
+    `to_mask`."""
     mask = 0
-    for move in b.generate_legal_captures():
+    for move in b.generate_legal_captures(to_mask=to_mask):
         mask |= 1 << move.to_square
     return mask
 
@@ -353,6 +472,110 @@ def _study_row(b: chess.Board, ours: list[bool]) -> list[bool]:
     ]
     for i, j in _STUDY_AS_OURS.items():
         row[i] = ours[j]
+    return row
+
+
+def _pinned_mask(b: chess.Board, color: chess.Color) -> int:
+    """The pieces of `color` that python-chess's `is_pinned` calls pinned: the only piece between their
+    king and an enemy rook or queen on its rank or file, or an enemy bishop or queen on its diagonals."""
+    king = b.king(color)
+    if king is None:
+        return 0
+    snipers = ((chess.BB_RANK_ATTACKS[king][0] | chess.BB_FILE_ATTACKS[king][0]) & (b.rooks | b.queens)
+               | chess.BB_DIAG_ATTACKS[king][0] & (b.bishops | b.queens)) & b.occupied_co[not color]
+    pinned = 0
+    for sniper in chess.scan_forward(snipers):
+        between = chess.between(king, sniper) & b.occupied
+        if between and not between & (between - 1):  # exactly one piece between
+            pinned |= between
+    return pinned & b.occupied_co[color]
+
+
+def _attacked_mask(b: chess.Board, color: chess.Color) -> int:
+    """The squares a piece of `color` attacks (python-chess `is_attacked_by`, occupied or not)."""
+    mask = 0
+    for sq in chess.scan_forward(b.occupied_co[color]):
+        mask |= b.attacks_mask(sq)
+    return mask
+
+
+def _king_danger(b: chess.Board, color: chess.Color, attacked_by_enemy: int) -> bool:
+    king = b.king(color)
+    return king is not None and (chess.BB_KING_ATTACKS[king] & attacked_by_enemy).bit_count() >= 5
+
+
+def _forks(b: chess.Board, color: chess.Color, pinned: int) -> list[bool]:
+    """The seed's (pawn, knight, bishop, rook) forks of `color`: a piece of that type not in `pinned`
+    attacking two or more enemy pieces of the types it forks."""
+    enemy = b.occupied_co[not color]
+    heavy = enemy & (b.rooks | b.queens | b.kings)
+    targets = (enemy & ~b.pawns, heavy, heavy, enemy & (b.queens | b.kings))
+    free = b.occupied_co[color] & ~pinned
+    # a pawn forks when both its capture squares hold a target: shifted target masks, no loop
+    pawns = b.pawns & free & ~chess.BB_FILE_A & ~chess.BB_FILE_H
+    t = targets[0]
+    pawn_fork = bool(pawns & (t >> 7) & (t >> 9)) if color == chess.WHITE else bool(pawns & (t << 7) & (t << 9))
+    out = [pawn_fork]
+    for pieces, t in ((b.knights, targets[1]), (b.bishops, targets[2]), (b.rooks, targets[3])):
+        out.append(t.bit_count() >= 2 and any((b.attacks_mask(sq) & t).bit_count() >= 2
+                                              for sq in chess.scan_forward(pieces & free)))
+    return out
+
+
+def _seed_connected_rooks(b: chess.Board, color: chess.Color) -> bool:
+    """The seed's connected rooks: a rank with nothing between two rooks, or a file where the rooks are
+    on neighbouring ranks or the file's first-rank square is empty (its code's same-file test)."""
+    rooks = list(chess.scan_forward(b.rooks & b.occupied_co[color]))
+    for i, r1 in enumerate(rooks):
+        for r2 in rooks[i + 1 :]:
+            if chess.square_rank(r1) == chess.square_rank(r2):
+                if not chess.between(r1, r2) & b.occupied:
+                    return True
+            elif chess.square_file(r1) == chess.square_file(r2):
+                if abs(chess.square_rank(r1) - chess.square_rank(r2)) == 1 \
+                        or not b.occupied & chess.BB_SQUARES[chess.square_file(r1)]:
+                    return True
+    return False
+
+
+_SEED172_OWN_SQUARES = [chess.parse_square(s) for s in _SEED172_CAPTURE_SQUARES]
+_SEED172_OPP_SQUARES = [chess.square_mirror(sq) for sq in _SEED172_OWN_SQUARES]
+_SEED172_OWN_MASK = sum(1 << sq for sq in _SEED172_OWN_SQUARES)
+_SEED172_OPP_MASK = sum(1 << sq for sq in _SEED172_OPP_SQUARES)
+
+
+def _seed172_row(b: chess.Board) -> list[bool]:
+    """The 44 non-square seed172 flags of a White-to-move board in the family's order, the 128 square
+    threats left out (king danger and queen captures, forks, pins, structure and the 16 captures)."""
+    own, opp = b.occupied_co[chess.WHITE], b.occupied_co[chess.BLACK]
+    # only captures landing on the seed's squares or on a queen are asked for
+    captures = _capture_mask(b, _SEED172_OWN_MASK | b.queens & opp)
+    opp_captures = _capture_mask(_passed_turn(b), _SEED172_OPP_MASK | b.queens & own)
+    own_pins, opp_pins = _pinned_mask(b, chess.WHITE), _pinned_mask(b, chess.BLACK)
+    own_forks, opp_forks = _forks(b, chess.WHITE, own_pins), _forks(b, chess.BLACK, opp_pins)
+    contested, own_file, opp_file = _open_file_flags(b)[2:]
+    row = [
+        _king_danger(b, chess.WHITE, _attacked_mask(b, chess.BLACK)),
+        _king_danger(b, chess.BLACK, _attacked_mask(b, chess.WHITE)),
+        bool(captures & b.queens & opp),
+        bool(opp_captures & b.queens & own),
+    ]
+    for i in range(3):  # pawn, knight, bishop
+        row += [own_forks[i], opp_forks[i]]
+    row.append(opp_forks[3])  # the rook: the seed's 172 have no own rook fork
+    for pieces in (b.pawns, b.knights, b.bishops, b.rooks, b.queens):
+        row += [bool(own_pins & pieces), bool(opp_pins & pieces)]
+    row += [
+        _seed_connected_rooks(b, chess.WHITE),
+        _seed_connected_rooks(b, chess.BLACK),
+        len(b.pieces(chess.BISHOP, chess.WHITE)) == 2,
+        len(b.pieces(chess.BISHOP, chess.BLACK)) == 2,
+        own_file,
+        opp_file,
+        contested,
+    ]
+    row += [bool(captures >> sq & 1) for sq in _SEED172_OWN_SQUARES]
+    row += [bool(opp_captures >> sq & 1) for sq in _SEED172_OPP_SQUARES]
     return row
 
 
@@ -411,45 +634,97 @@ def board_state_concepts(boards) -> BoardConcepts:
     return BoardConcepts(_unpack(rows, 12), _names(_board_state_specs()))
 
 
-def all_position_concepts(boards) -> BoardConcepts:
-    """Threat, strategic (with capture_possible), study and board-state concepts, in `concept_specs()`
-    order.
-
-    Each board is mirrored and its attack counts computed once for all families."""
-    threat, flags, captures, study, pieces = [], [], [], [], []
-    for board in boards:
-        b = _from_side_to_move(board)
-        defensive, offensive, own_hanging, opp_hanging = _attack_masks(b)
-        threat.append([defensive, offensive])
-        flags.append(_strategic_row(b, own_hanging, opp_hanging))
-        captures.append([_capture_mask(b)])
-        study.append(_study_row(b, flags[-1]))
-        pieces.append(_piece_masks(b))
-    labels = torch.cat(
-        [
-            _unpack(threat, 2),
-            torch.tensor(flags, dtype=torch.bool).reshape(-1, len(_STRATEGIC)),
-            _unpack(captures, 1),
-            torch.tensor(study, dtype=torch.bool).reshape(-1, len(_STUDY)),
-            _unpack(pieces, 12),
-        ],
-        1,
-    )
-    return BoardConcepts(labels, _names(concept_specs()))
+def _seed172_labels(flags: torch.Tensor, threat: list[list[int]]) -> list[torch.Tensor]:
+    """The seed's column order: king and queen safety (4 flags), the 128 square threats, the other 40 flags."""
+    return [flags[:, :4], _unpack(threat, 2), flags[:, 4:]]
 
 
-# concept families a stage can select (threats.families, probe.families)
-FAMILIES = ("threat", "strategic", "capture", "study", "board-state")
+def seed172_concepts(boards) -> BoardConcepts:
+    """The 172 concepts of the seed's revision (family "seed172"), in its order.
+
+    `boards`: python-chess boards (or FEN strings); Black-to-move ones are mirrored first."""
+    return position_concepts(boards, ["seed172"])
+
+
+# concept families a stage can select (threats.families, probe.families), in `concept_specs()` order;
+# "seed172:<category>" selects one of SEED172_CATEGORIES
+FAMILIES = ("threat", "strategic", "capture", "study", "seed172", "board-state")
+
+
+def _known_family(f) -> bool:
+    family, colon, category = str(f).partition(":")
+    return family == "seed172" and category in SEED172_CATEGORIES if colon else family in FAMILIES
 
 
 def check_families(families, key: str = "threats.families") -> None:
     for f in families:
-        if f not in FAMILIES:
-            raise ConfigError(f"{key}: unknown family '{f}': expected some of {', '.join(FAMILIES)}")
+        if not _known_family(f):
+            raise ConfigError(f"{key}: unknown family '{f}': expected some of {', '.join(FAMILIES)}, or one category "
+                              f"of seed172 as seed172:<category> ({', '.join(SEED172_CATEGORIES)})")
+
+
+def _chosen(spec: ConceptSpec, families) -> bool:
+    return spec.family in families or f"{spec.family}:{spec.category}" in families
+
+
+def position_concepts(boards, families=FAMILIES) -> BoardConcepts:
+    """The concepts of `families` (names as `check_families` takes them) in `concept_specs()` order,
+    computing only those families.
+
+    Each board is mirrored and its attack counts computed once for all families."""
+    families = list(families)
+    check_families(families, "families")
+    need = {str(f).partition(":")[0] for f in families}
+    threat, flags, captures, study, seed172, pieces = [], [], [], [], [], []
+    n = 0
+    for n, board in enumerate(boards, 1):
+        b = _from_side_to_move(board)
+        if need & {"threat", "strategic", "study", "seed172"}:
+            defensive, offensive, own_hanging, opp_hanging = _attack_masks(b)
+            threat.append([defensive, offensive])
+        if "capture" in need:
+            captures.append([_capture_mask(b)])
+        if need & {"strategic", "study"}:
+            flags.append(_strategic_row(b, own_hanging, opp_hanging))
+        if "study" in need:
+            study.append(_study_row(b, flags[-1]))
+        if "seed172" in need:
+            seed172.append(_seed172_row(b))
+        if "board-state" in need:
+            pieces.append(_piece_masks(b))
+    as_tensor = lambda rows, width: torch.tensor(rows, dtype=torch.bool).reshape(-1, width)
+    blocks = {
+        "threat": lambda: [_unpack(threat, 2)],
+        "strategic": lambda: [as_tensor(flags, len(_STRATEGIC))],
+        "capture": lambda: [_unpack(captures, 1)],
+        "study": lambda: [as_tensor(study, len(_STUDY))],
+        "seed172": lambda: _seed172_labels(as_tensor(seed172, 44), threat),
+        "board-state": lambda: [_unpack(pieces, 12)],
+    }
+    parts = [p for family in FAMILIES if family in need for p in blocks[family]()]
+    specs = [s for s in concept_specs() if s.family in need]
+    labels = torch.cat(parts, 1) if parts else torch.zeros(n, 0, dtype=torch.bool)
+    keep = [i for i, s in enumerate(specs) if _chosen(s, families)]
+    if len(keep) < len(specs):
+        labels, specs = labels[:, keep], [specs[i] for i in keep]
+    return BoardConcepts(labels, _names(specs))
+
+
+def all_position_concepts(boards) -> BoardConcepts:
+    """Every family's concepts (threat, strategic, capture, study, seed172, board-state), in
+    `concept_specs()` order."""
+    return position_concepts(boards, FAMILIES)
 
 
 def select_families(concepts: BoardConcepts, families) -> tuple[BoardConcepts, list]:
+    """The columns of `families` (and their specs) out of concepts labelled for them, e.g. by
+    `position_concepts(boards, families)` or `all_position_concepts`."""
     check_families(families)
-    specs = concept_specs()
-    keep = [i for i, s in enumerate(specs) if s.family in families]
-    return BoardConcepts(concepts.labels[:, keep], [specs[i].name for i in keep]), [specs[i] for i in keep]
+    column = {n: j for j, n in enumerate(concepts.names)}
+    specs = [s for s in concept_specs() if _chosen(s, list(families))]
+    missing = [s.name for s in specs if s.name not in column]
+    if missing:
+        raise MaiaAdaptError(f"select_families: the concepts have no column '{missing[0]}' ({len(missing)} missing): "
+                             "label the positions with position_concepts(boards, families)")
+    keep = [column[s.name] for s in specs]
+    return BoardConcepts(concepts.labels[:, keep], [s.name for s in specs]), specs
