@@ -211,10 +211,9 @@ def concept_labels(train_fens, test_fens, families, min_positives: int, key: str
     """(names, train labels [N, C], test labels [M, C]) of the concept families' concepts that have at
     least `min_positives` positives and negatives in both splits (a probe needs both classes to be
     trained and judged); ConfigError naming `<key>.*` settings when none has."""
-    from ..concepts import all_position_concepts, select_families
+    from ..concepts import position_concepts
 
-    tr, _ = select_families(all_position_concepts(train_fens), list(families))
-    te, _ = select_families(all_position_concepts(test_fens), list(families))
+    tr, te = position_concepts(train_fens, families), position_concepts(test_fens, families)
     enough = lambda y: (y.sum(0) >= min_positives) & ((~y).sum(0) >= min_positives)
     keep = (enough(tr.labels) & enough(te.labels)).nonzero().flatten().tolist()
     if not keep:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..analysis.activations import collect_activations, position_codes
-from ..concepts import BoardConcepts, ConceptSpec, all_position_concepts, check_families, load_puzzles, load_sts, select_families
+from ..concepts import BoardConcepts, ConceptSpec, check_families, load_puzzles, load_sts, position_concepts, select_families
 from ..concepts.detection import compare_detections, detect_concepts, read_detection_table
 from ..data.preprocess import open_or_build_store
 from ..data.store import store_from_fens
@@ -127,7 +127,7 @@ def _concept_set(cfg, run_dir: Path):
     (and a puzzle set's themes) labelled on the positions, concepts.csv written, rare ones left out."""
     tc = cfg.threats
     store, idx, themes, theme_family = positions(cfg, run_dir)
-    concepts, specs = select_families(all_position_concepts(fens := store.fens(idx)), list(tc.families))
+    concepts, specs = select_families(position_concepts(fens := store.fens(idx), tc.families), list(tc.families))
     if themes is not None:
         concepts = BoardConcepts(torch.cat([concepts.labels, themes.labels], 1), concepts.names + themes.names)
         specs = specs + [ConceptSpec(n, theme_family, f"labelled '{n.split(':', 1)[1]}' in the source") for n in themes.names]
