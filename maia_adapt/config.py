@@ -226,7 +226,23 @@ class TransitionalConfig:
     engine_path: Optional[str] = None  # null: stockfish on PATH or /usr/games/stockfish
     depth: Optional[int] = 8
     seconds: Optional[float] = None  # a time limit per search instead of (or besides) the depth
+    nodes: Optional[int] = None  # a node budget per search instead of (or besides) the depth
+    engine_workers: int = 1  # engines searching positions side by side (one thread each)
+    # every engine answer is kept here by engine, limit and position (null: none kept); a search starts
+    # from a cleared engine, so an answer depends on those alone, and reruns and other models reuse it
+    engine_cache: Optional[str] = "${paths.cache_dir}/engine/answers.jsonl"
+    # the correct moves of a position (engine oracle): best = the engine's best move (ours); multipv =
+    # every line's first move within accept_cp of the best (the seed's 30 cp over its database's lines)
+    accept: str = "best"
+    accept_cp: int = 30
+    multipv: int = 1  # lines per search (the seed's database holds up to 5; accept=multipv needs >= 2)
     blunder_cp: int = 150  # the bucket-0 move loses at least this many centipawns: a blunder
+    # loss: the bucket-0 move loses >= blunder_cp against the best (ours); seed: the seed's test
+    # |eval before - eval after| > blunder_cp with each eval for its own side to move (a sign bug)
+    blunder_rule: str = "loss"
+    # which rows the dataset keeps: none = every position (ours); monotone = the seed's transitional
+    # rows (wrong below one bucket, right from it up); monotone_blunder = of those, a blundering bucket 0
+    require: str = "none"
     oppo_bucket: Optional[int] = None  # null: opponent bucket = own bucket (the study's)
     batch_size: int = 512
 
@@ -415,7 +431,9 @@ _POSITIVE_INT = ("train.batch_size", "train.max_steps", "train.eval_every", "tra
                  "probe.train_positions", "probe.test_positions", "threats.positions", "activations.shard_positions",
                  "model.dim_cnn", "model.num_blocks_cnn", "model.dim_vit", "model.num_blocks_vit", "model.heads",
                  "model.dim_head", "model.elo_dim", "data.workers", "data.shard_size", "evaluate.positions",
-                 "evaluate.n_boot", "evaluate.batch_size", "train.teacher_top_k", "train.teacher_cache_positions")
+                 "evaluate.n_boot", "evaluate.batch_size", "train.teacher_top_k", "train.teacher_cache_positions",
+                 "transitional.accept_cp", "transitional.multipv", "transitional.engine_workers", "transitional.nodes",
+                 "transitional.depth")
 _NON_NEGATIVE_INT = ("train.warmup_steps", "train.grow_vit_blocks", "train.loader_workers", "train.eval_positions", "sae.cache_positions", "sae.calibrate_every",
                      "sae.aux_k", "transcoder.aux_k", "transcoder.k", "data.first_n_plies", "threats.n_null",
                      "threats.n_boot", "threats.dashboards")
@@ -444,6 +462,7 @@ def _choices() -> dict[str, tuple]:
     from .dictionaries.sae import ARCHITECTURES
     from .analysis.evaluation import SPLITS as EVAL_SPLITS
     from .analysis.interventions import INTERVENTIONS
+    from .analysis.transitional import ACCEPT, BLUNDER_RULES, REQUIRE
 
     pooling = ("mean", "none")
     return {
@@ -453,6 +472,7 @@ def _choices() -> dict[str, tuple]:
         "activations.token_pooling": pooling, "activations.dtype": ("float16", "float32"), "activations.split": SPLITS,
         "threats.split": SPLITS, "threats.position_set": ("store", "puzzles", "sts"),
         "transitional.position_set": ("store", "seed"), "transitional.oracle": ("auto", "engine", "accepted", "model"),
+        "transitional.accept": ACCEPT, "transitional.require": REQUIRE, "transitional.blunder_rule": BLUNDER_RULES,
         "intervention.kind": tuple(INTERVENTIONS),
         "evaluate.split": EVAL_SPLITS, "evaluate.oppo": ("data", "same"),
         "train.batchnorm": ("batch", "frozen"),
@@ -530,6 +550,9 @@ def validate(cfg) -> None:
     if cfg.train.grow_vit_blocks and not cfg.train.init_from_checkpoint:
         bad("train.grow_vit_blocks", cfg.train.grow_vit_blocks, "0 unless train.init_from_checkpoint=true (it grows a "
             "trained model; one from random weights takes model.num_blocks_vit)")
+    if cfg.transitional.accept == "multipv" and cfg.transitional.multipv < 2:
+        bad("transitional.multipv", cfg.transitional.multipv, "2 or more with transitional.accept=multipv (one line "
+            "is the best move only; the seed's database held up to 5)")
     lr_at(0, 1.0, 0, 1, cfg.train.lr_schedule)  # the schedule's own check, before the first step
 
 

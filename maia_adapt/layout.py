@@ -7,7 +7,8 @@ results.md / results.json / metrics.jsonl / .hydra/ (written by each stage and t
 
     <train run>/model.safetensors                    stage=train, stage=finetune (MODEL_FILE)
     <train run>/checkpoints/last.safetensors         a resumable run's latest weights
-    <transitional run>/transitional.csv              stage=transitional
+    <transitional run>/transitional.csv              stage=transitional (the rows `transitional.require` keeps)
+    <transitional run>/all_positions.csv             every position searched, when a rule dropped some
     <probe run>/probes/<site>/bucket_<b>.safetensors stage=probe
     <threats run>/detection_<site>.csv               stage=threats (features ranked per concept)
     <sae run>/saes/<site>/                           stage=sae (one dictionary folder per site)
@@ -24,6 +25,7 @@ from .errors import MaiaAdaptError
 MODEL_FILE = "model.safetensors"
 LAST_CHECKPOINT = "checkpoints/last.safetensors"
 TRANSITIONAL_CSV = "transitional.csv"
+ALL_POSITIONS_CSV = "all_positions.csv"  # stage=transitional with a `require` rule: every position searched
 SAES_DIR = "saes"
 
 

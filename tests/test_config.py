@@ -121,3 +121,11 @@ def test_study_presets_default_to_the_skill_model_and_a_model_override_wins(name
     assert _cfg(f"experiment={name}").model.name == "maia2_skill"
     assert _cfg(f"experiment={name}", "model=maia2_small").model.name == "maia2_small"
     assert _cfg(f"experiment={name}", "model=maia1").model.name == "maia1"
+
+
+def test_the_seed_transitional_rules_need_their_inputs():
+    assert _fails("stage=transitional", "transitional.accept=multipv").startswith("transitional.multipv=1: expected 2 or more")
+    assert _fails("stage=transitional", "transitional.require=some").startswith(
+        "transitional.require='some': expected one of none, monotone, monotone_blunder")
+    assert _fails("stage=transitional", "transitional.blunder_rule=x").startswith("transitional.blunder_rule='x'")
+    validate(_cfg("stage=transitional", "transitional.accept=multipv", "transitional.multipv=5"))

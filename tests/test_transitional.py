@@ -189,3 +189,69 @@ def test_skill_stats_by_game_bootstrap():
     by_game = np.diff(skill_stats(same, games, n_boot=400)["accuracy_bucket_5_ci95"])[0]
     by_pos = np.diff(skill_stats(same, np.arange(n), n_boot=400)["accuracy_bucket_5_ci95"])[0]
     assert by_game > 1.8 * by_pos
+
+
+# ---- the seed's protocol: acceptance, blunder and row rules, the engine's answers kept -----------------
+from maia_adapt.analysis.transitional import MATE, EngineCache, accepted_moves, is_blunder, required, seed_terms  # noqa: E402
+
+
+def test_multipv_acceptance_keeps_lines_strictly_within_the_window():
+    pv = [("e2e4", 40), ("d2d4", 11), ("g1f3", 10), ("c2c4", -200)]
+    assert accepted_moves(pv, "best") == ["e2e4"]
+    # the seed's `abs(cp - best_cp) < 30`: 29 below the best is correct, 30 below is not
+    assert accepted_moves(pv, "multipv", 30) == ["e2e4", "d2d4"]
+    assert accepted_moves(pv, "multipv", 31) == ["e2e4", "d2d4", "g1f3"]
+
+
+def test_the_seed_blunder_rule_reproduces_its_sign_bug_and_ours_prices_the_loss():
+    # a +100 position where the bottom bucket's move keeps +100: no loss, but the seed's two `.relative`
+    # evals have opposite signs, so it reads |100 - (-100)| = 200 > 150
+    assert not is_blunder(100, 100, "e2e4", "d2d4", "loss", 150)
+    assert is_blunder(100, 100, "e2e4", "d2d4", "seed", 150)
+    # a real 300 cp loss in a level position: both rules see it (|0 + (-300)| = 300)
+    assert is_blunder(0, -300, "e2e4", "a2a3", "loss", 150) and is_blunder(0, -300, "e2e4", "a2a3", "seed", 150)
+    # the best move itself loses nothing; the seed's rule still searches it and can flag it
+    assert not is_blunder(120, 120, "e2e4", "e2e4", "loss", 150) and is_blunder(120, 120, "e2e4", "e2e4", "seed", 150)
+    # a mate score on either side is never a seed blunder (its `.score()` is None there)
+    assert not is_blunder(MATE - 3, -400, "h5f7", "a2a3", "seed", 150)
+    assert is_blunder(MATE - 3, -400, "h5f7", "a2a3", "loss", 150)
+
+
+def _row(correct_by_bucket, blunder):
+    c = np.array(correct_by_bucket, bool)
+    tp, mono = transition_points(c[None])
+    return {"transition_point": int(tp[0]), "monotone": bool(mono[0]), "transitional": bool(0 < tp[0] < NEVER),
+            "blunder": blunder, "correct": ["x"]}
+
+
+def test_require_keeps_the_seeds_transitional_rows_and_their_blunders():
+    rows = [_row([0] * 3 + [1] * 8, True), _row([0] * 3 + [1] * 8, False), _row([1] * 11, True),
+            _row([0] * 11, True), _row([0, 1, 0] + [1] * 8, True), _row([0] * 10 + [1], True)]
+    assert required(rows, "none") == rows
+    assert required(rows, "monotone") == [rows[0], rows[1], rows[5]]  # non-monotone, always and never dropped
+    assert required(rows, "monotone_blunder") == [rows[0], rows[5]]
+    t = seed_terms(rows)
+    assert t["share_all_correct"] == pytest.approx(1 / 6) and t["share_transitional"] == pytest.approx(3 / 6)
+    assert t["share_non_monotone"] == pytest.approx(1 / 6) and t["share_never_correct"] == pytest.approx(1 / 6)
+
+
+@pytest.mark.skipif(find_engine() is None, reason="Stockfish not installed (apt-get install stockfish)")
+def test_engine_answers_are_kept_on_disk_and_two_engines_give_the_same_answers(tmp_path):
+    fens = ["r1bqkb1r/pppp1ppp/2n2n2/4p2Q/2B1P3/8/PPPP1PPP/RNB1K1NR w KQkq - 4 4", chess.STARTING_FEN,
+            "rnbqkbnr/pppp1ppp/8/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R b KQkq - 1 2"]
+    cache = tmp_path / "engine" / "answers.jsonl"
+    with EngineOracle(find_engine(), depth=6, workers=1) as one:
+        plain = [one.lines(chess.Board(f), 3) for f in fens]
+    with EngineOracle(find_engine(), depth=6, workers=2, cache=cache) as two:
+        assert two.map(lambda f: two.lines(chess.Board(f), 3), fens) == plain
+    assert len(cache.read_text().splitlines()) == len(fens)
+    with open(cache, "a") as f:
+        f.write('["cut short by a kill')  # a killed run's last line: skipped, searched again if needed
+    kept = EngineCache(cache)
+    assert len(kept.answers) == len(fens)
+    with EngineOracle(find_engine(), depth=6, cache=cache) as again:
+        again._idle = None  # an answer read from the cache needs no engine: any search would fail here
+        assert [again.lines(chess.Board(f), 3) for f in fens] == plain
+        again.depth = 7  # another limit is another answer: a search, which finds no engine
+        with pytest.raises(AttributeError):
+            again.lines(chess.Board(fens[0]), 3)

@@ -10,7 +10,10 @@ the top is *non-monotone* (its transition point still marks where the final run 
 from __future__ import annotations
 
 import json
+import queue
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,55 +95,131 @@ def find_engine(path: str | None = None) -> str | None:
     return shutil.which("stockfish") or (str(Path("/usr/games/stockfish")) if Path("/usr/games/stockfish").is_file() else None)
 
 
+MATE = 10000  # centipawns a mate counts as (minus its distance in plies), as the engine's mate_score
+
+
+class EngineCache:
+    """Engine answers kept on disk by engine, search limit and position: one JSON line per search,
+    appended as it is made (O_APPEND, one short write per line), so two runs can share the file and a
+    killed run keeps what it searched. The answers are worth keeping because every search starts from
+    a cleared engine: an answer depends on the position and the limit alone, and the transitional
+    positions of several models, or of one model under several protocols, are the same FENs."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.answers: dict[str, list] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    key, value = json.loads(line)
+                except (ValueError, TypeError):  # a line cut short by a killed run: searched again
+                    continue
+                self.answers[key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def get(self, key: str):
+        return self.answers.get(key)
+
+    def put(self, key: str, value) -> None:
+        with self._lock:
+            self.answers[key] = value
+            with open(self.path, "a") as f:
+                f.write(json.dumps([key, value]) + "\n")
+
+
 @dataclass
 class EngineOracle:
-    """Best moves and move losses from a UCI engine at a fixed depth (or time) per position.
+    """Best moves, multi-PV lines and move scores from a UCI engine at a fixed depth (or time, or node
+    budget) per position.
 
     Every search starts from a cleared engine (a new game: Stockfish empties its hash table), so an
     answer depends on the position alone. With one engine kept warm across positions, depth-8 best
     moves depended on what had been searched before: a third of them changed with the order of the
-    positions, and every model's run got its own oracle."""
+    positions, and every model's run got its own oracle. `workers` engines (one thread each) search
+    positions side by side; `cache` keeps every answer on disk (EngineCache)."""
 
     path: str
     depth: int | None = 10
     seconds: float | None = None
+    nodes: int | None = None
     threads: int = 1
+    workers: int = 1
+    cache: Path | None = None
 
     def __enter__(self):
-        self.engine = chess.engine.SimpleEngine.popen_uci(self.path)
-        self.engine.configure({"Threads": self.threads})
+        self._idle: queue.Queue = queue.Queue()
+        self._engines = []
+        for _ in range(max(1, self.workers)):
+            engine = chess.engine.SimpleEngine.popen_uci(self.path)
+            engine.configure({"Threads": self.threads})
+            self._engines.append(engine)
+            self._idle.put(engine)
+        self.name = self._engines[0].id.get("name", Path(self.path).name)
+        self._cache = EngineCache(self.cache) if self.cache else None
         return self
 
     def __exit__(self, *exc):
-        self.engine.quit()
+        for engine in self._engines:
+            engine.quit()
 
     @property
     def limit(self) -> chess.engine.Limit:
-        return chess.engine.Limit(depth=self.depth, time=self.seconds)
+        return chess.engine.Limit(depth=self.depth, time=self.seconds, nodes=self.nodes)
 
-    def _search(self, board: chess.Board) -> dict:
-        return self.engine.analyse(board, self.limit, game=object())  # a new game key sends ucinewgame
+    def _key(self, fen: str, multipv: int) -> str:
+        return f"{self.name}|depth={self.depth}|time={self.seconds}|nodes={self.nodes}|multipv={multipv}|{fen}"
+
+    def lines(self, board: chess.Board, multipv: int = 1) -> list[tuple[str, int]]:
+        """[(first move of the PV, its score in centipawns for the side to move)], best first."""
+        key = self._key(board.fen(), multipv)
+        hit = self._cache.get(key) if self._cache else None
+        if hit is not None:
+            return [(m, int(cp)) for m, cp in hit]
+        engine = self._idle.get()
+        try:  # a new game key sends ucinewgame
+            infos = engine.analyse(board, self.limit, multipv=multipv, game=object())
+        finally:
+            self._idle.put(engine)
+        out = [(i["pv"][0].uci(), i["score"].pov(board.turn).score(mate_score=MATE)) for i in infos if i.get("pv")]
+        if self._cache:
+            self._cache.put(key, out)
+        return out
+
+    def score_after(self, board: chess.Board, move: str) -> int:
+        """The score of playing `move`, in centipawns for the side that plays it (searched after it)."""
+        after = board.copy(stack=False)
+        after.push_uci(move)
+        if after.is_checkmate():  # a finished game cannot be searched: score it directly
+            return MATE
+        if after.is_game_over():
+            return 0
+        return -self.lines(after)[0][1]
 
     def analyse(self, fen: str, moves: list[str]) -> tuple[str, dict[str, int]]:
         """(best move, {move: centipawns it loses against the best}) for the given candidate moves."""
         board = chess.Board(fen)
-        info = self._search(board)
-        best = info["pv"][0].uci()
-        best_cp = info["score"].pov(board.turn).score(mate_score=10000)
+        best, best_cp = self.lines(board)[0]
         losses = {best: 0}
         for m in dict.fromkeys(moves):
-            if m in losses:
-                continue
-            after = board.copy(stack=False)
-            after.push_uci(m)
-            if after.is_checkmate():  # a finished game cannot be searched: score it directly
-                cp = 10000
-            elif after.is_game_over():
-                cp = 0
-            else:
-                cp = -self._search(after)["score"].pov(after.turn).score(mate_score=10000)
-            losses[m] = max(0, best_cp - cp)
+            if m not in losses:
+                losses[m] = max(0, best_cp - self.score_after(board, m))
         return best, losses
+
+    def map(self, fn, items, progress=None) -> list:
+        """fn over items, `workers` at a time (each search takes an idle engine), results in order."""
+        if self.workers <= 1:
+            out = []
+            for x in items:
+                out.append(fn(x))
+                if progress:
+                    progress(1)
+            return out
+        with ThreadPoolExecutor(self.workers) as pool:
+            futures = [pool.submit(fn, x) for x in items]
+            for f in futures:
+                f.add_done_callback(lambda _: progress and progress(1))
+            return [f.result() for f in futures]
 
 
 def load_seed_positions(path) -> dict:
@@ -186,6 +265,49 @@ def _standard_uci(board: chess.Board, uci: str, path, i: int) -> str:
         raise DataError(f"{path}: position {i}: move '{uci}' is not legal in '{board.fen()}'") from None
 
 
+ACCEPT = ("best", "multipv")  # transitional.accept
+REQUIRE = ("none", "monotone", "monotone_blunder")  # transitional.require
+BLUNDER_RULES = ("loss", "seed")  # transitional.blunder_rule
+
+
+def engine_evidence(engine: EngineOracle, fen: str, low_move: str, multipv: int = 1) -> dict:
+    """What the engine says of one position: its multi-PV lines (first move, centipawns for the side
+    to move, best first) and the score of the bottom bucket's move, searched after that move (also
+    when it is the best move: the seed's blunder rule compares two searches)."""
+    board = chess.Board(fen)
+    lines = engine.lines(board, multipv)
+    return {"pv": lines, "cp_after_low": engine.score_after(board, low_move)}
+
+
+def accepted_moves(pv: list[tuple[str, int]], accept: str = "best", accept_cp: int = 30) -> list[str]:
+    """The correct moves of a position from its engine lines, the best first. best: the engine's best
+    move only (ours); multipv: every line's first move scoring less than accept_cp below the best (the
+    seed's, test/intervention.py:38-39 of its history: `abs(cp - best_cp) < 30` over the lichess
+    evaluation database's lines)."""
+    if accept == "best":
+        return [pv[0][0]]
+    if accept == "multipv":
+        best_cp = pv[0][1]
+        return [m for m, cp in pv if best_cp - cp < accept_cp]
+    raise MaiaAdaptError(f"transitional.accept '{accept}': expected one of {', '.join(ACCEPT)}")
+
+
+def is_blunder(best_cp: int, cp_after: int, best_move: str, low_move: str, rule: str = "loss", threshold: int = 150) -> bool:
+    """Does the bottom bucket's move blunder? loss (ours): it loses at least `threshold` centipawns
+    against the best move. seed: the seed's test, |eval before - eval after| > threshold with both
+    evals `.relative`, i.e. each for the side to move of its own board, so the second has the other
+    side's sign (test/intervention.py:171-190 of its history): the value is |best + after| for the
+    mover, which flags most moves of a position worth more than about 75 cp either way, and a mate
+    score on either side is never a blunder."""
+    if rule == "loss":
+        return (0 if low_move == best_move else max(0, best_cp - cp_after)) >= threshold
+    if rule == "seed":
+        if max(abs(best_cp), abs(cp_after)) > MATE - 1000:
+            return False
+        return abs(best_cp + cp_after) > threshold
+    raise MaiaAdaptError(f"transitional.blunder_rule '{rule}': expected one of {', '.join(BLUNDER_RULES)}")
+
+
 def build_transitional(
     model,
     store,
@@ -194,7 +316,11 @@ def build_transitional(
     oracle: str = "engine",
     engine: EngineOracle | None = None,
     accepted: list[list[str]] | None = None,
+    accept: str = "best",
+    accept_cp: int = 30,
+    multipv: int = 1,
     blunder_cp: int = 150,
+    blunder_rule: str = "loss",
     oppo_bucket: int | None = None,
     batch_size: int = 512,
     progress=None,
@@ -202,8 +328,9 @@ def build_transitional(
     """One row per position: per-bucket predictions, correct move(s), transition point, blunder flag,
     and the active threat concepts.
 
-    oracle: 'engine' (the engine's best move; also gives the blunder flag), 'accepted' (any move of
-    `accepted[i]`, e.g. the seed study's acceptable moves) or 'model' (the model's top-bucket move).
+    oracle: 'engine' (the engine's lines give the correct moves by `accept`, and the blunder flag by
+    `blunder_rule`), 'accepted' (any move of `accepted[i]`, e.g. the seed study's acceptable moves) or
+    'model' (the model's top-bucket move).
     """
     from ..concepts import threat_concepts
 
@@ -216,34 +343,51 @@ def build_transitional(
     for name in ("train", "val", "test"):
         for i in store.split_indices(name):
             split_of[int(i)] = name
+    if oracle == "engine":
+        if engine is None:
+            raise MaiaAdaptError("oracle 'engine' needs a running EngineOracle")
+        evidence = engine.map(lambda i: engine_evidence(engine, fens[i], preds[i][0], multipv), range(len(fens)), progress)
+    elif oracle not in ("accepted", "model"):
+        raise MaiaAdaptError(f"transitional.oracle '{oracle}': expected engine, accepted or model")
     rows = []
     for i, fen in enumerate(fens):
         row_preds = preds[i]
-        cp_low = None
+        row = {"fen": fen, "preds": row_preds, "probs": probs[i], "cp_loss_low": None, "game_id": int(game_ids[i]),
+               "split": split_of.get(int(indices[i]), "none"),
+               "threats": [n for n, v in zip(threats.names, threats.labels[i].tolist()) if v]}
         if oracle == "engine":
-            if engine is None:
-                raise MaiaAdaptError("oracle 'engine' needs a running EngineOracle")
-            best, losses = engine.analyse(fen, row_preds)
-            ok = [best]
-            cp_low = losses[row_preds[0]]
-        elif oracle == "accepted":
-            ok = list(accepted[i])
-        elif oracle == "model":
-            ok = [row_preds[-1]]
+            ev = evidence[i]
+            (best, best_cp), low = ev["pv"][0], row_preds[0]
+            row.update(correct=accepted_moves(ev["pv"], accept, accept_cp), engine_best=best, pv=ev["pv"],
+                       cp_after_low=ev["cp_after_low"],
+                       cp_loss_low=0 if low == best else max(0, best_cp - ev["cp_after_low"]),
+                       blunder=is_blunder(best_cp, ev["cp_after_low"], best, low, blunder_rule, blunder_cp))
         else:
-            raise MaiaAdaptError(f"transitional.oracle '{oracle}': expected engine, accepted or model")
-        rows.append({"fen": fen, "correct": ok, "preds": row_preds, "probs": probs[i], "cp_loss_low": cp_low,
-                     "game_id": int(game_ids[i]), "split": split_of.get(int(indices[i]), "none"),
-                     "threats": [n for n, v in zip(threats.names, threats.labels[i].tolist()) if v]})
-        if progress:
-            progress(1)
+            row.update(correct=list(accepted[i]) if oracle == "accepted" else [row_preds[-1]], blunder=False)
+            if progress:
+                progress(1)
+        rows.append(row)
     correct = correct_by_bucket(preds, rows)
     tp, mono = transition_points(correct)
     for r, t, m, c in zip(rows, tp, mono, correct):
         r.update({"transition_point": int(t), "monotone": bool(m), "transitional": bool(0 < t < NEVER),
-                  "blunder": r["cp_loss_low"] is not None and r["cp_loss_low"] >= blunder_cp,
                   "accuracy_by_bucket": c})
     return rows
+
+
+def required(rows: list[dict], require: str = "none") -> list[dict]:
+    """The rows a dataset keeps. none: every position (ours). monotone: the seed's transitional rows
+    (is_transitional, test/intervention.py:72-84 of its history): the top move wrong below one bucket
+    and right from it up, so right at the top and wrong at the bottom. monotone_blunder: of those, the
+    ones whose bottom-bucket move is a blunder (its blundered-transitional dataset). Both select
+    positions on the model's own errors: any change to the weak buckets' moves then looks like a gain
+    more easily (docs: the seed's protocol)."""
+    if require == "none":
+        return rows
+    if require not in REQUIRE:
+        raise MaiaAdaptError(f"transitional.require '{require}': expected one of {', '.join(REQUIRE)}")
+    keep = [r for r in rows if r["transitional"] and r["monotone"]]
+    return [r for r in keep if r["blunder"]] if require == "monotone_blunder" else keep
 
 
 def skill_stats(correct: np.ndarray, games, n_boot: int = 1000, seed: int = 0) -> dict:
@@ -294,6 +438,9 @@ def flat_rows(rows: list[dict]) -> list[dict]:
                 "transition_point": r["transition_point"], "transitional": int(r["transitional"]),
                 "monotone": int(r["monotone"]), "blunder": int(r["blunder"]),
                 "cp_loss_low": "" if r["cp_loss_low"] is None else r["cp_loss_low"], "threats": " ".join(r["threats"])}
+        if "pv" in r:  # the engine's evidence, so that another acceptance or blunder rule can be read off
+            flat.update({"engine_best": r["engine_best"], "pv": " ".join(f"{m}:{cp}" for m, cp in r["pv"]),
+                         "cp_after_low": r["cp_after_low"]})
         flat.update({f"pred_{k}": m for k, m in enumerate(r["preds"])})
         flat.update({f"prob_{k}": round(float(p), 4) for k, p in enumerate(r["probs"])})
         if "seed_transition_point" in r:
@@ -319,7 +466,33 @@ def read_transitional(path) -> list[dict]:
             r["transition_point"] = int(r["transition_point"])
             r["correct"] = r["correct_moves"].split()
             r["threats"] = r["threats"].split()
+            r["preds"] = [r[f"pred_{k}"] for k in range(NUM_BUCKETS)] if "pred_0" in r else None
+            if r.get("pv"):
+                r["pv"] = [(m, int(cp)) for m, cp in (x.rsplit(":", 1) for x in r["pv"].split())]
             chess.Board(r["fen"])
         except (KeyError, ValueError) as e:
             raise DataError(f"{path}, line {i}: bad row ({type(e).__name__}: {e})") from None
     return rows
+
+
+def seed_terms(rows: list[dict], blunder_cp: int = 150) -> dict:
+    """A position set in the seed's terms (its history's intervention.ipynb printed these for the
+    lichess evaluation database with the official Maia-2: all correct 31.5%, transitional 10.1% of
+    1,000,000): the shares right at every bucket, never right, transitional (one wrong-to-right step,
+    the seed's definition), non-monotone, and of the transitional ones the share whose bottom-bucket
+    move is a blunder by each rule (rows with engine evidence only)."""
+    n = len(rows)
+    if not n:
+        return {"positions": 0}
+    tp = np.array([r["transition_point"] for r in rows])
+    mono = np.array([r["monotone"] for r in rows])
+    trans = (tp > 0) & (tp < NEVER) & mono
+    out = {"positions": n, "share_all_correct": float((tp == 0).mean()), "share_never_correct": float((tp == NEVER).mean()),
+           "share_transitional": float(trans.mean()), "share_non_monotone": float((~mono).mean()),
+           "mean_correct_moves": float(np.mean([len(r["correct"]) for r in rows]))}
+    with_pv = [r for r, t in zip(rows, trans) if t and r.get("pv")]
+    for rule in BLUNDER_RULES:
+        flags = [is_blunder(r["pv"][0][1], int(r["cp_after_low"]), r["pv"][0][0], r["preds"][0], rule, blunder_cp)
+                 for r in with_pv]
+        out[f"share_transitional_blunder_{rule}"] = float(np.sum(flags) / n) if with_pv else float("nan")
+    return out

@@ -21,10 +21,11 @@ from ..data.store import store_from_fens
 from ..encoding import NUM_BUCKETS
 from ..errors import ConfigError
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
-from ..layout import TRANSITIONAL_CSV
+from ..layout import ALL_POSITIONS_CSV, TRANSITIONAL_CSV
 from ..reporting.plots import bar_by_bucket, transition_histogram
 from ..runtime.tracking import Tracker
-from ..analysis.transitional import (NEVER, EngineOracle, build_transitional, find_engine, flat_rows, load_seed_positions, skill_stats)
+from ..analysis.transitional import (NEVER, EngineOracle, build_transitional, find_engine, flat_rows, load_seed_positions, required, seed_terms,
+                                  skill_stats)
 from .common import bucket_label, skill_model
 
 
@@ -55,6 +56,30 @@ def _ci_line(s: dict) -> str:
             f"point {ci('mean_transition_point_of_transitional', '.2f')}; non-monotone share {ci('non_monotone_share', '.3f')}.")
 
 
+_BLUNDER_WORDS = {"loss": "bucket-0 move loses >= {cp} cp",
+                  "seed": "the seed's test: |eval before - eval after, each for its own side to move| > {cp} cp"}
+
+
+def _rule_lines(tc, oracle: str, summary: dict) -> list[str]:
+    """results.md: which rules made the dataset, and the positions searched in the seed's terms."""
+    if oracle != "engine":
+        return []
+    accept = ("the engine's best move" if tc.accept == "best" else
+              f"every first move of the engine's {tc.multipv} lines within {tc.accept_cp} cp of the best")
+    limit = ", ".join(f"{k} {v}" for k, v in (("depth", tc.depth), ("seconds", tc.seconds), ("nodes", tc.nodes)) if v)
+    t = {k.split("/", 1)[1]: v for k, v in summary.items() if k.startswith("seed_terms/")}
+    lines = [f"Correct: {accept} (Stockfish, {limit} per search). Rows kept: `{tc.require}` "
+             f"({summary['positions']} of {summary['positions_searched']} positions searched).", "",
+             "In the seed's terms, of all positions searched (the seed's official Maia-2 on the lichess evaluation "
+             "database: 31.5% right at every bucket, 10.1% transitional): "
+             f"{t['share_all_correct']:.1%} right at every bucket, {t['share_never_correct']:.1%} never right, "
+             f"{t['share_transitional']:.1%} transitional (one wrong-to-right step), {t['share_non_monotone']:.1%} "
+             f"non-monotone; transitional with a blundering bucket 0: {t['share_transitional_blunder_loss']:.1%} by the "
+             f"centipawn loss, {t['share_transitional_blunder_seed']:.1%} by the seed's rule; "
+             f"{t['mean_correct_moves']:.2f} correct moves per position.", ""]
+    return lines
+
+
 def run(cfg, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     tc = cfg.transitional
@@ -66,24 +91,35 @@ def run(cfg, run_dir: Path) -> dict:
     if oracle == "accepted" and accepted is None:
         raise ConfigError("transitional.oracle=accepted needs a position set with accepted moves (position_set=seed)")
     bar = tqdm(total=len(idx), desc="positions", dynamic_ncols=True)
-    kw = dict(accepted=accepted, blunder_cp=tc.blunder_cp, oppo_bucket=tc.oppo_bucket, batch_size=tc.batch_size,
-              progress=bar.update)
+    kw = dict(accepted=accepted, accept=tc.accept, accept_cp=tc.accept_cp, multipv=tc.multipv, blunder_cp=tc.blunder_cp,
+              blunder_rule=tc.blunder_rule, oppo_bucket=tc.oppo_bucket, batch_size=tc.batch_size, progress=bar.update)
     if oracle == "engine":
         path = find_engine(tc.engine_path)
         if path is None:
             raise ConfigError("transitional.oracle=engine needs Stockfish (apt-get install stockfish, or set "
                               "transitional.engine_path); or use transitional.oracle=model")
-        with EngineOracle(path, depth=tc.depth, seconds=tc.seconds) as engine:
-            rows = build_transitional(model, store, idx, oracle="engine", engine=engine, **kw)
+        with EngineOracle(path, depth=tc.depth, seconds=tc.seconds, nodes=tc.nodes, workers=tc.engine_workers,
+                          cache=tc.engine_cache) as engine:
+            everything = build_transitional(model, store, idx, oracle="engine", engine=engine, **kw)
     else:
-        rows = build_transitional(model, store, idx, oracle=oracle, **kw)
+        if tc.accept != "best" or tc.blunder_rule != "loss" or tc.require == "monotone_blunder":
+            raise ConfigError(f"transitional.accept, blunder_rule and require=monotone_blunder read the engine's lines: "
+                              f"they need transitional.oracle=engine (this run's oracle is {oracle})")
+        everything = build_transitional(model, store, idx, oracle=oracle, **kw)
     bar.close()
+    rows = required(everything, tc.require)
+    if not rows:
+        raise ConfigError(f"transitional.require={tc.require}: none of the {len(everything)} positions qualifies "
+                          "(more positions, or another rule)")
     if seed_tp is not None:
         # the seed data writes "never" as 10 (so a transition exactly at the top bucket reads as never)
         seed_tp = [NEVER if int(t) >= NUM_BUCKETS - 1 else int(t) for t in seed_tp]
-        for r, t in zip(rows, seed_tp):
+        for r, t in zip(everything, seed_tp):
             r["seed_transition_point"] = t
+        seed_tp = [r["seed_transition_point"] for r in rows]
     atomic_write_csv(run_dir / TRANSITIONAL_CSV, flat_rows(rows))
+    if tc.require != "none":  # every position with its evidence, for the dataset's statistics and other rules
+        atomic_write_csv(run_dir / ALL_POSITIONS_CSV, flat_rows(everything))
 
     tps = np.array([r["transition_point"] for r in rows])
     correct = np.stack([r["accuracy_by_bucket"] for r in rows])
@@ -93,7 +129,8 @@ def run(cfg, run_dir: Path) -> dict:
     summary = {"model": model.name, "positions": len(rows), "oracle": oracle, "transitional": int(trans.sum()),
                "never": int((tps == NEVER).sum()), "always": int((tps == 0).sum()),
                "non_monotone": int(sum(not r["monotone"] for r in rows)),
-               "blunders": int(sum(r["blunder"] for r in rows)), **stats}
+               "blunders": int(sum(r["blunder"] for r in rows)), "require": tc.require, "positions_searched": len(everything),
+               **{f"seed_terms/{k}": v for k, v in seed_terms(everything, tc.blunder_cp).items()}, **stats}
     for s in ("train", "val", "test"):
         summary[f"transitional_{s}"] = int(sum(r["transitional"] and r["split"] == s for r in rows))
     series = {"this model": tps.tolist()}
@@ -113,7 +150,8 @@ def run(cfg, run_dir: Path) -> dict:
     lines = [f"# Transitional positions ({model.name})", "", f"{len(rows)} positions, oracle `{oracle}`: {summary['transitional']} "
              f"transitional (wrong at low skill, right from a bucket up), {summary['always']} right at every bucket, "
              f"{summary['never']} never right, {summary['non_monotone']} non-monotone, {summary['blunders']} blunders "
-             f"(bucket-0 move loses >= {tc.blunder_cp} cp).", "", "![transition points](transition_points.png)", "",
+             f"({_BLUNDER_WORDS[tc.blunder_rule].format(cp=tc.blunder_cp)}).", "", *_rule_lines(tc, oracle, summary),
+             "![transition points](transition_points.png)", "",
              "![accuracy](accuracy_by_bucket.png)", "", _ci_line(summary), "",
              "| Elo bucket | correct [95% CI over games] | transition points here |", "|---|---|---|"]
     for k in range(NUM_BUCKETS):
