@@ -301,8 +301,23 @@ class InterventionConfig:
     strengths: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
     top_n: list[int] = field(default_factory=lambda: [1, 3, 5])  # grid; kind=sae: features per concept; elo_heads: heads
     elo_to: int = 10  # kind=elo_heads: the bucket whose Elo the heads are given
-    keep_error: bool = True  # kind=sae: keep the reconstruction error (False: the study's variant)
-    per_bucket: bool = True  # each Elo bucket gets its best train setting (the study's); False: one for all
+    # kind=sae, how the edited codes are written back: keep (the reconstruction error kept: strength 1
+    # changes nothing), drop (the error of the token mean dropped), replace (the seed's: every token
+    # replaced by the edited reconstruction of the mean)
+    error: str = "keep"
+    threshold: bool = True  # kind=sae: encode with the SAE's own activation (false: a plain ReLU, the NeurIPS seed's)
+    # which setting of the grid each test row uses, chosen on the train rows: global (one for all),
+    # bucket (one per Elo bucket), cell (one per (concept, Elo bucket): the seed's per (square, Elo))
+    select: str = "bucket"
+    # the rows: concept (each row with concepts of the kind, once) | resolves_square (the seed's: one row
+    # per (position, square) whose correct move resolves that square's threat)
+    positions: str = "concept"
+    # the correct move: dataset (the transitional dataset's) | top_bucket (the seed's: the unedited model's
+    # own bucket-10 move)
+    correct: str = "dataset"
+    control: str = "matched"  # matched (features of matched firing frequency / a random direction) | random (uniform) | none
+    keep_error: Optional[bool] = None  # renamed: intervention.error (validate says so)
+    per_bucket: Optional[bool] = None  # renamed: intervention.select (validate says so)
     n_boot: int = 1000
     heldout_positions: int = 1000  # ordinary test positions of `data`: is the played (human) move still predicted?
     batch_size: int = 256
@@ -461,7 +476,7 @@ def _choices() -> dict[str, tuple]:
     from .dictionaries.kernels import KERNELS
     from .dictionaries.sae import ARCHITECTURES
     from .analysis.evaluation import SPLITS as EVAL_SPLITS
-    from .analysis.interventions import INTERVENTIONS
+    from .analysis.interventions import CONTROLS, CORRECT, ERROR_MODES, INTERVENTIONS, POSITIONS, SELECT
     from .analysis.transitional import ACCEPT, BLUNDER_RULES, REQUIRE
 
     pooling = ("mean", "none")
@@ -473,7 +488,8 @@ def _choices() -> dict[str, tuple]:
         "threats.split": SPLITS, "threats.position_set": ("store", "puzzles", "sts"),
         "transitional.position_set": ("store", "seed"), "transitional.oracle": ("auto", "engine", "accepted", "model"),
         "transitional.accept": ACCEPT, "transitional.require": REQUIRE, "transitional.blunder_rule": BLUNDER_RULES,
-        "intervention.kind": tuple(INTERVENTIONS),
+        "intervention.kind": tuple(INTERVENTIONS), "intervention.error": ERROR_MODES, "intervention.select": SELECT,
+        "intervention.positions": POSITIONS, "intervention.correct": CORRECT, "intervention.control": CONTROLS,
         "evaluate.split": EVAL_SPLITS, "evaluate.oppo": ("data", "same"),
         "train.batchnorm": ("batch", "frozen"),
         "train.sampling": ("uniform", "elo_balanced"), "logger.backend": ("wandb", "none"),
@@ -550,6 +566,10 @@ def validate(cfg) -> None:
     if cfg.train.grow_vit_blocks and not cfg.train.init_from_checkpoint:
         bad("train.grow_vit_blocks", cfg.train.grow_vit_blocks, "0 unless train.init_from_checkpoint=true (it grows a "
             "trained model; one from random weights takes model.num_blocks_vit)")
+    for old, new in (("keep_error", "intervention.error=keep|drop|replace (keep_error=false was drop)"),
+                     ("per_bucket", "intervention.select=global|bucket|cell (per_bucket=false was global)")):
+        if cfg.intervention[old] is not None:
+            bad(f"intervention.{old}", cfg.intervention[old], f"nothing: it is now {new}")
     if cfg.transitional.accept == "multipv" and cfg.transitional.multipv < 2:
         bad("transitional.multipv", cfg.transitional.multipv, "2 or more with transitional.accept=multipv (one line "
             "is the best move only; the seed's database held up to 5)")

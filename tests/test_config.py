@@ -129,3 +129,16 @@ def test_the_seed_transitional_rules_need_their_inputs():
         "transitional.require='some': expected one of none, monotone, monotone_blunder")
     assert _fails("stage=transitional", "transitional.blunder_rule=x").startswith("transitional.blunder_rule='x'")
     validate(_cfg("stage=transitional", "transitional.accept=multipv", "transitional.multipv=5"))
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("intervention.keep_error=false", "intervention.keep_error=False: expected nothing: it is now intervention.error"),
+    ("intervention.per_bucket=false", "intervention.per_bucket=False: expected nothing: it is now intervention.select"),
+    ("intervention.error=lose", "intervention.error='lose': expected one of keep, drop, replace"),
+    ("intervention.select=square", "intervention.select='square': expected one of global, bucket, cell"),
+    ("intervention.positions=all", "intervention.positions='all': expected one of concept, resolves_square"),
+    ("intervention.correct=engine", "intervention.correct='engine': expected one of dataset, top_bucket"),
+    ("intervention.control=off", "intervention.control='off': expected one of matched, random, none"),
+])
+def test_the_intervention_switches_and_their_old_spellings_fail_in_one_line(override, expected):
+    assert _fails("stage=intervention", override).startswith(expected)

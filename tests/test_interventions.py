@@ -38,7 +38,7 @@ def test_strength_one_with_error_kept_changes_nothing(setup):
     model, boards, legal, elo, sae = setup
     clean = model(boards, elo, elo)
     mask = torch.ones(3, 512)
-    with torch.no_grad(), model.hooks([(SITE, sae_amplify(sae, mask, 1.0, keep_error=True))]):
+    with torch.no_grad(), model.hooks([(SITE, sae_amplify(sae, mask, 1.0, error="keep"))]):
         out = model(boards, elo, elo)
     for a, b in zip(clean, out):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
@@ -46,7 +46,7 @@ def test_strength_one_with_error_kept_changes_nothing(setup):
 
 def test_without_error_term_strength_one_is_the_splice(setup):
     model, boards, legal, elo, sae = setup
-    with torch.no_grad(), model.hooks([(SITE, sae_amplify(sae, torch.zeros(3, 512), 1.0, keep_error=False))]):
+    with torch.no_grad(), model.hooks([(SITE, sae_amplify(sae, torch.zeros(3, 512), 1.0, error="drop"))]):
         ours = model(boards, elo, elo)[0]
     with torch.no_grad(), model.hooks([(SITE, splice_fn(sae, "mean"))]):
         spliced = model(boards, elo, elo)[0]
@@ -238,3 +238,127 @@ def test_stage_intervention_elo_heads_on_seed_positions(shared_data, tmp_path):
     r = run_app(["stage=intervention", "model=maia2_skill", "intervention.kind=elo_heads", f"intervention.transitional={tmp_path}/tr"],
                 run_dir=tmp_path / "bad")
     assert r.returncode != 0 and "hook_elo_q" in r.stderr
+
+
+# ---- the seed's protocol as switches ------------------------------------------------------------------
+from types import SimpleNamespace  # noqa: E402
+
+from maia_adapt.analysis.interventions import (assemble_cells, choose_settings, intervention_rows, judge,  # noqa: E402
+                                               seed_transition_points, seed_tp_summary, uniform_random_features)
+from maia_adapt.concepts import threat_concepts  # noqa: E402
+from maia_adapt.concepts.resolution import threat_resolved  # noqa: E402
+
+# White's knight on e5 attacked by the d6 pawn, undefended; Black's bishop on b4 hanging to the a3 pawn
+HANGING = "4k3/8/3p4/4N3/1b6/P7/8/7K w - - 0 1"
+
+
+def test_a_move_resolves_a_threat_only_if_it_ends_it():
+    th = threat_concepts([HANGING])
+    active = {n for n, v in zip(th.names, th.labels[0].tolist()) if v}
+    assert {"defensive@e5", "offensive@b4"} <= active  # the family agrees the threats hold
+    assert threat_resolved(HANGING, "e5c4", "defensive@e5")  # the knight leaves
+    assert not threat_resolved(HANGING, "h1h2", "defensive@e5")  # the knight stays hanging
+    assert threat_resolved(HANGING, "a3b4", "offensive@b4")  # the hanging bishop is taken
+    assert not threat_resolved(HANGING, "a3b4", "defensive@d4")  # no threat there to resolve
+    # the same position with Black to move, mirrored: Black's knight on e4 (named e5 from Black's side)
+    black = chess.Board(HANGING).mirror().fen()
+    assert threat_resolved(black, "e4c5", "defensive@e5") and not threat_resolved(black, "h8g8", "defensive@e5")
+    with pytest.raises(MaiaAdaptError):
+        threat_resolved(HANGING, "e5c4", "in_check")
+
+
+def test_intervention_rows_use_the_top_buckets_move_and_one_row_per_resolved_square():
+    row = {"fen": HANGING, "correct": ["h1h2"], "threats": ["defensive@e5", "offensive@b4"], "split": "train",
+           "preds": ["h1g1"] * 10 + ["e5c4"]}
+    assert intervention_rows([row], "defensive") == [row]
+    assert intervention_rows([row], "defensive", "resolves_square") == []  # h1h2 resolves nothing
+    [unit] = intervention_rows([row], "defensive", "resolves_square", "top_bucket")
+    assert unit["correct"] == ["e5c4"] and unit["threats"] == ["defensive@e5"]
+    both = {**row, "correct": ["e5c4"], "fen": HANGING}
+    with pytest.raises(MaiaAdaptError, match="pred_0"):
+        intervention_rows([{**both, "preds": None}], "defensive", correct="top_bucket")
+
+
+def test_replacing_writes_one_reconstruction_into_every_token_and_the_plain_relu_ignores_the_threshold(setup):
+    model, boards, legal, elo, sae = setup
+    clean = model(boards, elo, elo)[0]
+    seen = {}
+
+    def spy(x, name):
+        seen["x"] = x
+        return x
+
+    with torch.no_grad(), model.hooks([(SITE, sae_amplify(sae, torch.zeros(3, 512), 1.0, error="replace")), (SITE, spy)]):
+        replaced = model(boards, elo, elo)[0]
+    assert torch.allclose(seen["x"], seen["x"][:, :1].expand_as(seen["x"]))  # every token the same vector
+    assert not torch.allclose(replaced, clean, atol=1e-4)  # strength 1 is not the identity when replacing
+    jump = SparseAutoencoder(SAEConfig(architecture="jumprelu", d_in=256, dim=512, init_threshold=1e6, site=SITE)).eval()
+    mask = torch.ones(3, 512)
+    with torch.no_grad():
+        with model.hooks([(SITE, sae_amplify(jump, mask, 5.0, error="keep", threshold=True))]):
+            gated = model(boards, elo, elo)[0]
+        with model.hooks([(SITE, sae_amplify(jump, mask, 5.0, error="keep", threshold=False))]):
+            relu = model(boards, elo, elo)[0]
+    torch.testing.assert_close(gated, clean, atol=1e-5, rtol=0)  # nothing clears a huge threshold: no change
+    assert not torch.allclose(relu, clean, atol=1e-3)  # the ReLU codes fire and are amplified
+
+
+def _rep(correct):
+    from maia_adapt.analysis.transitional import transition_points as tpf
+
+    c = np.asarray(correct, bool)
+    return BucketReport(c.mean(0), c, tpf(c)[0])
+
+
+def test_a_setting_per_cell_follows_each_cell_and_a_cell_without_train_rows_takes_its_buckets():
+    rows = [{"threats": ["defensive@a1"]}] * 2 + [{"threats": ["defensive@b2"]}] * 2
+    a, b = np.zeros((4, 11), bool), np.zeros((4, 11), bool)
+    a[:2] = True  # setting 0 right on the a1 rows
+    b[2:] = True  # setting 1 right on the b2 rows
+    b[0, :] = True  # and on one a1 row: overall setting 1 is better (3 rows of 4)
+    reports = [_rep(a), _rep(b)]
+    grid = [{"train_accuracy": 0.0, "train_accuracy_by_bucket": [0.0] * 11}] + [
+        {"strength": s, "top_n": 1, "train_accuracy": float(r.accuracy.mean()), "train_accuracy_by_bucket": r.accuracy.tolist()}
+        for s, r in zip((2.0, 5.0), reports)]
+    test = [{"threats": ["defensive@a1"]}, {"threats": ["defensive@b2"]}, {"threats": ["defensive@c3"]}]
+    cell = choose_settings(grid, reports, rows, "cell", "defensive")
+    assert cell.assignment(test)[:, 0].tolist() == [0, 1, 1]  # c3 unseen: its bucket's best, setting 1
+    assert choose_settings(grid, reports, rows, "bucket", "defensive").assignment(test)[:, 0].tolist() == [1, 1, 1]
+    tie = [_rep(a), _rep(a)]
+    assert choose_settings(grid, tie, rows, "cell", "defensive").assignment(test)[0, 0] == 0  # ties: the first
+    picked = assemble_cells({0: _rep(np.ones((3, 11))), 1: _rep(np.zeros((3, 11)))}, cell.assignment(test))
+    assert picked.correct[:, 0].tolist() == [True, False, False]
+
+
+def test_the_seeds_transition_point_drops_each_arms_non_monotone_rows():
+    c = np.array([[1] * 11, [0] * 11, [0, 0, 0] + [1] * 8, [0, 1, 0, 0] + [1] * 7, [1] * 9 + [0, 0], [0] * 10 + [1]], bool)
+    tp, keep = seed_transition_points(c)
+    # buckets 0..9 only: the last row is wrong at all ten levels (10), the fifth wrong at 9 alone (dropped)
+    assert tp[keep].tolist() == [0, 10, 3, 10] and keep.tolist() == [True, True, True, False, False, True]
+    s = seed_tp_summary({"base": _rep(c), "intervened": _rep(np.ones_like(c))})
+    assert s["seed_tp_rows_base"] == 4 and s["seed_mean_tp_base"] == pytest.approx(23 / 4)
+    assert s["seed_tp_rows_intervened"] == 6 and s["seed_mean_tp_intervened"] == 0
+
+
+def test_judging_without_a_control_reports_the_effect_alone():
+    rows = [{"threats": ["defensive@a1"]}] * 6
+    base = np.zeros((6, 11), bool)
+    edited = base.copy()
+    edited[:, :3] = True  # the weak end gains
+    method = SimpleNamespace(make=lambda rows, setting, control: "control" if control else "edit")
+    ev = lambda moves, hook=None: _rep({None: base, "edit": edited, "control": base}[hook])
+    choice = choose_settings([{}, {"strength": 2.0, "top_n": 1, "train_accuracy": 1.0, "train_accuracy_by_bucket": [1.0] * 11}],
+                             [_rep(edited)], rows, "bucket", "defensive")
+    test = SimpleNamespace(rows=rows)
+    alone = judge(method, ev, test, choice, n_boot=100, seed=0, control=False)["summary"]
+    assert "effect_minus_control" not in alone and alone["effect"] == pytest.approx(3 / 11)
+    assert alone["skill_trend_change"] == pytest.approx(-1.0)
+    full = judge(method, ev, test, choice, n_boot=100, seed=0, control=True)["summary"]
+    assert full["effect_minus_control"] == pytest.approx(3 / 11) and full["skill_trend_change_minus_control"] == pytest.approx(-1.0)
+
+
+def test_the_uniform_control_draws_distinct_features_from_the_whole_dictionary():
+    rng = np.random.default_rng(0)
+    drawn = uniform_random_features(16384, [3, 4, 5], rng)
+    assert len(set(drawn)) == 3 and all(0 <= f < 16384 for f in drawn)
+    assert uniform_random_features(16384, [], rng) == []

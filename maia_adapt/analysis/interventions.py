@@ -37,18 +37,31 @@ def _add_to_tokens(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return (x.flatten(2) + delta[:, None, :]).view_as(x)
 
 
-def sae_amplify(sae, mask: torch.Tensor, strength: float, keep_error: bool = True):
-    """Hook fn multiplying the SAE features in mask [B, F] (bool or weights) by `strength`."""
+ERROR_MODES = ("keep", "drop", "replace")  # intervention.error
+
+
+def sae_amplify(sae, mask: torch.Tensor, strength: float, error: str = "keep", threshold: bool = True):
+    """Hook fn multiplying the SAE features in mask [B, F] (bool or weights) by `strength`.
+
+    The codes are of the token-mean activation, as the SAE was trained. error: keep (ours) adds
+    decode(z') - decode(z) to every token, so strength 1 changes nothing and only the amplified features
+    move; drop adds decode(z') - mean, so the reconstruction error of the mean is lost and each token
+    keeps its own deviation from it; replace (the seed's, run_sae_intervention.py:236-242 and the
+    revision's sae_intervention.py) writes decode(z') into every token, so the error and the tokens'
+    differences are both lost and even strength 1 rewrites the site. threshold=False encodes with a
+    plain ReLU of the pre-activations, ignoring the SAE's own sparsity rule (the NeurIPS seed's, which
+    dropped its JumpReLU threshold, run_sae_intervention.py:218-221)."""
+    if error not in ERROR_MODES:
+        raise ConfigError(f"intervention.error '{error}': expected one of {', '.join(ERROR_MODES)}")
     mask = mask.float()
 
     def fn(x, name):
         pooled = _pooled(x).float()
-        z = sae.encode(pooled)
+        z = sae.encode(pooled) if threshold else torch.relu(sae.pre_acts(pooled))
         z2 = z * (1 + (strength - 1) * mask.to(z.device))
-        if keep_error:
-            delta = sae.decode(z2) - sae.decode(z)
-        else:
-            delta = sae.decode(z2) - pooled
+        if error == "replace":
+            return sae.decode(z2).to(x.dtype)[:, None, :].expand(x.shape[0], x.shape[1], -1).reshape(x.shape).clone()
+        delta = sae.decode(z2) - (sae.decode(z) if error == "keep" else pooled)
         return _add_to_tokens(x, delta.to(x.dtype))
 
     return fn
@@ -89,6 +102,15 @@ def matched_random_features(freq: torch.Tensor, chosen: list[int], rng: np.rando
     return out
 
 
+def uniform_random_features(n_features: int, chosen: list[int], rng: np.random.Generator) -> list[int]:
+    """As many features drawn uniformly from the dictionary (the revision's control: np.random.choice
+    over all 16,384, whatever they fire on)."""
+    return rng.choice(n_features, size=len(chosen), replace=False).tolist() if chosen else []
+
+
+CONTROLS = ("matched", "random", "none")  # intervention.control
+
+
 @dataclass
 class BucketReport:
     accuracy: np.ndarray  # [11] fraction of positions where the top move is correct
@@ -117,6 +139,36 @@ def bootstrap_diff(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int =
 # ---- the kinds of stage=intervention, as per-row hook makers ----------------------------
 def _concepts_of(row: dict, concept: str) -> list[str]:
     return [t for t in row["threats"] if t == concept or t.startswith(concept + "@")]
+
+
+POSITIONS = ("concept", "resolves_square")  # intervention.positions
+CORRECT = ("dataset", "top_bucket")  # intervention.correct
+
+
+def intervention_rows(rows: list[dict], concept: str, positions: str = "concept", correct: str = "dataset") -> list[dict]:
+    """The rows an intervention chooses on and is judged on, from a transitional dataset's.
+
+    correct: dataset (ours), each row's correct moves as the dataset has them; top_bucket (the seed's:
+    `moves['10']`, run_sae_intervention.py:131-132), the model's own unedited move at the top bucket,
+    so "correct" means agreeing with its own >= 2000 setting. positions: concept (ours), every row
+    holding a concept of the kind, once, with all of them; resolves_square (the seed's), one row per
+    (position, square) whose first correct move resolves that square's threat (`threat_resolved`),
+    holding that one concept: a position relevant to k squares counts k times, as in the seed."""
+    from ..concepts.resolution import threat_resolved
+
+    if correct == "top_bucket":
+        if any(r.get("preds") is None for r in rows):
+            raise ConfigError("intervention.correct=top_bucket needs each row's bucket-10 move: a transitional.csv "
+                              "with pred_0 .. pred_10 columns (written by stage=transitional)")
+        rows = [{**r, "correct": [r["preds"][-1]]} for r in rows]
+    elif correct != "dataset":
+        raise ConfigError(f"intervention.correct '{correct}': expected one of {', '.join(CORRECT)}")
+    rows = [r for r in rows if _concepts_of(r, concept)]
+    if positions == "concept":
+        return rows
+    if positions != "resolves_square":
+        raise ConfigError(f"intervention.positions '{positions}': expected one of {', '.join(POSITIONS)}")
+    return [{**r, "threats": [c]} for r in rows for c in _concepts_of(r, concept) if threat_resolved(r["fen"], r["correct"][0], c)]
 
 
 def _pooled_acts(model, moves, site: str, batch_size: int, elo="data") -> torch.Tensor:
@@ -159,6 +211,10 @@ class SAEIntervention(Intervention):
         if not table.is_file():
             raise ConfigError(f"{table} not found: run stage=threats with the same SAEs")
         self.top = {r["concept"]: [int(x) for x in r["top_features"].split()] for r in read_detection_table(table)}
+        kept = max((len(v) for v in self.top.values()), default=0)
+        if max(ic.top_n) > kept:
+            raise ConfigError(f"intervention.top_n={list(ic.top_n)}: the threats run {ic.threats} kept {kept} features per "
+                              "concept; rerun it with threats.top_k >= the largest top-n")
         with torch.no_grad():
             self.freq = (self.sae.encode(_pooled_acts(model, train, ic.site, ic.batch_size)) > 0).float().mean(0)
         self.ic, self.seed = ic, seed
@@ -173,9 +229,10 @@ class SAEIntervention(Intervention):
         for i, r in enumerate(rows):
             feats = sorted({f for c in _concepts_of(r, self.ic.concept) for f in self.top.get(c, [])[:n]})
             if control and feats:
-                feats = matched_random_features(self.freq, feats, rng)
+                feats = (uniform_random_features(self.sae.cfg.dim, feats, rng) if self.ic.control == "random"
+                         else matched_random_features(self.freq, feats, rng))
             mask[i, feats] = 1.0
-        return lambda pos, bucket: sae_amplify(self.sae, mask[pos], strength, self.ic.keep_error)
+        return lambda pos, bucket: sae_amplify(self.sae, mask[pos], strength, self.ic.error, self.ic.threshold)
 
 
 def _probe_path(ic, buckets: list[int]) -> Path:
@@ -326,66 +383,161 @@ def assemble(reports: list) -> "BucketReport":
     return BucketReport(correct.mean(0), correct, transition_points(correct)[0])
 
 
+def assemble_cells(reports: dict, assignment: np.ndarray) -> "BucketReport":
+    """(row, bucket) from reports[assignment[row, bucket]]: a setting per cell evaluated as one."""
+    correct = np.zeros(assignment.shape, dtype=bool)
+    for i, r in reports.items():
+        correct |= (assignment == i) & r.correct
+    return BucketReport(correct.mean(0), correct, transition_points(correct)[0])
+
+
 # ---- the study's protocol: choose on the train rows, judge on the test rows ------------------------
-def grid_search(method, ev, train) -> list[dict]:
+SELECT = ("global", "bucket", "cell")  # intervention.select
+
+
+def cell_of(row: dict, concept: str) -> str:
+    """The cell a row's setting is chosen for under select=cell: its concepts of the kind (one square
+    for intervention.positions=resolves_square, the seed's (square, Elo) cells)."""
+    return " ".join(_concepts_of(row, concept))
+
+
+def grid_search(method, ev, train) -> tuple[list[dict], list["BucketReport"]]:
     """Mean and per-bucket correct-move accuracy on the train rows, without intervention (first row)
-    and under each of the method's settings; ev(moves, make_hook=None) -> BucketReport."""
+    and under each of the method's settings, and each setting's report (per-cell choices need its
+    rows); ev(moves, make_hook=None) -> BucketReport."""
     base = ev(train).accuracy
     grid = [{"strength": None, "top_n": None, "train_accuracy": float(base.mean()), "train_accuracy_by_bucket": base.tolist()}]
+    reports = []
     for setting in method.settings():
-        acc = ev(train, method.make(train.rows, setting, control=False)).accuracy
-        grid.append({"strength": setting[0], "top_n": setting[1], "train_accuracy": float(acc.mean()),
-                     "train_accuracy_by_bucket": acc.tolist()})
-    return grid
+        rep = ev(train, method.make(train.rows, setting, control=False))
+        reports.append(rep)
+        grid.append({"strength": setting[0], "top_n": setting[1], "train_accuracy": float(rep.accuracy.mean()),
+                     "train_accuracy_by_bucket": rep.accuracy.tolist()})
+    return grid, reports
 
 
-def choose_settings(grid: list[dict], per_bucket: bool) -> tuple[tuple, list[tuple]]:
-    """(the best setting over all buckets, the setting each bucket uses): with per_bucket, the study's
-    protocol, each Elo bucket gets the setting that serves it best on the train rows."""
-    best = max(grid[1:], key=lambda g: g["train_accuracy"])
-    setting = (best["strength"], best["top_n"])
-    if not per_bucket:
-        return setting, [setting] * NUM_BUCKETS
-    chosen = [max(grid[1:], key=lambda g: g["train_accuracy_by_bucket"][k]) for k in range(NUM_BUCKETS)]
-    return setting, [(g["strength"], g["top_n"]) for g in chosen]
+@dataclass
+class Choice:
+    """The settings chosen on the train rows: one for all (global), one per Elo bucket, or one per
+    (cell, bucket), where a cell the train rows lack takes its bucket's setting."""
+
+    settings: list[tuple]
+    best: int  # the best setting over all buckets and rows
+    per_bucket: list[int]  # [11]
+    per_cell: dict  # {(cell, bucket): setting index}
+    select: str
+    concept: str
+
+    def assignment(self, rows: list[dict]) -> np.ndarray:
+        """[N, 11] the setting index each (row, bucket) uses."""
+        out = np.array([self.per_bucket] * len(rows), dtype=np.int64).reshape(len(rows), NUM_BUCKETS)
+        if self.select == "global":
+            out[:] = self.best
+        elif self.select == "cell":
+            for i, r in enumerate(rows):
+                c = cell_of(r, self.concept)
+                for k in range(NUM_BUCKETS):
+                    out[i, k] = self.per_cell.get((c, k), out[i, k])
+        return out
+
+    def by_bucket(self) -> list[tuple]:
+        """The setting each bucket uses, as (strength, top-n) (select=cell: its fallback)."""
+        return [self.settings[self.best if self.select == "global" else i] for i in self.per_bucket]
 
 
-def judge(method, ev, test, per_bucket: list[tuple], n_boot: int, seed: int) -> dict:
-    """The chosen settings on the test rows against no intervention and against the matched control:
-    the three BucketReports and a summary with bootstrap intervals over positions."""
+def choose_settings(grid: list[dict], reports: list, train_rows: list[dict], select: str, concept: str) -> Choice:
+    """The settings each (row, bucket) uses on the test rows, chosen by correct-move accuracy on the
+    train rows: select=global, one setting for all; bucket (ours), each Elo bucket the setting that
+    serves it best; cell (the seed's: best per (square, Elo), run_sae_intervention.py:251-294, and per
+    (concept, Elo) in the revision), each (cell, bucket) its own, which over a wide grid fits the
+    small cells' noise. Ties go to the first setting of the grid, as in the seed."""
+    if select not in SELECT:
+        raise ConfigError(f"intervention.select '{select}': expected one of {', '.join(SELECT)}")
+    settings = [(g["strength"], g["top_n"]) for g in grid[1:]]
+    best = int(np.argmax([g["train_accuracy"] for g in grid[1:]]))
+    per_bucket = [int(np.argmax([g["train_accuracy_by_bucket"][k] for g in grid[1:]])) for k in range(NUM_BUCKETS)]
+    per_cell = {}
+    if select == "cell":
+        cells = np.array([cell_of(r, concept) for r in train_rows])
+        for c in dict.fromkeys(cells.tolist()):
+            rows = cells == c
+            acc = np.stack([rep.correct[rows].mean(0) for rep in reports])  # [settings, 11]
+            per_cell.update({(c, k): int(np.argmax(acc[:, k])) for k in range(NUM_BUCKETS)})
+    return Choice(settings, best, per_bucket, per_cell, select, concept)
+
+
+def seed_transition_points(correct: np.ndarray, levels: int = NUM_BUCKETS - 1) -> tuple[np.ndarray, np.ndarray]:
+    """The seed's transition point over its buckets 0..9 (run_sae_intervention.py:368-413): 0 when
+    right at every level, 10 when wrong at every level, else the level of its one wrong-to-right step;
+    rows with more than one step are dropped (the second array, kept). Each arm drops its own rows."""
+    c = np.asarray(correct, dtype=bool)[:, :levels]
+    tp, mono = transition_points(c)
+    return np.where(tp == levels, levels, tp), mono
+
+
+def seed_tp_summary(reports: dict) -> dict:
+    """The seed's headline per arm: mean transition point over the rows that arm keeps, and how many.
+    Unpaired, as the seed averaged them: an arm whose edits break the high buckets drops those rows
+    instead of counting them, which favours an apparent improvement."""
+    out = {}
+    for name, r in reports.items():
+        tp, keep = seed_transition_points(r.correct)
+        out[f"seed_mean_tp_{name}"] = float(tp[keep].mean()) if keep.any() else float("nan")
+        out[f"seed_tp_rows_{name}"] = int(keep.sum())
+    return out
+
+
+def judge(method, ev, test, choice: Choice, n_boot: int, seed: int, control: bool = True) -> dict:
+    """The chosen settings on the test rows against no intervention and (control=True) against the
+    method's control: the BucketReports and a summary with bootstrap intervals over positions."""
     base = ev(test)
-    evals = {st: (ev(test, method.make(test.rows, st, False)), ev(test, method.make(test.rows, st, True)))
-             for st in dict.fromkeys(per_bucket)}
-    eff, ctrl = (assemble([evals[st][i] for st in per_bucket]) for i in (0, 1))
+    assignment = choice.assignment(test.rows)
+    used = sorted(set(assignment.ravel().tolist()))
+    eff = assemble_cells({i: ev(test, method.make(test.rows, choice.settings[i], False)) for i in used}, assignment)
+    ctrl = (assemble_cells({i: ev(test, method.make(test.rows, choice.settings[i], True)) for i in used}, assignment)
+            if control else None)
     per_pos = lambda r: r.correct.mean(1)
     effect = bootstrap_diff(per_pos(eff), per_pos(base), n_boot, seed)
-    vs_control = bootstrap_diff(per_pos(eff), per_pos(ctrl), n_boot, seed)
+    by_bucket = [bootstrap_diff(eff.correct[:, k], base.correct[:, k], n_boot, seed) for k in range(NUM_BUCKETS)]
+    shift = bootstrap_diff(eff.transition_points, base.transition_points, n_boot, seed)
     summary = {
         "accuracy_base": float(base.accuracy.mean()), "accuracy_intervened": float(eff.accuracy.mean()),
-        "accuracy_control": float(ctrl.accuracy.mean()),
         "effect": effect[0], "effect_ci": [effect[1], effect[2]],
-        "effect_minus_control": vs_control[0], "effect_minus_control_ci": [vs_control[1], vs_control[2]],
+        "accuracy_by_bucket_base": base.accuracy.tolist(), "accuracy_by_bucket_intervened": eff.accuracy.tolist(),
+        "effect_by_bucket": [d[0] for d in by_bucket], "effect_by_bucket_ci": [[d[1], d[2]] for d in by_bucket],
         "mean_transition_point_base": float(base.transition_points.mean()),
         "mean_transition_point_intervened": float(eff.transition_points.mean()),
-        "mean_transition_point_control": float(ctrl.transition_points.mean()),
+        "transition_point_shift": shift[0], "transition_point_shift_ci": [shift[1], shift[2]],
         "fixed": int((~base.correct & eff.correct).sum()), "broken": int((base.correct & ~eff.correct).sum()),
         **skill_trend_stats(base, eff, ctrl, n_boot, seed),
+        **seed_tp_summary({"base": base, "intervened": eff, **({"control": ctrl} if ctrl is not None else {})}),
     }
+    if ctrl is not None:
+        vs_control = bootstrap_diff(per_pos(eff), per_pos(ctrl), n_boot, seed)
+        summary.update({"accuracy_control": float(ctrl.accuracy.mean()), "effect_minus_control": vs_control[0],
+                        "effect_minus_control_ci": [vs_control[1], vs_control[2]],
+                        "mean_transition_point_control": float(ctrl.transition_points.mean())})
     return {"base": base, "intervened": eff, "control": ctrl, "summary": summary}
 
 
-def skill_trend_stats(base: BucketReport, eff: BucketReport, ctrl: BucketReport, n_boot: int, seed: int) -> dict:
+def skill_trend_stats(base: BucketReport, eff: BucketReport, ctrl: BucketReport | None, n_boot: int, seed: int) -> dict:
     """Per bucket, intervened minus control with its interval (H2 asks which levels gain, so the pooled
     effect is not enough), and the skill trend (top minus bottom bucket) before, under the intervention
-    and under the control, with the paired change of the trend: negative means the weak end gained more."""
+    and under the control, with the paired change of the trend against no intervention and against the
+    control: negative means the weak end gained more."""
     top, bottom = NUM_BUCKETS - 1, 0
-    per_bucket = [bootstrap_diff(eff.correct[:, k], ctrl.correct[:, k], n_boot, seed) for k in range(NUM_BUCKETS)]
     trend = lambda r: r.correct[:, top].astype(float) - r.correct[:, bottom]
-    out = {"minus_control_by_bucket": [d[0] for d in per_bucket],
-           "minus_control_by_bucket_ci": [[d[1], d[2]] for d in per_bucket]}
-    for name, r in (("base", base), ("intervened", eff), ("control", ctrl)):
+    out = {}
+    arms = (("base", base), ("intervened", eff)) + ((("control", ctrl),) if ctrl is not None else ())
+    for name, r in arms:
         m, lo, hi = bootstrap_diff(trend(r), np.zeros(len(r.correct)), n_boot, seed)
         out[f"skill_trend_{name}"], out[f"skill_trend_{name}_ci"] = m, [lo, hi]
-    m, lo, hi = bootstrap_diff(trend(eff), trend(ctrl), n_boot, seed)
-    out["skill_trend_change_minus_control"], out["skill_trend_change_minus_control_ci"] = m, [lo, hi]
+    m, lo, hi = bootstrap_diff(trend(eff), trend(base), n_boot, seed)
+    out["skill_trend_change"], out["skill_trend_change_ci"] = m, [lo, hi]
+    if ctrl is not None:
+        per_bucket = [bootstrap_diff(eff.correct[:, k], ctrl.correct[:, k], n_boot, seed) for k in range(NUM_BUCKETS)]
+        out["minus_control_by_bucket"] = [d[0] for d in per_bucket]
+        out["minus_control_by_bucket_ci"] = [[d[1], d[2]] for d in per_bucket]
+        m, lo, hi = bootstrap_diff(trend(eff), trend(ctrl), n_boot, seed)
+        out["skill_trend_change_minus_control"], out["skill_trend_change_minus_control_ci"] = m, [lo, hi]
     return out

@@ -23,8 +23,9 @@ from ..concepts import threat_concepts
 from ..data.preprocess import open_or_build_store
 from ..encoding import NUM_BUCKETS, decode_move
 from ..errors import ConfigError
-from ..analysis.calibration import MoveSet, concept_rows, split_rows
-from ..analysis.interventions import (INTERVENTIONS, assemble, choose_settings, evaluate_under, grid_search, judge)
+from ..analysis.calibration import MoveSet, split_rows
+from ..analysis.interventions import (INTERVENTIONS, assemble, choose_settings, evaluate_under, grid_search, intervention_rows,
+                                      judge)
 from ..io import atomic_write_json, atomic_write_text
 from ..reporting.plots import bar_by_bucket, transition_histogram
 from ..runtime.tracking import Tracker
@@ -52,34 +53,50 @@ def _ci(summary: dict, key: str) -> str:
     return f"{summary[key]:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
-def _report(model, ic, method, summary: dict, grid: list, per_bucket: list, base, eff, ctrl, heldout: bool) -> list[str]:
+def _report(model, ic, method, summary: dict, grid: list, choice, base, eff, ctrl, heldout: bool) -> list[str]:
     """results.md's lines."""
-    chose = ("a setting per Elo bucket (see the table)" if ic.per_bucket else f"strength {summary['strength']}"
-             + (f", top-{summary['top_n']} {method.unit}" if summary['top_n'] else ""))
-    lines = ["# Intervention", "", f"model `{model.name}`; {method.what()}; {summary['train_positions']} train "
-             f"positions chose {chose}; judged on {summary['test_positions']} test positions.", "",
-             f"Correct-move accuracy over all buckets: {summary['accuracy_base']:.3f} -> {summary['accuracy_intervened']:.3f} "
-             f"(control {summary['accuracy_control']:.3f}); effect {_ci(summary, 'effect')}, "
-             f"minus control {_ci(summary, 'effect_minus_control')} (95% bootstrap). "
-             f"Position-buckets fixed {summary['fixed']}, broken {summary['broken']}. Mean transition point "
-             f"{summary['mean_transition_point_base']:.2f} -> {summary['mean_transition_point_intervened']:.2f} "
-             f"(control {summary['mean_transition_point_control']:.2f}; {NEVER} = never).", "",
-             f"Skill trend ({bucket_label(model, NUM_BUCKETS - 1)} minus {bucket_label(model, 0)}): "
-             f"{_ci(summary, 'skill_trend_base')} without intervention, {_ci(summary, 'skill_trend_intervened')} "
-             f"intervened, {_ci(summary, 'skill_trend_control')} under the control; change against the control "
-             f"{_ci(summary, 'skill_trend_change_minus_control')} (negative: the weak end gained more).", ""]
+    per_bucket = choice.by_bucket()
+    chose = {"bucket": "a setting per Elo bucket (see the table)",
+             "cell": f"a setting per (concept, Elo bucket) cell ({len({c for c, _ in choice.per_cell})} concepts; a cell "
+                     "without train rows takes its bucket's, in the table)",
+             "global": f"strength {summary['strength']}" + (f", top-{summary['top_n']} {method.unit}" if summary['top_n'] else "")}
+    rows = "rows" if ic.positions == "concept" else "(position, square) rows whose correct move resolves the square's threat"
+    target = "the dataset's correct moves" if ic.correct == "dataset" else "the unedited model's own bucket-10 move"
+    lines = ["# Intervention", "", f"model `{model.name}`; {method.what()}; {summary['train_positions']} train {rows} chose "
+             f"{chose[ic.select]}; judged on {summary['test_positions']} test rows against {target}"
+             + ("" if ic.kind != "sae" else f"; codes written back: `{ic.error}`, encoded {'with' if ic.threshold else 'without'} "
+                "the SAE's threshold") + ".", ""]
+    control = (f" (control {summary['accuracy_control']:.3f}); effect {_ci(summary, 'effect')}, minus control "
+               f"{_ci(summary, 'effect_minus_control')} (95% bootstrap)" if ctrl is not None
+               else f"; effect {_ci(summary, 'effect')} (95% bootstrap; no control: intervention.control=none)")
+    lines += [f"Correct-move accuracy over all buckets: {summary['accuracy_base']:.3f} -> {summary['accuracy_intervened']:.3f}"
+              f"{control}. Position-buckets fixed {summary['fixed']}, broken {summary['broken']}. Mean transition point "
+              f"{summary['mean_transition_point_base']:.2f} -> {summary['mean_transition_point_intervened']:.2f}, shift "
+              f"{_ci(summary, 'transition_point_shift')} ({NEVER} = never). The seed's own number, the mean transition "
+              f"point over buckets 0-9 of the rows each arm keeps (unpaired): {summary['seed_mean_tp_base']:.2f} "
+              f"({summary['seed_tp_rows_base']} rows) -> {summary['seed_mean_tp_intervened']:.2f} "
+              f"({summary['seed_tp_rows_intervened']} rows).", "",
+              f"Skill trend ({bucket_label(model, NUM_BUCKETS - 1)} minus {bucket_label(model, 0)}): "
+              f"{_ci(summary, 'skill_trend_base')} without intervention, {_ci(summary, 'skill_trend_intervened')} "
+              f"intervened (change {_ci(summary, 'skill_trend_change')})"
+              + (f", {_ci(summary, 'skill_trend_control')} under the control; change against the control "
+                 f"{_ci(summary, 'skill_trend_change_minus_control')}" if ctrl is not None else "")
+              + " (negative: the weak end gained more).", ""]
     if heldout:
         lines += [f"Ordinary held-out games, human move predicted: {summary['heldout_human_accuracy_base']:.3f} -> "
                   f"{summary['heldout_human_accuracy_intervened']:.3f}.", ""]
     lines += method.notes()
-    lines += ["![accuracy](accuracy_by_bucket.png)", "", "![transition points](transition_points.png)", "",
-              "| Elo bucket | none | intervened | control | intervened minus control [95% CI] | setting (strength, top-n) |",
-              "|---|---|---|---|---|---|"]
-    d, ci = summary["minus_control_by_bucket"], summary["minus_control_by_bucket_ci"]
-    lines += [f"| {bucket_label(model, k)} | {base.accuracy[k]:.3f} | {eff.accuracy[k]:.3f} | {ctrl.accuracy[k]:.3f} | "
+    lines += ["![accuracy](accuracy_by_bucket.png)", "", "![transition points](transition_points.png)", ""]
+    if ctrl is not None:
+        d, ci, head = summary["minus_control_by_bucket"], summary["minus_control_by_bucket_ci"], "intervened minus control"
+    else:
+        d, ci, head = summary["effect_by_bucket"], summary["effect_by_bucket_ci"], "intervened minus none"
+    lines += [f"| Elo bucket | none | intervened | control | {head} [95% CI] | setting (strength, top-n) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {bucket_label(model, k)} | {base.accuracy[k]:.3f} | {eff.accuracy[k]:.3f} | "
+              f"{f'{ctrl.accuracy[k]:.3f}' if ctrl is not None else '-'} | "
               f"{d[k]:+.3f} [{ci[k][0]:+.3f}, {ci[k][1]:+.3f}] | {per_bucket[k][0]}, {per_bucket[k][1] or '-'} |"
               for k in range(NUM_BUCKETS)]
-    lines += ["", "Grid on the train positions:", "", "| strength | top-n | mean accuracy |", "|---|---|---|"]
+    lines += ["", "Grid on the train rows:", "", "| strength | top-n | mean accuracy |", "|---|---|---|"]
     lines += [f"| {g['strength'] or 'none'} | {g['top_n'] or '-'} | {g['train_accuracy']:.3f} |" for g in grid]
     return lines
 
@@ -93,42 +110,44 @@ def run(cfg, run_dir: Path) -> dict:
         raise ConfigError("stage=intervention needs intervention.transitional (a stage=transitional run or CSV)")
     model = skill_model(cfg, "intervention")
     model.check_hook_name(ic.site)
-    rows = concept_rows(read_transitional(ic.transitional), ic.concept)
+    rows = intervention_rows(read_transitional(ic.transitional), ic.concept, ic.positions, ic.correct)
     split = split_rows(rows)
     train = MoveSet.build(split["train"] + split["val"], run_dir / "positions_train")
     test = MoveSet.build(split["test"], run_dir / "positions_test")
     method = INTERVENTIONS[ic.kind](ic, model, train, cfg.seed)
     ev = lambda moves, hook=None: evaluate_under(model, moves.store, moves.rows, ic.site, hook, ic.batch_size)
 
-    grid = grid_search(method, ev, train)
-    setting, per_bucket = choose_settings(grid, ic.per_bucket)
-    j = judge(method, ev, test, per_bucket, ic.n_boot, cfg.seed)
+    grid, reports = grid_search(method, ev, train)
+    choice = choose_settings(grid, reports, train.rows, ic.select, ic.concept)
+    j = judge(method, ev, test, choice, ic.n_boot, cfg.seed, control=ic.control != "none")
     base, eff, ctrl = j["base"], j["intervened"], j["control"]
+    strength, top_n = choice.settings[choice.best]
     summary = {"kind": ic.kind, "concept": ic.concept, "site": ic.site, "train_positions": len(train.rows),
-               "test_positions": len(test.rows), "strength": setting[0], "top_n": setting[1],
-               "per_bucket_settings": [list(st) for st in per_bucket], **j["summary"], **method.describe()}
+               "test_positions": len(test.rows), "strength": strength, "top_n": top_n, "select": ic.select,
+               "positions": ic.positions, "correct": ic.correct, "control": ic.control, "error": ic.error,
+               "threshold": ic.threshold, "per_bucket_settings": [list(st) for st in choice.by_bucket()],
+               **j["summary"], **method.describe()}
     held = _heldout(cfg, ic, run_dir)
-    if held is not None:
+    if held is not None:  # a held-out position holds several concepts: each bucket's setting (select=cell too)
         hb = ev(held)
-        he = assemble([ev(held, method.make(held.rows, st, False)) for st in per_bucket])
+        he = assemble([ev(held, method.make(held.rows, st, False)) for st in choice.by_bucket()])
         summary.update({"heldout_human_accuracy_base": float(hb.accuracy.mean()),
                         "heldout_human_accuracy_intervened": float(he.accuracy.mean())})
 
     tracker = Tracker(cfg, run_dir, job_type="intervention")
     try:
-        acc = bar_by_bucket({"no intervention": base.accuracy.tolist(), "intervened": eff.accuracy.tolist(),
-                             "control": ctrl.accuracy.tolist()}, run_dir / "accuracy_by_bucket.png",
+        arms = {"no intervention": base, "intervened": eff, **({"control": ctrl} if ctrl is not None else {})}
+        acc = bar_by_bucket({k: r.accuracy.tolist() for k, r in arms.items()}, run_dir / "accuracy_by_bucket.png",
                             f"{ic.kind} intervention on '{ic.concept}' at {ic.site}: correct move", ylabel="accuracy")
-        hist = transition_histogram({"no intervention": base.transition_points.tolist(),
-                                     "intervened": eff.transition_points.tolist(), "control": ctrl.transition_points.tolist()},
-                                    run_dir / "transition_points.png", f"transition points of {len(test.rows)} test positions")
+        hist = transition_histogram({k: r.transition_points.tolist() for k, r in arms.items()},
+                                    run_dir / "transition_points.png", f"transition points of {len(test.rows)} test rows")
         for name, png in (("accuracy_by_bucket", acc), ("transition_points", hist)):
             tracker.log_image(f"intervention/{name}", png)
         tracker.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     finally:
         tracker.finish()
-    lines = _report(model, ic, method, summary, grid, per_bucket, base, eff, ctrl, held is not None)
+    lines = _report(model, ic, method, summary, grid, choice, base, eff, ctrl, held is not None)
     atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
     atomic_write_json(run_dir / "results.json", {**summary, "grid": grid, "accuracy_by_bucket": {
-        "base": base.accuracy.tolist(), "intervened": eff.accuracy.tolist(), "control": ctrl.accuracy.tolist()}})
+        k: r.accuracy.tolist() for k, r in (("base", base), ("intervened", eff), ("control", ctrl)) if r is not None}})
     return summary
