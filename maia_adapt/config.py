@@ -41,9 +41,14 @@ if not OmegaConf.has_resolver("repo_root"):
 if not OmegaConf.has_resolver("assets"):
     OmegaConf.register_new_resolver("assets", lambda: str(ASSETS))
 # what the study presets name a model's run directories by: `maia1` for the family, `maia1-1100` for
-# one of its networks (model.rating), as SkillModel.name says
+# one of its networks (model.rating), as SkillModel.name says; a protocol other than ours is appended
+# (`maia2_skill@seed_neurips`), so that the seed's study and ours never share a run directory
+def _model_id(name, rating=None, protocol="ours") -> str:
+    return (name if rating is None else f"{name}-{rating}") + ("" if protocol in (None, "ours") else f"@{protocol}")
+
+
 if not OmegaConf.has_resolver("model_id"):
-    OmegaConf.register_new_resolver("model_id", lambda name, rating=None: name if rating is None else f"{name}-{rating}")
+    OmegaConf.register_new_resolver("model_id", _model_id)
 
 
 @dataclass
@@ -431,6 +436,9 @@ class Config:
     # site group (maia_adapt/conf/site), or directly (sites=[blocks.0.hook_mlp_out])
     sites: list[str] = field(default_factory=lambda: ["blocks.${layer}.hook_resid_post"])
     experiment: str = "default"  # experiment name: W&B group and the run's label
+    # the study's protocol (set by the protocol group: maia_adapt/conf/protocol): ours, or the seed's
+    # (seed_neurips, seed_revision) with every choice of its code; part of the presets' run directories
+    protocol: str = "ours"
     seed: int = 0
     # the summary entry a sweeper optimises (e.g. 'blocks.1.hook_resid_post:sae/kl_recovered_vs_zero')
     objective: Optional[str] = None
