@@ -414,6 +414,30 @@ class EvaluateConfig:
 
 
 @dataclass
+class RungConfig:
+    name: str = MISSING
+    what: str = ""  # the switch in words, for the table
+    # keys switched back to our presets' values at this rung (a key ending in '.' names every key of the
+    # protocol under it); each must be one the protocol sets
+    keys: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LadderConfig:
+    """stage=ladder: the study from the seed's protocol to ours, one switch a rung (maia_adapt/ladder.py)."""
+
+    protocol: str = "seed_neurips"  # rung 0: a protocol of maia_adapt/conf/protocol
+    rungs: list[RungConfig] = field(default_factory=list)
+    # overrides every step gets, after the protocol and the rungs (sizes for the machine); a rung may not
+    # switch a key set here
+    common: list[str] = field(default_factory=list)
+    chains: list[str] = field(default_factory=lambda: ["intervention", "finetune"])  # intervention is always run
+    # per model family (maia1 | maia2): {"all": overrides for every step, "<rung>": from that rung on}
+    family_overrides: dict[str, Any] = field(default_factory=dict)
+    dry_run: bool = False  # print each step's command, run nothing
+
+
+@dataclass
 class Config:
     stage: StageConfig = MISSING
     model: ModelConfig = MISSING
@@ -431,6 +455,7 @@ class Config:
     transcoder: TranscoderStageConfig = field(default_factory=TranscoderStageConfig)
     circuits: CircuitsConfig = field(default_factory=CircuitsConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    ladder: LadderConfig = field(default_factory=LadderConfig)
     layer: int = 1  # transformer block used by the site presets (site=resid_post|mlp|attention|study)
     # hook sites of sae.sites, activations.sites and probe.sites unless one sets its own: set by the
     # site group (maia_adapt/conf/site), or directly (sites=[blocks.0.hook_mlp_out])

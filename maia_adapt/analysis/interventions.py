@@ -50,12 +50,23 @@ def sae_amplify(sae, mask: torch.Tensor, strength: float, error: str = "keep", t
     revision's sae_intervention.py) writes decode(z') into every token, so the error and the tokens'
     differences are both lost and even strength 1 rewrites the site. threshold=False encodes with a
     plain ReLU of the pre-activations, ignoring the SAE's own sparsity rule (the NeurIPS seed's, which
-    dropped its JumpReLU threshold, run_sae_intervention.py:218-221)."""
+    dropped its JumpReLU threshold, run_sae_intervention.py:218-221). An SAE trained on every token
+    (token_pooling none) is applied token by token: with it, drop and replace both write the edited
+    reconstruction of each token."""
     if error not in ERROR_MODES:
         raise ConfigError(f"intervention.error '{error}': expected one of {', '.join(ERROR_MODES)}")
     mask = mask.float()
 
+    per_token = getattr(sae.cfg, "token_pooling", "mean") == "none"
+
     def fn(x, name):
+        if per_token:  # an SAE of every token (a Maia-1 square): each token's codes, the sample's mask on all
+            b, t = x.shape[:2]
+            tokens = x.flatten(2).float().reshape(b * t, -1)
+            z = sae.encode(tokens) if threshold else torch.relu(sae.pre_acts(tokens))
+            z2 = z * (1 + (strength - 1) * mask.to(z.device).repeat_interleave(t, 0))
+            new = sae.decode(z2) + (tokens - sae.decode(z) if error == "keep" else 0)
+            return new.to(x.dtype).reshape(x.shape)
         pooled = _pooled(x).float()
         z = sae.encode(pooled) if threshold else torch.relu(sae.pre_acts(pooled))
         z2 = z * (1 + (strength - 1) * mask.to(z.device))
@@ -193,46 +204,79 @@ class Intervention:
         return []
 
 
+@dataclass
+class _SpaceSAE:
+    sae: object
+    top: dict  # concept -> its features, best first
+    freq: torch.Tensor  # [F] firing frequency on the train rows
+
+
 class SAEIntervention(Intervention):
-    """Per-row masks of the top-n SAE features of the row's concepts (from a stage=threats table)."""
+    """Per-row masks of the top-n SAE features of the row's concepts (from a stage=threats table).
+
+    One SAE per activation space: a Maia-2 has one; the Maia-1 family one per network, named by
+    `{rating}` in intervention.saes and intervention.threats (e.g. runs/sae/maia1-{rating})."""
 
     def __init__(self, ic, model, train, seed: int):
-        if len(model.spaces()) > 1:
+        spaces = model.spaces()
+        if len(spaces) > 1 and "{rating}" not in str(ic.saes or ""):
             raise ConfigError(f"intervention.kind=sae on {model.name}: its networks have unrelated activation spaces and an "
-                              "SAE reads one; use intervention.kind=steering or probe (fitted per network), or model.rating=R")
-        saes = [load_sae(p) for p in find_saes(ic.saes)] if ic.saes else []
-        match = [s for s in saes if s.cfg.site == ic.site]
-        if not match:
-            raise ConfigError(f"intervention.saes has no SAE reading {ic.site} (found: {[s.cfg.site for s in saes]})")
-        self.sae = match[0]
+                              "SAE reads one: give one SAE and one threats run per network with {rating} in "
+                              "intervention.saes and intervention.threats, or use model.rating=R, or kind=steering|probe")
         if not ic.threats:
             raise ConfigError("intervention.kind=sae needs intervention.threats (a stage=threats run ranking the features)")
-        table = detection_table(ic.threats, ic.site)
+        self.space_of = {b: rep for rep, bs in spaces for b in bs}
+        self.spaces = {}
+        for rep, _ in spaces:
+            fill = (lambda x: str(x)) if len(spaces) == 1 else (lambda x: str(x).replace("{rating}", str(model.rating_for_bucket(rep))))
+            self.spaces[rep] = self._load(ic, model, train, fill(ic.saes) if ic.saes else None, fill(ic.threats),
+                                          "data" if len(spaces) == 1 else rep)
+        self.ic, self.seed = ic, seed
+
+    @staticmethod
+    def _load(ic, model, train, saes_dir, threats_dir, elo) -> _SpaceSAE:
+        saes = [load_sae(p) for p in find_saes(saes_dir)] if saes_dir else []
+        match = [s for s in saes if s.cfg.site == ic.site]
+        if not match:
+            raise ConfigError(f"intervention.saes {saes_dir} has no SAE reading {ic.site} (found: {[s.cfg.site for s in saes]})")
+        table = detection_table(threats_dir, ic.site)
         if not table.is_file():
             raise ConfigError(f"{table} not found: run stage=threats with the same SAEs")
-        self.top = {r["concept"]: [int(x) for x in r["top_features"].split()] for r in read_detection_table(table)}
-        kept = max((len(v) for v in self.top.values()), default=0)
+        top = {r["concept"]: [int(x) for x in r["top_features"].split()] for r in read_detection_table(table)}
+        kept = max((len(v) for v in top.values()), default=0)
         if max(ic.top_n) > kept:
-            raise ConfigError(f"intervention.top_n={list(ic.top_n)}: the threats run {ic.threats} kept {kept} features per "
+            raise ConfigError(f"intervention.top_n={list(ic.top_n)}: the threats run {threats_dir} kept {kept} features per "
                               "concept; rerun it with threats.top_k >= the largest top-n")
+        sae = match[0]
+        acts = collect_activations(model, train.store, np.arange(len(train.rows)), [ic.site], batch_size=ic.batch_size,
+                                   elo=elo, token_pooling=sae.cfg.token_pooling)[ic.site]
         with torch.no_grad():
-            self.freq = (self.sae.encode(_pooled_acts(model, train, ic.site, ic.batch_size)) > 0).float().mean(0)
-        self.ic, self.seed = ic, seed
+            freq = (sae.encode(acts.flatten(0, -2) if acts.dim() > 2 else acts) > 0).float().mean(0)
+        return _SpaceSAE(sae, top, freq)
 
     def settings(self):
         return [(s, n) for s in self.ic.strengths for n in self.ic.top_n]
 
     def make(self, rows: list[dict], setting, control: bool):
         strength, n = setting
-        rng = np.random.default_rng(self.seed)
-        mask = torch.zeros(len(rows), self.sae.cfg.dim)
-        for i, r in enumerate(rows):
-            feats = sorted({f for c in _concepts_of(r, self.ic.concept) for f in self.top.get(c, [])[:n]})
-            if control and feats:
-                feats = (uniform_random_features(self.sae.cfg.dim, feats, rng) if self.ic.control == "random"
-                         else matched_random_features(self.freq, feats, rng))
-            mask[i, feats] = 1.0
-        return lambda pos, bucket: sae_amplify(self.sae, mask[pos], strength, self.ic.error, self.ic.threshold)
+        hooks = {}
+        for rep, sp in self.spaces.items():
+            rng = np.random.default_rng(self.seed)
+            mask = torch.zeros(len(rows), sp.sae.cfg.dim)
+            for i, r in enumerate(rows):
+                feats = sorted({f for c in _concepts_of(r, self.ic.concept) for f in sp.top.get(c, [])[:n]})
+                if control and feats:
+                    feats = (uniform_random_features(sp.sae.cfg.dim, feats, rng) if self.ic.control == "random"
+                             else matched_random_features(sp.freq, feats, rng))
+                mask[i, feats] = 1.0
+            hooks[rep] = (sp.sae, mask)
+        ic = self.ic
+
+        def hook(pos, bucket):
+            sae, mask = hooks[self.space_of[int(bucket)]]
+            return sae_amplify(sae, mask[pos], strength, ic.error, ic.threshold)
+
+        return hook
 
 
 def _probe_path(ic, buckets: list[int]) -> Path:

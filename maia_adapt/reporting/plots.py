@@ -172,3 +172,25 @@ def skill_matrix_heatmap(values, col_labels: list[str], counts, path, title: str
         fig.colorbar(im, ax=ax, label=label, shrink=0.85)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path, dpi)
+
+
+def ladder_plot(rows: list[dict], path, title: str) -> Path:
+    """Each rung's intervention headline, skill-trend change and fine-tune shift with their 95% intervals,
+    the seed's protocol at the top and ours at the bottom."""
+    panels = (("intervention_effect", "intervention: headline effect\n(minus control where there is one)"),
+              ("skill_trend_change", "intervention: skill-trend change"), ("finetune_shift", "fine-tune: transition-point shift"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(12, 0.45 * len(rows) + 1.6), sharey=True)
+    ys = list(range(len(rows)))[::-1]
+    for ax, (key, label) in zip(axes, panels):
+        for y, r in zip(ys, rows):
+            v, ci = r.get(key), r.get(f"{key}_ci")
+            if v is None:
+                continue
+            err = [[v - ci[0]], [ci[1] - v]] if ci else None
+            ax.errorbar([v], [y], xerr=err, fmt="o", color="C0" if r.get("headline") != "effect" or key == "finetune_shift" else "C1")
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_title(label, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(ys, [r["rung"] for r in rows], fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

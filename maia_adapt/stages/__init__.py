@@ -15,6 +15,7 @@ REGISTRY = {
     "transcoder": "maia_adapt.stages.transcoder",
     "circuits": "maia_adapt.stages.circuits",
     "evaluate": "maia_adapt.stages.evaluate",
+    "ladder": "maia_adapt.stages.ladder",
 }
 
 

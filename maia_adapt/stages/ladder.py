@@ -1,0 +1,44 @@
+"""stage=ladder: the study from the seed's protocol to ours, one switch a rung.
+
+Runs (or resumes) every step of every rung as an app run under `<run dir>/runs/` (maia_adapt/ladder.py),
+then writes results.md (the ladder table), results.json (one row per rung) and ladder.png.
+Overrides given to the ladder (model=..., model.checkpoint=..., data=...) reach every step.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io import atomic_write_json, atomic_write_text
+from ..ladder import execute, ladder_markdown, ladder_rows, plan
+from ..model.skill import MAIA1_RATINGS
+from ..reporting.plots import ladder_plot
+
+_NOT_PASSED = ("experiment=", "stage=", "ladder.", "hydra.", "protocol=", "+ladder", "logger")
+
+
+def _user_overrides(cfg) -> list[str]:
+    """The command line's overrides that every step should get too."""
+    from hydra.core.hydra_config import HydraConfig
+
+    task = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return [o for o in task if not o.startswith(_NOT_PASSED)] + [f"logger={cfg.logger.backend}" if cfg.logger.backend == "none" else "logger=wandb"]
+
+
+def run(cfg, run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    lc = cfg.ladder
+    family = "maia1" if cfg.model.name == "maia1" else "maia2"
+    ratings = list(MAIA1_RATINGS) if family == "maia1" and cfg.model.rating is None else []
+    p = plan(lc, _user_overrides(cfg), run_dir, family, ratings)
+    execute(p, dry_run=lc.dry_run)
+    if lc.dry_run:
+        return {"steps": len(p.steps), "rungs": len(p.rungs)}
+    rows = ladder_rows(p)
+    ladder_plot(rows, run_dir / "ladder.png", f"from protocol={lc.protocol} (top) to ours (bottom): {cfg.model.name}")
+    atomic_write_text(run_dir / "results.md", "\n".join(ladder_markdown(cfg.model.name, lc, p, rows)) + "\n")
+    atomic_write_json(run_dir / "results.json", {"protocol": lc.protocol, "rungs": rows,
+                                                 "left_at_protocol": p.left_at_protocol})
+    last = rows[-1]
+    return {"rungs": len(rows), "steps": len(p.steps), "seed_intervention_effect": rows[0]["intervention_effect"],
+            "ours_intervention_effect": last["intervention_effect"], "seed_finetune_shift": rows[0]["finetune_shift"],
+            "ours_finetune_shift": last["finetune_shift"]}
