@@ -262,12 +262,40 @@ class FinetuneConfig:
     concept: str = "defensive"
     trainable: str = "all"  # all | policy_head (fc_1 only) | heads | transformer | prefixes 'fc_1.,transformer.'
     freeze_elo: bool = True
-    steps: int = 300
+    steps: int = 300  # with epochs null
     lr: float = 3.0e-4
-    batch_size: int = 128
-    side_info_weight: float = 1.0
-    eval_every: int = 25  # validation loss (every bucket) for choosing the checkpoint
+    batch_size: int = 128  # (position, bucket) pairs per step; the seed: 256 (revision), 8192 (NeurIPS checkpoints)
+    side_info_weight: float = 1.0  # the seed: 1 (NeurIPS full fine-tune), 0 (its head-only fine-tunes)
+    eval_every: int = 25  # validation loss (every bucket) for choosing the checkpoint; with epochs null
     heldout_positions: int = 2000  # ordinary test positions of `data`: is human-likeness kept? 0: skip
+    # The seed study's choices, each a switch on its own (experiments/finetune_study/README.md, "The
+    # seed's protocol"); the defaults are ours.
+    weight_decay: float = 0.0  # AdamW's; the seed: 1e-5
+    # null: `steps` steps; N: N epochs, each one pass over the train positions x 11 buckets
+    # (ceil(11 n / batch_size) steps), validated after each; the seed's revision: at most 20
+    epochs: Optional[int] = None
+    # null: no early stopping (the seed's NeurIPS full fine-tune); P: stop after P validations in a row
+    # without a new lowest validation loss (the revision: 3, per epoch)
+    patience: Optional[int] = None
+    buckets: str = "random"  # random: each pair's bucket drawn at random | all_each_epoch: every pair once a pass (the seed)
+    # best: the lowest-validation-loss weights | last: the last step's (the seed's NeurIPS head-only test,
+    # and in effect its revision, whose "best state" is a shallow copy of the live weights)
+    keep: str = "best"
+    # true: the untouched model (validated before any step) competes for keep=best and is where patience
+    # starts counting; false: the seed's (its best validation loss starts at infinity)
+    untouched_is_candidate: bool = True
+    # frozen_batchnorm: dropout on, BatchNorm on its running statistics | train: PyTorch's train mode
+    # (the seed's full fine-tune) | eval: no dropout, the frozen trunk as at inference (its head-only ones)
+    train_mode: str = "frozen_batchnorm"
+    # a (concept's) dataset with fewer train positions is skipped: results.md says so and the run
+    # ends without error (a multirun over concepts goes on); the seed's revision: 500
+    min_train_rows: int = 0
+    # which rows the fine-tune uses: all | transitional (the seed's is_transitional) | blundered_transitional
+    row_filter: str = "all"
+    target: str = "dataset"  # dataset: the row's correct move (the seed's) | top_bucket: the model's own bucket-10 move
+    # the rows of the headline mean_shift (paired): all test rows | transitional (those transitional
+    # before fine-tuning); results.md reports both, and the seed's unpaired metric beside them
+    score_rows: str = "all"
 
 
 @dataclass
@@ -476,6 +504,7 @@ _POSITIVE_INT = ("train.batch_size", "train.max_steps", "train.eval_every", "tra
                  "sae.checkpoint_every", "transcoder.dim", "transcoder.batch_size", "transcoder.steps",
                  "transcoder.chunk_positions", "transcoder.cache_positions", "transcoder.eval_positions",
                  "transcoder.log_every", "transcoder.checkpoint_every", "finetune.steps", "finetune.batch_size",
+                 "finetune.eval_every", "finetune.epochs", "finetune.patience",
                  "probe.train_positions", "probe.test_positions", "threats.positions", "activations.shard_positions",
                  "model.dim_cnn", "model.num_blocks_cnn", "model.dim_vit", "model.num_blocks_vit", "model.heads",
                  "model.dim_head", "model.elo_dim", "data.workers", "data.shard_size", "evaluate.positions",
@@ -484,9 +513,10 @@ _POSITIVE_INT = ("train.batch_size", "train.max_steps", "train.eval_every", "tra
                  "transitional.depth")
 _NON_NEGATIVE_INT = ("train.warmup_steps", "train.grow_vit_blocks", "train.loader_workers", "train.eval_positions", "sae.cache_positions", "sae.calibrate_every",
                      "sae.aux_k", "transcoder.aux_k", "transcoder.k", "data.first_n_plies", "threats.n_null",
-                     "threats.n_boot", "threats.dashboards")
+                     "threats.n_boot", "threats.dashboards", "finetune.min_train_rows", "finetune.heldout_positions")
 _POSITIVE_FLOAT = ("train.lr", "sae.lr", "transcoder.lr", "finetune.lr")
-_NON_NEGATIVE_FLOAT = ("train.teacher_amplify", "train.teacher_contrast", "train.distill_coefficient")
+_NON_NEGATIVE_FLOAT = ("train.teacher_amplify", "train.teacher_contrast", "train.distill_coefficient",
+                       "finetune.weight_decay", "finetune.side_info_weight")
 _FRACTION = ("data.val_fraction", "data.test_fraction", "model.dropout_cnn", "model.dropout_vit", "model.dropout",
              "train.min_lr_ratio", "threats.heldout_fraction", "sae.dense_threshold", "transcoder.dense_threshold")
 # Elo settings: (key, words accepted besides a bucket 0..10); a list value is checked item by item
@@ -511,6 +541,7 @@ def _choices() -> dict[str, tuple]:
     from .analysis.evaluation import SPLITS as EVAL_SPLITS
     from .analysis.interventions import CONTROLS, CORRECT, ERROR_MODES, INTERVENTIONS, POSITIONS, SELECT
     from .analysis.transitional import ACCEPT, BLUNDER_RULES, REQUIRE
+    from .analysis.calibration import BUCKET_SAMPLING, KEEP, ROW_FILTERS, SCORE_ROWS, TARGETS, TRAIN_MODES
 
     pooling = ("mean", "none")
     return {
@@ -525,6 +556,8 @@ def _choices() -> dict[str, tuple]:
         "intervention.positions": POSITIONS, "intervention.correct": CORRECT, "intervention.control": CONTROLS,
         "evaluate.split": EVAL_SPLITS, "evaluate.oppo": ("data", "same"),
         "train.batchnorm": ("batch", "frozen"),
+        "finetune.buckets": BUCKET_SAMPLING, "finetune.keep": KEEP, "finetune.train_mode": TRAIN_MODES,
+        "finetune.row_filter": ROW_FILTERS, "finetune.target": TARGETS, "finetune.score_rows": SCORE_ROWS,
         "train.sampling": ("uniform", "elo_balanced"), "logger.backend": ("wandb", "none"),
         "logger.mode": ("offline", "online", "disabled"),
     }

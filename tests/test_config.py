@@ -39,6 +39,12 @@ def test_a_field_the_stage_sets_itself_fails_when_set(override):
     ("threats.position_set=puzzle", "threats.position_set='puzzle': expected one of store, puzzles, sts"),
     ("logger.mode=offlien", "logger.mode='offlien': expected one of offline, online, disabled"),
     ("transcoder.kernel=fast", "transcoder.kernel='fast': expected one of auto, sparse, dense"),
+    ("finetune.buckets=all", "finetune.buckets='all': expected one of random, all_each_epoch"),
+    ("finetune.keep=first", "finetune.keep='first': expected one of best, last"),
+    ("finetune.train_mode=dropout", "finetune.train_mode='dropout': expected one of frozen_batchnorm, train, eval"),
+    ("finetune.row_filter=blunder", "finetune.row_filter='blunder': expected one of all, transitional, blundered_transitional"),
+    ("finetune.target=engine", "finetune.target='engine': expected one of dataset, top_bucket"),
+    ("finetune.score_rows=some", "finetune.score_rows='some': expected one of all, transitional"),
     # a stage's families are checked under its own key, before any stage runs
     ("probe.families=[x]", "probe.families: unknown family 'x'"),
     ("threats.families=[threat,x]", "threats.families: unknown family 'x'"),
@@ -142,3 +148,15 @@ def test_the_seed_transitional_rules_need_their_inputs():
 ])
 def test_the_intervention_switches_and_their_old_spellings_fail_in_one_line(override, expected):
     assert _fails("stage=intervention", override).startswith(expected)
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("finetune.weight_decay=-1e-5", "finetune.weight_decay=-1e-05: expected a finite number >= 0"),
+    ("finetune.side_info_weight=-1", "finetune.side_info_weight=-1.0: expected a finite number >= 0"),
+    ("finetune.epochs=0", "finetune.epochs=0: expected a positive integer"),
+    ("finetune.patience=0", "finetune.patience=0: expected a positive integer"),
+    ("finetune.eval_every=0", "finetune.eval_every=0: expected a positive integer"),
+    ("finetune.min_train_rows=-1", "finetune.min_train_rows=-1: expected 0 or more"),
+])
+def test_a_finetune_switch_out_of_range_fails_naming_it(override, expected):
+    assert _fails("stage=finetune", override) == expected

@@ -244,7 +244,8 @@ def test_stage_intervention_elo_heads_on_seed_positions(shared_data, tmp_path):
 from types import SimpleNamespace  # noqa: E402
 
 from maia_adapt.analysis.interventions import (assemble_cells, choose_settings, intervention_rows, judge,  # noqa: E402
-                                               seed_transition_points, seed_tp_summary, uniform_random_features)
+                                               seed_tp_summary, uniform_random_features)
+from maia_adapt.analysis.transitional import seed_transition_points  # noqa: E402
 from maia_adapt.concepts import threat_concepts  # noqa: E402
 from maia_adapt.concepts.resolution import threat_resolved  # noqa: E402
 
@@ -330,13 +331,13 @@ def test_a_setting_per_cell_follows_each_cell_and_a_cell_without_train_rows_take
     assert picked.correct[:, 0].tolist() == [True, False, False]
 
 
-def test_the_seeds_transition_point_drops_each_arms_non_monotone_rows():
+def test_the_seeds_intervention_transition_point_reads_buckets_0_to_9_and_drops_each_arms_own_rows():
     c = np.array([[1] * 11, [0] * 11, [0, 0, 0] + [1] * 8, [0, 1, 0, 0] + [1] * 7, [1] * 9 + [0, 0], [0] * 10 + [1]], bool)
-    tp, keep = seed_transition_points(c)
-    # buckets 0..9 only: the last row is wrong at all ten levels (10), the fifth wrong at 9 alone (dropped)
-    assert tp[keep].tolist() == [0, 10, 3, 10] and keep.tolist() == [True, True, True, False, False, True]
+    # buckets 0..9 only: the last row is wrong at all ten levels (10); the fifth is wrong at 9 alone and
+    # right below: dropped; the non-monotone fourth row keeps the start of its final run, as the seed
+    assert seed_transition_points(c, levels=10).tolist() == [0, 10, 3, 4, -1, 10]
     s = seed_tp_summary({"base": _rep(c), "intervened": _rep(np.ones_like(c))})
-    assert s["seed_tp_rows_base"] == 4 and s["seed_mean_tp_base"] == pytest.approx(23 / 4)
+    assert s["seed_tp_rows_base"] == 5 and s["seed_mean_tp_base"] == pytest.approx(27 / 5)
     assert s["seed_tp_rows_intervened"] == 6 and s["seed_mean_tp_intervened"] == 0
 
 

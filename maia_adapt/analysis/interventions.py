@@ -25,7 +25,7 @@ from ..encoding import NUM_BUCKETS
 from ..errors import ConfigError, MaiaAdaptError
 from ..layout import detection_table, probe_file
 from .probes import load_probe
-from .transitional import correct_by_bucket, predictions_by_bucket, transition_points
+from .transitional import SEED_DROPPED, correct_by_bucket, predictions_by_bucket, seed_transition_points, transition_points
 
 
 def _pooled(x: torch.Tensor) -> torch.Tensor:
@@ -510,22 +510,15 @@ def choose_settings(grid: list[dict], reports: list, train_rows: list[dict], sel
     return Choice(settings, best, per_bucket, per_cell, select, concept)
 
 
-def seed_transition_points(correct: np.ndarray, levels: int = NUM_BUCKETS - 1) -> tuple[np.ndarray, np.ndarray]:
-    """The seed's transition point over its buckets 0..9 (run_sae_intervention.py:368-413): 0 when
-    right at every level, 10 when wrong at every level, else the level of its one wrong-to-right step;
-    rows with more than one step are dropped (the second array, kept). Each arm drops its own rows."""
-    c = np.asarray(correct, dtype=bool)[:, :levels]
-    tp, mono = transition_points(c)
-    return np.where(tp == levels, levels, tp), mono
-
-
 def seed_tp_summary(reports: dict) -> dict:
-    """The seed's headline per arm: mean transition point over the rows that arm keeps, and how many.
+    """The seed's headline per arm: mean transition point over buckets 0..9 (`seed_transition_points`)
+    of the rows that arm keeps, and how many.
     Unpaired, as the seed averaged them: an arm whose edits break the high buckets drops those rows
     instead of counting them, which favours an apparent improvement."""
     out = {}
     for name, r in reports.items():
-        tp, keep = seed_transition_points(r.correct)
+        tp = seed_transition_points(r.correct, levels=NUM_BUCKETS - 1)
+        keep = tp != SEED_DROPPED
         out[f"seed_mean_tp_{name}"] = float(tp[keep].mean()) if keep.any() else float("nan")
         out[f"seed_tp_rows_{name}"] = int(keep.sum())
     return out

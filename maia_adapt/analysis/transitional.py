@@ -40,6 +40,31 @@ def transition_points(correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return tp.astype(np.int64), monotone
 
 
+# The seed's convention (N test/externalization/maia2_ft.py:133-151 `find_transition_point`, the same in R
+# ft_per_concept_head_only.py): 0 = right everywhere, 10 = wrong everywhere, else the first bucket of
+# the final run of right answers if that run reaches bucket 10, else -1 (the row is dropped). A row
+# right only at bucket 10 also reads 10, so "never right" and "right from the top bucket" are one value.
+SEED_NEVER = 10
+SEED_DROPPED = -1
+
+
+def seed_transition_points(correct: np.ndarray, levels: int = NUM_BUCKETS) -> np.ndarray:
+    """The seed's transition points [N] (values -1, 0..10) from correct [N, 11] bool, over its first
+    `levels` buckets: 11 for the fine-tune, 10 (buckets 0..9) for its NeurIPS interventions
+    (run_sae_intervention.py:368-413), where a row wrong at bucket 9 alone is dropped too."""
+    correct = np.asarray(correct, dtype=bool)[:, :levels]
+    tp, _ = transition_points(correct)
+    return np.where(tp < levels, tp, np.where(correct.any(1), SEED_DROPPED, SEED_NEVER)).astype(np.int64)
+
+
+def seed_tp_from_ours(tp, monotone) -> np.ndarray:
+    """Our transition points (0..11, with the monotone flag a transitional.csv carries) in the seed's
+    convention: 11 (wrong at the top bucket) is 10 when no bucket is right (our monotone rows at 11) and
+    -1 when some lower bucket is; 0..10 are the same number (10: right at the top bucket only)."""
+    tp, monotone = np.asarray(tp, dtype=np.int64), np.asarray(monotone, dtype=bool)
+    return np.where(tp < NEVER, tp, np.where(monotone, SEED_NEVER, SEED_DROPPED)).astype(np.int64)
+
+
 def _hooked_logits(model, inputs, hooks, elo_self, elo_oppo):
     with model.hooks(hooks):
         return model.policy_logits(inputs, elo_self, elo_oppo)
