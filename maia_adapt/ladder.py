@@ -55,9 +55,12 @@ class Plan:
 
 def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     from .config import CONF_DIR
 
+    if GlobalHydra.instance().is_initialized():  # inside the app (stage=ladder): its config search path
+        return compose("config", overrides=list(overrides))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=list(overrides))
 
@@ -111,31 +114,51 @@ def rung_overrides(lc, user: list[str], family: str) -> tuple[list[dict], list[s
     out = []
     for r in lc.rungs:
         for k in r["keys"]:
-            matched = [p for p in proto if p == k or (k.endswith(".") and p.startswith(k))]
+            if k in common or k in _LINKS:
+                raise ConfigError(f"ladder rung '{r['name']}': '{k}' is set by ladder.common or by the ladder itself")
+            # a prefix names the protocol's keys under it, less those ladder.common fixes for every rung
+            matched = [p for p in proto if p == k or (k.endswith(".") and p.startswith(k) and p not in common)]
             if not matched:
                 raise ConfigError(f"ladder rung '{r['name']}': key '{k}' is not one the protocol {lc.protocol} sets "
                                   f"(its keys: {', '.join(proto)})")
             for key in matched:
-                if key in common or key in _LINKS:
-                    raise ConfigError(f"ladder rung '{r['name']}': '{key}' is set by ladder.common or by the ladder itself")
                 switched[key] = f"{key}={_value(OmegaConf.select(ours[_stage_of(key)], key))}"
         extra += list(family_extra.get(r["name"], []))
+        # the family's facts (a Maia-1 has no FFN) hold at every rung, after the switched keys
         out.append({"name": r["name"], "what": r.get("what", ""), "keys": list(r["keys"]),
-                    "overrides": list(switched.values()) + extra})
-    return out, [k for k in proto if k not in switched]
+                    "overrides": list(switched.values()) + list(family_extra.get("all", [])) + extra})
+    return out, [k for k in proto if k not in switched and k not in common]
 
 
-def _hash(cfg, stage: str) -> str:
+# settings that do not change what a step computes
+_NOT_HASHED = {"transitional": ("engine_cache", "engine_workers", "engine_path")}
+
+
+def _portable(v):
+    """A value as the hash sees it: an existing file by its name and size, so that the same data read
+    through another path (a moved checkout, $MAIA_ADAPT_DATA) is the same step."""
+    if isinstance(v, dict):
+        return {k: _portable(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_portable(x) for x in v]
+    if isinstance(v, str) and len(v) < 4096 and ("/" in v) and Path(v).is_file():
+        return f"{Path(v).name}:{Path(v).stat().st_size}"
+    return v
+
+
+def _hash(cfg, stage: str, root: Path) -> str:
     keep = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
             for k in ("model", "data", "seed", stage, *_SECTIONS.get(stage, ()))}
     keep["model"] = {k: v for k, v in keep["model"].items() if k != "rating"}  # a network's SAE: the rating is the folder
-    return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    keep[stage] = {k: v for k, v in keep[stage].items() if k not in _NOT_HASHED.get(stage, ())}
+    text = json.dumps(_portable(keep), sort_keys=True, default=str).replace(str(root), "<ladder>")  # links: relative
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
 def plan(lc, user: list[str], ladder_dir: Path, family: str, ratings: list[int]) -> Plan:
     """Every step of every rung, composed here (a bad override fails before anything runs)."""
     rungs, left = rung_overrides(lc, user, family)
-    base = [f"protocol={lc.protocol}", *(lc.family_overrides.get(family) or {}).get("all", [])]
+    base = [f"protocol={lc.protocol}"]
     p = Plan(rungs, left_at_protocol=left)
     seen: set[Path] = set()
 
@@ -145,7 +168,7 @@ def plan(lc, user: list[str], ladder_dir: Path, family: str, ratings: list[int])
         if rating is not None:
             ov.append(f"model.rating={rating}")
         cfg = _compose(ov)
-        folder = ladder_dir / "runs" / f"{stage}-{_hash(cfg, stage)}"
+        folder = ladder_dir / "runs" / f"{stage}-{_hash(cfg, stage, ladder_dir)}"
         run_dir = folder / f"{cfg.model.name}-{rating}" if rating is not None else folder
         if run_dir not in seen:
             seen.add(run_dir)

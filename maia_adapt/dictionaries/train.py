@@ -292,7 +292,13 @@ def train_dictionaries(
     # rank 0 calibrates and keeps the best weights; the others wait for it at the next gradient sync
     best = BestKeeper(Path(run_dir) / "best", trainer) if calibrate and main else None
     first = make_chunk(0)
-    per_chunk = max(1, len(next(iter(first.values()))) // trainer.batch_size)
+    rows = len(next(iter(first.values())))
+    if rows < trainer.batch_size:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"a chunk of activations holds {rows} rows, fewer than one batch of {trainer.batch_size}: raise "
+                          "chunk_positions (and cache_positions) or lower batch_size")
+    per_chunk = rows // trainer.batch_size
     r = trainer.step // per_chunk
     chunk = first if r == 0 else make_chunk(r)
     batches = chunk_batches(chunk, trainer.batch_size, seed, r)
