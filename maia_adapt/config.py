@@ -362,6 +362,15 @@ class TranscoderStageConfig(DictionaryRunConfig, TranscoderConfig):
     cache_positions: int = 16384  # activations of this many train positions computed once and reused
     eval_positions: int = 1000  # test positions for the spliced evaluation
     grid_positions: int = 200  # test positions for the 11 x 11 (self, opponent) agreement grid
+    # which weights each transcoder ends with: last (ours: the final step's) | spliced_accuracy (the
+    # seed's: every select_every steps the model's top-1 accuracy against the human move with the
+    # transcoder in place of its FFN, on select_positions positions of select_split; the best is kept)
+    select: str = "last"
+    select_every: int = 500  # the seed's: 500
+    select_positions: int = 2000  # the seed's: the first 100,000 positions of the chunk just trained on
+    # val (ours: validation positions) | train (the seed's: positions the transcoder trains on, those of
+    # the activation cache; without one, train positions at random)
+    select_split: str = "val"
     # per layer the stage sets these from `layers` and the model (saved in each cfg.json); setting
     # them here is an error (validate) rather than a silent no-op
     layer: Optional[int] = None
@@ -439,6 +448,7 @@ _POSITIVE_INT = ("train.batch_size", "train.max_steps", "train.eval_every", "tra
                  "sae.dim", "sae.batch_size", "sae.steps", "sae.chunk_positions", "sae.eval_positions", "sae.log_every",
                  "sae.checkpoint_every", "transcoder.dim", "transcoder.batch_size", "transcoder.steps",
                  "transcoder.chunk_positions", "transcoder.cache_positions", "transcoder.eval_positions",
+                 "transcoder.select_every", "transcoder.select_positions",
                  "transcoder.log_every", "transcoder.checkpoint_every", "finetune.steps", "finetune.batch_size",
                  "finetune.eval_every", "finetune.epochs", "finetune.patience",
                  "probe.train_positions", "probe.test_positions", "threats.positions", "activations.shard_positions",
@@ -475,6 +485,7 @@ def _choices() -> dict[str, tuple]:
     from .analysis.evaluation import SPLITS as EVAL_SPLITS
     from .analysis.interventions import INTERVENTIONS
     from .analysis.calibration import BUCKET_SAMPLING, KEEP, ROW_FILTERS, SCORE_ROWS, TARGETS, TRAIN_MODES
+    from .dictionaries.transcoder import DECODER_NORMS
 
     pooling = ("mean", "none")
     return {
@@ -487,6 +498,8 @@ def _choices() -> dict[str, tuple]:
         "intervention.kind": tuple(INTERVENTIONS),
         "evaluate.split": EVAL_SPLITS, "evaluate.oppo": ("data", "same"),
         "train.batchnorm": ("batch", "frozen"),
+        "transcoder.decoder_norm": DECODER_NORMS, "transcoder.select": ("last", "spliced_accuracy"),
+        "transcoder.select_split": ("val", "train"),
         "finetune.buckets": BUCKET_SAMPLING, "finetune.keep": KEEP, "finetune.train_mode": TRAIN_MODES,
         "finetune.row_filter": ROW_FILTERS, "finetune.target": TARGETS, "finetune.score_rows": SCORE_ROWS,
         "train.sampling": ("uniform", "elo_balanced"), "logger.backend": ("wandb", "none"),
