@@ -362,6 +362,9 @@ class TranscoderStageConfig(DictionaryRunConfig, TranscoderConfig):
     cache_positions: int = 16384  # activations of this many train positions computed once and reused
     eval_positions: int = 1000  # test positions for the spliced evaluation
     grid_positions: int = 200  # test positions for the 11 x 11 (self, opponent) agreement grid
+    # the Elo conditioning of the training (and FVU test) activations: random (ours: a random bucket per
+    # position) | data (the seed's: the game's own ratings) | a bucket 0..10
+    elo: str = "random"
     # which weights each transcoder ends with: last (ours: the final step's) | spliced_accuracy (the
     # seed's: every select_every steps the model's top-1 accuracy against the human move with the
     # transcoder in place of its FFN, on select_positions positions of select_split; the best is kept)
@@ -464,7 +467,8 @@ _NON_NEGATIVE_FLOAT = ("train.teacher_amplify", "train.teacher_contrast", "train
 _FRACTION = ("data.val_fraction", "data.test_fraction", "model.dropout_cnn", "model.dropout_vit", "model.dropout",
              "train.min_lr_ratio", "threats.heldout_fraction", "sae.dense_threshold", "transcoder.dense_threshold")
 # Elo settings: (key, words accepted besides a bucket 0..10); a list value is checked item by item
-_ELO = (("threats.elo", ("data", "random")), ("sae.elo", ("data", "random")), ("activations.elo", ("data",)),
+_ELO = (("threats.elo", ("data", "random")), ("sae.elo", ("data", "random")), ("transcoder.elo", ("data", "random")),
+        ("activations.elo", ("data",)),
         ("probe.buckets", ()), ("intervention.probe_bucket", ()), ("intervention.elo_to", ()),
         ("transitional.oppo_bucket", ()))
 

@@ -139,6 +139,7 @@ def test_study_presets_default_to_the_skill_model_and_a_model_override_wins(name
     ("finetune.patience=0", "finetune.patience=0: expected a positive integer"),
     ("finetune.eval_every=0", "finetune.eval_every=0: expected a positive integer"),
     ("finetune.min_train_rows=-1", "finetune.min_train_rows=-1: expected 0 or more"),
+    ("transcoder.elo=real", "transcoder.elo='real': expected an Elo bucket 0..10 or 'data' or 'random'"),
     ("transcoder.select_every=0", "transcoder.select_every=0: expected a positive integer"),
     ("transcoder.select_positions=0", "transcoder.select_positions=0: expected a positive integer"),
 ])

@@ -124,11 +124,13 @@ def test_stage_transcoder_end_to_end(shared_data, tmp_path):
     r = run_app(["stage=transcoder", "data=lichess", "data.max_games=80", f"data.store_dir={tmp_path}/store",
                  "transcoder.steps=40", "transcoder.dim=512", "transcoder.k=16", "transcoder.cache_positions=1500",
                  "transcoder.eval_positions=150", "transcoder.grid_positions=8", "transcoder.layers=[0,1]",
-                 "transcoder.select=spliced_accuracy", "transcoder.select_every=20", "transcoder.select_positions=60"],
+                 "transcoder.select=spliced_accuracy", "transcoder.select_every=20", "transcoder.select_positions=60",
+                 "transcoder.elo=data"],
                 run_dir=tmp_path / "run")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())["layers"]
     assert set(res) == {"layer_0", "layer_1"}
+    assert "activations at Elo data" in (tmp_path / "run" / "results.md").read_text()
     for name, m in res.items():
         assert m["selected_step"] in (20, 40) and 0 <= m["selected_spliced_accuracy"] <= 1
         grid = np.array(m["grid_agreement"])

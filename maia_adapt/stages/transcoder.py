@@ -58,12 +58,12 @@ def run(cfg, run_dir: Path) -> dict:
         raise ConfigError("stage=transcoder needs train and test positions in the data")
 
     make_chunk = ActivationChunks(model, store, train_idx, sites, chunk_positions=tc.chunk_positions,
-                                  cache_positions=tc.cache_positions, seed=cfg.seed, elo="random", token_pooling="none",
+                                  cache_positions=tc.cache_positions, seed=cfg.seed, elo=tc.elo, token_pooling="none",
                                   device=device, batch_size=256, verbose=False)
     cache = make_chunk.cache
 
     def tokens(idx, seed) -> dict[str, torch.Tensor]:
-        return collect_activations(model, store, idx, sites, batch_size=256, elo="random", token_pooling="none",
+        return collect_activations(model, store, idx, sites, batch_size=256, elo=tc.elo, token_pooling="none",
                                    seed=seed, device=device)
 
     dicts = {}
@@ -76,7 +76,7 @@ def run(cfg, run_dir: Path) -> dict:
     tracker = Tracker(cfg, run_dir, job_type="transcoder", continues=resumed is not None)
     summary, results = {}, {"layers": {}}
     lines = ["# Transcoders", "", f"model `{cfg.model.checkpoint}`, F={tc.dim}, k={tc.k or 'ReLU'}, skip {tc.skip}, "
-             f"decoder norm {tc.decoder_norm}, checkpoint {tc.select}", ""]
+             f"decoder norm {tc.decoder_norm}, checkpoint {tc.select}, activations at Elo {tc.elo}", ""]
     calibrate, selected = None, {}
     if tc.select == "spliced_accuracy" and distributed.is_main():
         # the seed's checkpoint choice; it scored the chunk it had just trained on (select_split=train)
