@@ -398,6 +398,18 @@ class TranscoderStageConfig(DictionaryRunConfig, TranscoderConfig):
     cache_positions: int = 16384  # activations of this many train positions computed once and reused
     eval_positions: int = 1000  # test positions for the spliced evaluation
     grid_positions: int = 200  # test positions for the 11 x 11 (self, opponent) agreement grid
+    # the Elo conditioning of the training (and FVU test) activations: random (ours: a random bucket per
+    # position) | data (the seed's: the game's own ratings) | a bucket 0..10
+    elo: str = "random"
+    # which weights each transcoder ends with: last (ours: the final step's) | spliced_accuracy (the
+    # seed's: every select_every steps the model's top-1 accuracy against the human move with the
+    # transcoder in place of its FFN, on select_positions positions of select_split; the best is kept)
+    select: str = "last"
+    select_every: int = 500  # the seed's: 500
+    select_positions: int = 2000  # the seed's: the first 100,000 positions of the chunk just trained on
+    # val (ours: validation positions) | train (the seed's: positions the transcoder trains on, those of
+    # the activation cache; without one, train positions at random)
+    select_split: str = "val"
     # per layer the stage sets these from `layers` and the model (saved in each cfg.json); setting
     # them here is an error (validate) rather than a silent no-op
     layer: Optional[int] = None
@@ -503,6 +515,7 @@ _POSITIVE_INT = ("train.batch_size", "train.max_steps", "train.eval_every", "tra
                  "sae.dim", "sae.batch_size", "sae.steps", "sae.chunk_positions", "sae.eval_positions", "sae.log_every",
                  "sae.checkpoint_every", "transcoder.dim", "transcoder.batch_size", "transcoder.steps",
                  "transcoder.chunk_positions", "transcoder.cache_positions", "transcoder.eval_positions",
+                 "transcoder.select_every", "transcoder.select_positions",
                  "transcoder.log_every", "transcoder.checkpoint_every", "finetune.steps", "finetune.batch_size",
                  "finetune.eval_every", "finetune.epochs", "finetune.patience",
                  "probe.train_positions", "probe.test_positions", "threats.positions", "activations.shard_positions",
@@ -520,7 +533,8 @@ _NON_NEGATIVE_FLOAT = ("train.teacher_amplify", "train.teacher_contrast", "train
 _FRACTION = ("data.val_fraction", "data.test_fraction", "model.dropout_cnn", "model.dropout_vit", "model.dropout",
              "train.min_lr_ratio", "threats.heldout_fraction", "sae.dense_threshold", "transcoder.dense_threshold")
 # Elo settings: (key, words accepted besides a bucket 0..10); a list value is checked item by item
-_ELO = (("threats.elo", ("data", "random")), ("sae.elo", ("data", "random")), ("activations.elo", ("data",)),
+_ELO = (("threats.elo", ("data", "random")), ("sae.elo", ("data", "random")), ("transcoder.elo", ("data", "random")),
+        ("activations.elo", ("data",)),
         ("probe.buckets", ()), ("intervention.probe_bucket", ()), ("intervention.elo_to", ()),
         ("transitional.oppo_bucket", ()))
 
@@ -542,6 +556,7 @@ def _choices() -> dict[str, tuple]:
     from .analysis.interventions import CONTROLS, CORRECT, ERROR_MODES, INTERVENTIONS, POSITIONS, SELECT
     from .analysis.transitional import ACCEPT, BLUNDER_RULES, REQUIRE
     from .analysis.calibration import BUCKET_SAMPLING, KEEP, ROW_FILTERS, SCORE_ROWS, TARGETS, TRAIN_MODES
+    from .dictionaries.transcoder import DECODER_NORMS
 
     pooling = ("mean", "none")
     return {
@@ -556,6 +571,8 @@ def _choices() -> dict[str, tuple]:
         "intervention.positions": POSITIONS, "intervention.correct": CORRECT, "intervention.control": CONTROLS,
         "evaluate.split": EVAL_SPLITS, "evaluate.oppo": ("data", "same"),
         "train.batchnorm": ("batch", "frozen"),
+        "transcoder.decoder_norm": DECODER_NORMS, "transcoder.select": ("last", "spliced_accuracy"),
+        "transcoder.select_split": ("val", "train"),
         "finetune.buckets": BUCKET_SAMPLING, "finetune.keep": KEEP, "finetune.train_mode": TRAIN_MODES,
         "finetune.row_filter": ROW_FILTERS, "finetune.target": TARGETS, "finetune.score_rows": SCORE_ROWS,
         "train.sampling": ("uniform", "elo_balanced"), "logger.backend": ("wandb", "none"),

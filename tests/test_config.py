@@ -39,6 +39,9 @@ def test_a_field_the_stage_sets_itself_fails_when_set(override):
     ("threats.position_set=puzzle", "threats.position_set='puzzle': expected one of store, puzzles, sts"),
     ("logger.mode=offlien", "logger.mode='offlien': expected one of offline, online, disabled"),
     ("transcoder.kernel=fast", "transcoder.kernel='fast': expected one of auto, sparse, dense"),
+    ("transcoder.decoder_norm=rows", "transcoder.decoder_norm='rows': expected one of latent, output, none"),
+    ("transcoder.select=best", "transcoder.select='best': expected one of last, spliced_accuracy"),
+    ("transcoder.select_split=test", "transcoder.select_split='test': expected one of val, train"),
     ("finetune.buckets=all", "finetune.buckets='all': expected one of random, all_each_epoch"),
     ("finetune.keep=first", "finetune.keep='first': expected one of best, last"),
     ("finetune.train_mode=dropout", "finetune.train_mode='dropout': expected one of frozen_batchnorm, train, eval"),
@@ -157,6 +160,9 @@ def test_the_intervention_switches_and_their_old_spellings_fail_in_one_line(over
     ("finetune.patience=0", "finetune.patience=0: expected a positive integer"),
     ("finetune.eval_every=0", "finetune.eval_every=0: expected a positive integer"),
     ("finetune.min_train_rows=-1", "finetune.min_train_rows=-1: expected 0 or more"),
+    ("transcoder.elo=real", "transcoder.elo='real': expected an Elo bucket 0..10 or 'data' or 'random'"),
+    ("transcoder.select_every=0", "transcoder.select_every=0: expected a positive integer"),
+    ("transcoder.select_positions=0", "transcoder.select_positions=0: expected a positive integer"),
 ])
-def test_a_finetune_switch_out_of_range_fails_naming_it(override, expected):
+def test_a_seed_switch_out_of_range_fails_naming_it(override, expected):
     assert _fails("stage=finetune", override) == expected

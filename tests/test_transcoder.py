@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from _app import error_line, run_app
+from maia_adapt.errors import ConfigError
 from _games import lichess_store
 from maia_adapt.analysis.activations import activation_batches
 from maia_adapt.config import ASSETS
 from maia_adapt.data import GameFilter
 from maia_adapt.dictionaries import DictionaryTrainer
-from maia_adapt.dictionaries.evaluate import ablate_fn, spliced_metrics, transcoder_splice_metrics
+from maia_adapt.dictionaries.evaluate import ablate_fn, spliced_metrics, spliced_move_accuracy, transcoder_splice_metrics
 from maia_adapt.dictionaries.transcoder import (Transcoder, TranscoderConfig, load_transcoder, save_transcoder,
                                                 splice_hooks)
 from maia_adapt.model import load_model
@@ -80,16 +81,58 @@ def test_splice_hooks_with_an_exact_ffn_copy_change_nothing(data):
     torch.testing.assert_close(out, clean, atol=1e-5, rtol=1e-5)
 
 
+def test_spliced_move_accuracy_with_an_exact_ffn_copy_is_the_models_own(data):
+    # the seed's checkpoint score: top-1 against the recorded move with the FFN replaced
+    model, store, _, _ = data
+    idx = np.arange(48)
+    b = store.batch(idx)
+    with torch.no_grad():
+        logits = model(b["boards"], b["elo_self"], b["elo_oppo"])[0]
+    own = float((logits.masked_fill(~b["legal"], float("-inf")).argmax(-1) == b["move"]).float().mean())
+
+    class Exact(torch.nn.Module):
+        def forward(self, h):
+            net = model.transformer.elo_layers[1][1].net
+            return net[5](net[4](net[3](net[2](net[1](h)))))
+
+    assert spliced_move_accuracy(model, store, idx, Exact(), 1, batch_size=20) == pytest.approx(own)
+
+
+@pytest.mark.parametrize("norm", ["latent", "output", "none"])
+def test_decoder_norm_keeps_the_named_axis_at_unit_norm(norm, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(256, 16, generator=g), torch.randn(256, 16, generator=g) * 3
+    t = Transcoder(TranscoderConfig(d_in=16, d_out=16, dim=64, k=8, lr=0.05, warmup_steps=0, aux_k=0, decoder_norm=norm,
+                                    site=IN, target_site=OUT))
+    t.init_from_data(x, y)
+    trainer = DictionaryTrainer({"t": (t, IN)}, 5, 256)
+    for _ in range(5):
+        trainer.train_step({IN: x, OUT: y})
+    rows, cols = t.W_dec.norm(dim=1), t.W_dec.norm(dim=0)  # W_dec [latents, d_out]: a row is a latent's vector
+    one = lambda v: torch.allclose(v, torch.ones_like(v), atol=1e-5)
+    # latent: each latent's decoder vector; output (the seed's dim=1 of nn.Linear's [d_out, latents]
+    # weight): each output dimension's weights across the latents; none: neither
+    assert (one(rows), one(cols)) == {"latent": (True, False), "output": (False, True), "none": (False, False)}[norm]
+    assert load_transcoder(save_transcoder(t, tmp_path / "tc")).cfg.decoder_norm == norm
+    with pytest.raises(ConfigError, match="transcoder.decoder_norm='rows'"):
+        TranscoderConfig(decoder_norm="rows").validate()
+
+
 @pytest.mark.slow
 def test_stage_transcoder_end_to_end(shared_data, tmp_path):
+    # with the seed's checkpoint choice: the best spliced move accuracy of steps 20 and 40
     r = run_app(["stage=transcoder", "data=lichess", "data.max_games=80", f"data.store_dir={tmp_path}/store",
                  "transcoder.steps=40", "transcoder.dim=512", "transcoder.k=16", "transcoder.cache_positions=1500",
-                 "transcoder.eval_positions=150", "transcoder.grid_positions=8", "transcoder.layers=[0,1]"],
+                 "transcoder.eval_positions=150", "transcoder.grid_positions=8", "transcoder.layers=[0,1]",
+                 "transcoder.select=spliced_accuracy", "transcoder.select_every=20", "transcoder.select_positions=60",
+                 "transcoder.elo=data"],
                 run_dir=tmp_path / "run")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())["layers"]
     assert set(res) == {"layer_0", "layer_1"}
+    assert "activations at Elo data" in (tmp_path / "run" / "results.md").read_text()
     for name, m in res.items():
+        assert m["selected_step"] in (20, 40) and 0 <= m["selected_spliced_accuracy"] <= 1
         grid = np.array(m["grid_agreement"])
         assert grid.shape == (11, 11) and ((grid >= 0) & (grid <= 1)).all()
         assert m["l0"] <= 16 and -1 <= m["win_correlation"] <= 1

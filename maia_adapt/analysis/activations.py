@@ -134,9 +134,10 @@ class ActivationChunks:
         self.model, self.store, self.train_idx, self.sites = model, store, np.asarray(train_idx), list(sites)
         self.chunk_positions, self.seed, self.device = int(chunk_positions), seed, device
         self.kw = dict(batch_size=batch_size, elo=elo, token_pooling=token_pooling, device=device)
-        self.cache, self.per_position = None, 1
+        self.cache, self.per_position, self.cache_idx = None, 1, None
         if cache_positions:
             idx = np.sort(np.random.default_rng([seed, 99]).permutation(self.train_idx)[:cache_positions])
+            self.cache_idx = idx  # the positions every chunk is drawn from
             if verbose:
                 print(f"caching activations of {len(idx):,} train positions at {len(self.sites)} site(s)")
             self.cache = self._forward(idx, seed)

@@ -187,6 +187,24 @@ def transcoder_splice_metrics(model, store, idx, t, layer: int, batch_size: int 
 
 
 @torch.no_grad()
+def spliced_move_accuracy(model, store, idx, t, layer: int, batch_size: int = 256, device="cpu") -> float:
+    """Top-1 accuracy against the recorded (human) move with transcoder `t` in place of block `layer`'s
+    FFN, at the data's Elo: the seed study's checkpoint score (N train/transcoder_train.py:203-326,
+    `evaluate_transcoder`), legal moves masked."""
+    from .transcoder import splice_hooks
+
+    right, n = 0, 0
+    for s in range(0, len(idx), batch_size):
+        b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in store.batch(np.sort(idx[s : s + batch_size])).items()}
+        with model.hooks(splice_hooks(t, layer)):
+            logits, _, _ = model(b["boards"], b["elo_self"], b["elo_oppo"])
+        pred = logits.float().masked_fill(~b["legal"], float("-inf")).argmax(-1)
+        right += int((pred == b["move"]).sum())
+        n += len(pred)
+    return right / max(n, 1)
+
+
+@torch.no_grad()
 def evaluate_transcoder(model, store, eval_idx, grid_idx, t, test_tokens: dict) -> tuple[dict, dict]:
     """A transcoder of block `t.cfg.layer`'s FFN on held-out positions: FVU, L0 and dead fraction on
     the test tokens, the model with the transcoder spliced in place of the FFN (agreement and KL,

@@ -2,7 +2,8 @@
 
 The transcoder reads the FFN's input (`blocks.{i}.hook_mlp_in`, after its LayerNorm) and predicts its
 output (`blocks.{i}.hook_mlp_out`), per token, through a TopK (or ReLU) bottleneck of `dim` latents
-with unit-norm decoder rows; an optional linear skip path (skip transcoders) carries what is linear.
+with unit-norm decoder rows (`decoder_norm`: also the seed study's axis, or none); an optional linear
+skip path (skip transcoders) carries what is linear.
 Inputs and targets are normalised to E|x|^2 = d during training and the scales are folded into the
 weights when saved, so the saved module works on raw activations. It plugs into DictionaryTrainer
 like an SAE: `losses(x, target=y)` and the decoder upkeep methods.
@@ -25,6 +26,12 @@ from .sae import UnitDecoderMixin
 from ..model.hooks import block_hook
 
 LEGACY_WEIGHTS = "transcoder.safetensors"  # maia-adapt-transcoder-v1: W_skip as [d_in, d_out]
+# transcoder.decoder_norm: what is kept at unit norm after every step. W_dec is [dim, d_out], one row a
+# latent's decoder vector. latent (ours): each row, with the gradient's component along the row
+# removed before the step | output (the seed's, N train/transcoder_train.py:76-80: `norm(decoder.weight,
+# dim=1)` of an nn.Linear weight [d_out, dim], i.e. each *output dimension's* weights across the
+# latents, a column here; no gradient projection) | none (unconstrained)
+DECODER_NORMS = ("latent", "output", "none")
 
 
 @dataclass
@@ -46,6 +53,7 @@ class TranscoderConfig:
     sparsity_warmup_steps: int = 0
     seed: int = 0
     kernel: str = "auto"  # k > 0: sparse | dense | auto (sparse on the CPU), as sae.kernel
+    decoder_norm: str = "latent"  # latent | output (the seed's wrong axis) | none: see DECODER_NORMS
     layer: int = 1
     site: str = "blocks.1.hook_mlp_in"
     target_site: str = "blocks.1.hook_mlp_out"
@@ -56,6 +64,8 @@ class TranscoderConfig:
             raise ConfigError(f"transcoder.k={self.k}: expected 0 (ReLU) or 1..transcoder.dim ({self.dim})")
         if self.kernel not in KERNELS:
             raise ConfigError(f"transcoder.kernel '{self.kernel}': expected one of {', '.join(KERNELS)}")
+        if self.decoder_norm not in DECODER_NORMS:
+            raise ConfigError(f"transcoder.decoder_norm='{self.decoder_norm}': expected one of {', '.join(DECODER_NORMS)}")
         return self
 
 
@@ -66,6 +76,8 @@ class Transcoder(UnitDecoderMixin, nn.Module):
         g = torch.Generator().manual_seed(cfg.seed)
         w = torch.randn(cfg.dim, cfg.d_out, generator=g)
         self.W_dec = nn.Parameter(w / w.norm(dim=1, keepdim=True))
+        if cfg.decoder_norm == "output":  # start inside the constraint the steps keep
+            self.normalise_decoder()
         # encoder rows start random and small: input and output spaces differ, so no transpose trick
         self.W_enc = nn.Parameter(torch.randn(cfg.d_in, cfg.dim, generator=g) / math.sqrt(cfg.d_in))
         self.b_enc = nn.Parameter(torch.zeros(cfg.dim))
@@ -74,6 +86,19 @@ class Transcoder(UnitDecoderMixin, nn.Module):
         self.register_buffer("in_scale", torch.tensor(1.0))
         self.register_buffer("out_scale", torch.tensor(1.0))
         self.target_site = cfg.target_site
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        """After each step: the unit norms `cfg.decoder_norm` names (DECODER_NORMS)."""
+        if self.cfg.decoder_norm == "latent":
+            super().normalise_decoder()
+        elif self.cfg.decoder_norm == "output":
+            self.W_dec.div_(self.W_dec.norm(dim=0, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def project_decoder_grad(self) -> None:
+        if self.cfg.decoder_norm == "latent":  # the seed's update has no projection, nor has an unconstrained one
+            super().project_decoder_grad()
 
     @property
     def norm_scale(self) -> torch.Tensor:  # what DictionaryTrainer multiplies the *target* by

@@ -5,6 +5,8 @@ from one forward pass over cached activations; saved as transcoders/layer_<l>/{s
 cfg.json}. Evaluation: FVU, L0, dead fraction on test tokens; the transcoder spliced in place of the
 FFN against the model and against a zero-ablated FFN (top-1 agreement, policy KL); the agreement on
 the 11 x 11 (own, opponent) Elo grid and the win-probability correlation with a QQ plot.
+transcoder.select=spliced_accuracy keeps, per layer, the weights of the best spliced move accuracy
+(scored every transcoder.select_every steps), as the seed study chose its checkpoint.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from ..runtime import distributed
 from ..analysis.activations import ActivationChunks, collect_activations
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import DictionaryTrainer, train_dictionaries
-from ..dictionaries.train import start_or_resume
-from ..dictionaries.evaluate import evaluate_transcoder
+from ..dictionaries.train import BestKeeper, start_or_resume
+from ..dictionaries.evaluate import evaluate_transcoder, spliced_move_accuracy
 from ..dictionaries.transcoder import Transcoder, TranscoderConfig, save_transcoder
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
@@ -56,12 +58,12 @@ def run(cfg, run_dir: Path) -> dict:
         raise ConfigError("stage=transcoder needs train and test positions in the data")
 
     make_chunk = ActivationChunks(model, store, train_idx, sites, chunk_positions=tc.chunk_positions,
-                                  cache_positions=tc.cache_positions, seed=cfg.seed, elo="random", token_pooling="none",
+                                  cache_positions=tc.cache_positions, seed=cfg.seed, elo=tc.elo, token_pooling="none",
                                   device=device, batch_size=256, verbose=False)
     cache = make_chunk.cache
 
     def tokens(idx, seed) -> dict[str, torch.Tensor]:
-        return collect_activations(model, store, idx, sites, batch_size=256, elo="random", token_pooling="none",
+        return collect_activations(model, store, idx, sites, batch_size=256, elo=tc.elo, token_pooling="none",
                                    seed=seed, device=device)
 
     dicts = {}
@@ -73,12 +75,30 @@ def run(cfg, run_dir: Path) -> dict:
     resumed = start_or_resume(trainer, cfg, run_dir, tc.resume)
     tracker = Tracker(cfg, run_dir, job_type="transcoder", continues=resumed is not None)
     summary, results = {}, {"layers": {}}
-    lines = ["# Transcoders", "", f"model `{cfg.model.checkpoint}`, F={tc.dim}, k={tc.k or 'ReLU'}, skip {tc.skip}", ""]
+    lines = ["# Transcoders", "", f"model `{cfg.model.checkpoint}`, F={tc.dim}, k={tc.k or 'ReLU'}, skip {tc.skip}, "
+             f"decoder norm {tc.decoder_norm}, checkpoint {tc.select}, activations at Elo {tc.elo}", ""]
+    calibrate, selected = None, {}
+    if tc.select == "spliced_accuracy" and distributed.is_main():
+        # the seed's checkpoint choice; it scored the chunk it had just trained on (select_split=train)
+        if tc.select_split == "train":
+            pool = make_chunk.cache_idx if make_chunk.cache_idx is not None else train_idx
+        else:
+            pool = store.split_indices("val")
+            if not len(pool):
+                raise ConfigError("transcoder.select_split=val: the data has no validation positions")
+        sel_idx = np.sort(np.random.default_rng(cfg.seed + 3).permutation(pool)[: tc.select_positions])
+
+        def calibrate() -> dict[str, float]:
+            return {name: spliced_move_accuracy(model, store, sel_idx, t, t.cfg.layer, device=device)
+                    for name, (t, _) in dicts.items()}
     try:
         train_dictionaries(trainer, make_chunk, run_dir, seed=cfg.seed, log_every=tc.log_every,
-                           checkpoint_every=tc.checkpoint_every, tracker=tracker, resume=False)
+                           checkpoint_every=tc.checkpoint_every, tracker=tracker, resume=False,
+                           calibrate=calibrate, calibrate_every=tc.select_every)
         if not distributed.is_main():
             return {}
+        if calibrate:  # the run's transcoders are the best-scoring ones, not the last step's
+            selected = BestKeeper(run_dir / "best", trainer).restore()
         model.cpu()  # the evaluation below runs on the CPU
         device = torch.device("cpu")
         for t, _ in dicts.values():
@@ -93,6 +113,8 @@ def run(cfg, run_dir: Path) -> dict:
             folder = save_transcoder(t, transcoder_folder(run_dir, l), {"model_checkpoint": str(cfg.model.checkpoint)})
             res, grid = evaluate_transcoder(model, store, eval_idx, grid_idx, t, test_tokens)
             res["folder"] = str(folder)
+            if name in selected:
+                res.update({"selected_spliced_accuracy": selected[name]["score"], "selected_step": selected[name]["step"]})
             wc, wh, corr = grid["win_clean"].numpy(), grid["win_hooked"].numpy(), res["win_correlation"]
             heat = elo_grid_heatmap(grid["agreement"].numpy(), run_dir / f"agreement_grid_{name}.png",
                                     f"layer {l}: top-1 agreement, transcoder spliced vs model")
@@ -103,11 +125,15 @@ def run(cfg, run_dir: Path) -> dict:
             results["layers"][name] = res
             tracker.log({f"eval/{name}/{k}": v for k, v in res.items() if isinstance(v, float)})
             summary.update({f"{name}:{k}": res[k] for k in ("fvu", "l0", "dead_fraction_eval", "agreement", "kl",
-                                                           "zero/agreement", "grid_agreement_mean", "win_correlation")})
+                                                           "zero/agreement", "grid_agreement_mean", "win_correlation",
+                                                           "selected_spliced_accuracy", "selected_step") if k in res})
             lines += [f"## layer {l}", "", f"FVU {res['fvu']:.3f}, L0 {res['l0']:.1f}, dead {res['dead_fraction_eval']:.3f}; "
                       f"spliced top-1 agreement {res['agreement']:.3f} (zero-ablated FFN {res['zero/agreement']:.3f}), policy KL "
                       f"{res['kl']:.4f}; over the 11 x 11 Elo grid mean agreement {res['grid_agreement_mean']:.3f} (min "
                       f"{res['grid_agreement_min']:.3f}); win-probability correlation {corr:.3f}.", "",
+                      *([f"Kept the step-{res['selected_step']} weights: spliced top-1 accuracy against the human move "
+                         f"{res['selected_spliced_accuracy']:.3f} on {len(sel_idx)} {tc.select_split} positions, the best "
+                         f"of every {tc.select_every} steps.", ""] if name in selected else []),
                       f"![grid]({heat.name}) ![qq]({qq.name})", ""]
         atomic_write_json(run_dir / "results.json", results)
         atomic_write_text(run_dir / "results.md", "\n".join(lines))
