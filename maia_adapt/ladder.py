@@ -127,7 +127,8 @@ def rung_overrides(lc, user: list[str], family: str) -> tuple[list[dict], list[s
         # the family's facts (a Maia-1 has no FFN) hold at every rung, after the switched keys
         out.append({"name": r["name"], "what": r.get("what", ""), "keys": list(r["keys"]),
                     "overrides": list(switched.values()) + list(family_extra.get("all", [])) + extra})
-    return out, [k for k in proto if k not in switched and k not in common]
+    # what the ladder's steps read and no rung switches back (a transcoder or probe key is not theirs)
+    return out, [k for k in proto if k not in switched and k not in common and _stage_of(k)]
 
 
 # settings that do not change what a step computes

@@ -289,3 +289,25 @@ def test_stage_sae_then_threats_end_to_end(shared_data, tmp_path):
     assert iv["kind"] == "sae" and [g["strength"] for g in iv["grid"]] == [None, 1.0, 3.0]
     # strength 1 with the error kept is the identity: it scores exactly what no intervention scores
     assert iv["grid"][1]["train_accuracy"] == iv["grid"][0]["train_accuracy"]
+
+
+def test_an_unconstrained_decoder_leaves_its_rows_free_and_ours_keeps_them_unit():
+    """sae.decoder_norm=none (the seed's SAE had no constraint) against ours (unit rows, the gradient's
+    component along each row removed)."""
+    from maia_adapt.dictionaries import SAEConfig, SparseAutoencoder
+
+    x = torch.randn(256, 16, generator=torch.Generator().manual_seed(0)) * 3
+    norms = {}
+    for norm in ("latent", "none"):
+        sae = SparseAutoencoder(SAEConfig(architecture="jumprelu", d_in=16, dim=32, decoder_norm=norm, normalise=False,
+                                          init_threshold=0.1))
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+        for _ in range(20):
+            opt.zero_grad()
+            sae.losses(x)["loss"].backward()
+            sae.project_decoder_grad()
+            opt.step()
+            sae.normalise_decoder()
+        norms[norm] = sae.W_dec.norm(dim=1)
+    torch.testing.assert_close(norms["latent"], torch.ones(32), atol=1e-5, rtol=0)
+    assert (norms["none"] - 1).abs().max() > 1e-2

@@ -53,6 +53,7 @@ class SAEConfig:
     # TopK / BatchTopK: sparse (k·d gathers and scatters, dictionaries.kernels) | dense (matmuls on
     # the [B, F] code) | auto: sparse on the CPU, dense on a GPU
     kernel: str = "auto"
+    decoder_norm: str = "latent"  # latent: unit-norm decoder rows | none: unconstrained (the seed's SAE)
     # where the activations come from (recorded in cfg.json)
     site: str = "blocks.1.hook_resid_post"
     token_pooling: str = "mean"  # mean | none
@@ -66,6 +67,8 @@ class SAEConfig:
             raise ConfigError(f"sae.k={self.k}: expected 1..sae.dim ({self.dim})")
         if self.kernel not in KERNELS:
             raise ConfigError(f"sae.kernel '{self.kernel}': expected one of {', '.join(KERNELS)}")
+        if self.decoder_norm not in ("latent", "none"):
+            raise ConfigError(f"sae.decoder_norm '{self.decoder_norm}': expected latent or none")
         return self
 
     def to_dict(self) -> dict:
@@ -101,17 +104,33 @@ class _JumpReLU(torch.autograd.Function):
         return g_pre, g_t, None
 
 
+# what the steps keep at unit norm (cfg.decoder_norm). W_dec is [dim, d_out], one row a latent's
+# decoder vector. latent (ours): each row, with the gradient's component along the row removed before
+# the step | output (the seed's transcoder, N train/transcoder_train.py:76-80: `norm(decoder.weight,
+# dim=1)` of an nn.Linear weight [d_out, dim], i.e. each output dimension's weights across the
+# latents, a column here; no gradient projection) | none (unconstrained: the seed's SAE, whose
+# decoder had no constraint, N train/train_sae.py:87-115)
+DECODER_NORMS = ("latent", "output", "none")
+
+
 class UnitDecoderMixin:
-    """Decoder upkeep shared by SAEs and transcoders: unit-norm rows and AuxK for dead latents."""
+    """Decoder upkeep shared by SAEs and transcoders: unit-norm rows (`decoder_norm`) and AuxK for
+    dead latents."""
 
     @torch.no_grad()
     def normalise_decoder(self) -> None:
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+        """After each step: the unit norms `cfg.decoder_norm` names (DECODER_NORMS)."""
+        norm = getattr(self.cfg, "decoder_norm", "latent")
+        if norm == "latent":
+            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+        elif norm == "output":
+            self.W_dec.div_(self.W_dec.norm(dim=0, keepdim=True).clamp_min(1e-8))
 
     @torch.no_grad()
     def project_decoder_grad(self) -> None:
-        """Remove the gradient component parallel to each (unit) decoder row."""
-        if self.W_dec.grad is not None:
+        """Remove the gradient component parallel to each (unit) decoder row (decoder_norm=latent only:
+        the seed's updates had no projection, nor has an unconstrained decoder)."""
+        if self.W_dec.grad is not None and getattr(self.cfg, "decoder_norm", "latent") == "latent":
             w = self.W_dec
             # vecdot and addcmul_: no [F, d] temporaries (two passes over W_dec fewer)
             self.W_dec.grad.addcmul_(torch.linalg.vecdot(self.W_dec.grad, w)[:, None], w, value=-1.0)

@@ -22,16 +22,10 @@ from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_json, load_safetensors, save_safetensors
 from .files import WEIGHTS, check_tensors, folded_copy, meta_get, read_folder, saelens_cfg
 from .kernels import KERNELS, compute_dtype, fired_counts, row_crow, sparse_decode, topk_encode, use_sparse
-from .sae import UnitDecoderMixin
+from .sae import DECODER_NORMS, UnitDecoderMixin
 from ..model.hooks import block_hook
 
 LEGACY_WEIGHTS = "transcoder.safetensors"  # maia-adapt-transcoder-v1: W_skip as [d_in, d_out]
-# transcoder.decoder_norm: what is kept at unit norm after every step. W_dec is [dim, d_out], one row a
-# latent's decoder vector. latent (ours): each row, with the gradient's component along the row
-# removed before the step | output (the seed's, N train/transcoder_train.py:76-80: `norm(decoder.weight,
-# dim=1)` of an nn.Linear weight [d_out, dim], i.e. each *output dimension's* weights across the
-# latents, a column here; no gradient projection) | none (unconstrained)
-DECODER_NORMS = ("latent", "output", "none")
 
 
 @dataclass
@@ -86,19 +80,6 @@ class Transcoder(UnitDecoderMixin, nn.Module):
         self.register_buffer("in_scale", torch.tensor(1.0))
         self.register_buffer("out_scale", torch.tensor(1.0))
         self.target_site = cfg.target_site
-
-    @torch.no_grad()
-    def normalise_decoder(self) -> None:
-        """After each step: the unit norms `cfg.decoder_norm` names (DECODER_NORMS)."""
-        if self.cfg.decoder_norm == "latent":
-            super().normalise_decoder()
-        elif self.cfg.decoder_norm == "output":
-            self.W_dec.div_(self.W_dec.norm(dim=0, keepdim=True).clamp_min(1e-8))
-
-    @torch.no_grad()
-    def project_decoder_grad(self) -> None:
-        if self.cfg.decoder_norm == "latent":  # the seed's update has no projection, nor has an unconstrained one
-            super().project_decoder_grad()
 
     @property
     def norm_scale(self) -> torch.Tensor:  # what DictionaryTrainer multiplies the *target* by
