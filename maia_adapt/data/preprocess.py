@@ -224,6 +224,9 @@ def build_store(
                 if err is not None:
                     errors[err] += 1
                     continue
+                if not history.get("moves"):  # headers and a result, or moves only inside variations
+                    stats["skipped: no moves"] += 1
+                    continue
                 n = len(cols["move"])
                 h = game.headers
                 split = game_split(h.get("Site") or f"{game.source}#{game.index}", split_seed, val_fraction, test_fraction)
