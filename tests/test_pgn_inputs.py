@@ -164,6 +164,52 @@ def _write(path, data):
     return path
 
 
+def _blocks(text: bytes, size: int = 1500) -> tuple[bytes, list[int]]:
+    """text as one zstd frame with a block every `size` bytes of text, and the compressed offset of
+    each block's header (the first one follows the frame header)."""
+    cobj = zstandard.ZstdCompressor(level=3, write_checksum=True).compressobj()
+    parts = [cobj.compress(text[i : i + size]) + cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+             for i in range(0, len(text), size)]
+    starts = np.cumsum([0] + [len(p) for p in parts[:-1]]).tolist()
+    return b"".join(parts) + cobj.flush(), starts
+
+
+def test_a_damaged_zstd_block_keeps_every_game_before_it(tmp_path, capfd):
+    games = _selfplay_games(40)
+    text = "".join(games).encode()
+    data, starts = _blocks(text)
+    ends = np.cumsum([len(g.encode()) for g in games]) - 1  # just past each game's movetext line
+    filt = GameFilter(**ALL, max_ply=8)
+    full_pos = [g["positions"] for g in build_store([_write(tmp_path / "full.pgn.zst", data)], tmp_path / "full",
+                                                     filt, workers=1).games]
+    for k in sorted(set(np.linspace(1, len(starts) - 1, 12).astype(int).tolist())):
+        damaged = bytearray(data)
+        damaged[starts[k]] |= 0b110  # block type 3: reserved, so the decoder must reject this very block
+        p = _write(tmp_path / f"d{k}.pgn.zst", bytes(damaged))
+        store = build_store([p], tmp_path / f"s{k}", filt, workers=1)
+        s = store.manifest["summary"]
+        complete = int((ends <= k * 1500).sum())  # the games whose text lies in the blocks before block k
+        assert s["games_kept"] == complete > 0, k
+        assert [g["positions"] for g in store.games] == full_pos[:complete], k
+        assert len(s["stream_errors"]) == 1 and f"corrupt at byte {starts[k]:,}" in s["stream_errors"][0]
+        capfd.readouterr()
+
+
+def test_a_valid_frame_followed_by_garbage_keeps_the_frame_and_skippable_frames_are_skipped(tmp_path):
+    text = "".join(_game(site=f"g{i}") for i in range(50)).encode()
+    frame = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(text)
+    # a skippable frame (a seek table, a tool's note) before and after the games is no damage
+    skippable = (0x184D2A5E).to_bytes(4, "little") + (6).to_bytes(4, "little") + b"seek:1"
+    ok = build_store([_write(tmp_path / "ok.pgn.zst", skippable + frame + skippable)], tmp_path / "ok",
+                     GameFilter(first_n_plies=0), workers=1)
+    assert ok.manifest["summary"]["games_kept"] == 50 and not ok.manifest["summary"]["stream_errors"]
+    rng = np.random.default_rng(0)
+    bad = build_store([_write(tmp_path / "bad.pgn.zst", frame + rng.bytes(3000))], tmp_path / "bad",
+                      GameFilter(first_n_plies=0), workers=1)
+    s = bad.manifest["summary"]
+    assert s["games_kept"] == 50 and f"corrupt at byte {len(frame):,}" in s["stream_errors"][0]
+
+
 # ---- the PGN standard's import format ------------------------------------------------------------
 
 HEADERS = '[Event "Rated Rapid game"]\n[Site "https://lichess.org/{site}"]\n[WhiteElo "1500"]\n[BlackElo "1600"]\n[Result "1-0"]\n'

@@ -241,37 +241,104 @@ def _finish(headers, movetext, bad_header, index, source) -> Game:
     return Game(headers, " ".join(movetext), index, source)
 
 
+_ZSTD_MAGIC = 0xFD2FB528
+_SKIPPABLE = 0x184D2A50  # skippable frames: magic 0x184D2A50..5F, then their 4-byte length
+
+
 class _ZstdFrames(io.RawIOBase):
     """The decompressed bytes of every zstd frame in a file, noting whether the last one was cut short.
 
-    zstandard's stream_reader ends silently at a frame cut off mid-way (an unfinished download), so
-    the frames are decoded here one by one and `truncated` says whether the file ended inside one.
+    The decoder is given one zstd block at a time, located from the frame and block headers (RFC 8878):
+    the decoder returns nothing of a call that fails, so a damaged block then costs only its own text,
+    and every game decoded before it is read. zstandard's stream_reader would also end silently at a
+    frame cut off mid-way (an unfinished download); `truncated` says whether the file ended inside one,
+    and `damaged_at` where the block that failed starts.
     """
 
-    def __init__(self, raw, chunk: int = 1 << 16):  # small reads: a corrupt chunk loses little text
+    def __init__(self, raw, chunk: int = 1 << 16):
         self.raw, self.chunk = raw, chunk
         self.dctx = zstandard.ZstdDecompressor()
         self.frame = None
+        self.pieces = self._pieces()
         self.buf, self.pos = b"", 0
+        self.rbuf, self.rpos, self.offset = b"", 0, 0  # raw bytes read ahead; file offset of what comes next
         self.truncated = False
+        self.damaged_at = None
 
     def readable(self) -> bool:
         return True
 
+    def _read(self, n: int) -> bytes:
+        """The next n raw bytes (fewer at the end of the file)."""
+        parts = []
+        while n > 0:
+            if self.rpos >= len(self.rbuf):
+                self.rbuf, self.rpos = self.raw.read(max(self.chunk, n)), 0
+                if not self.rbuf:
+                    break
+            part = self.rbuf[self.rpos : self.rpos + n]
+            self.rpos += len(part)
+            n -= len(part)
+            parts.append(part)
+        data = b"".join(parts)
+        self.offset += len(data)
+        return data
+
+    def _pieces(self):
+        """(file offset, bytes) of each frame header and each block, the decoder's units; skippable
+        frames are dropped. What cannot be a frame is passed on whole, for the decoder to reject."""
+        while True:
+            at = self.offset
+            magic = self._read(4)
+            if len(magic) < 4:
+                if magic:
+                    yield at, magic
+                return
+            kind = int.from_bytes(magic, "little")
+            if kind & 0xFFFFFFF0 == _SKIPPABLE:
+                size = int.from_bytes(self._read(4), "little")
+                while size > 0 and (skipped := len(self._read(min(size, 1 << 20)))):
+                    size -= skipped
+                continue
+            if kind != _ZSTD_MAGIC:
+                yield at, magic + self._read(1 << 16)
+                return
+            descriptor = self._read(1)
+            if not descriptor:
+                yield at, magic
+                return
+            d = descriptor[0]
+            single = (d >> 5) & 1
+            header = (0 if single else 1) + (0, 1, 2, 4)[d & 3] + ((1 if single else 0), 2, 4, 8)[d >> 6]
+            checksum = 4 if d & 4 else 0
+            yield at, magic + descriptor + self._read(header)
+            last = False
+            while not last:
+                at = self.offset
+                head = self._read(3)
+                if len(head) < 3:
+                    if head:
+                        yield at, head
+                    return
+                h = int.from_bytes(head, "little")
+                last, size = bool(h & 1), (1 if (h >> 1) & 3 == 1 else h >> 3)  # an RLE block holds one byte
+                yield at, head + self._read(size + (checksum if last else 0))
+
     def readinto(self, b) -> int:
         while self.pos >= len(self.buf):
-            data = self.raw.read(self.chunk)
-            if not data:
+            piece = next(self.pieces, None)
+            if piece is None:
                 # no frame at all (an empty file) is cut short too: a download that stopped at byte 0
                 self.truncated = self.frame is None or not self.frame.eof
                 return 0
-            out = []
-            while data:
-                if self.frame is None or self.frame.eof:
-                    self.frame = self.dctx.decompressobj()
-                out.append(self.frame.decompress(data))
-                data = self.frame.unused_data if self.frame.eof else b""
-            self.buf, self.pos = b"".join(out), 0
+            at, data = piece
+            if self.frame is None or self.frame.eof:
+                self.frame = self.dctx.decompressobj()
+            try:
+                self.buf, self.pos = self.frame.decompress(data), 0
+            except zstandard.ZstdError:
+                self.damaged_at = at
+                raise
         n = min(len(b), len(self.buf) - self.pos)
         b[:n] = memoryview(self.buf)[self.pos : self.pos + n]
         self.pos += n
@@ -297,7 +364,8 @@ def open_text(path) -> Iterator[str]:
             except StopIteration:
                 break
             except zstandard.ZstdError as e:
-                raise PGNStreamError(f"{path}: compressed stream is corrupt after {raw.tell():,} bytes ({e})") from None
+                raise PGNStreamError(f"{path}: compressed stream is corrupt at byte {frames.damaged_at:,} ({e}); "
+                                     "the games before it are kept") from None
             yield line
         if frames is not None and frames.truncated:
             raise PGNStreamError(f"{path}: compressed stream ends inside a zstd frame at byte {raw.tell():,} "
