@@ -67,6 +67,9 @@ CASES = {
     "Elo out of range in a list": (["stage=probe", "probe.buckets=[3,11]"], "probe.buckets=11: expected an Elo bucket"),
     "missing checkpoint": (["stage=sae", "model.checkpoint=/nonexistent/maia2.pt"],
                            "checkpoint /nonexistent/maia2.pt not found"),
+    "checkpoint that stage=train would not use": (["stage=train", "model.checkpoint=/nonexistent/maia2.pt"],
+                                                   "model.checkpoint='/nonexistent/maia2.pt': stage=train starts from "
+                                                   "random weights unless train.init_from_checkpoint=true"),
     "checkpoint of another architecture": (["stage=sae", "model.checkpoint={d}/sae/sae_weights.safetensors"],
                                            "sae_weights.safetensors: not a Maia-2 state dict"),
     "architecture record that is not JSON": (["stage=sae", "model.checkpoint={d}/bad_meta.safetensors"],
