@@ -6,6 +6,7 @@ import math
 import os
 import resource
 import signal
+import socket
 import tempfile
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from maia_adapt.errors import CheckpointError, MaiaAdaptError
 from maia_adapt.model import Maia2, Maia2Config, infer_config, load_model, predict
 from maia_adapt.model.checkpoint import CONFIG_KEY
 from maia_adapt.model.inference import parse_fen
+from maia_adapt.runtime.rundir import claim, release
 from maia_adapt.run import config_error_line
 
 TINY_TRAIN = ["stage=train", *TINY_MODEL, "train.max_steps=4", "train.batch_size=16", "train.checkpoint_every=2",
@@ -111,6 +113,28 @@ def test_disk_full_is_one_error_line_and_leaves_no_partial_checkpoint(tmp_path):
     line = _clean_error_line(run_app(args, run_dir=tmp_path / "run", timeout=300, preexec_fn=small_disk))
     assert "could not write checkpoint" in line and "step_0000002" in line and "File too large" in line
     assert list((tmp_path / "run" / "checkpoints").iterdir()) == []
+
+
+def test_a_run_directory_that_cannot_be_created_is_one_error_line(tmp_path):
+    (tmp_path / "a file").write_text("x")  # a path through a file fails as a read-only file system does: before Hydra
+    line = _clean_error_line(run_app(TINY_TRAIN, run_dir=tmp_path / "a file" / "run", timeout=300))
+    assert f"run directory {tmp_path}/a file/run cannot be created or written (Not a directory" in line
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_a_run_directory_in_use_by_another_process_is_one_error_line_naming_it(tmp_path, multirun):
+    held = claim(tmp_path / "run")  # this test process is the other one
+    try:
+        if multirun:  # two sweeps given one sweep directory
+            p = run_app(["-m", *TINY_TRAIN, "seed=0,1", f"hydra.sweep.dir={held}"], timeout=300)
+        else:
+            p = run_app(TINY_TRAIN, run_dir=held, timeout=300)
+        line = _clean_error_line(p)
+    finally:
+        release(held)
+    assert line == (f"error: run directory {held} is in use by process {os.getpid()} on {socket.gethostname()}: "
+                    "wait for it to finish, or give this run another hydra.run.dir")
+    assert not (held / ".hydra").exists() and not list(held.glob("*/.hydra"))  # Hydra wrote nothing there
 
 
 def test_verbose_shows_the_traceback(tmp_path):
