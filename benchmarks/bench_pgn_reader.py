@@ -1,14 +1,17 @@
 """PGN reader throughput: this checkout's reader against the reader of a git revision, same games, same run.
 
-    python benchmarks/bench_pgn_reader.py [--move-games 1000] [--baseline main] [--rounds 3]
+    python benchmarks/bench_pgn_reader.py [--baseline main] [--rounds 4] [--move-games 2000]
 
-The reader is what turns PGN bytes into (board, move) pairs before any encoding, in three steps timed
-cumulatively: open_text (the zstd stream) + split_games + header_reason on the whole real file; then
-iter_moves (the movetext tokenizer) too; then resolve_san against the generated legal moves with the
-move pushed (what encode_game does per position), on a fixed part of the file (its first
---move-games games, recompressed as they are), since python-chess's move generation dominates it.
-Both readers run round after round in turn, so that a busy machine slows both alike; the best round
-counts.
+The reader is what turns PGN bytes into (board, move) pairs before any encoding, timed in three steps
+on the real file: "split" is open_text (the zstd stream) + split_games + header_reason over the whole
+file; "tokenize" is iter_moves (the movetext tokenizer) over every game of it; "SAN" is iter_moves +
+resolve_san against the generated legal moves + push (what encode_game does per position) over its
+first --move-games games, since python-chess's move generation makes that step slow.
+
+On a small machine shared with other jobs the same code's time varied by 20-30% from one pass to the
+next, so the two readers are interleaved finely: split passes alternate ABBA over --rounds rounds, and
+tokenize and SAN alternate every batch of games, in alternating order. Times are the process's CPU
+time (time.process_time), summed over all passes or batches.
 """
 from __future__ import annotations
 
@@ -16,32 +19,14 @@ import argparse
 import importlib.util
 import os
 import platform
-import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-import zstandard
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MAIA_ADAPT_DATA", ROOT.parent / "shared" / "data"))
 REAL = DATA / "lichess" / "lichess_rated_rapid_58k.pgn.zst"
-
-
-def first_games(n: int) -> bytes:
-    """The first n games of the real file, byte for byte."""
-    with open(REAL, "rb") as fh:
-        reader = zstandard.ZstdDecompressor().stream_reader(fh)
-        text = b""
-        while text.count(b"\n[Event ") < n:
-            chunk = reader.read(1 << 20)
-            if not chunk:
-                return text
-            text += chunk
-    starts = [m.start() + 1 for m in re.finditer(rb"\n\[Event ", text)]
-    return text[: starts[n - 1]]
 
 
 def baseline_module(rev: str):
@@ -57,67 +42,84 @@ def baseline_module(rev: str):
     return mod
 
 
-STEPS = {"split": "split + headers", "tokens": "split + headers + tokenize",
-         "moves": "split + headers + tokenize + SAN + push"}
-
-
-def read(pgn, path: Path, step: str) -> tuple[int, int]:
-    """(games kept by the default filter, moves read) from path by the reader module `pgn`, up to `step`."""
+def split(pgn, path: Path) -> list:
+    """The games of `path` that the default filter keeps, read by the reader module `pgn`."""
     filt = pgn.GameFilter()
-    games = moves = 0
-    for game in pgn.split_games(pgn.open_text(path), str(path)):
-        if pgn.header_reason(game.headers, filt) is not None:
-            continue
-        games += 1
-        if step == "split":
-            continue
-        board, sans = pgn.iter_moves(game)
-        moves += len(sans)
-        if step == "tokens":
-            continue
+    return [g for g in pgn.split_games(pgn.open_text(path), str(path)) if pgn.header_reason(g.headers, filt) is None]
+
+
+def tokenize(pgn, games) -> int:
+    return sum(len(pgn.iter_moves(g)[1]) for g in games)
+
+
+def resolve(pgn, games) -> int:
+    n = 0
+    for g in games:
+        board, sans = pgn.iter_moves(g)
         for san, _comment in sans:
-            legal = list(board.generate_legal_moves())
-            board.push(pgn.resolve_san(board, san, legal))
-    return games, moves
+            board.push(pgn.resolve_san(board, san, list(board.generate_legal_moves())))
+            n += 1
+    return n
+
+
+def interleaved(readers: dict, work, batches: list) -> tuple[dict, dict]:
+    """CPU seconds per reader of work(module, batch) over all batches, the readers taking turns in
+    alternating order, and what each returned in total."""
+    secs = {k: 0.0 for k in readers}
+    out = {k: 0 for k in readers}
+    for i, batch in enumerate(batches):
+        order = list(readers) if i % 2 == 0 else list(readers)[::-1]
+        for k in order:
+            t = time.process_time()
+            out[k] += work(readers[k], batch[k])
+            secs[k] += time.process_time() - t
+    return secs, out
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--move-games", type=int, default=1000, help="games of the real file read with SAN + push")
     ap.add_argument("--baseline", default="main", help="git revision whose reader is the baseline")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4, help="split passes over the whole file per reader")
+    ap.add_argument("--move-games", type=int, default=2000, help="games read with SAN resolution")
+    ap.add_argument("--batch", type=int, default=500, help="games per turn in the tokenize step (SAN: a tenth)")
     a = ap.parse_args()
     from maia_adapt.data import pgn as current
 
     readers = {a.baseline: baseline_module(a.baseline), "this checkout": current}
-    best: dict = {}
-    counts: dict = {}
-    with tempfile.TemporaryDirectory() as d:
-        part = Path(d) / "part.pgn.zst"
-        part.write_bytes(zstandard.ZstdCompressor(level=3).compress(first_games(a.move_games)))
-        for _ in range(a.rounds):
-            for label, mod in readers.items():
-                for step in STEPS:
-                    t = time.perf_counter()
-                    counts[label, step] = read(mod, part if step == "moves" else REAL, step)
-                    s = time.perf_counter() - t
-                    best[label, step] = min(best.get((label, step), s), s)
+    games = {k: None for k in readers}
+    # split: whole passes, ABBA
+    split_secs = {k: 0.0 for k in readers}
+    for r in range(a.rounds):
+        for k in (list(readers) if r % 2 == 0 else list(readers)[::-1]):
+            t = time.process_time()
+            games[k] = split(readers[k], REAL)
+            split_secs[k] += time.process_time() - t
+    n = min(len(g) for g in games.values())
+    tok_secs, moves = interleaved(readers, tokenize, [{k: games[k][i : i + a.batch] for k in readers}
+                                                      for i in range(0, n, a.batch)])
+    step = max(1, a.batch // 10)
+    m = min(n, a.move_games)
+    san_secs, plies = interleaved(readers, resolve, [{k: games[k][i : i + step] for k in readers}
+                                                     for i in range(0, m, step)])
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
                platform.processor())
-    print(f"the whole real file for split/tokenize, its first {a.move_games:,} games for SAN + push; best of "
-          f"{a.rounds} rounds; {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print("| reader | steps | games kept | moves | seconds | games/s | time vs baseline |")
-    print("|---|---|---|---|---|---|---|")
-    for step, what in STEPS.items():
-        base = best[a.baseline, step]
-        for label in readers:
-            g, n = counts[label, step]
-            s = best[label, step]
-            print(f"| {label} | {what} | {g:,} | {n:,} | {s:.2f} | {g / s:,.0f} | {s / base:.3f} |")
-    for step in STEPS:
-        if counts[a.baseline, step] != counts["this checkout", step]:
-            print(f"note: {step}: the readers kept different games/moves: {counts[a.baseline, step]} vs "
-                  f"{counts['this checkout', step]}")
+    print(f"the real file ({len(games[a.baseline]):,} games kept by the default filter); {cpu}, "
+          f"{os.cpu_count()} cores, Python {platform.python_version()}; CPU seconds")
+    print("| step | what | baseline " + a.baseline + " | this checkout | after / before |")
+    print("|---|---|---|---|---|")
+    rows = [("split", f"{a.rounds} passes over the file", split_secs),
+            ("tokenize", f"{n:,} games, {moves[a.baseline]:,} moves", tok_secs),
+            ("SAN", f"first {m:,} games, {plies[a.baseline]:,} moves", san_secs)]
+    for name, what, secs in rows:
+        b, c = secs[a.baseline], secs["this checkout"]
+        print(f"| {name} | {what} | {b:.2f} | {c:.2f} | {c / b:.3f} |")
+    whole_b = split_secs[a.baseline] / a.rounds + tok_secs[a.baseline] + san_secs[a.baseline] * n / m
+    whole_c = split_secs["this checkout"] / a.rounds + tok_secs["this checkout"] + san_secs["this checkout"] * n / m
+    print(f"| reader, whole file | split + tokenize + SAN (SAN scaled to {n:,} games) | {whole_b:.1f} | {whole_c:.1f} "
+          f"| {whole_c / whole_b:.3f} |")
+    for name, got in (("games", {k: len(g) for k, g in games.items()}), ("moves", moves), ("plies", plies)):
+        if len(set(got.values())) > 1:
+            print(f"note: the readers differ in {name}: {got}")
 
 
 if __name__ == "__main__":

@@ -197,10 +197,12 @@ def split_games(lines: Iterator[str], source: str, stats: Optional[dict] = None)
                         index += 1
                         headers, movetext, bad_header = {}, [], False
                     continue
-                if ";" in text or "{" in text:
+                if ";" in text:
                     text, in_brace = _strip_line_comment(text, False)
                     if not text:
                         continue
+                elif "{" in text:  # _strip_line_comment's test, inline: lichess has braces on every movetext line
+                    in_brace = text.rfind("{") > text.rfind("}")
                 movetext.append(text)
     except PGNStreamError:
         if movetext and not bad_header and not in_brace and line.endswith("\n") \
