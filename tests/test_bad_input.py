@@ -69,9 +69,6 @@ CASES = {
     "Elo out of range in a list": (["stage=probe", "probe.buckets=[3,11]"], "probe.buckets=11: expected an Elo bucket"),
     "missing checkpoint": (["stage=sae", "model.checkpoint=/nonexistent/maia2.pt"],
                            "checkpoint /nonexistent/maia2.pt not found"),
-    "checkpoint that stage=train would not use": (["stage=train", "model.checkpoint=/nonexistent/maia2.pt"],
-                                                   "model.checkpoint='/nonexistent/maia2.pt': stage=train starts from "
-                                                   "random weights unless train.init_from_checkpoint=true"),
     "checkpoint of another architecture": (["stage=sae", "model.checkpoint={d}/sae/sae_weights.safetensors"],
                                            "sae_weights.safetensors: not a Maia-2 state dict"),
     "architecture record that is not JSON": (["stage=sae", "model.checkpoint={d}/bad_meta.safetensors"],
@@ -97,6 +94,26 @@ def test_bad_input_is_one_error_line(case, bad_files, tmp_path):
     args, expected = CASES[case]
     line = _clean_error_line(run_app([a.format(d=bad_files) for a in args], run_dir=tmp_path / "run", timeout=300))
     assert expected.format(d=bad_files) in line, line
+
+
+@pytest.mark.parametrize("overrides, refused", [
+    (["model.checkpoint=/nonexistent/maia2.pt"], True),  # exited 0 having trained from random weights
+    (["model=maia2", "model.checkpoint=/x/rapid_model.pt"], True),
+    (["model.checkpoint=/nonexistent/maia2.pt", "train.init_from_checkpoint=true"], False),  # used (or not found)
+    ([], False),  # the preset's own trained copy, left unused by a run from scratch
+    (["model=maia2_skill"], False),
+    (["experiment=train_small"], False),
+    (["model.checkpoint=null"], False),
+])
+def test_a_checkpoint_stage_train_would_not_use_is_refused_naming_both_keys(overrides, refused):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["stage=train", *overrides])
+    if not refused:
+        validate(cfg)
+        return
+    with pytest.raises(MaiaAdaptError, match=r"model.checkpoint='[^']+': stage=train starts from random weights unless "
+                                             r"train.init_from_checkpoint=true, so the file would not be used"):
+        validate(cfg)
 
 
 def test_disk_full_is_one_error_line_and_leaves_no_partial_checkpoint(tmp_path):
