@@ -656,7 +656,23 @@ def validate(cfg) -> None:
     if cfg.transitional.accept == "multipv" and cfg.transitional.multipv < 2:
         bad("transitional.multipv", cfg.transitional.multipv, "2 or more with transitional.accept=multipv (one line "
             "is the best move only; the seed's database held up to 5)")
+    if cfg.stage.name == "train" and not cfg.train.init_from_checkpoint and cfg.model.checkpoint \
+            and cfg.model.checkpoint != _preset_checkpoint(cfg):
+        raise ConfigError(f"model.checkpoint={cfg.model.checkpoint!r}: stage=train starts from random weights unless "
+                          "train.init_from_checkpoint=true, so the file would not be used: add "
+                          "train.init_from_checkpoint=true to train from it, or drop model.checkpoint")
     lr_at(0, 1.0, 0, 1, cfg.train.lr_schedule)  # the schedule's own check, before the first step
+
+
+def _preset_checkpoint(cfg):
+    """model.checkpoint as the model preset sets it, resolved in this config (it may name ${paths.assets}):
+    a preset's file is the architecture's trained copy, which stage=train may leave unused."""
+    import copy
+
+    preset = OmegaConf.to_container(_model_preset(str(cfg.model.name)), resolve=False).get("checkpoint")
+    c = copy.deepcopy(cfg)
+    OmegaConf.update(c, "model.checkpoint", preset, merge=False)
+    return c.model.checkpoint
 
 
 # model.* keys that give the network's shape: they build a new model; a loaded one has the file's

@@ -86,6 +86,23 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path, metadata: dict | No
     return atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
+def check_tensor_values(source, tensors: dict[str, torch.Tensor], integer=frozenset()) -> None:
+    """Weights are floating point and finite, and the keys in `integer` (BatchNorm's batch counters)
+    are of an integer dtype: load_state_dict and copy_ convert silently, so integer weights or NaN
+    would load and predict NaN with an arbitrary top move."""
+    for k, v in tensors.items():
+        if k in integer:
+            if v.is_floating_point() or v.is_complex() or v.dtype == torch.bool:
+                raise CheckpointError(f"{source}: key '{k}' has dtype {v.dtype}: expected an integer tensor (a counter)")
+            continue
+        if not v.is_floating_point():
+            raise CheckpointError(f"{source}: key '{k}' has dtype {v.dtype}: expected floating-point weights")
+        bad = int((~torch.isfinite(v)).sum())
+        if bad:
+            raise CheckpointError(f"{source}: key '{k}' holds {bad} NaN or infinite values (of {v.numel()}): "
+                                  "expected finite weights")
+
+
 def load_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a safetensors file, with a one-line error for a missing or corrupt file."""
     from safetensors import safe_open

@@ -87,7 +87,8 @@ def main(cfg: DictConfig) -> float | None:
     except (MaiaAdaptError, OSError) as e:
         if hc.verbose:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        # one line whatever a message quotes (a library's several paragraphs, a path holding a newline)
+        print("error: " + " ".join(part.strip() for part in str(e).splitlines() if part.strip()), file=sys.stderr)
         sys.exit(1)
     if distributed.is_main():
         print(f"run directory: {run_dir}")

@@ -253,6 +253,9 @@ def test_a_skip_matrix_of_the_wrong_shape_is_refused_naming_file_and_key(tmp_pat
     (lambda w: {k: v for k, v in w.items() if k != "threshold"}, "key 'threshold' missing"),
     (lambda w: {**w, "scaling_factor": torch.ones(8)}, "unexpected key 'scaling_factor'"),
     (lambda w: {**w, "threshold": -w["threshold"]}, "key 'threshold' has negative entries"),
+    (lambda w: {**w, "W_dec": w["W_dec"].clone().index_fill_(0, torch.tensor([3]), float("nan"))},
+     "key 'W_dec' holds 8 NaN or infinite values"),
+    (lambda w: {**w, "b_enc": w["b_enc"].round().long()}, "key 'b_enc' has dtype torch.int64: expected floating-point"),
 ])
 def test_damaged_sae_files_are_refused_in_one_line(tmp_path, damage, message):
     folder = save_sae(SparseAutoencoder(SAEConfig(architecture="jumprelu", d_in=8, dim=8)), tmp_path / "s")

@@ -46,3 +46,13 @@ def test_wheel_runs_a_stage_from_any_directory_with_user_configs(tmp_path):
     assert not (site / "outputs").exists() and not (site / "cache").exists()  # nothing written into the install
     r = run_app(["stage=nope"], logger=None, cwd=work, env=env, timeout=600)
     assert r.returncode == 1 and "available options in 'stage': activations" in r.stderr.strip().splitlines()[-1]
+
+
+def test_what_building_a_wheel_in_the_checkout_leaves_is_ignored_by_git():
+    """`pip wheel .` run in the checkout leaves build/, the wheel itself and the egg-info there."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    left = ["build/lib/maia_adapt/run.py", "build/bdist.linux-x86_64/wheel/x", "maia_adapt-0.1.0-py3-none-any.whl",
+            "maia_adapt.egg-info/PKG-INFO", "dist/maia_adapt-0.1.0.tar.gz"]
+    r = subprocess.run(["git", "check-ignore", "--no-index", *left], cwd=ROOT, capture_output=True, text=True)
+    assert r.stdout.split() == left, r.stdout + r.stderr

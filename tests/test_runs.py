@@ -1,14 +1,20 @@
 """Run fingerprints: a stage resumes exactly when what it reads (its own section, model, data, seed)
-is unchanged, and a run that does not resume says why in one line before it removes anything."""
+is unchanged, and a run that does not resume says why in one line before it removes anything. Run
+directories are locked by the process that runs in them; a run still going is never resumed."""
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
+from _app import ROOT
+from maia_adapt.errors import MaiaAdaptError
 from maia_adapt.runtime.checkpointing import latest_step_dir, write_step_dir
 from maia_adapt.config import CONF_DIR
 from maia_adapt.runtime.resume import config_fingerprint, mark_started, resume_point
+from maia_adapt.runtime.rundir import LOCK_FILE, claim, in_use, release
 
 
 def _cfg(*overrides):
@@ -119,3 +125,32 @@ def test_metrics_of_a_reused_run_directory_belong_to_one_run(tmp_path):
     assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [10, 20]
     Tracker(cfg, tmp_path).log({"val/loss": 9.0}, step=5)
     assert [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [{"step": 5, "val/loss": 9.0}]
+
+
+def _holder_process(run_dir: Path) -> subprocess.Popen:
+    """A process that claims run_dir (as the app does before Hydra writes into it) and waits."""
+    code = ("import sys, time\nfrom maia_adapt.runtime.rundir import claim\n"
+            "claim(sys.argv[1]); print('held', flush=True); time.sleep(600)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline() == "held\n"
+    return p
+
+
+def test_a_sibling_still_running_is_not_resumed_and_a_dead_holders_lock_blocks_nothing(tmp_path, capsys):
+    ckpt = _interrupted_run(tmp_path / "runs" / "a", _fp("stage=sae"))
+    (tmp_path / "runs" / "b").mkdir()
+    holder = _holder_process(tmp_path / "runs" / "a")
+    try:
+        # a run of the same settings still going is not an interrupted one: continuing it would fork it
+        assert resume_point(tmp_path / "runs" / "b", _fp("stage=sae")) is None
+        out = capsys.readouterr().out
+        assert f"not resuming {ckpt.parents[1]}: it is still running (process {holder.pid} on " in out
+        with pytest.raises(MaiaAdaptError, match=rf"runs/a is in use by process {holder.pid} on .*another hydra.run.dir"):
+            claim(tmp_path / "runs" / "a")
+    finally:
+        holder.kill()  # SIGKILL: no cleanup, the lock file stays behind
+        holder.wait()
+    assert (tmp_path / "runs" / "a" / LOCK_FILE).is_file() and in_use(tmp_path / "runs" / "a") is None
+    assert resume_point(tmp_path / "runs" / "b", _fp("stage=sae")) == ckpt.resolve()
+    claim(tmp_path / "runs" / "a")
+    release(tmp_path / "runs" / "a")

@@ -6,9 +6,11 @@ import os
 
 import chess.pgn
 import numpy as np
+import pytest
 
 from maia_adapt.config import DataConfig
 from maia_adapt.data.preprocess import data_fingerprint, open_or_build_store
+from maia_adapt.errors import DataError
 
 def _fens_before_each_move(pgn_text: str) -> list[str]:
     board, out = chess.Board(), []
@@ -64,3 +66,21 @@ def test_a_rebuilt_store_does_not_change_under_a_process_reading_the_old_one(tmp
     assert not np.array_equal(np.array(rebuilt.column("move")), before)
     assert np.array_equal(np.array(moves), before)  # written in place, the reader saw the new moves
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folders left
+
+
+def test_games_without_positions_leave_no_store_in_the_cache(tmp_path):
+    pgn = tmp_path / "casual.pgn"
+    pgn.write_text('[Event "Casual Rapid game"]\n[WhiteElo "1500"]\n[BlackElo "1600"]\n[Result "1-0"]\n\n1. e4 e5 1-0\n')
+    cfg = DataConfig(name="t", pgn=[str(pgn)], first_n_plies=0, workers=1)
+    with pytest.raises(DataError, match=r"casual.pgn'\] pass the data filters \(empty position set\); games read: 1, "
+                                        r"skipped: \{'not rated': 1\}"):
+        open_or_build_store(cfg, tmp_path / "cache")
+    assert list((tmp_path / "cache" / "stores").iterdir()) == []
+    # an empty store an older version cached is removed, not served
+    from maia_adapt.data import GameFilter, build_store
+
+    old = tmp_path / "cache" / "stores" / f"t-{data_fingerprint(cfg)}"
+    build_store([pgn], old, GameFilter.from_any(cfg), workers=1, fingerprint=data_fingerprint(cfg))
+    with pytest.raises(DataError, match="empty position set"):
+        open_or_build_store(cfg, tmp_path / "cache")
+    assert list((tmp_path / "cache" / "stores").iterdir()) == []

@@ -1,10 +1,11 @@
 """Streaming lichess PGN reader with the study's filters, fast enough to feed preprocessing.
 
 `.pgn` and `.pgn.zst` are read as streams (never decompressed to disk) and split into game texts.
-Each game is parsed by a small tokenizer: the SAN of each move is resolved against the legal moves
-that the encoder generates anyway for the legal-move mask, so every position costs one legal-move
-generation instead of python-chess's tree building plus SAN parsing. A game that fails to parse
-(bad SAN, illegal move, broken header, truncated) is skipped and counted by reason.
+Each game is parsed by a small tokenizer that reads the PGN standard's import format (comments of
+both kinds, escape lines, NAGs, recursive variations): the SAN of each move is resolved against the
+legal moves that the encoder generates anyway for the legal-move mask, so every position costs one
+legal-move generation instead of python-chess's tree building plus SAN parsing. A game that fails to
+parse (bad SAN, illegal move, broken header, truncated) is skipped and counted by reason.
 """
 from __future__ import annotations
 
@@ -23,17 +24,23 @@ RESULTS = {"1-0": 1, "0-1": -1, "1/2-1/2": 0}
 EVAL_MISSING = -32768
 MATE_SCORE = 10000  # a mate in n is stored as +-(MATE_SCORE - n) centipawns
 
-_HEADER = re.compile(r'^\[(\w+)\s+"(.*)"\]\s*$')
+# a tag pair, as python-chess names tags; a `;` comment may follow it
+_HEADER = re.compile(r'^\[([A-Za-z0-9_][\w+#=:-]*)\s+"(.*)"\]\s*(?:;.*)?$')
+# the movetext of the PGN standard's import format. A NAG may be written `$n`, as a suffix (`exd5!?`) or
+# apart (`exd5 !?`); a move number may have no period; the long-algebraic `e2-e4` is what python-chess
+# also accepts. `;` comments and `%` lines never get here (split_games removes them, line by line).
 _TOKEN = re.compile(
     r"\{(?P<comment>[^}]*)\}"
-    r"|(?P<san>(?:[NBRQK]?[a-h]?[1-8]?x?[a-h][1-8](?:=?[NBRQnbrq])?|O-O-O|O-O|0-0-0|0-0)[+#]?[!?]*)"
+    # first, being the cheapest to rule out; never the start of a result (1-0, 1/2-1/2)
+    r"|(?P<num>[1-9]\d*\.*(?![-/]))"
+    r"|(?P<san>(?:[NBRQK]?[a-h]?[1-8]?[-x]?[a-h][1-8](?:=?[NBRQnbrq])?|O-O-O|O-O|0-0-0|0-0)[+#]?[!?]*)"
     r"|(?P<result>1-0|0-1|1/2-1/2|\*)"
-    r"|(?P<num>\d+\.+)"
-    r"|(?P<nag>\$\d+)"
+    r"|(?P<nag>\$\d+|[!?]{1,2})"
     r"|(?P<var>[()])"
+    r"|(?P<null>--|Z0|0000|@@@@)"
     r"|(?P<other>\S+)"
 )
-_SAN = re.compile(r"^([NBRQK])?([a-h])?([1-8])?x?([a-h][1-8])(?:=?([NBRQnbrq]))?")
+_SAN = re.compile(r"^([NBRQK])?([a-h])?([1-8])?[-x]?([a-h][1-8])(?:=?([NBRQnbrq]))?")
 _EVAL = re.compile(r"\[%eval\s+(#?)(-?\d+(?:\.\d+)?)\]")
 _CLOCK = re.compile(r"\[%clk\s+(\d+):(\d+):(\d+(?:\.\d+)?)\]")
 _PIECE = {"N": chess.KNIGHT, "B": chess.BISHOP, "R": chess.ROOK, "Q": chess.QUEEN, "K": chess.KING}
@@ -140,7 +147,14 @@ class Game:
 
 
 def split_games(lines: Iterator[str], source: str, stats: Optional[dict] = None) -> Iterator[Game]:
-    """Split a PGN line stream into games: a header line after movetext starts a new game.
+    """Split a PGN line stream into games: a game ends at a blank line after its movetext, or where a
+    tag line follows its movetext.
+
+    What the PGN standard's import format allows besides tag pairs and movetext is taken out here,
+    since it is line-based: a byte-order mark (at the start of each file of a concatenation too),
+    `%` escape lines, `;` comments to the end of the line, and `{...}` comments over several lines,
+    whose lines may start with `[` without being tags. A `{` that is never closed ends at the next
+    line that is a whole tag pair, so that a stray brace costs its own game, not the rest of the file.
 
     When the stream breaks (PGNStreamError: a corrupt or cut-short file), the game being read is
     yielded only if it is whole (its movetext ended with a result marker and a newline), then the
@@ -150,9 +164,18 @@ def split_games(lines: Iterator[str], source: str, stats: Optional[dict] = None)
     movetext: list[str] = []
     index = 0
     bad_header = False
+    in_brace = False  # inside a {comment} that an earlier line opened
     line = "\n"
     try:
         for line in lines:
+            if "\ufeff" in line:
+                line = line.replace("\ufeff", "")
+            if in_brace:
+                if not (line.startswith("[") and _HEADER.match(line)):
+                    text, in_brace = _strip_line_comment(line.strip(), True)
+                    movetext.append(text)
+                    continue
+                in_brace = False  # never closed: the game is reported by iter_moves, the tag starts the next
             if line.startswith("["):
                 m = _HEADER.match(line)
                 # a new game starts at a header after movetext, or at an [Event] after a damaged header
@@ -164,14 +187,54 @@ def split_games(lines: Iterator[str], source: str, stats: Optional[dict] = None)
                     headers[m.group(1)] = m.group(2)
                 else:
                     bad_header = True
-            elif line.strip():
-                movetext.append(line.strip())
+            elif line.startswith("%"):
+                continue
+            else:
+                text = line.strip()
+                if not text:
+                    if movetext:
+                        yield _finish(headers, movetext, bad_header, index, source)
+                        index += 1
+                        headers, movetext, bad_header = {}, [], False
+                    continue
+                if ";" in text:
+                    text, in_brace = _strip_line_comment(text, False)
+                    if not text:
+                        continue
+                elif "{" in text:  # _strip_line_comment's test, inline: lichess has braces on every movetext line
+                    in_brace = text.rfind("{") > text.rfind("}")
+                movetext.append(text)
     except PGNStreamError:
-        if movetext and not bad_header and line.endswith("\n") and movetext[-1].rsplit(None, 1)[-1] in _TERMINATION:
+        if movetext and not bad_header and not in_brace and line.endswith("\n") \
+                and movetext[-1].rsplit(None, 1)[-1] in _TERMINATION:
             yield _finish(headers, movetext, bad_header, index, source)
         raise
     if movetext or headers or bad_header:
         yield _finish(headers, movetext, bad_header, index, source)
+
+
+def _strip_line_comment(text: str, in_brace: bool) -> tuple[str, bool]:
+    """A movetext line without its `;` comment, and whether it ends inside a `{` comment; `in_brace`:
+    it starts inside one. A `;` inside braces and a `{` after a `;` are comment text."""
+    if ";" not in text:
+        # braces do not nest, so a line ends inside a comment when a `{` follows its last `}`
+        if in_brace and "}" not in text:
+            return text, True
+        return text, text.rfind("{") > text.rfind("}")
+    i = 0
+    while True:
+        if in_brace:
+            close = text.find("}", i)
+            if close < 0:
+                return text, True
+            i, in_brace = close + 1, False
+        else:
+            open_, semi = text.find("{", i), text.find(";", i)
+            if semi >= 0 and (open_ < 0 or semi < open_):
+                return text[:semi].rstrip(), False
+            if open_ < 0:
+                return text, False
+            i, in_brace = open_ + 1, True
 
 
 def _finish(headers, movetext, bad_header, index, source) -> Game:
@@ -180,37 +243,104 @@ def _finish(headers, movetext, bad_header, index, source) -> Game:
     return Game(headers, " ".join(movetext), index, source)
 
 
+_ZSTD_MAGIC = 0xFD2FB528
+_SKIPPABLE = 0x184D2A50  # skippable frames: magic 0x184D2A50..5F, then their 4-byte length
+
+
 class _ZstdFrames(io.RawIOBase):
     """The decompressed bytes of every zstd frame in a file, noting whether the last one was cut short.
 
-    zstandard's stream_reader ends silently at a frame cut off mid-way (an unfinished download), so
-    the frames are decoded here one by one and `truncated` says whether the file ended inside one.
+    The decoder is given one zstd block at a time, located from the frame and block headers (RFC 8878):
+    the decoder returns nothing of a call that fails, so a damaged block then costs only its own text,
+    and every game decoded before it is read. zstandard's stream_reader would also end silently at a
+    frame cut off mid-way (an unfinished download); `truncated` says whether the file ended inside one,
+    and `damaged_at` where the block that failed starts.
     """
 
-    def __init__(self, raw, chunk: int = 1 << 16):  # small reads: a corrupt chunk loses little text
+    def __init__(self, raw, chunk: int = 1 << 16):
         self.raw, self.chunk = raw, chunk
         self.dctx = zstandard.ZstdDecompressor()
         self.frame = None
+        self.pieces = self._pieces()
         self.buf, self.pos = b"", 0
+        self.rbuf, self.rpos, self.offset = b"", 0, 0  # raw bytes read ahead; file offset of what comes next
         self.truncated = False
+        self.damaged_at = None
 
     def readable(self) -> bool:
         return True
 
+    def _read(self, n: int) -> bytes:
+        """The next n raw bytes (fewer at the end of the file)."""
+        parts = []
+        while n > 0:
+            if self.rpos >= len(self.rbuf):
+                self.rbuf, self.rpos = self.raw.read(max(self.chunk, n)), 0
+                if not self.rbuf:
+                    break
+            part = self.rbuf[self.rpos : self.rpos + n]
+            self.rpos += len(part)
+            n -= len(part)
+            parts.append(part)
+        data = b"".join(parts)
+        self.offset += len(data)
+        return data
+
+    def _pieces(self):
+        """(file offset, bytes) of each frame header and each block, the decoder's units; skippable
+        frames are dropped. What cannot be a frame is passed on whole, for the decoder to reject."""
+        while True:
+            at = self.offset
+            magic = self._read(4)
+            if len(magic) < 4:
+                if magic:
+                    yield at, magic
+                return
+            kind = int.from_bytes(magic, "little")
+            if kind & 0xFFFFFFF0 == _SKIPPABLE:
+                size = int.from_bytes(self._read(4), "little")
+                while size > 0 and (skipped := len(self._read(min(size, 1 << 20)))):
+                    size -= skipped
+                continue
+            if kind != _ZSTD_MAGIC:
+                yield at, magic + self._read(1 << 16)
+                return
+            descriptor = self._read(1)
+            if not descriptor:
+                yield at, magic
+                return
+            d = descriptor[0]
+            single = (d >> 5) & 1
+            header = (0 if single else 1) + (0, 1, 2, 4)[d & 3] + ((1 if single else 0), 2, 4, 8)[d >> 6]
+            checksum = 4 if d & 4 else 0
+            yield at, magic + descriptor + self._read(header)
+            last = False
+            while not last:
+                at = self.offset
+                head = self._read(3)
+                if len(head) < 3:
+                    if head:
+                        yield at, head
+                    return
+                h = int.from_bytes(head, "little")
+                last, size = bool(h & 1), (1 if (h >> 1) & 3 == 1 else h >> 3)  # an RLE block holds one byte
+                yield at, head + self._read(size + (checksum if last else 0))
+
     def readinto(self, b) -> int:
         while self.pos >= len(self.buf):
-            data = self.raw.read(self.chunk)
-            if not data:
+            piece = next(self.pieces, None)
+            if piece is None:
                 # no frame at all (an empty file) is cut short too: a download that stopped at byte 0
                 self.truncated = self.frame is None or not self.frame.eof
                 return 0
-            out = []
-            while data:
-                if self.frame is None or self.frame.eof:
-                    self.frame = self.dctx.decompressobj()
-                out.append(self.frame.decompress(data))
-                data = self.frame.unused_data if self.frame.eof else b""
-            self.buf, self.pos = b"".join(out), 0
+            at, data = piece
+            if self.frame is None or self.frame.eof:
+                self.frame = self.dctx.decompressobj()
+            try:
+                self.buf, self.pos = self.frame.decompress(data), 0
+            except zstandard.ZstdError:
+                self.damaged_at = at
+                raise
         n = min(len(b), len(self.buf) - self.pos)
         b[:n] = memoryview(self.buf)[self.pos : self.pos + n]
         self.pos += n
@@ -236,7 +366,8 @@ def open_text(path) -> Iterator[str]:
             except StopIteration:
                 break
             except zstandard.ZstdError as e:
-                raise PGNStreamError(f"{path}: compressed stream is corrupt after {raw.tell():,} bytes ({e})") from None
+                raise PGNStreamError(f"{path}: compressed stream is corrupt at byte {frames.damaged_at:,} ({e}); "
+                                     "the games before it are kept") from None
             yield line
         if frames is not None and frames.truncated:
             raise PGNStreamError(f"{path}: compressed stream ends inside a zstd frame at byte {raw.tell():,} "
@@ -295,39 +426,40 @@ def elo_pair(h: dict[str, str]) -> tuple[int, int]:
 
 
 def iter_moves(game: Game):
-    """Yield (board before the move, SAN, comment after the move) through the game's mainline.
-
-    The board is the same object, pushed after each yield; callers copy what they keep.
-    """
+    """(start board, [(SAN, the comments after the move)]) of the game's mainline; the caller resolves
+    and pushes the moves. Variations, NAGs and move numbers are skipped; a null move, an unclosed
+    comment or a token that is not PGN makes the game unreadable (PGNError)."""
     fen = game.headers.get("FEN")
     try:
         board = chess.Board(fen) if fen else chess.Board()
     except ValueError:
         raise PGNError("bad FEN header", fen) from None
-    tokens = list(_TOKEN.finditer(game.moves_text))
-    depth = 0
-    pending = None  # (san) waiting for its comment
-    out = []
-    for t in tokens:
+    out: list[tuple[str, str]] = []
+    san = None  # the last mainline move, waiting for the comments after it
+    note = ""
+    depth = 0  # of variations: their moves, comments and results are skipped
+    for t in _TOKEN.finditer(game.moves_text):
         kind = t.lastgroup
-        if kind == "var":
-            depth += 1 if t.group() == "(" else -1
-            continue
-        if depth > 0 or kind in ("num", "nag"):
-            continue
         if kind == "comment":
-            if pending is not None:
-                out.append((pending, t.group("comment")))
-                pending = None
+            if not depth and san is not None:
+                note = f"{note} {t.group(kind)}" if note else t.group(kind)
+        elif kind == "san":
+            if not depth:
+                if san is not None:
+                    out.append((san, note))
+                san, note = t.group(kind), ""
+        elif kind == "num" or kind == "nag":
             continue
-        if kind == "san":
-            if pending is not None:
-                out.append((pending, ""))
-            pending = t.group("san")
+        elif kind == "var":
+            depth = depth + 1 if t.group() == "(" else max(0, depth - 1)
+        elif depth:
+            continue
         elif kind == "result":
             break
-        elif kind == "other":
-            raise PGNError("bad token", t.group()[:20])
-    if pending is not None:
-        out.append((pending, ""))
+        elif kind == "null":  # python-chess reads it, but no position follows from a move not made
+            raise PGNError("null move", t.group())
+        else:
+            raise PGNError("unterminated comment" if t.group().startswith("{") else "bad token", t.group()[:20])
+    if san is not None:
+        out.append((san, note))
     return board, out

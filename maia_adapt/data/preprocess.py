@@ -224,6 +224,9 @@ def build_store(
                 if err is not None:
                     errors[err] += 1
                     continue
+                if not history.get("moves"):  # headers and a result, or moves only inside variations
+                    stats["skipped: no moves"] += 1
+                    continue
                 n = len(cols["move"])
                 h = game.headers
                 split = game_split(h.get("Site") or f"{game.source}#{game.index}", split_seed, val_fraction, test_fraction)
@@ -306,25 +309,27 @@ def open_or_build_store(data_cfg, cache_dir) -> PositionStore:
     fp = data_fingerprint(data_cfg)
     out = Path(data_cfg.store_dir) if data_cfg.store_dir else Path(cache_dir) / "stores" / f"{data_cfg.name}-{fp}"
     store = PositionStore(out) if (out / "manifest.json").is_file() else None
-    built = store is None or store.manifest.get("fingerprint") != fp
-    if built:
+    if store is not None and store.manifest.get("fingerprint") == fp and len(store) == 0:
+        shutil.rmtree(out, ignore_errors=True)  # an empty store cached by an older version: junk, not a result
+        store = None
+    if store is None or store.manifest.get("fingerprint") != fp:
         tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            build_store(
+            built = build_store(
                 list(data_cfg.pgn), tmp, GameFilter.from_any(data_cfg), workers=data_cfg.workers,
                 shard_size=data_cfg.shard_size, val_fraction=data_cfg.val_fraction, test_fraction=data_cfg.test_fraction,
                 split_seed=data_cfg.split_seed, fingerprint=fp,
             )
+            s = built.manifest["summary"]
+            if len(built) == 0:  # nothing to reuse: the store would only be a leftover in the cache
+                why = f": {s['stream_errors'][0]}" if s["stream_errors"] else ""
+                raise DataError(f"no positions in {list(data_cfg.pgn)} pass the data filters (empty position set){why}; "
+                                f"games read: {s['games_read']:,}, skipped: {s['skipped']}")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         store = _publish(tmp, out, fp)
-    s = store.manifest["summary"]
-    if built:
         print(f"position store {out}: {s['games_kept']:,} games, {s['positions']:,} positions; skipped {s['skipped']}"
               + (f"; stream errors: {s['stream_errors']}" if s["stream_errors"] else ""))
-    if len(store) == 0:  # also when an earlier run cached the empty store
-        why = f": {s['stream_errors'][0]}" if s["stream_errors"] else ""
-        raise DataError(f"no positions in {list(data_cfg.pgn)} pass the data filters (empty position set){why}")
     return store

@@ -42,7 +42,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..layout import SAES_DIR
-from ..io import atomic_write_json, load_safetensors, save_safetensors
+from ..io import atomic_write_json, check_tensor_values, load_safetensors, save_safetensors
 from .sae import SAEConfig, SparseAutoencoder
 
 WEIGHTS = "sae_weights.safetensors"  # SAELens's SAE_WEIGHTS_FILENAME
@@ -84,7 +84,8 @@ def meta_get(meta: dict, cfg_path: Path, key: str):
 
 
 def check_tensors(file: Path, tensors: dict, want: dict[str, tuple]) -> None:
-    """Every expected key present with its shape, nothing else (an unknown key is a layout we do not know)."""
+    """Every expected key present with its shape, nothing else (an unknown key is a layout we do not know),
+    and every tensor finite floating-point weights."""
     for k, shape in want.items():
         if k not in tensors:
             raise CheckpointError(f"{file}: key '{k}' missing (expected shape {shape})")
@@ -93,6 +94,7 @@ def check_tensors(file: Path, tensors: dict, want: dict[str, tuple]) -> None:
     extra = sorted(set(tensors) - set(want))
     if extra:
         raise CheckpointError(f"{file}: unexpected key '{extra[0]}' (expected only {', '.join(want)})")
+    check_tensor_values(file, tensors)
 
 
 def folded_copy(module) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:

@@ -1,6 +1,8 @@
 """Maia-2's 11 Elo buckets: 0 = <1100, 1 = 1100-1199, ..., 9 = 1900-1999, 10 = >=2000."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 NUM_BUCKETS = 11
@@ -25,11 +27,23 @@ def bucket_midpoint(bucket: int) -> int:
 
 
 def as_bucket(value, *, is_bucket: bool | None = None) -> int:
-    """Accept either a bucket (0..10) or a rating (>= 100) and return the bucket.
+    """Accept either a bucket (0..10) or a rating (1..4000) and return the bucket.
 
-    Values 0..10 are taken as buckets unless is_bucket=False; anything else as a rating.
+    Values 0..10 are taken as buckets unless is_bucket=False; anything else as a rating. An integer
+    (numpy's and 0-d tensors too) or a float that is a whole number (1500.0 from a float column) is
+    taken; a bool, a string, 10.9 or NaN is refused (TypeError/ValueError) instead of truncated.
     """
-    v = int(value)
+    if hasattr(value, "item") and not isinstance(value, (int, float)):  # numpy scalars, 0-d tensors
+        value = value.item()
+    if isinstance(value, bool):
+        raise TypeError(f"{value!r} is a bool, not a number")
+    if isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer()):
+            raise ValueError(f"{value!r} is not a whole number")
+        value = int(value)
+    if not isinstance(value, int):
+        raise TypeError(f"{value!r} is a {type(value).__name__}, not a number")
+    v = value
     if is_bucket is None:
         is_bucket = 0 <= v < NUM_BUCKETS
     if is_bucket:

@@ -419,16 +419,23 @@ def load_maia1_safetensors(path, device="cpu") -> dict:
                               "model=maia1 takes a folder of maia-<rating>.pb.gz files or such a file")
     import json
 
-    info = json.loads(meta[MAIA1_KEY])
+    from .checkpoint import load_state_strict
+
+    try:
+        info = json.loads(meta[MAIA1_KEY])
+        sources, shapes = dict(info["sources"]), dict(info["shapes"])
+        nets_of = {r: Maia1(**shapes) for r in sources if int(r) in MAIA1_RATINGS}
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # damaged, or written by a newer version
+        raise CheckpointError(f"{path}: metadata '{MAIA1_KEY}' is not the record save_skill_model writes "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r})") from None
+    if len(nets_of) != len(sources) or not sources:
+        raise CheckpointError(f"{path}: metadata '{MAIA1_KEY}' names the networks {', '.join(map(str, sources))}: "
+                              f"expected Maia-1 ratings among {', '.join(map(str, MAIA1_RATINGS))}")
     nets = {}
-    for r in info["sources"]:
-        net = Maia1(**info["shapes"])
+    for r, net in nets_of.items():
         prefix = f"maia-{r}."
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        missing = sorted(set(net.state_dict()) - set(state))
-        if missing:
-            raise CheckpointError(f"{path}: key '{prefix}{missing[0]}' is missing ({len(missing)} missing in all)")
-        net.load_state_dict(state)
+        load_state_strict(net, state, f"{path} (network maia-{r})")
         net.rating, net.source = int(r), str(path)
         nets[int(r)] = net.to(memory_format=torch.channels_last).eval().requires_grad_(False).to(device)
     return nets
@@ -486,7 +493,7 @@ def load_skill_model(model_cfg, history: Optional[bool] = None, device="cpu") ->
 
     if not model_cfg.checkpoint:
         raise ConfigError(f"model={name} needs weights: set model.checkpoint (a .pt/.safetensors file or run directory)")
-    model = load_model(model_cfg.checkpoint, device=device)
+    model = load_model(model_cfg.checkpoint, device=device, attention=(model_cfg.heads, model_cfg.dim_head))
     for p in model.parameters():
         p.requires_grad_(False)
     return Maia2Skill(model, name=name)

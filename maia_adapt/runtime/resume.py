@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ..io import atomic_write_json
+from .rundir import in_use
 
 FINGERPRINT_FILE = "fingerprint.txt"
 FINGERPRINT_KEYS_FILE = "fingerprint.json"  # what the fingerprint hashed: names the keys when a run does not resume
@@ -135,7 +136,8 @@ def fresh_start(run_dir: Path, fingerprint: str, has_checkpoint, resume: bool, *
         print(f"not resuming {run_dir} ({why}): removing its {', '.join(f + '/' for f in folders)} and starting afresh")
     elif resume:
         unfinished = [d for d in run_dir.parent.glob("*") if d.is_dir() and d.resolve() != run_dir
-                      and not (d / DONE_FILE).exists() and (d / FINGERPRINT_FILE).is_file() and has_checkpoint(d)]
+                      and not (d / DONE_FILE).exists() and (d / FINGERPRINT_FILE).is_file() and has_checkpoint(d)
+                      and not in_use(d)]
         if unfinished:
             newest = max(unfinished, key=lambda d: d.stat().st_mtime)
             diff = fingerprint_difference(newest, fingerprint) or "settings recorded by an older version"
@@ -161,6 +163,10 @@ def find_resumable(run_dir: Path, fingerprint: str, has_checkpoint) -> Path | No
             continue
         fp = d / FINGERPRINT_FILE
         if fp.is_file() and fp.read_text().strip() == fingerprint and has_checkpoint(d):
+            holder = in_use(d)
+            if holder:  # not interrupted: still running, and continuing it would fork its run
+                print(f"not resuming {d}: it is still running ({holder})")
+                continue
             candidates.append(d)
     return max(candidates, key=lambda d: d.stat().st_mtime) if candidates else None
 

@@ -100,7 +100,7 @@ def run(cfg, run_dir: Path) -> dict:
     means, tokens = codes_by_bucket(model, store, idx, tcs, cc.batch_size)
     tuned = None
     if cc.finetuned:
-        ft = load_model(cc.finetuned).eval()
+        ft = load_model(cc.finetuned, attention=(model.cfg.heads, model.cfg.dim_head)).eval()
         tuned, _ = codes_by_bucket(ft, store, idx, tcs, cc.batch_size)
 
     relevance = {l: skill_relevance(means[l], tuned[l] if tuned else None) for l in tcs}

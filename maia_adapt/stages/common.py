@@ -22,7 +22,7 @@ def frozen_model(cfg, stage: str):
                           "(see the README's 'Which stages take Maia-1')")
     if not cfg.model.checkpoint:
         raise ConfigError(f"stage={stage} needs a trained model: set model.checkpoint (a .pt/.safetensors file or run directory)")
-    model = load_model(cfg.model.checkpoint).eval()
+    model = load_model(cfg.model.checkpoint, attention=(cfg.model.heads, cfg.model.dim_head)).eval()
     check_model_shape(cfg.model, model)
     for p in model.parameters():
         p.requires_grad_(False)

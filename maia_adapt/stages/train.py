@@ -33,7 +33,7 @@ def run(cfg, run_dir: Path) -> dict:
     if cfg.train.init_from_checkpoint:
         if not cfg.model.checkpoint:
             raise ConfigError("train.init_from_checkpoint=true needs model.checkpoint (a .pt/.safetensors file or run directory)")
-        model = load_model(cfg.model.checkpoint, eval=False)
+        model = load_model(cfg.model.checkpoint, eval=False, attention=(cfg.model.heads, cfg.model.dim_head))
         check_model_shape(cfg.model, model)
         if cfg.train.grow_vit_blocks:
             model = grow_transformer(model, cfg.train.grow_vit_blocks)
