@@ -127,8 +127,12 @@ def rung_overrides(lc, user: list[str], family: str) -> tuple[list[dict], list[s
         # the family's facts (a Maia-1 has no FFN) hold at every rung, after the switched keys
         out.append({"name": r["name"], "what": r.get("what", ""), "keys": list(r["keys"]),
                     "overrides": list(switched.values()) + list(family_extra.get("all", [])) + extra})
-    # what the ladder's steps read and no rung switches back (a transcoder or probe key is not theirs)
-    return out, [k for k in proto if k not in switched and k not in common and _stage_of(k)]
+    # what the ladder's steps read, no rung switches back and the protocol sets to another value than
+    # ours (a transcoder or probe key is not theirs)
+    seed = {stage: _compose([f"experiment={preset}", f"protocol={lc.protocol}", *user]) for stage, preset in PRESETS.items()}
+    left = [k for k in proto if k not in switched and k not in common and _stage_of(k)
+            and OmegaConf.select(seed[_stage_of(k)], k) != OmegaConf.select(ours[_stage_of(k)], k)]
+    return out, left
 
 
 # settings that do not change what a step computes
@@ -240,7 +244,7 @@ def ladder_rows(p: Plan) -> list[dict]:
                "transition_point_shift_ci": iv.get("transition_point_shift_ci"),
                "seed_tp": (iv.get("seed_mean_tp_base"), iv.get("seed_mean_tp_intervened")),
                "finetune_shift": ft.get("mean_shift"), "finetune_shift_ci": ft.get("mean_shift_ci"),
-               "finetune_seed_tp": (ft.get("seed_mean_tp_before"), ft.get("seed_mean_tp_after"))}
+               "finetune_seed_tp": (ft.get("seed_tp_before"), ft.get("seed_tp_after"))}
         if prev is not None and row["intervention_effect"] is not None and prev["intervention_effect"] is not None:
             row["intervention_change_from_previous"] = row["intervention_effect"] - prev["intervention_effect"]
         rows.append(row)
