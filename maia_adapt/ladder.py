@@ -53,16 +53,37 @@ class Plan:
     left_at_protocol: list[str] = field(default_factory=list)  # protocol keys no rung switches back
 
 
+def _in_hydra(fn):
+    """Run fn with Hydra's config search path set up once (inside the app it already is): composing
+    one config costs about a second when each compose initialises Hydra anew."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        from hydra import initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+
+        from .config import CONF_DIR
+
+        if GlobalHydra.instance().is_initialized():
+            return fn(*a, **kw)
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return fn(*a, **kw)
+
+    return wrapper
+
+
+@_in_hydra
 def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    return _composed(tuple(overrides))
 
-    from .config import CONF_DIR
 
-    if GlobalHydra.instance().is_initialized():  # inside the app (stage=ladder): its config search path
-        return compose("config", overrides=list(overrides))
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+def _composed(overrides: tuple, _memo: dict = {}):  # noqa: B006 (a cache for one process: the same overrides, one compose)
+    from hydra import compose
+
+    if overrides not in _memo:
+        _memo[overrides] = compose("config", overrides=list(overrides))
+    return _memo[overrides]
 
 
 def _value(v) -> str:
@@ -101,6 +122,7 @@ def _stage_of(key: str) -> str | None:
     return head if head in PRESETS else ("sae" if head in ("sites", "layer") else None)
 
 
+@_in_hydra
 def rung_overrides(lc, user: list[str], family: str) -> tuple[list[dict], list[str]]:
     """[{name, what, keys, overrides}] with each rung's overrides cumulative (the keys of every rung up
     to it set to our presets' values, then the family's own from that rung on), and the protocol keys
@@ -160,6 +182,7 @@ def _hash(cfg, stage: str, root: Path) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
+@_in_hydra
 def plan(lc, user: list[str], ladder_dir: Path, family: str, ratings: list[int]) -> Plan:
     """Every step of every rung, composed here (a bad override fails before anything runs)."""
     rungs, left = rung_overrides(lc, user, family)
