@@ -6,7 +6,9 @@ and `headline.json`: the numbers of the headline table in experiments/README.md 
 Overrides go to every step (`model=maia2_small`, `data.max_games=...`). A step whose run directory
 already holds a finished run (its `summary.json`) is skipped, so an interrupted study resumes where it
 stopped; `--only` reruns the named steps (after changing an override, rerun the steps it touches);
-`--report-only` writes the headline from the runs there are. The Maia-1 family (`model=maia1`) takes
+`--report-only` writes the headline from the runs there are; `--ladder` runs the ladder from the seed's
+protocol to ours instead (`experiment=seed_ladder`), and `protocol=seed_neurips` as an override runs the
+whole study the seed's way in run directories of its own. The Maia-1 family (`model=maia1`) takes
 its own steps: its networks' activation spaces are unrelated, so the SAE chain (SAE, threat detectors,
 feature amplification) runs per network, on the weak and the strong end (maia-1100, maia-1900), and
 the strong network's detectors are paired with the weak one's (experiments/README.md).
@@ -188,8 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--only", default="", help="comma-separated steps to (re)run; the others are only read")
     p.add_argument("--report-only", action="store_true", help="write the headline from the runs there are")
+    p.add_argument("--ladder", action="store_true", help="run the ladder from the seed's protocol to ours instead "
+                   "(experiment=seed_ladder: experiments/seed_ladder/README.md)")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
+    if a.ladder:  # one app run: the ladder plans, runs and resumes its own steps
+        extra = ["ladder.dry_run=true"] if a.dry_run else []
+        return subprocess.run([sys.executable, "-m", "maia_adapt.run", "experiment=seed_ladder", *a.overrides, *extra],
+                              check=False).returncode
     try:
         model_id, steps = plan(a.overrides)
         only = {s for s in a.only.split(",") if s}

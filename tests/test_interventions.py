@@ -363,3 +363,22 @@ def test_the_uniform_control_draws_distinct_features_from_the_whole_dictionary()
     drawn = uniform_random_features(16384, [3, 4, 5], rng)
     assert len(set(drawn)) == 3 and all(0 <= f < 16384 for f in drawn)
     assert uniform_random_features(16384, [], rng) == []
+
+
+def test_hooks_inside_the_transformer_share_one_trunk_pass_and_give_the_whole_forwards_moves(setup, tmp_path):
+    from maia_adapt.analysis.transitional import predictions_by_bucket
+    from maia_adapt.data.store import store_from_fens
+    from maia_adapt.model.inference import masked_probs
+
+    model, boards, legal, elo, sae = setup
+    store = store_from_fens(FENS, tmp_path / "s", 5, 5)
+    hook = lambda pos, k: [(SITE, sae_amplify(sae, torch.ones(len(pos), 512), 1.0 + k, error="replace"))]
+    shared, probs = predictions_by_bucket(model, store, np.arange(3), hooks_for=hook)
+    for k in range(11):  # the whole forward of every bucket, the hook active throughout
+        e = torch.full((3,), k)
+        with torch.no_grad(), model.hooks(hook(np.arange(3), k)):
+            p = masked_probs(model(boards, e, e)[0], legal)
+        top = p.max(-1)
+        for i in range(3):
+            assert chess.Move.from_uci(shared[i][k]) in chess.Board(FENS[i]).legal_moves
+            assert probs[i, k] == pytest.approx(float(top.values[i]), abs=1e-5)

@@ -81,7 +81,7 @@ def predictions_by_bucket(model, store, indices, oppo_bucket: int | None = None,
     bare-FEN input (the position repeated in every history slot).
     hooks_for(batch indices, bucket) gives the hooks to run each batch under at a conditioning bucket
     (an intervention, which may differ per network of the Maia-1 family), or None."""
-    from ..model.skill import as_skill_model
+    from ..model.skill import Maia2Skill, as_skill_model
 
     model = as_skill_model(model)
     moves: list[list[str]] = []
@@ -95,8 +95,13 @@ def predictions_by_bucket(model, store, indices, oppo_bucket: int | None = None,
         pairs = [(k, k if oppo_bucket is None else int(oppo_bucket)) for k, _ in conditions]
         if hooks_for is None:  # one Elo-blind trunk pass for every bucket
             all_logits = model.policy_logits_by_condition(b, pairs)
-        else:  # an intervention's hooks differ per bucket (and may sit in the trunk)
-            all_logits = (_hooked_logits(model, b, hooks_for(idx, k), k, eo) for k, eo in pairs)
+        else:  # an intervention's hooks differ per bucket
+            hooks = [hooks_for(idx, k) for k, _ in pairs]
+            if isinstance(model, Maia2Skill) and all(name.startswith("blocks.") for h in hooks for name, _ in h):
+                # hooks inside the transformer only: the Elo-blind trunk still runs once for every bucket
+                all_logits = model.policy_logits_by_condition(b, pairs, hooks)
+            else:  # hooks in the trunk, or the Maia-1 family's networks: a whole forward per bucket
+                all_logits = (_hooked_logits(model, b, h, k, eo) for h, (k, eo) in zip(hooks, pairs))
         for (k, same), logits in zip(conditions, all_logits):
             p = masked_probs(logits.cpu(), b["legal"])
             pk, mk = p.max(-1)

@@ -144,12 +144,14 @@ class Maia2Skill:
     def value(self, inputs, elo_self, elo_oppo) -> torch.Tensor:
         return self._forward(inputs, elo_self, elo_oppo)[2]
 
-    def policy_logits_by_condition(self, inputs, conditions):
+    def policy_logits_by_condition(self, inputs, conditions, hooks=None):
+        """hooks: a list of fwd_hooks per condition, at sites after the tokens (blocks.*) only."""
         boards = inputs["boards"].to(self.device)
         n = boards.size(0)
         tokens = self.model.tokens(boards)  # the CNN does not see the Elo: one pass serves every condition
-        for elo_self, elo_oppo in conditions:
-            yield self.model.from_tokens(tokens, _rows(elo_self, n, self.device), _rows(elo_oppo, n, self.device))[0]
+        for i, (elo_self, elo_oppo) in enumerate(conditions):
+            with self.model.hooks(hooks[i] if hooks else ()):
+                yield self.model.from_tokens(tokens, _rows(elo_self, n, self.device), _rows(elo_oppo, n, self.device))[0]
 
     def conditions(self) -> list[tuple[int, list[int]]]:
         return [(b, [b]) for b in self.buckets]
