@@ -45,3 +45,21 @@ def lichess_store(shared_data: Path, folder: Path, game_filter=None, workers: in
     from maia_adapt.data import GameFilter, build_store
 
     return build_store([shared_data / LICHESS], folder, game_filter or GameFilter(), workers=workers)
+
+
+def random_playouts(n: int, seed: int, plies: tuple[int, int], finished: bool = True) -> list[chess.Board]:
+    """Boards after a random number of random legal moves (chaotic positions: forks, pins and threats are
+    common); finished=False leaves out boards where the game is over."""
+    import random
+
+    rng, out = random.Random(seed), []
+    while len(out) < n:
+        b = chess.Board()
+        for _ in range(rng.randint(*plies)):
+            moves = list(b.legal_moves)
+            if not moves:
+                break
+            b.push(rng.choice(moves))
+        if finished or not b.is_game_over():
+            out.append(b.copy(stack=False))
+    return out

@@ -5,9 +5,9 @@ quirks included); every position is also checked colour-flipped with Black to mo
 the same labels. Positions from random playouts check the bitboard code against a plain
 square-by-square reading of the same definitions. docs/concepts_seed172.md has the check against the
 seed's own code on real positions."""
-import random
 
 import chess
+from _games import random_playouts
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -187,16 +187,7 @@ def test_captures_on_the_seeds_squares_each_side_named_from_the_side_to_move():
 
 def _playouts(n: int, seed: int = 7) -> list[chess.Board]:
     """Positions after random legal moves: chaotic boards, so forks and pins are common."""
-    rng, out = random.Random(seed), []
-    while len(out) < n:
-        b = chess.Board()
-        for _ in range(rng.randint(6, 90)):
-            moves = list(b.legal_moves)
-            if not moves:
-                break
-            b.push(rng.choice(moves))
-        out.append(b.copy(stack=False))
-    return out
+    return random_playouts(n, seed, (6, 90))
 
 
 def _plain(b: chess.Board) -> dict[str, bool]:

@@ -1,5 +1,4 @@
 """Offline HTML feature dashboards: concept squares, page contents, and a headless-browser render."""
-import random
 import re
 import shutil
 import subprocess
@@ -10,7 +9,9 @@ import pytest
 import torch
 
 from maia_adapt.encoding import BUCKET_NAMES
-from maia_adapt.reporting.dashboard import HIGHLIGHT, concept_square, write_dashboards
+from _games import random_playouts
+from maia_adapt.concepts.squares import concept_square
+from maia_adapt.reporting.dashboard import HIGHLIGHT, write_dashboards
 
 WHITE_FEN = "rnbqkbnr/pppppppp/8/8/4P3/8/PPPP1PPP/RNBQKBNR w KQkq - 0 1"
 BLACK_FEN = "rnbqkbnr/pppppppp/8/8/4P3/8/PPPP1PPP/RNBQKBNR b KQkq - 0 1"
@@ -19,18 +20,7 @@ TOP_N = 12
 
 def _random_fens(n=40, seed=0):
     """Positions from random legal play, both sides to move, some in check."""
-    rng = random.Random(seed)
-    fens = []
-    while len(fens) < n:
-        board = chess.Board()
-        for _ in range(rng.randint(1, 40)):
-            moves = list(board.legal_moves)
-            if not moves:
-                break
-            board.push(rng.choice(moves))
-        if not board.is_game_over():
-            fens.append(board.fen())
-    return fens
+    return [b.fen() for b in random_playouts(n, seed, (1, 40), finished=False)]
 
 
 def test_concept_square_mirrors_black_to_move():

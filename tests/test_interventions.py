@@ -247,7 +247,7 @@ from maia_adapt.analysis.interventions import (assemble_cells, choose_settings, 
                                                seed_tp_summary, uniform_random_features)
 from maia_adapt.analysis.transitional import seed_transition_points  # noqa: E402
 from maia_adapt.concepts import threat_concepts  # noqa: E402
-from maia_adapt.concepts.resolution import threat_resolved  # noqa: E402
+from maia_adapt.concepts.squares import threat_resolved  # noqa: E402
 
 # White's knight on e5 attacked by the d6 pawn, undefended; Black's bishop on b4 hanging to the a3 pawn
 HANGING = "4k3/8/3p4/4N3/1b6/P7/8/7K w - - 0 1"

@@ -165,7 +165,7 @@ def intervention_rows(rows: list[dict], concept: str, positions: str = "concept"
     holding a concept of the kind, once, with all of them; resolves_square (the seed's), one row per
     (position, square) whose first correct move resolves that square's threat (`threat_resolved`),
     holding that one concept: a position relevant to k squares counts k times, as in the seed."""
-    from ..concepts.resolution import threat_resolved
+    from ..concepts.squares import threat_resolved
 
     if correct == "top_bucket":
         if any(r.get("preds") is None for r in rows):

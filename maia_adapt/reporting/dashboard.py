@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..encoding import BUCKET_NAMES  # noqa: E402
 # temp file in the same folder + os.replace: a reader never sees a half-written page
+from ..concepts.squares import concept_square  # noqa: E402
 from ..io import atomic_write_text  # noqa: E402
 
 HIGHLIGHT = "#cc000088"
@@ -37,18 +38,6 @@ th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; } th { back
 .act { font-weight: bold; font-size: 1.1em; }
 img { max-width: 100%; }
 """
-
-
-def concept_square(concept: str, fen: str) -> int | None:
-    """Real board square named by a concept like "defensive@e4", or None if it names no square.
-
-    Concept squares are in Maia-2's frame: Black-to-move boards are mirrored so the side to move
-    always plays "up", hence the square must be mirrored back for a real Black-to-move position.
-    """
-    if "@" not in concept:
-        return None
-    square = chess.parse_square(concept.rsplit("@", 1)[1])
-    return square if chess.Board(fen).turn == chess.WHITE else chess.square_mirror(square)
 
 
 def _png_b64(fig) -> str:

@@ -1,5 +1,6 @@
-"""Whether a move resolves a square threat: the seed's test of which positions an intervention is
-judged on (`is_piece_no_longer_under_attack`, run_sae_intervention.py:25-50 of its NeurIPS code).
+"""The real square a concept names, and whether a move resolves a square threat: the seed's test of
+which positions an intervention is judged on (`is_piece_no_longer_under_attack`,
+run_sae_intervention.py:25-50 of its NeurIPS code).
 
 Concept names are from the side to move's point of view, as the threat family's (a Black-to-move
 board mirrored: `defensive@e1` is Black's piece on e8). A threat holds on a square when a piece
@@ -13,6 +14,18 @@ from __future__ import annotations
 import chess
 
 from ..errors import MaiaAdaptError
+
+
+def concept_square(concept: str, fen: str) -> int | None:
+    """Real board square named by a concept like "defensive@e4", or None if it names no square.
+
+    Concept squares are in Maia-2's frame: Black-to-move boards are mirrored so the side to move
+    always plays "up", hence the square must be mirrored back for a real Black-to-move position.
+    """
+    if "@" not in concept:
+        return None
+    square = chess.parse_square(concept.rsplit("@", 1)[1])
+    return square if chess.Board(fen).turn == chess.WHITE else chess.square_mirror(square)
 
 
 def _threatened(board: chess.Board, square: int, owner: chess.Color) -> bool:
@@ -29,9 +42,7 @@ def threat_resolved(fen: str, move: str, concept: str) -> bool:
         raise MaiaAdaptError(f"'{concept}': expected a square threat concept, defensive@<square> or offensive@<square>")
     board = chess.Board(fen)
     mover = board.turn
-    square = chess.parse_square(name)
-    if mover == chess.BLACK:  # the concept's square is named on the mirrored board
-        square = chess.square_mirror(square)
+    square = concept_square(concept, fen)
     owner = mover if kind == "defensive" else not mover
     if not _threatened(board, square, owner):
         return False
