@@ -475,6 +475,9 @@ class LadderConfig:
     # per model family (maia1 | maia2): {"all": overrides for every step, "<rung>": from that rung on}
     family_overrides: dict[str, Any] = field(default_factory=dict)
     dry_run: bool = False  # print each step's command, run nothing
+    # run nothing, write the table from the steps finished so far (a ladder stopped part way; '-' where
+    # a rung's step has not run)
+    report: bool = False
 
 
 @dataclass

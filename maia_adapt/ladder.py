@@ -298,6 +298,10 @@ def ladder_markdown(model: str, lc, p: Plan, rows: list[dict]) -> list[str]:
                      f"{_ci(r['effect_vs_none'], r['effect_vs_none_ci'])} | {_ci(r['bottom_bucket_change'], r['bottom_bucket_change_ci'])} | "
                      f"{_ci(r['skill_trend_change'], r['skill_trend_change_ci'])} | {_pair(r['seed_tp'])} | "
                      f"{_ci(r['finetune_shift'], r['finetune_shift_ci'], '+.2f')} | {_pair(r['finetune_seed_tp'])} |")
+    missing = [s for s in p.steps if not (s.run_dir / "summary.json").is_file()]
+    if missing:
+        lines += ["", f"{len(missing)} of {len(p.steps)} steps have not run yet (first: rung {missing[0].rung}, "
+                  f"{missing[0].stage}); their cells show '-'. The same command resumes there."]
     if p.left_at_protocol:
         lines += ["", "Keys of the protocol no rung switches back (the last rung keeps the seed's value): "
                   + ", ".join(f"`{k}`" for k in p.left_at_protocol) + "."]

@@ -111,6 +111,15 @@ def test_the_ladder_table_reads_each_rung_and_its_headline_follows_the_control(t
     md = "\n".join(ladder_markdown("m", SimpleNamespace(protocol="seed_neurips"), p, rows))
     assert "| seed | nothing | 300 | 40 | vs none +0.050 [+0.010, +0.090]" in md
     assert "minus control +0.000 [-0.020, +0.020]" in md and "4.00 -> 3.00" in md and "-0.50 [-0.90, -0.10]" in md
+    assert "have not run yet" not in md
+    # a ladder stopped part way (ladder.report=true tabulates it): the rungs not run show '-' and say so
+    from maia_adapt.ladder import Step
+    (seed_iv / "summary.json").write_text("{}")
+    p.steps = [Step("seed", "intervention", [], seed_iv), Step("control", "intervention", [], tmp_path / "iv_not_run")]
+    p.by_rung["control"] = {"transitional": t, "intervention": tmp_path / "iv_not_run"}
+    md = "\n".join(ladder_markdown("m", SimpleNamespace(protocol="seed_neurips"), p, ladder_rows(p)))
+    assert "1 of 2 steps have not run yet (first: rung control, intervention)" in md
+    assert "| control | a control | 300 | - | vs none - |" in md
 
 
 def test_every_rung_of_the_preset_names_keys_of_its_protocol():

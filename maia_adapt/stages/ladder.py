@@ -30,7 +30,8 @@ def run(cfg, run_dir: Path) -> dict:
     family = "maia1" if cfg.model.name == "maia1" else "maia2"
     ratings = list(MAIA1_RATINGS) if family == "maia1" and cfg.model.rating is None else []
     p = plan(lc, _user_overrides(cfg), run_dir, family, ratings)
-    execute(p, dry_run=lc.dry_run)
+    if not lc.report:
+        execute(p, dry_run=lc.dry_run)
     if lc.dry_run:
         return {"steps": len(p.steps), "rungs": len(p.rungs)}
     rows = ladder_rows(p)
