@@ -384,6 +384,29 @@ def test_the_revisions_c_grid_collapses_its_strongest_probe():
     assert int(fit["chosen"][0, 0]) > 0 and fit["lam"][0, 0] == pytest.approx(1 / opts.c_grid[int(fit["chosen"][0, 0])])
 
 
+def test_select_by_decides_which_c_wins():
+    """40 train rows, 60 features, a weak signal: the weakly penalised probe (C=1000, mean scale) overfits
+    into confident mistakes (val R^2 < 0) yet ranks and classifies above chance; the collapsed one
+    (C=0.001: lambda 1000, bias penalised: p = 0.5 everywhere) has R^2 0 and accuracy 0.5. Choosing by
+    R^2 (the NeurIPS probes) keeps the empty probe, by accuracy (the revision) or AUC the other."""
+    from maia_adapt.analysis.probes import ProbeOptions, fit_and_select
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(440, 60, generator=g)
+    y = 0.6 * x[:, :1] + torch.randn(440, 1, generator=g) > 0
+    one = lambda t: t[None]
+    chosen = {}
+    for by in ("accuracy", "r2", "auc"):
+        opts = ProbeOptions(penalty="l1", c_grid=(0.001, 1000.0), c_scale="mean", select_by=by, penalize_bias=True,
+                            class_balance=False)
+        fit = fit_and_select(one(x[:40]), one(y[:40]), torch.ones(1, 40, dtype=torch.bool), opts, one(x[40:]),
+                             one(y[40:]), torch.ones(1, 400, dtype=torch.bool))
+        chosen[by] = int(fit["chosen"][0, 0])
+        if chosen[by] == 0:
+            assert (fit["weight"] == 0).all() and (fit["bias"] == 0).all()
+    assert chosen == {"accuracy": 1, "r2": 0, "auc": 1}
+
+
 def test_metrics_against_hand_computation():
     from maia_adapt.analysis.probes import probe_scores
 
@@ -496,3 +519,106 @@ def test_probes_balanced_on_real_positions(real):
     x = collect_activations(model, store, idx, [SITE], elo=10)[SITE]
     acc = ((probe(x)[:, 0] > 0).numpy() == y).mean()
     assert acc == pytest.approx(float(res["accuracy"][1, 0]), abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def stage_store(shared_data, tmp_path_factory):
+    """The data overrides of the in-process stage tests, with their store built once for the module."""
+    from hydra import compose, initialize_config_dir
+
+    from maia_adapt.config import CONF_DIR
+    from maia_adapt.data.preprocess import open_or_build_store
+
+    data = ["data=lichess", "data.max_games=120", f"data.store_dir={tmp_path_factory.mktemp('stage') / 'store'}"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=data)
+    open_or_build_store(cfg.data, cfg.paths.cache_dir)  # built here, reused by the stage (same fingerprint)
+    return data
+
+
+def _run_stage(overrides, run_dir):
+    from hydra import compose, initialize_config_dir
+
+    from maia_adapt.config import CONF_DIR
+    from maia_adapt.run import execute
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["stage=probe", "logger=none", "probe.logit_lens=false", *overrides])
+    return execute(cfg, run_dir)
+
+
+def test_stage_probe_with_the_revisions_switches(stage_store, tmp_path):
+    """stage=probe in process at toy size: balanced per-concept positions from one pool (the
+    revision's), C chosen on val (its scale), accuracy as the metric; the report carries them. (L2
+    here, which L-BFGS fits in a blink; the L1 fit and the other switches are tested above, and
+    test_probe_options_follow_the_config checks that the stage hands them on.)"""
+    import csv
+    import json
+
+    run = tmp_path / "run"
+    summary = _run_stage([*stage_store, "probe.sampling=balanced", "probe.pool_positions=1000", "probe.max_per_class=50",
+                          "probe.min_positives=5", "probe.families=[seed172:positional_structure]",
+                          "probe.buckets=[0,10]", f"probe.sites=[{SITE}]", "probe.c_grid=[0.01,1,100]",
+                          "probe.c_scale=mean", "probe.metric=accuracy", "probe.class_balance=false"], run)
+    res = json.loads((run / "results.json").read_text())
+    assert res["metric"] == "accuracy" and res["probe"]["sampling"] == "balanced" and res["probe"]["c_scale"] == "mean"
+    site = res["sites"][SITE]
+    names = res["concepts"]
+    assert len(site["mean_accuracy_per_bucket"]) == 2 and min(site["mean_accuracy_per_bucket"]) > 0.6
+    assert len(site["accuracy_gain_top_minus_bottom_ci95"]) == 2 and "auc_gain_top_minus_bottom" in site
+    assert {c for row in site["chosen_c"] for c in row} <= {0.01, 1.0, 100.0}
+    counts = res["sampling"]["positions_per_concept"]
+    assert set(counts) == set(names) and all(c["train"] <= 70 and c["val"] == 10 for c in counts.values())
+    assert isinstance(res["sampling"]["left_out"], list)
+    slug = SITE.replace(".", "_")
+    with open(run / f"probe_{slug}.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {"auc_<1100", "accuracy_<1100", "control_accuracy_>=2000", "c_<1100", "n_train"} <= set(rows[0])
+    assert f"{slug}:accuracy_gain_top_minus_bottom" in summary
+    assert "probe.metric=accuracy" in (run / "results.md").read_text()
+    assert (run / f"probe_accuracy_{slug}.png").is_file()
+
+
+def test_stage_positions_balanced_within_each_split(stage_store, tmp_path):
+    """The NeurIPS probes' positions as the stage draws them (probe.sampling=balanced_splits): each
+    concept's parts come from its own split of the store, every positive (here at most 40) and as
+    many negatives; the fitting is the same as the revision's (test above)."""
+    from hydra import compose, initialize_config_dir
+
+    from maia_adapt.config import CONF_DIR
+    from maia_adapt.data.preprocess import open_or_build_store
+    from maia_adapt.stages.probe import _positions
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["stage=probe", *stage_store, "probe.sampling=balanced_splits",
+                                           "probe.train_positions=800", "probe.val_positions=300",
+                                           "probe.test_positions=300", "probe.max_per_class=40",
+                                           "probe.families=[seed172:positional_structure]", "probe.min_positives=5"])
+    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
+    names, data, info, _ = _positions(cfg, store, np.random.default_rng(0))
+    assert info["mode"] == "balanced_splits" and len(names) >= 3 and info["left_out"]
+    split_of = {p: set(store.split_indices(p).tolist()) for p in ("train", "val", "test")}
+    for n in names:
+        for part, (idx, y) in data["parts"][n].items():
+            assert set(idx.tolist()) <= split_of[part]  # the predefined split, not one pool
+            assert 5 <= y.sum() <= 40 and (~y).sum() == y.sum()  # as many negatives (there are plenty)
+            assert info["positions_per_concept"][n][part] == len(idx)
+
+
+def test_probe_options_follow_the_config():
+    from hydra import compose, initialize_config_dir
+
+    from maia_adapt.analysis.probes import ProbeOptions
+    from maia_adapt.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        default = compose("config", overrides=["stage=probe"]).probe
+        seed = compose("config", overrides=["stage=probe", "probe.penalty=l1", "probe.c_grid=[0.01,0.1,1,10,100]",
+                                            "probe.c_scale=mean", "probe.metric=accuracy", "probe.penalize_bias=true",
+                                            "probe.standardize=false", "probe.class_balance=false"]).probe
+    assert ProbeOptions.from_config(default) == ProbeOptions() and ProbeOptions().todays_fit
+    opts = ProbeOptions.from_config(seed)
+    assert opts == ProbeOptions(penalty="l1", c_grid=(0.01, 0.1, 1.0, 10.0, 100.0), c_scale="mean",
+                                select_by="accuracy", metric="accuracy", penalize_bias=True, standardize=False,
+                                class_balance=False)
+    assert not opts.todays_fit

@@ -16,6 +16,7 @@ predicted probability as the metric (`probe_scores`). The defaults are the probe
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -507,21 +508,23 @@ def activations_by_bucket(model, store, indices, sites, buckets, batch_size: int
     cache: dict = {}
     hooks = [(s, lambda x, name: cache.__setitem__(name, x.detach())) for s in sites]
     tokens, fixed = [], {s: [] for s in sites}
+    # no yield inside these blocks: grad mode and the hooks must not leak into the caller's loop body
     with torch.no_grad(), net.hooks(hooks):
         for start in range(0, len(indices), batch_size):
             cache.clear()
             tokens.append(net.tokens(model.inputs(store, indices[start : start + batch_size])["boards"].to(device)))
             for s in list(cache):  # sites before the transformer do not depend on the Elo
                 fixed[s].append(pool(cache[s], "mean").float().cpu())
-        for bk in buckets:
-            out = {s: [] for s in sites}
+    for bk in buckets:
+        out = {s: [] for s in sites}
+        with torch.no_grad(), net.hooks(hooks):
             for tok in tokens:
                 cache.clear()
                 e = torch.full((len(tok),), int(bk), dtype=torch.long, device=device)
                 net.from_tokens(tok, e, e)
                 for s in sites:
                     out[s].append(fixed[s][len(out[s])] if fixed[s] else pool(cache[s], "mean").float().cpu())
-            yield bk, {s: torch.cat(v) for s, v in out.items()}
+        yield bk, {s: torch.cat(v) for s, v in out.items()}
 
 
 def _padded(x: torch.Tensor, groups: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -551,9 +554,9 @@ def probes_balanced(model, store, parts: dict, sites, buckets=range(11), opts: P
     rows. The activations of every position any concept uses are computed once per bucket for all
     sites. The control refits each concept on its train labels permuted (seeded by its name) at the
     strength chosen for the real probe. Each bucket's fits start from the previous bucket's
-    solution (the same optimum, to the solver's tolerance, reached in fewer steps). Returns {site: the keys probes_per_bucket returns, plus
-    "chosen_c" [B, C] and "not_converged"}; each bucket's LinearProbe holds raw-space weights
-    (mean 0, std 1: each concept was standardised with its own train rows)."""
+    solution (the same optimum, to the solver's tolerance, reached in fewer steps). Returns {site:
+    the keys probes_per_bucket returns}; each bucket's LinearProbe holds raw-space weights (mean 0,
+    std 1: each concept was standardised with its own train rows)."""
     names = list(parts)
     if not names:
         raise MaiaAdaptError("probes_balanced: no concept to probe")
@@ -568,6 +571,7 @@ def probes_balanced(model, store, parts: dict, sites, buckets=range(11), opts: P
     d_max = max(len(r) for p in rows.values() for r in p)
     warm: dict = {}
     print(f"balanced probes: {len(names)} concepts, {len(union):,} positions, buckets {buckets}")
+    start = time.time()
     for bk, acts in activations_by_bucket(model, store, union, list(sites), buckets, batch_size=batch_size):
         for site in sites:
             x = acts[site]
@@ -615,6 +619,7 @@ def probes_balanced(model, store, parts: dict, sites, buckets=range(11), opts: P
             if bk in (buckets[0], buckets[-1]):
                 test_rows = np.unique(np.concatenate(rows["test"]))[:2000]
                 out[site]["ends"].append(x[torch.from_numpy(test_rows)])
+        print(f"  bucket {bk} done ({(time.time() - start) / 60:.1f} min)", flush=True)
     results = {}
     one_space = len(as_skill(model).spaces()) == 1
     for site, o in out.items():

@@ -133,7 +133,7 @@ def _positions(cfg, store, rng):
                           "(balanced) or the split sizes (balanced_splits), or lower probe.min_positives")
     counts = {n: {p: int(len(v[0])) for p, v in sample["parts"][n].items()} for n in names}
     info = {"mode": pc.sampling, "positions_per_concept": counts, "left_out": sample["left_out"]}
-    sizes = (f"balanced positions ({where}); rows per concept and part: train "
+    sizes = (f"balanced positions ({where}); rows per concept and part (both classes): train "
              f"{min(c['train'] for c in counts.values())}-{max(c['train'] for c in counts.values())}, test "
              f"{min(c['test'] for c in counts.values())}-{max(c['test'] for c in counts.values())}")
     return names, {"parts": sample["parts"]}, info, sizes
