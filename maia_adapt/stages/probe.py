@@ -6,6 +6,12 @@ shuffled labels is the control. The logit lens reads the policy off each block's
 bucket. Writes probes/<site>/bucket_<b>.safetensors, probe_auc_<site>.png, probe_<site>.csv,
 logit_lens.png, results.md and results.json.
 
+The seed study's probe choices are `probe.*` switches (ProbeOptions; experiments/probe_study/
+README.md, "The seed's probes"): `probe.sampling=balanced|balanced_splits` draws per-concept balanced
+positions instead of the two splits, `probe.c_grid` chooses the strength per concept and bucket on a
+validation part, `probe.metric=accuracy|r2` adds that metric's table, heatmap probe_<metric>_<site>.png
+and top-minus-bottom interval (AUC is always reported).
+
 `model=maia1` probes each Maia-1 network (bucket b -> the network of its band) at its own hook sites,
 e.g. `probe.sites=[blocks.5.hook_resid_post]`: a conv map [B, 64, 8, 8] is mean-pooled over the 64
 squares into one 64-channel vector per position (as Maia-2's 8 tokens are mean-pooled), so the
