@@ -310,10 +310,32 @@ class ProbeConfig:
     test_positions: int = 2000  # from the test split (other games)
     buckets: list[int] = field(default_factory=lambda: list(range(11)))
     min_positives: int = 20  # concepts with fewer positives (or negatives) in train or test are left out
-    l2: float = 1.0e-3
+    l2: float = 1.0e-3  # penalty=l2 without c_grid: strength of l2/2 |w|^2 on the (class-weighted) mean loss
     shuffled_control: bool = True
     logit_lens: bool = True
     batch_size: int = 256
+    # The seed study's probe choices, each on its own (experiments/probe_study/README.md, "The seed's
+    # probes"); the defaults are the probe above.
+    penalty: str = "l2"  # l2 | l1 (the seed's, both versions)
+    l1: float = 1.0e-3  # penalty=l1 without c_grid: strength of l1 |w|_1 on the mean loss
+    # inverse strengths C, one chosen per (concept, bucket) on the validation part by select_by
+    # (first in this order on ties); null/empty: the fixed l2 / l1
+    c_grid: Optional[list[float]] = None
+    c_scale: str = "sum"  # how C maps to the strength: sum (sklearn: 1 / (C n)) | mean (the revision: 1 / C)
+    select_by: str = "metric"  # the validation score that chooses C: metric (probe.metric's) | auc | accuracy | r2
+    metric: str = "auc"  # reported per bucket, with top minus bottom: auc | accuracy | r2 (AUC is always reported too)
+    penalize_bias: bool = False  # true: the penalty also takes the bias (liblinear and the revision)
+    standardize: bool = True  # false: fit the raw activations (the seed's)
+    class_balance: bool = True  # false: unweighted loss (the seed's, which balances by sampling instead)
+    # split: train_positions of train games, test_positions of test games (val_positions of val games
+    # with a c_grid) | balanced: the revision's per-concept balanced positions from one pool of
+    # pool_positions train positions, split by split_fractions | balanced_splits: the NeurIPS probes'
+    # balancing within train_positions / val_positions / test_positions of each split
+    sampling: str = "split"
+    val_positions: int = 1000  # from the val split (sampling=split with a c_grid, balanced_splits)
+    pool_positions: int = 100000  # sampling=balanced: the pool, from the train split
+    max_per_class: Optional[int] = 5000  # balanced sampling: positives (and negatives) per concept; null: all
+    split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])  # sampling=balanced
 
 
 @dataclass
@@ -521,7 +543,8 @@ _POSITIVE_INT = ("train.batch_size", "train.max_steps", "train.eval_every", "tra
                  "transcoder.select_every", "transcoder.select_positions",
                  "transcoder.log_every", "transcoder.checkpoint_every", "finetune.steps", "finetune.batch_size",
                  "finetune.eval_every", "finetune.epochs", "finetune.patience",
-                 "probe.train_positions", "probe.test_positions", "threats.positions", "activations.shard_positions",
+                 "probe.train_positions", "probe.test_positions", "probe.val_positions", "probe.pool_positions",
+                 "probe.max_per_class", "threats.positions", "activations.shard_positions",
                  "model.dim_cnn", "model.num_blocks_cnn", "model.dim_vit", "model.num_blocks_vit", "model.heads",
                  "model.dim_head", "model.elo_dim", "data.workers", "data.shard_size", "evaluate.positions",
                  "evaluate.n_boot", "evaluate.batch_size", "train.teacher_top_k", "train.teacher_cache_positions",
@@ -532,7 +555,7 @@ _NON_NEGATIVE_INT = ("train.warmup_steps", "train.grow_vit_blocks", "train.loade
                      "threats.n_boot", "threats.dashboards", "finetune.min_train_rows", "finetune.heldout_positions")
 _POSITIVE_FLOAT = ("train.lr", "sae.lr", "transcoder.lr", "finetune.lr")
 _NON_NEGATIVE_FLOAT = ("train.teacher_amplify", "train.teacher_contrast", "train.distill_coefficient",
-                       "finetune.weight_decay", "finetune.side_info_weight")
+                       "finetune.weight_decay", "finetune.side_info_weight", "probe.l1")
 _FRACTION = ("data.val_fraction", "data.test_fraction", "model.dropout_cnn", "model.dropout_vit", "model.dropout",
              "train.min_lr_ratio", "threats.heldout_fraction", "sae.dense_threshold", "transcoder.dense_threshold")
 # Elo settings: (key, words accepted besides a bucket 0..10); a list value is checked item by item
@@ -559,6 +582,7 @@ def _choices() -> dict[str, tuple]:
     from .analysis.interventions import CONTROLS, CORRECT, ERROR_MODES, INTERVENTIONS, POSITIONS, SELECT
     from .analysis.transitional import ACCEPT, BLUNDER_RULES, REQUIRE
     from .analysis.calibration import BUCKET_SAMPLING, KEEP, ROW_FILTERS, SCORE_ROWS, TARGETS, TRAIN_MODES
+    from .analysis.probes import C_SCALES, METRICS, PENALTIES, SAMPLINGS
     from .dictionaries.transcoder import DECODER_NORMS
 
     pooling = ("mean", "none")
@@ -579,8 +603,38 @@ def _choices() -> dict[str, tuple]:
         "finetune.buckets": BUCKET_SAMPLING, "finetune.keep": KEEP, "finetune.train_mode": TRAIN_MODES,
         "finetune.row_filter": ROW_FILTERS, "finetune.target": TARGETS, "finetune.score_rows": SCORE_ROWS,
         "train.sampling": ("uniform", "elo_balanced"), "logger.backend": ("wandb", "none"),
+        "probe.penalty": PENALTIES, "probe.c_scale": C_SCALES, "probe.metric": METRICS,
+        "probe.select_by": ("metric", *METRICS), "probe.sampling": SAMPLINGS,
         "logger.mode": ("offline", "online", "disabled"),
     }
+
+
+def _validate_probe(pc, bad) -> None:
+    """probe.c_grid and probe.split_fractions, and the seed-choice keys that only act with another
+    setting: a value that would do nothing fails, naming what it needs."""
+    import math
+
+    grid = list(pc.c_grid or [])
+    if not all(isinstance(c, (int, float)) and math.isfinite(c) and c > 0 for c in grid):
+        bad("probe.c_grid", grid, "a list of inverse strengths C > 0, or null/[] for the fixed probe.l2 / probe.l1")
+    f = list(pc.split_fractions)
+    if len(f) != 3 or not all(0 < v < 1 for v in f) or abs(sum(f) - 1) > 1e-6:
+        bad("probe.split_fractions", f, "three fractions > 0 (train, val, test) that sum to 1")
+    default = ProbeConfig()
+    needs = (("l1", pc.penalty == "l1" and not grid, "probe.penalty=l1 and no probe.c_grid"),
+             ("l2", pc.penalty == "l2" and not grid, "probe.penalty=l2 and no probe.c_grid"),
+             ("c_scale", bool(grid), "a probe.c_grid"), ("select_by", bool(grid), "a probe.c_grid"),
+             ("val_positions", pc.sampling == "balanced_splits" or (pc.sampling == "split" and bool(grid)),
+              "probe.sampling=balanced_splits, or split with a probe.c_grid"),
+             ("train_positions", pc.sampling != "balanced", "probe.sampling split or balanced_splits"),
+             ("test_positions", pc.sampling != "balanced", "probe.sampling split or balanced_splits"),
+             ("pool_positions", pc.sampling == "balanced", "probe.sampling=balanced"),
+             ("max_per_class", pc.sampling != "split", "probe.sampling balanced or balanced_splits"),
+             ("split_fractions", pc.sampling == "balanced", "probe.sampling=balanced"))
+    for key, used, what in needs:
+        if not used and pc[key] != getattr(default, key):
+            bad(f"probe.{key}", pc[key] if not OmegaConf.is_list(pc[key]) else list(pc[key]),
+                f"its default unless {what} (otherwise it does nothing)")
 
 
 def _is_bucket(v) -> bool:
@@ -627,6 +681,7 @@ def validate(cfg) -> None:
         v = OmegaConf.select(cfg, key)
         if v not in words:
             bad(key, v, "one of " + ", ".join(words))
+    _validate_probe(cfg.probe, bad)
     from .concepts import check_families
 
     check_families(cfg.threats.families, "threats.families")

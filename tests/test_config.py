@@ -57,6 +57,46 @@ def test_a_word_outside_a_settings_choices_fails_before_any_stage(override, expe
     assert _fails("stage=train", override).startswith(expected)
 
 
+@pytest.mark.parametrize("overrides,expected", [
+    (["probe.penalty=l3"], "probe.penalty='l3': expected one of l2, l1"),
+    (["probe.c_scale=total", "probe.c_grid=[1]"], "probe.c_scale='total': expected one of sum, mean"),
+    (["probe.metric=f1"], "probe.metric='f1': expected one of auc, accuracy, r2"),
+    (["probe.select_by=loss", "probe.c_grid=[1]"], "probe.select_by='loss': expected one of metric, auc, accuracy, r2"),
+    (["probe.sampling=random"], "probe.sampling='random': expected one of split, balanced, balanced_splits"),
+    (["probe.c_grid=[1,0]"], "probe.c_grid=[1.0, 0.0]: expected a list of inverse strengths C > 0"),
+    (["probe.sampling=balanced", "probe.split_fractions=[0.5,0.5,0.5]"], "probe.split_fractions=[0.5, 0.5, 0.5]: "
+                                                                         "expected three fractions"),
+    (["probe.sampling=balanced", "probe.max_per_class=0"], "probe.max_per_class=0: expected a positive integer"),
+    (["probe.sampling=balanced", "probe.pool_positions=0"], "probe.pool_positions=0: expected a positive integer"),
+    (["probe.sampling=balanced_splits", "probe.val_positions=0"], "probe.val_positions=0: expected a positive integer"),
+    (["probe.penalty=l1", "probe.l1=-1"], "probe.l1=-1.0: expected a finite number >= 0"),
+    # a seed-choice key that would do nothing fails, naming what it needs
+    (["probe.l1=0.1"], "probe.l1=0.1: expected its default unless probe.penalty=l1 and no probe.c_grid"),
+    (["probe.penalty=l1", "probe.l2=0.1"], "probe.l2=0.1: expected its default unless probe.penalty=l2"),
+    (["probe.c_scale=mean"], "probe.c_scale='mean': expected its default unless a probe.c_grid"),
+    (["probe.select_by=r2"], "probe.select_by='r2': expected its default unless a probe.c_grid"),
+    (["probe.val_positions=500"], "probe.val_positions=500: expected its default unless probe.sampling=balanced_splits"),
+    (["probe.pool_positions=5000"], "probe.pool_positions=5000: expected its default unless probe.sampling=balanced"),
+    (["probe.max_per_class=100"], "probe.max_per_class=100: expected its default unless probe.sampling balanced"),
+    (["probe.split_fractions=[0.8,0.1,0.1]"], "probe.split_fractions=[0.8, 0.1, 0.1]: expected its default unless "
+                                              "probe.sampling=balanced"),
+    (["probe.sampling=balanced", "probe.train_positions=100"], "probe.train_positions=100: expected its default "
+                                                               "unless probe.sampling split or balanced_splits"),
+])
+def test_a_bad_probe_seed_switch_fails_in_one_line_naming_it(overrides, expected):
+    assert _fails("stage=probe", *overrides).startswith(expected)
+
+
+def test_the_probe_seed_switches_pass_together():
+    validate(_cfg("stage=probe", "probe.penalty=l1", "probe.c_grid=[0.01,0.1,1,10,100]", "probe.c_scale=mean",
+                  "probe.metric=accuracy", "probe.penalize_bias=true", "probe.standardize=false",
+                  "probe.class_balance=false", "probe.sampling=balanced", "probe.max_per_class=1000",
+                  "probe.pool_positions=20000", "probe.split_fractions=[0.7,0.1,0.2]"))
+    validate(_cfg("stage=probe", "probe.penalty=l1", "probe.c_grid=[100,10,1,0.2,0.1]", "probe.metric=r2",
+                  "probe.sampling=balanced_splits", "probe.max_per_class=null", "probe.val_positions=2000",
+                  "probe.train_positions=8000"))
+
+
 def test_every_default_and_every_preset_passes_the_checks():
     groups = [f"{g.name}={p.stem}" for g in CONF_DIR.iterdir() if g.is_dir() and g.name not in ("hydra", "stage")
               for p in g.glob("*.yaml")]
