@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch._dynamo
 from torch import nn
 
 from ..runtime import distributed
@@ -118,8 +117,11 @@ class DictionaryTrainer:
         self.loss_fns = {n: distributed.wrap(_Losses(m), self.device) for n, (m, _) in dictionaries.items()}
         if compile:
             # each dictionary compiles at most two graphs of the same code (before and after AuxK
-            # starts); past dynamo's per-code limit (8) a many-site run would fall back to eager
-            dyn = torch._dynamo.config
+            # starts); past dynamo's per-code limit (8) a many-site run would fall back to eager.
+            # Imported here: dynamo takes ~2 s to import, which every app start would pay
+            from torch import _dynamo
+
+            dyn = _dynamo.config
             limit = "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit"
             setattr(dyn, limit, max(getattr(dyn, limit), 2 * len(dictionaries) + 2))
             self.loss_fns = {n: torch.compile(f) for n, f in self.loss_fns.items()}
