@@ -70,3 +70,25 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if {"shared_data", "shared_models"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.shared_data)
+
+
+@pytest.fixture(scope="session")
+def seed_transitional(shared_data, tmp_path_factory):
+    """`seed_transitional(*overrides)`: the run directory of stage=transitional on the seed study's 264
+    positions with those overrides (e.g. "model=maia1"), run once per session: several stages' tests read
+    the same dataset, and each run costs 10-30 s. Tests only read it."""
+    from _app import run_app
+    from _strict_json import check_json_tree
+
+    runs: dict[tuple[str, ...], Path] = {}
+
+    def run(*overrides: str) -> Path:
+        if overrides not in runs:
+            out = tmp_path_factory.mktemp("seed_transitional") / "tr"
+            r = run_app(["stage=transitional", "transitional.position_set=seed", *overrides], run_dir=out, timeout=600)
+            assert r.returncode == 0, r.stderr[-2000:]
+            check_json_tree(out)
+            runs[overrides] = out
+        return runs[overrides]
+
+    return run

@@ -51,10 +51,9 @@ def test_policy_head_finetune_learns_correct_moves_and_touches_nothing_else(seed
 
 
 @pytest.mark.slow
-def test_stage_finetune_on_seed_transitional(shared_data, tmp_path):
-    r = run_app(["stage=transitional", "transitional.position_set=seed"], run_dir=tmp_path / "tr")
-    assert r.returncode == 0, r.stderr[-2000:]
-    r = run_app(["stage=finetune", f"finetune.transitional={tmp_path}/tr", "finetune.concept=", "finetune.steps=20",
+def test_stage_finetune_on_seed_transitional(seed_transitional, tmp_path):
+    tr = seed_transitional()
+    r = run_app(["stage=finetune", f"finetune.transitional={tr}", "finetune.concept=", "finetune.steps=20",
                  "finetune.eval_every=10", "finetune.trainable=heads", "finetune.heldout_positions=0"],
                 run_dir=tmp_path / "ft")
     assert r.returncode == 0, r.stderr[-2000:]

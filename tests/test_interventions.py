@@ -132,10 +132,9 @@ def test_skill_trend_stats_see_which_end_gained():
 
 
 @pytest.mark.slow
-def test_stage_intervention_steering_on_seed_positions(shared_data, tmp_path):
-    r = run_app(["stage=transitional", "transitional.position_set=seed"], run_dir=tmp_path / "tr")
-    assert r.returncode == 0, r.stderr[-2000:]
-    r = run_app(["stage=intervention", "intervention.kind=steering", f"intervention.transitional={tmp_path}/tr",
+def test_stage_intervention_steering_on_seed_positions(seed_transitional, tmp_path):
+    tr = seed_transitional()
+    r = run_app(["stage=intervention", "intervention.kind=steering", f"intervention.transitional={tr}",
                  "intervention.strengths=[1.0,4.0]", "intervention.n_boot=100", "data=lichess", "data.max_games=40",
                  f"data.store_dir={tmp_path}/store", "intervention.heldout_positions=200"], run_dir=tmp_path / "iv")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -218,11 +217,10 @@ def _with(model, site, fn, inputs, bucket):
 
 
 @pytest.mark.slow
-def test_stage_intervention_elo_heads_on_seed_positions(shared_data, tmp_path):
-    r = run_app(["stage=transitional", "transitional.position_set=seed", "model=maia2_skill"], run_dir=tmp_path / "tr")
-    assert r.returncode == 0, r.stderr[-2000:]
+def test_stage_intervention_elo_heads_on_seed_positions(seed_transitional, tmp_path):
+    tr = seed_transitional("model=maia2_skill")
     r = run_app(["stage=intervention", "model=maia2_skill", "intervention.kind=elo_heads", "intervention.site=blocks.0.hook_elo_q",
-                 f"intervention.transitional={tmp_path}/tr", "intervention.strengths=[0.5,1.0]", "intervention.top_n=[1,2]",
+                 f"intervention.transitional={tr}", "intervention.strengths=[0.5,1.0]", "intervention.top_n=[1,2]",
                  "intervention.n_boot=100", "intervention.heldout_positions=0"], run_dir=tmp_path / "iv")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "iv" / "results.json").read_text())
@@ -235,7 +233,7 @@ def test_stage_intervention_elo_heads_on_seed_positions(shared_data, tmp_path):
     lo, hi = res["effect_minus_control_ci"]
     assert lo <= res["effect_minus_control"] <= hi
     assert "Heads by the share of KL" in (tmp_path / "iv" / "results.md").read_text()
-    r = run_app(["stage=intervention", "model=maia2_skill", "intervention.kind=elo_heads", f"intervention.transitional={tmp_path}/tr"],
+    r = run_app(["stage=intervention", "model=maia2_skill", "intervention.kind=elo_heads", f"intervention.transitional={tr}"],
                 run_dir=tmp_path / "bad")
     assert r.returncode != 0 and "hook_elo_q" in r.stderr
 

@@ -27,12 +27,9 @@ def family(shared_models):
 
 
 @pytest.fixture(scope="module")
-def transitional(shared_data, shared_models, tmp_path_factory):
-    """stage=transitional on the seed positions with the family, once for this module."""
-    out = tmp_path_factory.mktemp("maia1_study") / "tr"
-    r = run_app(["stage=transitional", "transitional.position_set=seed", "model=maia1"], run_dir=out)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return out
+def transitional(shared_models, seed_transitional):
+    """stage=transitional on the seed positions with the family (shared with test_transitional.py)."""
+    return seed_transitional("model=maia1")
 
 
 def test_hooks_see_conv_maps_as_square_tokens(family, tmp_path):

@@ -242,7 +242,7 @@ def test_calibration_score_rises_with_training(model, store, acts):
 
 
 @pytest.mark.slow
-def test_stage_sae_then_threats_end_to_end(shared_data, tmp_path):
+def test_stage_sae_then_threats_end_to_end(shared_data, seed_transitional, tmp_path):
     import json
 
     r = run_app(["stage=sae", "data=lichess", "data.max_games=80", f"data.store_dir={tmp_path}/store", "sae=jumprelu",
@@ -279,9 +279,8 @@ def test_stage_sae_then_threats_end_to_end(shared_data, tmp_path):
     assert pages[0].read_text().count("<svg") >= 5
 
     # stage=intervention amplifies the resid_post SAE's top threat features on the seed positions
-    r = run_app(["stage=transitional", "transitional.position_set=seed"], run_dir=tmp_path / "tr")
-    assert r.returncode == 0, r.stderr[-2000:]
-    r = run_app(["stage=intervention", f"intervention.transitional={tmp_path}/tr", f"intervention.saes={run}",
+    tr = seed_transitional()
+    r = run_app(["stage=intervention", f"intervention.transitional={tr}", f"intervention.saes={run}",
                  f"intervention.threats={tmp_path}/thr", "intervention.strengths=[1.0,3.0]", "intervention.top_n=[2]",
                  "intervention.n_boot=50", "intervention.heldout_positions=0"], run_dir=tmp_path / "iv")
     assert r.returncode == 0, r.stderr[-2000:]

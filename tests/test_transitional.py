@@ -93,12 +93,11 @@ def test_seed_positions_load_and_bad_file_is_named(shared_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_stage_transitional_on_seed_positions(shared_data, tmp_path):
-    r = run_app(["stage=transitional", "transitional.position_set=seed"], run_dir=tmp_path / "run", timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    rows = list(csv.DictReader(open(tmp_path / "run" / "transitional.csv")))
+def test_stage_transitional_on_seed_positions(seed_transitional):
+    run = seed_transitional()
+    rows = list(csv.DictReader(open(run / "transitional.csv")))
     assert len(rows) == 264
-    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    res = json.loads((run / "results.json").read_text())
     assert res["oracle"] == "accepted"
     tps = [int(r["transition_point"]) for r in rows]
     assert res["transitional"] == sum(0 < t < NEVER for t in tps) and res["never"] == tps.count(NEVER)
@@ -106,7 +105,7 @@ def test_stage_transitional_on_seed_positions(shared_data, tmp_path):
         preds = [r[f"pred_{k}"] for k in range(11)]
         ok = [p in r["correct_moves"].split() for p in preds]
         assert transition_points(np.array([ok]))[0][0] == int(r["transition_point"])
-    assert (tmp_path / "run" / "transition_points.png").stat().st_size > 5000
+    assert (run / "transition_points.png").stat().st_size > 5000
 
 
 @pytest.mark.slow
@@ -151,19 +150,17 @@ def test_maia1_predictions_are_each_bands_network(shared_models, tmp_path):
 
 
 @pytest.mark.slow
-def test_stage_transitional_maia1_on_seed_positions(shared_data, shared_models, tmp_path):
-    r = run_app(["stage=transitional", "transitional.position_set=seed", "model=maia1"], run_dir=tmp_path / "run",
-                timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    res = json.loads((tmp_path / "run" / "results.json").read_text())
-    rows = list(csv.DictReader(open(tmp_path / "run" / "transitional.csv")))
+def test_stage_transitional_maia1_on_seed_positions(shared_models, seed_transitional):
+    run = seed_transitional("model=maia1")
+    res = json.loads((run / "results.json").read_text())
+    rows = list(csv.DictReader(open(run / "transitional.csv")))
     assert res["model"] == "maia1" and len(rows) == 264
     # buckets 0,1 are both maia-1100 and 9,10 both maia-1900: same move, so no transition point 1 or 10
     assert all(r["pred_0"] == r["pred_1"] and r["pred_9"] == r["pred_10"] for r in rows)
     assert {int(r["transition_point"]) for r in rows}.isdisjoint({1, 10})
     # the nine networks, weakest to strongest, find more of the seed study's accepted moves
     assert res["accuracy_bucket_9"] > res["accuracy_bucket_2"] + 0.1
-    assert "maia-1500" in (tmp_path / "run" / "results.md").read_text()
+    assert "maia-1500" in (run / "results.md").read_text()
 
 
 def test_skill_stats_by_game_bootstrap():
