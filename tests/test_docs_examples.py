@@ -13,6 +13,8 @@ from pytest_examples import CodeExample, EvalExample, find_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MODELS = "../shared/models"
+# one torch thread: the examples are tiny, and two threads on shared cores spin against each other
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _examples():
@@ -61,3 +63,35 @@ def test_example_runs(example: CodeExample, eval_example: EvalExample, request, 
         torch.set_num_threads(threads)
     if failure:
         pytest.fail(failure, pytrace=False)
+
+
+def test_config_reference_lists_every_key_of_the_schema():
+    """docs/gen_config_ref.py (the MkDocs hook) writes one row per key of the typed schema, with the
+    comment beside it in maia_adapt/config.py: compared here with the keys OmegaConf itself builds."""
+    import importlib.util
+
+    from omegaconf import OmegaConf
+
+    from maia_adapt.config import Config
+
+    spec = importlib.util.spec_from_file_location("gen_config_ref", ROOT / "docs" / "gen_config_ref.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    page = gen.markdown()
+    documented = {line.split("`")[1] for line in page.splitlines() if line.startswith("| `")}
+
+    def keys(node, prefix=""):
+        for k in node.keys():
+            v = node._get_node(k)
+            if OmegaConf.is_dict(v) and OmegaConf.is_missing(node, k):
+                # a group (model, data, ...) is missing until its option is chosen: its schema's keys
+                v = OmegaConf.structured(v._metadata.ref_type)
+            if OmegaConf.is_dict(v) and OmegaConf.get_type(v) not in (dict, None):
+                yield from keys(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}"
+
+    schema = set(keys(OmegaConf.structured(Config)))
+    assert schema and schema == documented, (schema ^ documented)
+    assert "| `train.teacher_contrast` | `float` | `0.0` |" in page  # type and default from the dataclass
+    assert "the part of the policy the Elo changes" in page  # the comment written above the field
