@@ -1,4 +1,5 @@
 """Offline HTML feature dashboards: concept squares, page contents, and a headless-browser render."""
+import html
 import re
 import shutil
 import subprocess
@@ -39,10 +40,10 @@ def dashboards(tmp_path):
     feats = torch.relu(torch.randn(n, f, generator=g))
     feats[:, 2] = torch.tensor([float(chess.Board(x).is_check()) + 0.01 * i for i, x in enumerate(fens)])
     concepts = {
-        0: [{"concept": "defensive@e4", "auc": 0.91, "auc_heldout": 0.88},
-            {"concept": "own_knight@f3", "auc": 0.95, "auc_heldout": 0.93}],  # best by held-out AUC
-        2: [{"concept": "in_check", "auc": 0.99, "auc_heldout": 0.98}],
-        5: [{"concept": "capture_possible@d5", "auc": 0.8, "auc_heldout": 0.75}],
+        0: [{"concept": "defensive@e4", "auc_selection": 0.91, "auc_heldout": 0.88},
+            {"concept": "own_knight@f3", "auc_selection": 0.95, "auc_heldout": 0.93}],  # best by held-out AUC
+        2: [{"concept": "in_check", "auc_selection": 0.99, "auc_heldout": 0.98}],
+        5: [{"concept": "capture_possible@d5", "auc_selection": 0.8, "auc_heldout": 0.75}],
     }
     elo = torch.rand(len(BUCKET_NAMES), f, generator=g)
     index = write_dashboards(tmp_path / "dash", feats, fens, concepts, elo_profile=elo, top_n=TOP_N)
@@ -110,3 +111,45 @@ def test_dashboard_renders_in_headless_chromium(dashboards, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    """Random-play positions with their board-state concepts (the stage's own labelling)."""
+    from maia_adapt.concepts import position_concepts, select_families
+
+    fens = _random_fens(160, seed=3)
+    concepts, _ = select_families(position_concepts(fens, ["board-state"]), ["board-state"])
+    return fens, concepts.keep(15)
+
+
+def _stage_dashboards(out, feats, fens, concepts, heldout_fraction, **tc):
+    """The stage's own path: detect_concepts rows -> threats._dashboards -> pages."""
+    from types import SimpleNamespace
+
+    from maia_adapt.concepts.detection import detect_concepts
+    from maia_adapt.stages.threats import _dashboards
+
+    det = detect_concepts(feats, concepts.labels, concepts.names, heldout_fraction=heldout_fraction, top_k=2,
+                          n_null=2, n_boot=20, seed=0)
+    tc = SimpleNamespace(**{"dashboards": 4, "dashboard_top_n": 6, **tc})
+    index = _dashboards(out, "test", feats, fens, det.rows(), det.detected(0.7), None, tc)
+    return index, det.rows()
+
+
+def test_headline_is_the_best_evidence_without_a_heldout_half(labelled, tmp_path):
+    # the seed's NeurIPS protocol has no held-out half: every held-out AUC is NaN, and a sort on it kept
+    # the concept list's order, so an earlier concept headed a feature that a later one explains better
+    fens, concepts = labelled
+    first, later = 0, len(concepts.names) - 1
+    y = concepts.labels.float()
+    g = torch.Generator().manual_seed(1)
+    feats = 0.05 * torch.rand(len(fens), 8, generator=g)
+    feats[:, 0] += y[:, later] + 0.3 * y[:, first]
+    index, rows = _stage_dashboards(tmp_path / "dash", feats, fens, concepts, 0.0)
+    mine = {r["concept"]: r for r in rows if r["feature"] == 0}
+    assert {concepts.names[first], concepts.names[later]} <= set(mine)
+    assert all(np.isnan(r["auc_heldout"]) for r in rows)
+    assert mine[concepts.names[later]]["auc_selection"] > mine[concepts.names[first]]["auc_selection"]
+    page = (index.parent / "feature_0.html").read_text()
+    assert re.search(r'<h1>Feature 0: ([^<]+)</h1>', page).group(1) == html.escape(concepts.names[later])

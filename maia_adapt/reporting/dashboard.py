@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..encoding import BUCKET_NAMES  # noqa: E402
 # temp file in the same folder + os.replace: a reader never sees a half-written page
+from ..concepts.detection import evidence_key  # noqa: E402
 from ..concepts.squares import concept_square  # noqa: E402
 from ..io import atomic_write_text  # noqa: E402
 
@@ -77,7 +78,7 @@ def _page(title: str, body: str) -> str:
 
 
 def _concept_table(concepts: list[dict]) -> str:
-    rows = "".join(f"<tr><td>{html.escape(c['concept'])}</td><td>{c['auc']:.3f}</td>"
+    rows = "".join(f"<tr><td>{html.escape(c['concept'])}</td><td>{c['auc_selection']:.3f}</td>"
                    f"<td>{c['auc_heldout']:.3f}</td></tr>" for c in concepts)
     return f"<table><tr><th>concept</th><th>AUC</th><th>held-out AUC</th></tr>{rows}</table>"
 
@@ -98,7 +99,7 @@ def _feature_page(fid, acts, fens, concepts, elo_col, top_n, title) -> str:
                      f"{float(acts[i]):.4f}</div><div>{side} to move{where}</div>"
                      f'<div class="fen">{html.escape(fens[i])}</div></div>')
     parts = [f'<p><a href="index.html">&larr; {html.escape(title)}</a></p>',
-             f"<h1>Feature {fid}</h1>",
+             f"<h1>Feature {fid}: {html.escape(best)}</h1>" if best else f"<h1>Feature {fid}</h1>",
              f"<p>Boards are shown from the side to move; the red square is the one named by "
              f"<b>{html.escape(best or 'no concept')}</b>.</p>",
              "<h2>Concepts</h2>", _concept_table(concepts),
@@ -116,9 +117,9 @@ def _index_page(feature_concepts: dict, title: str) -> str:
             by_concept.setdefault(c["concept"], []).append((fid, c))
     rows = []
     for concept in sorted(by_concept):
-        for fid, c in sorted(by_concept[concept], key=lambda fc: -fc[1]["auc_heldout"]):
+        for fid, c in sorted(by_concept[concept], key=lambda fc: evidence_key(fc[1])):
             rows.append(f"<tr><td>{html.escape(concept)}</td><td><a href=\"feature_{fid}.html\">feature {fid}</a>"
-                        f"</td><td>{c['auc']:.3f}</td><td>{c['auc_heldout']:.3f}</td></tr>")
+                        f"</td><td>{c['auc_selection']:.3f}</td><td>{c['auc_heldout']:.3f}</td></tr>")
     links = " ".join(f'<a href="feature_{fid}.html">{fid}</a>' for fid in sorted(feature_concepts))
     body = (f"<h1>{html.escape(title)}</h1><p>{len(feature_concepts)} features: {links}</p>"
             f"<table><tr><th>concept</th><th>feature</th><th>AUC</th><th>held-out AUC</th></tr>"
@@ -128,7 +129,11 @@ def _index_page(feature_concepts: dict, title: str) -> str:
 
 def write_dashboards(out_dir, features, fens, feature_concepts, elo_profile=None, top_n=12,
                      title="Feature dashboards") -> Path:
-    """Write index.html and feature_<id>.html for each feature in feature_concepts; return the index."""
+    """Write index.html and feature_<id>.html for each feature in feature_concepts; return the index.
+
+    feature_concepts: {feature: [{"concept", "auc_selection", "auc_heldout"} (the keys of a
+    detection row), ...]}; optional keys "positives", "ci_low", "ci_high" are shown when present.
+    """
     acts = features.detach().cpu().float().numpy() if hasattr(features, "detach") else np.asarray(features, float)
     if acts.ndim != 2 or acts.shape[0] != len(fens):
         raise ValueError(f"features must be [N={len(fens)}, F], got {tuple(acts.shape)}")
@@ -143,8 +148,8 @@ def write_dashboards(out_dir, features, fens, feature_concepts, elo_profile=None
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # highest held-out AUC first: that concept picks the highlighted square (stable for ties)
-    ranked = {int(f): sorted(cs, key=lambda c: -c["auc_heldout"]) for f, cs in feature_concepts.items()}
+    # best evidence first: that concept heads the page and picks the highlighted square (stable for ties)
+    ranked = {int(f): sorted(cs, key=evidence_key) for f, cs in feature_concepts.items()}
     for fid, concepts in ranked.items():
         page = _feature_page(fid, acts[:, fid], fens, concepts, None if elo is None else elo[:, fid], top_n, title)
         atomic_write_text(out / f"feature_{fid}.html", page)

@@ -17,7 +17,7 @@ import torch
 
 from ..analysis.activations import collect_activations, position_codes
 from ..concepts import BoardConcepts, ConceptSpec, check_families, load_puzzles, load_sts, position_concepts, select_families
-from ..concepts.detection import compare_detections, detect_concepts, read_detection_table
+from ..concepts.detection import compare_detections, detect_concepts, evidence_key, read_detection_table
 from ..data.preprocess import open_or_build_store
 from ..data.store import store_from_fens
 from ..dictionaries import find_saes, load_sae
@@ -60,14 +60,14 @@ def _threat_panels(rows: list[dict]) -> dict[str, np.ndarray]:
 
 
 def _dashboards(out_dir: Path, name: str, feats, fens, rows, detected, profile, tc) -> Path:
-    """Pages for the features that best detect a concept (detected ones first, by held-out AUC)."""
-    ranked = sorted(zip(rows, detected.tolist()), key=lambda rd: (not rd[1], -np.nan_to_num(rd[0]["auc_heldout"])))
+    """Pages for the features that best detect a concept (detected ones first, then by evidence_key)."""
+    ranked = sorted(zip(rows, detected.tolist()), key=lambda rd: (not rd[1], evidence_key(rd[0])))
     feature_concepts: dict[int, list[dict]] = {}
     for r, _ in ranked:
         if len(feature_concepts) >= tc.dashboards and r["feature"] not in feature_concepts:
             continue
         feature_concepts.setdefault(r["feature"], []).append(
-            {"concept": r["concept"], "auc": r["auc_selection"], "auc_heldout": r["auc_heldout"]})
+            {k: r[k] for k in ("concept", "auc_selection", "auc_heldout", "positives", "ci_low", "ci_high")})
     return write_dashboards(out_dir, feats, fens, feature_concepts, elo_profile=profile, top_n=tc.dashboard_top_n,
                             title=f"{name}: features that detect chess concepts")
 
@@ -189,7 +189,7 @@ def run(cfg, run_dir: Path) -> dict:
             png = square_heatmaps(_threat_panels(rows), run_dir / f"threat_auc_{slug}.png",
                                   f"{name}: held-out AUC of the best feature per square")
             tracker.log_image(f"threats/{slug}", png)
-            best = sorted(rows, key=lambda r: -np.nan_to_num(r["auc_heldout"]))[:10]
+            best = sorted(rows, key=evidence_key)[:10]
             site_res = {"features": int(feats.shape[1]), "detected_per_family": counts, **{f"{k}_detected": v for k, v in kinds.items()},
                         "threat_scored": int(sum(n.split("@")[0] in ("defensive", "offensive") for n in scored.names)),
                         "best": best[:5]}
