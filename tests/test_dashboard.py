@@ -153,3 +153,16 @@ def test_headline_is_the_best_evidence_without_a_heldout_half(labelled, tmp_path
     assert mine[concepts.names[later]]["auc_selection"] > mine[concepts.names[first]]["auc_selection"]
     page = (index.parent / "feature_0.html").read_text()
     assert re.search(r'<h1>Feature 0: ([^<]+)</h1>', page).group(1) == html.escape(concepts.names[later])
+
+
+def test_square_heatmap_writes_one_as_1_00(tmp_path):
+    import matplotlib
+
+    from maia_adapt.reporting.plots import square_heatmaps
+
+    values = np.full(64, np.nan)
+    values[[0, 1, 2]] = [1.0, 0.954, 0.5]
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text kept as text in the SVG
+        svg = square_heatmaps({"defensive": values}, tmp_path / "auc.svg", "t").read_text()
+    cells = re.findall(r">([0-9.]+)</text>", svg)
+    assert {"1.00", ".95", ".50"} <= set(cells) and ".00" not in cells
