@@ -57,6 +57,12 @@ def _square_is_filled(svg: str, square: int) -> bool:
     return bool(re.search(overlay, svg))
 
 
+def _section(page: str, start: str) -> str:
+    """The page from `start` up to the next <h2>."""
+    rest = page[page.index(start):]
+    return rest[: rest.find("<h2>", len(start)) if "<h2>" in rest[len(start):] else None]
+
+
 def test_dashboards_content(dashboards):
     index, feats, fens, concepts = dashboards
     index_html = index.read_text()
@@ -64,14 +70,15 @@ def test_dashboards_content(dashboards):
     for fid in concepts:
         assert f'href="feature_{fid}.html"' in index_html
         page = (index.parent / f"feature_{fid}.html").read_text()
-        assert page.count("<svg") == min(TOP_N, len(fens))
+        top_section = _section(page, 'id="top"')
+        assert top_section.count("<svg") == min(TOP_N, len(fens))
         assert page.count('src="data:image/png;base64,') == 2  # histogram + Elo profile
         assert "http://" not in page.replace('xmlns="http://www.w3.org', "").replace(
             'xmlns:xlink="http://www.w3.org', "")  # nothing fetched from the network
-        values = [float(v) for v in re.findall(r'data-activation="([^"]+)"', page)]
+        values = [float(v) for v in re.findall(r'data-activation="([^"]+)"', top_section)]
         assert values == sorted(values, reverse=True)
         assert np.allclose(values, np.sort(feats[:, fid])[::-1][:TOP_N])
-        svgs = re.findall(r"<svg.*?</svg>", page, flags=re.S)
+        svgs = re.findall(r"<svg.*?</svg>", top_section, flags=re.S)
         best = max(concepts[fid], key=lambda c: c["auc_heldout"])["concept"]
         top = np.argsort(-feats[:, fid], kind="stable")[:TOP_N]
         for svg, i in zip(svgs, top):
@@ -104,7 +111,7 @@ def test_dashboard_renders_in_headless_chromium(dashboards, tmp_path):
             f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert dom.stdout.count("<svg") == min(TOP_N, len(fens))
+    assert _section(dom.stdout, 'id="top"').count("<svg") == min(TOP_N, len(fens))
     assert "Feature 0" in dom.stdout
     shot = tmp_path / "shot.png"
     run = subprocess.run([*base, f"--screenshot={shot}", "--window-size=1200,900", page.as_uri()],
