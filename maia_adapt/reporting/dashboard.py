@@ -154,11 +154,11 @@ def _concept_table(concepts: list[dict], small_sample: int) -> str:
             f"<th>positives</th></tr>{rows}</table>")
 
 
-def _dense(freq: float, heads: int, dense_frequency: float, many_concepts: int) -> str:
+def _dense(freq: float, heads: int, dense_frequency: float | None, many_concepts: int) -> str:
     """Why a feature is flagged dense, or '': a feature active on many positions, or the best detector
     of many concepts, detects none of them in particular (its AUCs come from firing almost everywhere)."""
     why = []
-    if freq > dense_frequency:
+    if dense_frequency is not None and freq > dense_frequency:
         why.append(f"active on {freq:.0%} of positions (> {dense_frequency:.0%})")
     if heads >= many_concepts:
         why.append(f"best feature of {heads} concepts (>= {many_concepts})")
@@ -274,7 +274,7 @@ def _index_page(feature_concepts: dict, dense: dict[int, str], small_sample: int
 
 
 def write_dashboards(out_dir, features, fens, feature_concepts, elo_profile=None, top_n=12,
-                     title="Feature dashboards", logit_effects=None, dense_frequency: float = 0.1,
+                     title="Feature dashboards", logit_effects=None, dense_frequency: float | None = 0.1,
                      many_concepts: int = 10, small_sample: int = 30, quantiles: tuple[int, int] = (4, 3)) -> Path:
     """Write index.html and feature_<id>.html for each feature in feature_concepts; return the index.
 
@@ -282,7 +282,8 @@ def write_dashboards(out_dir, features, fens, feature_concepts, elo_profile=None
     detection row), ...]}; optional keys "positives", "ci_low", "ci_high" are shown when present.
     logit_effects: {feature: analysis.logit_effects' entry}, shown where given. A feature is flagged
     dense when active on more than `dense_frequency` of the positions or the best of at least
-    `many_concepts` concepts; an AUC with fewer than `small_sample` positives is flagged. quantiles:
+    `many_concepts` concepts (dense_frequency None: by the second rule only, for raw units, whose
+    'active' (> 0) is no sparsity); an AUC with fewer than `small_sample` positives is flagged. quantiles:
     (intervals, examples per interval) of the activation-range examples.
     """
     acts = features.detach().cpu().float().numpy() if hasattr(features, "detach") else np.asarray(features, float)

@@ -92,7 +92,8 @@ def _dashboards(out_dir: Path, name: str, feats, fens, rows, detected, profile, 
     if callable(effects):
         effects = effects(list(feature_concepts))
     return write_dashboards(out_dir, feats, fens, feature_concepts, elo_profile=profile, top_n=tc.dashboard_top_n,
-                            title=f"{name}: features that detect chess concepts", logit_effects=effects)
+                            title=f"{name}: features that detect chess concepts", logit_effects=effects,
+                            dense_frequency=None if name.endswith("(units)") else 0.1)
 
 
 def positions(cfg, run_dir: Path):
