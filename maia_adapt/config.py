@@ -406,6 +406,9 @@ class ThreatsConfig:
     dashboards: int = 24  # HTML pages for up to this many features (the best detectors); 0: none
     dashboard_top_n: int = 12  # boards per feature page
     elo_profile_positions: int = 256  # positions run at each of the 11 Elo buckets for the Elo plot
+    # positions the dashboards' logit effects average over (each feature's decoder direction added at its
+    # site, the change of every legal move's log-probability); 0: no logit effects
+    logit_positions: int = 64
     # a stage=threats run directory (another subject, or this model at another threats.elo): results.md
     # adds, per site both scored, this run's held-out AUC minus that run's, paired over concepts
     compare_to: Optional[str] = None

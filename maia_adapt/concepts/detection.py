@@ -120,6 +120,19 @@ def detect_concepts(
                             absence_feature, absence_auc)
 
 
+def evidence_key(row: dict) -> tuple:
+    """Sort key of detection rows (or dashboard concepts with the same keys), best evidence first.
+
+    A held-out AUC is the unbiased estimate, so rows that have one come first, by it; rows without
+    one (no held-out half, as in the seed's NeurIPS protocol, or no positive in it) follow, by their
+    selection AUC; ties go to the higher selection AUC. Sorting on the held-out AUC alone put NaN keys
+    in the sort, which leaves the input order (the concept list's: own_rook@f5 before own_king@f5).
+    """
+    held, sel = float(row["auc_heldout"]), float(row["auc_selection"])
+    sel = sel if np.isfinite(sel) else -np.inf
+    return (0, -held, -sel) if np.isfinite(held) else (1, -sel, 0.0)
+
+
 def read_detection_table(path) -> list[dict]:
     """The rows of a detection_<site>.csv written by stage=threats (numbers as floats)."""
     path = Path(path)

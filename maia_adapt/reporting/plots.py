@@ -73,7 +73,8 @@ def square_heatmaps(panels: dict[str, object], path, title: str, vmin: float = 0
         for r in range(8):
             for c in range(8):
                 v = grid[r, c]
-                ax.text(c, r, "" if np.isnan(v) else f"{v:.2f}"[1:], ha="center", va="center", fontsize=6,
+                # drop only a leading zero to fit the cell: 0.95 -> .95, but 1.00 stays 1.00
+                ax.text(c, r, "" if np.isnan(v) else f"{v:.2f}".removeprefix("0"), ha="center", va="center", fontsize=6,
                         color="white" if v < (vmin + vmax) / 2 else "black")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=label)
     fig.suptitle(title, fontsize=10)

@@ -133,7 +133,7 @@ def run(cfg, run_dir: Path) -> dict:
     index = None
     if cc.dashboards and down:
         pos = tokens[1].view(len(idx), -1, tokens[1].shape[-1]).amax(1)
-        fc = {f: [{"concept": f"skill relevance {float(relevance[1][f]):.3f}", "auc": float("nan"), "auc_heldout": float("nan")}]
+        fc = {f: [{"concept": f"skill relevance {float(relevance[1][f]):.3f}", "auc_selection": float("nan"), "auc_heldout": float("nan")}]
               for f in down}
         index = write_dashboards(run_dir / "dashboards", pos, store.fens(idx), fc, elo_profile=means[1],
                                  title="layer-1 transcoder features most tied to skill")

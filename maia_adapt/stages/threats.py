@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from ..analysis.activations import collect_activations, position_codes
+from ..analysis.logit_effects import logit_effects
 from ..concepts import BoardConcepts, ConceptSpec, check_families, load_puzzles, load_sts, position_concepts, select_families
-from ..concepts.detection import compare_detections, detect_concepts, read_detection_table
+from ..concepts.detection import compare_detections, detect_concepts, evidence_key, read_detection_table
 from ..data.preprocess import open_or_build_store
 from ..data.store import store_from_fens
 from ..dictionaries import find_saes, load_sae
@@ -59,17 +60,40 @@ def _threat_panels(rows: list[dict]) -> dict[str, np.ndarray]:
     return {kind: np.array([auc.get(f"{kind}@{sq}", np.nan) for sq in SQUARE_NAMES]) for kind in ("defensive", "offensive")}
 
 
-def _dashboards(out_dir: Path, name: str, feats, fens, rows, detected, profile, tc) -> Path:
-    """Pages for the features that best detect a concept (detected ones first, by held-out AUC)."""
-    ranked = sorted(zip(rows, detected.tolist()), key=lambda rd: (not rd[1], -np.nan_to_num(rd[0]["auc_heldout"])))
+def _direction_of(name: str, saes: list, model):
+    """(site, feature -> its direction in the site's token space) of a feature set of _features: the
+    SAE's decoder row, or the unit vector of a raw unit."""
+    site = name.split(" ")[0]
+    for s in saes:
+        if name.startswith(f"{s.cfg.site} (SAE {s.cfg.architecture}, F={s.cfg.dim})"):
+            return site, lambda f: s.W_dec[f].detach().float().cpu()
+    dim = model.site_dim(site)
+    return site, lambda f: torch.nn.functional.one_hot(torch.tensor(f), dim).float()
+
+
+def _logit_effects(model, store, idx, name, feats, features: list[int], saes, tc) -> dict:
+    """analysis.logit_effects of the dashboard features on the first threats.logit_positions positions,
+    each direction scaled by the feature's mean activation over its top dashboard_top_n positions."""
+    site, direction = _direction_of(name, saes, model)
+    top = feats[:, features].topk(min(tc.dashboard_top_n, len(feats)), dim=0).values.mean(0)
+    return logit_effects(model, store, idx[: tc.logit_positions], site, {f: direction(f) for f in features},
+                         {f: float(a) for f, a in zip(features, top)}, elo=tc.elo)
+
+
+def _dashboards(out_dir: Path, name: str, feats, fens, rows, detected, profile, tc, effects=None) -> Path:
+    """Pages for the features that best detect a concept (detected ones first, then by evidence_key)."""
+    ranked = sorted(zip(rows, detected.tolist()), key=lambda rd: (not rd[1], evidence_key(rd[0])))
     feature_concepts: dict[int, list[dict]] = {}
     for r, _ in ranked:
         if len(feature_concepts) >= tc.dashboards and r["feature"] not in feature_concepts:
             continue
         feature_concepts.setdefault(r["feature"], []).append(
-            {"concept": r["concept"], "auc": r["auc_selection"], "auc_heldout": r["auc_heldout"]})
+            {k: r[k] for k in ("concept", "auc_selection", "auc_heldout", "positives", "ci_low", "ci_high")})
+    if callable(effects):
+        effects = effects(list(feature_concepts))
     return write_dashboards(out_dir, feats, fens, feature_concepts, elo_profile=profile, top_n=tc.dashboard_top_n,
-                            title=f"{name}: features that detect chess concepts")
+                            title=f"{name}: features that detect chess concepts", logit_effects=effects,
+                            dense_frequency=None if name.endswith("(units)") else 0.1)
 
 
 def positions(cfg, run_dir: Path):
@@ -189,7 +213,7 @@ def run(cfg, run_dir: Path) -> dict:
             png = square_heatmaps(_threat_panels(rows), run_dir / f"threat_auc_{slug}.png",
                                   f"{name}: held-out AUC of the best feature per square")
             tracker.log_image(f"threats/{slug}", png)
-            best = sorted(rows, key=lambda r: -np.nan_to_num(r["auc_heldout"]))[:10]
+            best = sorted(rows, key=evidence_key)[:10]
             site_res = {"features": int(feats.shape[1]), "detected_per_family": counts, **{f"{k}_detected": v for k, v in kinds.items()},
                         "threat_scored": int(sum(n.split("@")[0] in ("defensive", "offensive") for n in scored.names)),
                         "best": best[:5]}
@@ -203,8 +227,9 @@ def run(cfg, run_dir: Path) -> dict:
                 summary.update({f"{slug}:{f}_auc_minus_compare_to": c["auc_difference"] for f, c in site_res["compared"].items()})
                 lines += _comparison_report(site_res["compared"], tc.compare_to)
             if tc.dashboards:
+                effects = (lambda fs: _logit_effects(model, store, idx, name, feats, fs, saes, tc)) if tc.logit_positions else None
                 index = _dashboards(run_dir / f"dashboards_{slug}", name, feats, fens, rows, detected,
-                                    torch.stack(profiles[name]), tc)
+                                    torch.stack(profiles[name]), tc, effects)
                 site_res["dashboards"] = str(index)
                 lines += [f"Feature dashboards: [{index.parent.name}/index.html]({index.parent.name}/index.html)", ""]
             tracker.log({f"threats/{slug}/{k}": v for k, v in kinds.items()})
