@@ -16,8 +16,8 @@ echo "store and lc0 planes built after $SECONDS s"
 run distill_scratch experiment=skill_model train.init_from_checkpoint=false train.lr=4e-3 train.warmup_steps=200 \
     train.max_steps=4000 &
 wait
-# every run on the whole test split (188,227 positions on the repaired file), as the README's second
-# skill table; a run stopped by the time limit is evaluated at its last checkpoint
+# every run on the whole test split (188,227 positions on the repaired file), as the second
+# skill table of experiments/skill_model/README.md; a run stopped by the time limit is evaluated at its last checkpoint
 for name in distill_finetune distill_scratch; do
   [ -d "$out/$name" ] && run "eval_$name" stage=evaluate model=maia2_skill model.name="$name" \
       model.checkpoint="$out/$name" evaluate.positions=null evaluate.device=cuda

@@ -55,7 +55,7 @@ def test_the_skill_model_plays_each_end_buckets_moves_at_its_own_bucket(shared_d
     predicted better conditioned at < 1100 than at >= 2000, players >= 2000 the other way round. The
     two gaps pooled must be above zero by 3 standard errors and above maia2_small's on the same
     positions. Measured on the first 3,000 games (1,561 + 1,023 end-bucket test positions): pooled
-    gap 8.0 +- 0.9 points (maia2_small 0.8 +- 0.5); README, "A Maia-2 that adapts to skill"."""
+    gap 8.0 +- 0.9 points (maia2_small 0.8 +- 0.5); experiments/skill_model/README.md, "The research log"."""
     store = lichess_store(shared_data, tmp_path / "store", GameFilter(max_games=3000))
     test = store.split_indices("test")
     elo = store.column("elo_self")[test]

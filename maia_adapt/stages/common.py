@@ -19,7 +19,7 @@ def frozen_model(cfg, stage: str):
     A stage that reads only Maia-2 reaches here; `model=maia1` gets one line saying why."""
     if str(cfg.model.name) == "maia1":
         raise ConfigError(f"stage={stage} does not take model=maia1: {MAIA2_ONLY.get(stage, 'it reads Maia-2 only')} "
-                          "(see the README's 'Which stages take Maia-1')")
+                          "(see docs/stages.md, 'Which stages take Maia-1')")
     if not cfg.model.checkpoint:
         raise ConfigError(f"stage={stage} needs a trained model: set model.checkpoint (a .pt/.safetensors file or run directory)")
     model = load_model(cfg.model.checkpoint, attention=(cfg.model.heads, cfg.model.dim_head)).eval()
