@@ -81,3 +81,8 @@ def test_a_debug_run_finishes_in_seconds(stage, extra, tmp_path):
     assert resolved.data.max_games == DEBUG.data.max_games
     # generous for a loaded 2-core CI machine; alone on it each takes 5-8 s (store build included)
     assert took < 60, f"stage={stage} debug=default took {took:.0f} s"
+    # run.log holds what the run printed, its end-of-run digest included; stdout has the digest, not the JSON
+    log = (run_dir / "run.log").read_text()
+    assert f"== {stage} (default) ==" in log and f"run directory: {run_dir}" in log
+    assert "{" not in proc.stdout.split("run directory: ")[-1]
+    assert "Warning" not in proc.stderr  # the buckets without a test position are null, silently
