@@ -60,3 +60,20 @@ def test_run_log_keeps_prints_warnings_and_a_bars_last_state(tmp_path):
     assert text[0] == "[hydra] already here" and text[1].startswith("# ")
     assert text[2:] == ["store: 31 positions", "train: 100%|#####| 4/4", "no newline at the end"]
 
+
+def test_the_skill_matrix_plot_of_a_level_without_positions_warns_nothing(tmp_path):
+    import warnings
+
+    import numpy as np
+
+    from maia_adapt.reporting.plots import skill_matrix_heatmap
+
+    values = np.random.default_rng(0).uniform(0.3, 0.6, (11, 11))
+    values[5] = np.nan  # 1500-1599: no test position
+    counts = np.full(11, 40)
+    counts[5] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = skill_matrix_heatmap(values, [str(b) for b in range(11)], counts, tmp_path / "m.png", "t")
+    assert path.stat().st_size > 0
+
