@@ -77,3 +77,22 @@ def test_the_skill_matrix_plot_of_a_level_without_positions_warns_nothing(tmp_pa
         path = skill_matrix_heatmap(values, [str(b) for b in range(11)], counts, tmp_path / "m.png", "t")
     assert path.stat().st_size > 0
 
+
+def test_help_lists_every_stage_preset_and_protocol_with_what_it_does():
+    import string
+
+    from hydra import compose, initialize_config_dir
+
+    from maia_adapt.config import CONF_DIR  # registers the maia_help resolver
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True)
+    # what Hydra does with the template for --help: a description's `$VAR` must not be a placeholder
+    text = string.Template(cfg.hydra.help.template).substitute(FLAGS_HELP="", APP_CONFIG_GROUPS="",
+                                                               HYDRA_CONFIG_GROUPS="", CONFIG="")
+    for group in ("stage", "experiment", "protocol"):
+        for f in (CONF_DIR / group).glob("*.yaml"):
+            line = re.search(rf"^  {re.escape(f.stem)} +(\S.*)$", text, re.M)
+            assert line and len(line.group(1)) > 10, f"{group}={f.stem} has no description in --help"
+    assert re.search(r"^  sae +sparse autoencoders", text, re.M) and "$MAIA_ADAPT_DATA" in text
+    assert "debug=default" in text and "== Stages (stage=NAME) ==" in text
