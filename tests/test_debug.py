@@ -16,9 +16,15 @@ PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if p.s
 PROTOCOLS = sorted(p.stem for p in (CONF_DIR / "protocol").glob("*.yaml"))
 
 
-def _cfg(*overrides):
+@pytest.fixture(scope="module", autouse=True)
+def _hydra():
+    # one initialisation for the module's ~30 compositions (each would re-read the config tree)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        yield
+
+
+def _cfg(*overrides):
+    return compose("config", overrides=list(overrides))
 
 
 def _debug_keys(node=DEBUG, prefix=""):
@@ -66,10 +72,11 @@ def test_the_command_line_wins_over_debug():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage,extra", [("train", TINY_MODEL), ("sae", [])])
-def test_a_debug_run_finishes_in_seconds(stage, extra, tmp_path):
-    run_dir = tmp_path / stage
+def test_a_debug_run_finishes_in_seconds(stage, extra, tmp_path_factory):
+    store = tmp_path_factory.getbasetemp() / "debug_store"  # the second run reuses the first one's store
+    run_dir = tmp_path_factory.mktemp(stage)
     t = time.perf_counter()
-    proc = run_app([f"stage={stage}", "debug=default", f"data.store_dir={tmp_path}/store", *extra],
+    proc = run_app([f"stage={stage}", "debug=default", f"data.store_dir={store}", *extra],
                    run_dir=run_dir, timeout=120, env={"OMP_NUM_THREADS": "1"})
     took = time.perf_counter() - t
     assert proc.returncode == 0, proc.stderr[-2000:]
