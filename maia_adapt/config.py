@@ -51,6 +51,16 @@ if not OmegaConf.has_resolver("model_id"):
     OmegaConf.register_new_resolver("model_id", _model_id)
 
 
+def _help_lists() -> str:
+    from .helptext import for_hydra_template
+
+    return for_hydra_template()
+
+
+if not OmegaConf.has_resolver("maia_help"):  # --help's option lists (hydra.help.template in conf/config.yaml)
+    OmegaConf.register_new_resolver("maia_help", _help_lists)
+
+
 @dataclass
 class StageConfig:
     name: str = MISSING

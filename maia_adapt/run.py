@@ -6,6 +6,8 @@ shows the traceback.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import sys
 from pathlib import Path
@@ -20,6 +22,12 @@ from . import config as _config  # noqa: F401  (registers the schemas)
 from .runtime import distributed
 from .errors import MaiaAdaptError
 from .io import atomic_write_json, atomic_write_text, to_json
+from .reporting.summary import end_of_run_text, summary_markdown
+from .runtime.runlog import tee_output
+
+# set to 1: the summary JSON is printed after the end-of-run lines too (for scripts reading stdout;
+# summary.json in the run directory holds the same)
+PRINT_JSON_ENV = "MAIA_ADAPT_PRINT_SUMMARY_JSON"
 
 # the run directory's timestamp; under torchrun rank 0's, so that every rank writes to one directory.
 # A plain dict, not functools.cache: launchers pickle this module's resolver by value into their workers
@@ -43,11 +51,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _summary_md(cfg: DictConfig, summary: dict) -> str:
-    lines = [f"# {cfg.stage.name} ({cfg.experiment})", ""]
-    for k, v in summary.items():
-        lines.append(f"- **{k}**: {v:.4f}" if isinstance(v, float) else f"- **{k}**: {v}")
-    return "\n".join(lines) + "\n"
+def _title(cfg: DictConfig) -> str:
+    return f"{cfg.stage.name} ({cfg.experiment})"
 
 
 def execute(cfg: DictConfig, run_dir: Path) -> dict:
@@ -62,7 +67,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     summary = stage(cfg, run_dir) or {}
     if distributed.is_main():  # the other ranks of a DDP run only train
         atomic_write_json(run_dir / "summary.json", summary)
-        atomic_write_text(run_dir / "summary.md", _summary_md(cfg, summary))
+        atomic_write_text(run_dir / "summary.md", summary_markdown(_title(cfg), summary))
     return summary
 
 
@@ -81,18 +86,21 @@ def main(cfg: DictConfig) -> float | None:
     distributed.init_from_env()  # a SLURM job of several tasks joins here (torchrun ranks already have)
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    try:
-        summary = execute(cfg, run_dir)
-        value = objective(cfg, summary)
-    except (MaiaAdaptError, OSError) as e:
-        if hc.verbose:
-            raise
-        # one line whatever a message quotes (a library's several paragraphs, a path holding a newline)
-        print("error: " + " ".join(part.strip() for part in str(e).splitlines() if part.strip()), file=sys.stderr)
-        sys.exit(1)
-    if distributed.is_main():
-        print(f"run directory: {run_dir}")
-        print(to_json(summary, indent=1))
+    # rank 0's output only: the other ranks of a DDP run would interleave theirs
+    with tee_output(run_dir / f"{hc.job.name}.log") if distributed.is_main() else contextlib.nullcontext():
+        try:
+            summary = execute(cfg, run_dir)
+            value = objective(cfg, summary)
+        except (MaiaAdaptError, OSError) as e:
+            if hc.verbose:
+                raise
+            # one line whatever a message quotes (a library's several paragraphs, a path holding a newline)
+            print("error: " + " ".join(part.strip() for part in str(e).splitlines() if part.strip()), file=sys.stderr)
+            sys.exit(1)
+        if distributed.is_main():
+            print(end_of_run_text(_title(cfg), summary, run_dir))
+            if os.environ.get(PRINT_JSON_ENV, "") not in ("", "0"):
+                print(to_json(summary, indent=1))
     return value
 
 

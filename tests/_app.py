@@ -57,8 +57,9 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def app_summary(proc: subprocess.CompletedProcess) -> dict:
-    """The summary JSON a finished run prints after its `run directory:` line (earlier lines such as the
-    position store's `skipped {...}` may hold braces too)."""
-    lines = proc.stdout.splitlines()
-    start = max(i for i, line in enumerate(lines) if line.startswith("run directory: "))
-    return json.loads("\n".join(lines[start + 1:]))
+    """The summary of a finished run: summary.json in the directory its `run directory:` line names (the
+    run prints a one-screen digest, not the JSON, unless MAIA_ADAPT_PRINT_SUMMARY_JSON=1)."""
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("run directory: ")]
+    assert lines, proc.stdout[-2000:] + proc.stderr[-2000:]
+    path = Path(lines[-1].removeprefix("run directory: "))
+    return json.loads((path if path.is_absolute() else Path(ROOT) / path).joinpath("summary.json").read_text())

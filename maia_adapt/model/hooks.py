@@ -6,13 +6,37 @@ a replacement of the same shape (splicing, ablation, steering) or None (read onl
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Union
 
 import torch
 
 from ..errors import MaiaAdaptError
 
 HookFn = Callable[[torch.Tensor, str], "torch.Tensor | None"]
+# what run_with_cache caches, as TransformerLens's names_filter: None (every site), one name, a list of
+# names or a predicate on a name
+NamesFilter = Union[None, str, Iterable[str], Callable[[str], bool]]
+
+
+def select_hook_names(sites: list[str], names_filter: NamesFilter = None) -> list[str]:
+    """The sites `names_filter` picks, in the order asked (a predicate keeps forward order). A name that
+    is not a site is an error listing the sites, where TransformerLens would silently cache nothing."""
+    if names_filter is None:
+        return list(sites)
+    if callable(names_filter):
+        return [n for n in sites if names_filter(n)]
+    names = [names_filter] if isinstance(names_filter, str) else list(names_filter)
+    unknown = [n for n in names if not isinstance(n, str) or n not in sites]
+    if unknown:
+        raise MaiaAdaptError(f"unknown hook site {', '.join(repr(n) for n in unknown)}: expected one of {', '.join(sites)}")
+    return list(dict.fromkeys(names))
+
+
+def names_argument(names: NamesFilter, names_filter: NamesFilter) -> NamesFilter:
+    """run_with_cache's two spellings, `names=` (this project's) and `names_filter=` (TransformerLens's)."""
+    if names is not None and names_filter is not None:
+        raise MaiaAdaptError("run_with_cache: give names= or names_filter=, not both")
+    return names_filter if names is None else names
 
 
 def block_hook(layer: int, site: str) -> str:
@@ -44,6 +68,10 @@ class HookPoints:
         if name not in self.hook_names:
             raise MaiaAdaptError(f"unknown hook site '{name}': expected one of {', '.join(self.hook_names)}")
         return name
+
+    def select_hook_names(self, names: NamesFilter = None, names_filter: NamesFilter = None) -> list[str]:
+        """The sites that run_with_cache's `names` / `names_filter` pick (see select_hook_names)."""
+        return select_hook_names(self.hook_names, names_argument(names, names_filter))
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]]):

@@ -179,9 +179,10 @@ class Maia2(HookPoints, nn.Module):
         with self.hooks(fwd_hooks):
             return self(boards, elo_self, elo_oppo)
 
-    def run_with_cache(self, boards, elo_self, elo_oppo, names=None, detach: bool = True):
-        """Forward pass that also returns {hook name: activation} for `names` (default: all)."""
-        names = self.hook_names if names is None else list(names)
+    def run_with_cache(self, boards, elo_self, elo_oppo, names=None, detach: bool = True, *, names_filter=None):
+        """Forward pass that also returns {hook name: activation} for the sites `names` (or, as in
+        TransformerLens, `names_filter`) picks: None for all, a name, a list of names or a predicate."""
+        names = self.select_hook_names(names, names_filter)
         cache: dict[str, torch.Tensor] = {}
 
         def save(x, name):

@@ -29,6 +29,7 @@ import torch
 
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS, board_planes, legal_mask
 from ..errors import CheckpointError, ConfigError
+from .hooks import names_argument, select_hook_names
 
 MAIA1_RATINGS = tuple(range(1100, 2000, 100))
 
@@ -71,10 +72,11 @@ class SkillModel(Protocol):
     def hooks(self, fwd_hooks: Iterable[tuple[str, object]]):
         """Context manager installing (hook name, fn(x, name)) hooks, as Maia2.hooks."""
 
-    def run_with_cache(self, inputs: dict, elo_self, elo_oppo, names=None) -> tuple[torch.Tensor, dict]:
-        """(policy logits, {hook name: activation [B, ...]})."""
+    def run_with_cache(self, inputs: dict, elo_self, elo_oppo, names=None, *, names_filter=None) -> tuple[torch.Tensor, dict]:
+        """(policy logits, {hook name: activation [B, ...]}) for the sites `names` or `names_filter`
+        picks, as TransformerLens's names_filter: None for all, a name, a list of names or a predicate."""
 
-    def policy_value_with_cache(self, inputs: dict, elo_self, elo_oppo, names) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def policy_value_with_cache(self, inputs: dict, elo_self, elo_oppo, names=None, *, names_filter=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """(policy logits, value [B], {hook name: activation}) from one forward pass (activation caches)."""
 
     def check_hook_name(self, name: str) -> str:
@@ -162,11 +164,12 @@ class Maia2Skill:
     def hooks(self, fwd_hooks):
         return self.model.hooks(fwd_hooks)
 
-    def policy_value_with_cache(self, inputs, elo_self, elo_oppo, names):
+    def policy_value_with_cache(self, inputs, elo_self, elo_oppo, names=None, *, names_filter=None):
         boards = inputs["boards"].to(self.device)
         n = boards.size(0)
         (logits, _, value), cache = self.model.run_with_cache(boards, _rows(elo_self, n, self.device),
-                                                              _rows(elo_oppo, n, self.device), names)
+                                                              _rows(elo_oppo, n, self.device), names,
+                                                              names_filter=names_filter)
         return logits, value, cache
 
     def check_hook_name(self, name: str) -> str:
@@ -191,10 +194,11 @@ class Maia2Skill:
         return {"all": [""], "policy_head": ["fc_1."], "heads": ["fc_1.", "fc_2.", "fc_3.", "fc_3_1."],
                 "transformer": ["transformer.", "last_ln.", "fc_1.", "fc_2."]}
 
-    def run_with_cache(self, inputs, elo_self, elo_oppo, names=None):
+    def run_with_cache(self, inputs, elo_self, elo_oppo, names=None, *, names_filter=None):
         boards = inputs["boards"].to(self.device)
         n = boards.size(0)
-        out, cache = self.model.run_with_cache(boards, _rows(elo_self, n, self.device), _rows(elo_oppo, n, self.device), names)
+        out, cache = self.model.run_with_cache(boards, _rows(elo_self, n, self.device), _rows(elo_oppo, n, self.device),
+                                               names, names_filter=names_filter)
         return out[0], cache
 
 
@@ -316,8 +320,8 @@ class Maia1Family:
                 stack.enter_context(net.hooks(fwd_hooks))
             yield self
 
-    def policy_value_with_cache(self, inputs, elo_self, elo_oppo, names):
-        names = list(names)
+    def policy_value_with_cache(self, inputs, elo_self, elo_oppo, names=None, *, names_filter=None):
+        names = select_hook_names(self.hook_names, names_argument(names, names_filter))
         logits, cache = self.run_with_cache(inputs, elo_self, elo_oppo, list(dict.fromkeys([*names, "hook_wdl"])))
         p = (cache["hook_wdl"] if "hook_wdl" in names else cache.pop("hook_wdl")).float().softmax(-1)
         return logits, p[:, 0] - p[:, 2], cache  # lc0's Q, as `value`
@@ -352,10 +356,10 @@ class Maia1Family:
         # mean pooling is the mean over squares and token_pooling=none makes each square a sample
         return x.flatten(2).transpose(1, 2) if x.dim() == 4 else x
 
-    def run_with_cache(self, inputs, elo_self, elo_oppo=None, names=None):
+    def run_with_cache(self, inputs, elo_self, elo_oppo=None, names=None, *, names_filter=None):
         from ..encoding.lc0 import lc0_policy_to_maia2
 
-        names = self.hook_names if names is None else list(names)
+        names = select_hook_names(self.hook_names, names_argument(names, names_filter))
         planes = inputs["lc0"].to(self.device)
         n = planes.size(0)
         cache: dict[str, torch.Tensor] = {}
