@@ -11,7 +11,8 @@ import re
 from pathlib import Path
 
 CI_SUFFIXES = ("_ci95", "_ci")
-_BUCKET_KEY = re.compile(r"_bucket_\d+$")
+# a per-bucket breakdown (accuracy_bucket_3): left to summary.md and the CSV, out of the short tables
+BUCKET_KEY = re.compile(r"_bucket_\d+$")
 
 
 def _is_number(v) -> bool:
@@ -33,6 +34,11 @@ def format_number(v, decimals: int | None = None) -> str:
     if decimals is not None:
         return f"{v:.{decimals}f}"
     return f"{v:.4g}"
+
+
+def interval(summary: dict, key: str):
+    """The 95% interval stored beside `key` (`<key>_ci95` or `<key>_ci`), or None."""
+    return next((summary[key + s] for s in CI_SUFFIXES if key + s in summary), None)
 
 
 def _is_interval(ci) -> bool:
@@ -65,8 +71,7 @@ def rows(summary: dict) -> list[tuple[str, str]]:
         base = next((k[: -len(s)] for s in CI_SUFFIXES if k.endswith(s) and k[: -len(s)] in summary), None)
         if base is not None:
             continue  # shown with its value
-        ci = next((summary[k + s] for s in CI_SUFFIXES if k + s in summary), None)
-        out.append((k, format_value(v, ci)))
+        out.append((k, format_value(v, interval(summary, k))))
     return out
 
 
@@ -84,7 +89,7 @@ def end_of_run_text(title: str, summary: dict, run_dir: Path | str, max_rows: in
     """One screen: the key numbers (per-bucket breakdowns left to summary.md) and where the files are."""
     run_dir = Path(run_dir)
     every = rows(summary)
-    shown = [(k, v) for k, v in every if not _BUCKET_KEY.search(k)][:max_rows]
+    shown = [(k, v) for k, v in every if not BUCKET_KEY.search(k)][:max_rows]
     width = max((len(k) for k, _ in shown), default=0)
     lines = [f"== {title} =="]
     lines += [f"  {k:<{width}}  {v if len(v) <= 100 else v[:97] + '...'}" for k, v in shown]

@@ -10,16 +10,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from pathlib import Path
 
 import yaml
 from hydra.experimental.callback import Callback
 
 from ..io import atomic_write_text
-from ..reporting.summary import CI_SUFFIXES, format_value
+from ..reporting.summary import BUCKET_KEY, CI_SUFFIXES, format_value, interval
 
-_BUCKET_KEY = re.compile(r"_bucket_\d+$")
 MD_METRICS = 8  # columns of numbers in the Markdown table (the CSV has them all)
 
 
@@ -57,10 +55,6 @@ def multirun_table(sweep_dir) -> tuple[list[str], list[str], list[dict]]:
     return varying, metrics, rows
 
 
-def _ci(summary: dict, key: str):
-    return next((summary[key + s] for s in CI_SUFFIXES if key + s in summary), None)
-
-
 def write_multirun_summary(sweep_dir) -> tuple[Path, Path] | None:
     """Write multirun_summary.csv and .md in `sweep_dir`; None when it holds no job folder."""
     sweep_dir = Path(sweep_dir)
@@ -71,25 +65,25 @@ def write_multirun_summary(sweep_dir) -> tuple[Path, Path] | None:
         return None
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    cis = [m for m in metrics if any(r["summary"] and _ci(r["summary"], m) is not None for r in rows)]
+    cis = [m for m in metrics if any(r["summary"] and interval(r["summary"], m) is not None for r in rows)]
     w.writerow(["job", "status", *varying, *metrics, *(f"{m}_ci95_{e}" for m in cis for e in ("lo", "hi"))])
     for r in rows:
         s = r["summary"] or {}
-        bounds = [(_ci(s, m) or [None, None]) for m in cis]
+        bounds = [(interval(s, m) or [None, None]) for m in cis]
         w.writerow([r["job"], "done" if r["summary"] is not None else "no summary",
                     *(r["overrides"].get(k, "") for k in varying), *("" if s.get(m) is None else s.get(m) for m in metrics),
                     *("" if b[i] is None else b[i] for b in bounds for i in (0, 1))])
     csv_path = sweep_dir / "multirun_summary.csv"
     atomic_write_text(csv_path, buf.getvalue())
 
-    shown = [m for m in metrics if not _BUCKET_KEY.search(m)
+    shown = [m for m in metrics if not BUCKET_KEY.search(m)
              and any(isinstance((r["summary"] or {}).get(m), (int, float)) for r in rows)][:MD_METRICS]
     head = ["job", *varying, *shown]
     lines = [f"# multirun: {len(rows)} jobs ({sweep_dir})", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         s = r["summary"]
-        cells = [format_value(s.get(m), _ci(s, m)) if s else "-" for m in shown]
+        cells = [format_value(s.get(m), interval(s, m)) if s else "-" for m in shown]
         lines.append("| " + " | ".join([r["job"], *(r["overrides"].get(k, "") for k in varying), *cells]) + " |")
     left = len(metrics) - len(shown)
     lines += ["", f"Every job's folder is its number; multirun_summary.csv has all {len(metrics)} columns"
