@@ -1,6 +1,7 @@
 """Matplotlib figures shared by the stages (headless backend, written as PNG)."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -152,12 +153,11 @@ def skill_matrix_heatmap(values, col_labels: list[str], counts, path, title: str
     import numpy as np
 
     values = np.asarray(values, dtype=float) * 100
-    # a skill level with no test position (a row of NaN) stays NaN: np.nanmean would warn on it
-    seen = np.isfinite(values)
-    n = seen.sum(axis=1, keepdims=True)
-    row_mean = np.divide(np.where(seen, values, 0).sum(axis=1, keepdims=True), n,
-                         out=np.full((len(values), 1), np.nan), where=n > 0)
-    centred = values - row_mean if values.shape[1] > 1 else values * 0
+    # a skill level with no test position (a row of NaN) stays NaN; nanmean warns on it through the
+    # warnings module, which np.errstate does not silence
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        centred = values - np.nanmean(values, axis=1, keepdims=True) if values.shape[1] > 1 else values * 0
     rows = [f"{name} ({int(n):,})" for name, n in zip(BUCKET_NAMES, counts)]
     width = 2.6 + 0.42 * len(col_labels)
     fig, axes = plt.subplots(1, 2, figsize=(2 * width, 4.6))
