@@ -39,6 +39,11 @@ def _load_saes(tc) -> list:
     return []
 
 
+def _set_name(sae) -> str:
+    """The name of an SAE's feature set in results, plots and dashboards (raw units: '<site> (units)')."""
+    return f"{sae.cfg.site} (SAE {sae.cfg.architecture}, F={sae.cfg.dim})"
+
+
 def _features(model, store, idx, saes: list, tc, elo=None) -> dict[str, torch.Tensor]:
     """{site: features [N, F]} from the SAEs, or the raw units of threats.sites when there are none."""
     elo = tc.elo if elo is None else elo
@@ -49,7 +54,7 @@ def _features(model, store, idx, saes: list, tc, elo=None) -> dict[str, torch.Te
     for pooling in dict.fromkeys(s.cfg.token_pooling for s in saes):
         sites = list(dict.fromkeys(s.cfg.site for s in saes if s.cfg.token_pooling == pooling))
         acts[pooling] = collect_activations(model, store, idx, sites, batch_size=tc.batch_size, elo=elo, token_pooling=pooling)
-    return {f"{s.cfg.site} (SAE {s.cfg.architecture}, F={s.cfg.dim})": position_codes(s, acts[s.cfg.token_pooling][s.cfg.site], len(idx))
+    return {_set_name(s): position_codes(s, acts[s.cfg.token_pooling][s.cfg.site], len(idx))
             for s in saes}
 
 
@@ -65,7 +70,7 @@ def _direction_of(name: str, saes: list, model):
     SAE's decoder row, or the unit vector of a raw unit."""
     site = name.split(" ")[0]
     for s in saes:
-        if name.startswith(f"{s.cfg.site} (SAE {s.cfg.architecture}, F={s.cfg.dim})"):
+        if name == _set_name(s):
             return site, lambda f: s.W_dec[f].detach().float().cpu()
     dim = model.site_dim(site)
     return site, lambda f: torch.nn.functional.one_hot(torch.tensor(f), dim).float()
