@@ -21,7 +21,7 @@ from ..model.maia2 import grow_transformer
 from ..model.distill import prepare_teacher
 from ..model.skill import Maia2Skill
 from ..model.training import evaluate, resolve_device, train_model
-from ..reporting import bar_by_bucket
+from ..reporting.plots import bar_by_bucket
 from ..runtime.resume import config_fingerprint, mark_done, resume_point
 from ..runtime.tracking import Tracker
 
