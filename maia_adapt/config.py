@@ -51,6 +51,23 @@ if not OmegaConf.has_resolver("model_id"):
     OmegaConf.register_new_resolver("model_id", _model_id)
 
 
+# The one rule for a preset's fixed run directory, which the presets and the study runner share so
+# that runs which read each other agree on where: `${run_dir:sae_study}` is
+# <paths.outputs>/sae/sae_study/<model id>, the stage's folder being the part before "_study";
+# `${run_dir:transitional_study,family}` names it by the model alone (one run for a whole Maia-1
+# family, whichever network model.rating picks)
+def _run_dir(preset: str, per: str = "network", *, _root_) -> str:
+    if per not in ("network", "family"):
+        raise ValueError(f"run_dir:{preset},{per}: expected 'network' or 'family' after the preset")
+    stage = preset.split("_study")[0].split("_sweep")[0]
+    rating = None if per == "family" else _root_.model.get("rating")
+    return f"{_root_.paths.outputs}/{stage}/{preset}/{_model_id(_root_.model.name, rating, _root_.get('protocol'))}"
+
+
+if not OmegaConf.has_resolver("run_dir"):
+    OmegaConf.register_new_resolver("run_dir", _run_dir)
+
+
 def _help_lists() -> str:
     from .helptext import for_hydra_template
 
@@ -172,6 +189,7 @@ class PathsConfig:
     models_root: str = "${oc.env:MAIA_ADAPT_MODELS,${paths.root}/../shared/models}"  # published networks (Maia-1)
     cache_dir: str = "${paths.root}/cache"
     assets: str = "${assets:}"
+    outputs: str = "outputs"  # where run directories go (relative: to the working directory)
 
 
 @dataclass
@@ -246,6 +264,10 @@ class TransitionalConfig:
     # every engine answer is kept here by engine, limit and position (null: none kept); a search starts
     # from a cleared engine, so an answer depends on those alone, and reruns and other models reuse it
     engine_cache: Optional[str] = "${paths.cache_dir}/engine/answers.jsonl"
+    # answer files (.jsonl or .jsonl.zst) read as part of the cache, never written: with them and no
+    # engine installed, oracle auto/engine answers from them alone (a position they lack is left out
+    # and counted). The quick study ships its positions' answers (maia_adapt/assets)
+    engine_answers: list[str] = field(default_factory=list)
     # the correct moves of a position (engine oracle): best = the engine's best move (ours); multipv =
     # every line's first move within accept_cp of the best (the seed's 30 cp over its database's lines)
     accept: str = "best"
