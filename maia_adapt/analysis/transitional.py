@@ -16,6 +16,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import chess
 import chess.engine
@@ -135,18 +136,23 @@ class EngineCache:
     a cleared engine: an answer depends on the position and the limit alone, and the transitional
     positions of several models, or of one model under several protocols, are the same FENs."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, path: Path | None, shipped: Iterable[str | Path] = ()):
+        self.path = Path(path) if path else None
         self.answers: dict[str, list] = {}
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines():
+        for source in [*shipped, *([self.path] if self.path else [])]:
+            for line in _read_text(Path(source)).splitlines():
                 try:
                     key, value = json.loads(line)
                 except (ValueError, TypeError):  # a line cut short by a killed run: searched again
                     continue
                 self.answers[key] = value
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+
+    def engines(self) -> set[str]:
+        """The engine names the answers come from (the first field of a key)."""
+        return {k.split("|", 1)[0] for k in self.answers}
 
     def get(self, key: str):
         return self.answers.get(key)
@@ -154,8 +160,24 @@ class EngineCache:
     def put(self, key: str, value) -> None:
         with self._lock:
             self.answers[key] = value
-            with open(self.path, "a") as f:
-                f.write(json.dumps([key, value]) + "\n")
+            if self.path:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps([key, value]) + "\n")
+
+
+def _read_text(path: Path) -> str:
+    """An answers file, plain or zstd-compressed (the shipped ones); a missing cache reads as empty."""
+    if path.suffix == ".zst":
+        if not path.is_file():
+            raise DataError(f"{path} not found: expected a file of engine answers (transitional.engine_answers)")
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(path.open("rb")).read().decode()
+    return path.read_text() if path.is_file() else ""
+
+
+class NoEngineAnswer(MaiaAdaptError):
+    """A search an answers-only oracle has no answer for (no engine is installed)."""
 
 
 @dataclass
@@ -169,24 +191,34 @@ class EngineOracle:
     positions, and every model's run got its own oracle. `workers` engines (one thread each) search
     positions side by side; `cache` keeps every answer on disk (EngineCache)."""
 
-    path: str
+    path: str | None  # None: answers only, from `shipped` (no engine installed)
     depth: int | None = 10
     seconds: float | None = None
     nodes: int | None = None
     threads: int = 1
     workers: int = 1
     cache: Path | None = None
+    # answer files read as part of the cache (never written): the shipped answers of the embedded
+    # games' study positions, so that the study runs where no Stockfish is installed
+    shipped: tuple = ()
 
     def __enter__(self):
         self._idle: queue.Queue = queue.Queue()
         self._engines = []
-        for _ in range(max(1, self.workers)):
+        for _ in range(max(1, self.workers) if self.path else 0):
             engine = chess.engine.SimpleEngine.popen_uci(self.path)
             engine.configure({"Threads": self.threads})
             self._engines.append(engine)
             self._idle.put(engine)
-        self.name = self._engines[0].id.get("name", Path(self.path).name)
-        self._cache = EngineCache(self.cache) if self.cache else None
+        self._cache = EngineCache(self.cache, self.shipped) if (self.cache or self.shipped) else None
+        if self._engines:
+            self.name = self._engines[0].id.get("name", Path(self.path).name)
+        else:
+            names = sorted(self._cache.engines()) if self._cache else []
+            if len(names) != 1:
+                raise MaiaAdaptError(f"no engine installed, and the engine answers {list(self.shipped)} come from "
+                                     f"{len(names)} engines: expected one (install stockfish, or set transitional.engine_path)")
+            self.name = names[0]
         return self
 
     def __exit__(self, *exc):
@@ -206,6 +238,8 @@ class EngineOracle:
         hit = self._cache.get(key) if self._cache else None
         if hit is not None:
             return [(m, int(cp)) for m, cp in hit]
+        if not self._engines:
+            raise NoEngineAnswer(f"no engine answer for {board.fen()}")
         engine = self._idle.get()
         try:  # a new game key sends ucinewgame
             infos = engine.analyse(board, self.limit, multipv=multipv, game=object())
@@ -376,7 +410,13 @@ def build_transitional(
     if oracle == "engine":
         if engine is None:
             raise MaiaAdaptError("oracle 'engine' needs a running EngineOracle")
-        evidence = engine.map(lambda i: engine_evidence(engine, fens[i], preds[i][0], multipv), range(len(fens)), progress)
+        def evidence_of(i):
+            try:
+                return engine_evidence(engine, fens[i], preds[i][0], multipv)
+            except NoEngineAnswer:  # answers only, and none for this search: the position is left out, counted
+                return None
+
+        evidence = engine.map(evidence_of, range(len(fens)), progress)
     elif oracle not in ("accepted", "model"):
         raise MaiaAdaptError(f"transitional.oracle '{oracle}': expected engine, accepted or model")
     rows = []
@@ -387,6 +427,8 @@ def build_transitional(
                "threats": [n for n, v in zip(threats.names, threats.labels[i].tolist()) if v]}
         if oracle == "engine":
             ev = evidence[i]
+            if ev is None:
+                continue
             (best, best_cp), low = ev["pv"][0], row_preds[0]
             row.update(correct=accepted_moves(ev["pv"], accept, accept_cp), engine_best=best, pv=ev["pv"],
                        cp_after_low=ev["cp_after_low"],
@@ -397,6 +439,8 @@ def build_transitional(
             if progress:
                 progress(1)
         rows.append(row)
+    if oracle == "engine":
+        preds = [p for p, ev in zip(preds, evidence) if ev is not None]
     correct = correct_by_bucket(preds, rows)
     tp, mono = transition_points(correct)
     for r, t, m, c in zip(rows, tp, mono, correct):

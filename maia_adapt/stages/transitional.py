@@ -87,7 +87,8 @@ def run(cfg, run_dir: Path) -> dict:
     store, idx, accepted, seed_tp = _position_set(cfg, run_dir)
     oracle = tc.oracle
     if oracle == "auto":
-        oracle = "accepted" if accepted is not None else ("engine" if find_engine(tc.engine_path) else "model")
+        oracle = "accepted" if accepted is not None else \
+            ("engine" if find_engine(tc.engine_path) or tc.engine_answers else "model")
     if oracle == "accepted" and accepted is None:
         raise ConfigError("transitional.oracle=accepted needs a position set with accepted moves (position_set=seed)")
     bar = tqdm(total=len(idx), desc="positions", dynamic_ncols=True)
@@ -95,12 +96,13 @@ def run(cfg, run_dir: Path) -> dict:
               blunder_rule=tc.blunder_rule, oppo_bucket=tc.oppo_bucket, batch_size=tc.batch_size, progress=bar.update)
     if oracle == "engine":
         path = find_engine(tc.engine_path)
-        if path is None:
+        if path is None and not tc.engine_answers:
             raise ConfigError("transitional.oracle=engine needs Stockfish (apt-get install stockfish, or set "
-                              "transitional.engine_path); or use transitional.oracle=model")
+                              "transitional.engine_path) or transitional.engine_answers; or use transitional.oracle=model")
         with EngineOracle(path, depth=tc.depth, seconds=tc.seconds, nodes=tc.nodes, workers=tc.engine_workers,
-                          cache=tc.engine_cache) as engine:
+                          cache=tc.engine_cache, shipped=tuple(tc.engine_answers)) as engine:
             everything = build_transitional(model, store, idx, oracle="engine", engine=engine, **kw)
+            engine_name = engine.name
     else:
         if tc.accept != "best" or tc.blunder_rule != "loss" or tc.require == "monotone_blunder":
             raise ConfigError(f"transitional.accept, blunder_rule and require=monotone_blunder read the engine's lines: "
@@ -126,7 +128,10 @@ def run(cfg, run_dir: Path) -> dict:
     acc = correct.mean(0)
     trans = np.array([r["transitional"] for r in rows])
     stats = skill_stats(correct, [r["game_id"] for r in rows], seed=cfg.seed)
-    summary = {"model": model.name, "positions": len(rows), "oracle": oracle, "transitional": int(trans.sum()),
+    summary = {"model": model.name, "positions": len(rows), "oracle": oracle,
+               **({"engine": engine_name, "positions_without_engine_answer": len(idx) - len(everything)}
+                  if oracle == "engine" else {}),
+               "transitional": int(trans.sum()),
                "never": int((tps == NEVER).sum()), "always": int((tps == 0).sum()),
                "non_monotone": int(sum(not r["monotone"] for r in rows)),
                "blunders": int(sum(r["blunder"] for r in rows)), "require": tc.require, "positions_searched": len(everything),
