@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +37,7 @@ from .io import atomic_write_json, atomic_write_text
 class Step:
     name: str
     args: tuple[str, ...]
-    run_dir: str = ""  # set for steps that are not a preset's own fixed directory ({id}: the model's)
+    run_dir: str = ""  # a run directory other than the preset's own: the name given to ${run_dir:...}
 
 
 # In a step's arguments `{id}` is the model's run-directory name and `{dir:<step>}` the run directory
@@ -47,10 +49,9 @@ MAIA2_STEPS = (
     Step("finetune_all", ("experiment=finetune_study", "finetune.lr=3e-5", "finetune.eval_every=10")),
     Step("sae", ("experiment=sae_study",)),
     Step("threats", ("experiment=threats_study",)),
-    Step("threats_elo0", ("experiment=threats_study", "threats.elo=0", "threats.dashboards=0"),
-         "outputs/threats/threats_study_elo0/{id}"),
+    Step("threats_elo0", ("experiment=threats_study", "threats.elo=0", "threats.dashboards=0"), "threats_study_elo0"),
     Step("threats_elo10", ("experiment=threats_study", "threats.elo=10", "threats.dashboards=0",
-                           "threats.compare_to={dir:threats_elo0}"), "outputs/threats/threats_study_elo10/{id}"),
+                           "threats.compare_to={dir:threats_elo0}"), "threats_study_elo10"),
     Step("intervention_sae", ("experiment=intervention_study",)),
     Step("intervention_steering", ("experiment=intervention_study", "intervention.kind=steering")),
     Step("intervention_probe", ("experiment=intervention_study", "intervention.kind=probe")),
@@ -91,14 +92,40 @@ MAIA1_STEPS = (
 )
 
 
+# Stockfish 15.1's depth-8 answers for the quick study's transitional positions (its own searches,
+# shipped): the quick study runs where no engine is installed; with another engine the answers are
+# not used (they are keyed by the engine's name) and it searches
+QUICK_ENGINE_ANSWERS = "${paths.assets}/engine_answers_lichess_5k.jsonl.zst"
+# `--quick`: the study on the embedded real games (data=lichess_5k, so a fresh clone with no ../shared
+# runs it) at sizes that finish in minutes on a 2-core CPU, in outputs/quick/ so that its runs are
+# never taken for the full study's. Its intervals are wide: it shows the study, it does not settle it.
+QUICK = ("data=lichess_5k", "data.max_games=2000", "paths.outputs=outputs/quick", "logger=none",
+         "transitional.positions=300", f"transitional.engine_answers=[{QUICK_ENGINE_ANSWERS}]",
+         "probe.sites=[blocks.1.hook_resid_post]", "probe.train_positions=2000", "probe.test_positions=1000",
+         "probe.buckets=[0,10]", "probe.logit_lens=false", "probe.min_positives=10",
+         "finetune.steps=30", "finetune.eval_every=10", "finetune.heldout_positions=200",
+         "sae.sites=[blocks.1.hook_resid_post]", "sae.steps=300", "sae.dim=1024", "sae.k=32",
+         "sae.cache_positions=8192", "sae.chunk_positions=4096", "sae.eval_positions=500", "sae.calibrate_every=0",
+         "threats.positions=1500", "threats.families=[threat,study]", "threats.min_positives=10", "threats.n_null=10",
+         "intervention.strengths=[2.0,4.0]", "intervention.top_n=[1,3]", "intervention.n_boot=300",
+         "intervention.heldout_positions=200")
+# the steps of the headline's awareness / externalization questions; the transcoder, the circuits and
+# the all-parameter fine-tune are the full study's
+QUICK_STEPS = ("transitional", "probe", "finetune_head", "sae", "threats", "threats_elo0", "threats_elo10",
+               "intervention_sae", "intervention_steering", "intervention_probe")
+
+
 def _compose(overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=True)
 
 
-def plan(overrides: list[str]) -> tuple[str, list[tuple[Step, list[str], Path]]]:
+def plan(overrides: list[str], quick: bool = False) -> tuple[str, list[tuple[Step, list[str], Path]]]:
     """(the model's run-directory name, [(step, its full override list, its run directory)]); every
-    step's config is composed here, so a bad override fails before anything runs."""
+    step's config is composed here, so a bad override fails before anything runs. `quick`: the
+    QUICK_STEPS at the QUICK sizes (the caller's overrides still win)."""
+    if quick:
+        overrides = [*QUICK, *overrides]
     base = _compose(["experiment=probe_study", *overrides])
     model_id = Path(base.hydra.run.dir).name
     if base.model.name == "maia1" and base.model.get("rating") is not None:
@@ -106,13 +133,18 @@ def plan(overrides: list[str]) -> tuple[str, list[tuple[Step, list[str], Path]]]
                           f"of maia-{M1_NETWORKS[0]} and maia-{M1_NETWORKS[1]}); another network's SAE chain is run "
                           "preset by preset (experiments/README.md)")
     steps = MAIA1_STEPS if base.model.name == "maia1" else MAIA2_STEPS
+    if quick:
+        if base.model.name == "maia1":
+            raise ConfigError("--quick runs the Maia-2 steps (maia2_skill, maia2_small); the Maia-1 family's study "
+                              "needs ../shared's networks and runs without --quick")
+        steps = tuple(s for s in steps if s.name in QUICK_STEPS)
     out, dirs = [], {}
     for step in steps:
         args = [a.replace("{id}", model_id) for a in (*step.args, *overrides)]
         for name, d in dirs.items():
             args = [a.replace(f"{{dir:{name}}}", str(d)) for a in args]
         if step.run_dir:
-            args.append(f"hydra.run.dir={step.run_dir.format(id=model_id)}")
+            args.append(f"hydra.run.dir=${{run_dir:{step.run_dir}}}")
         dirs[step.name] = Path(_compose(args).hydra.run.dir)
         out.append((step, args, dirs[step.name]))
     return model_id, out
@@ -185,11 +217,19 @@ def write_headline(model_id: str, runs: dict[str, Path], out_dir: Path) -> Path:
     return atomic_write_text(out_dir / "headline.md", "\n".join(lines) + "\n")
 
 
+def _children_cpu() -> float:
+    """CPU seconds of the finished step processes (a step's wall time depends on what else runs)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m maia_adapt.study", description=__doc__.split("\n\n")[0])
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--only", default="", help="comma-separated steps to (re)run; the others are only read")
     p.add_argument("--report-only", action="store_true", help="write the headline from the runs there are")
+    p.add_argument("--quick", action="store_true", help="the study on the embedded real games, in minutes on a "
+                   "CPU (outputs/quick/; no ../shared needed)")
     p.add_argument("--ladder", action="store_true", help="run the ladder from the seed's protocol to ours instead "
                    "(experiment=seed_ladder: experiments/seed_ladder/README.md)")
     p.add_argument("overrides", nargs="*")
@@ -199,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.run([sys.executable, "-m", "maia_adapt.run", "experiment=seed_ladder", *a.overrides, *extra],
                               check=False).returncode
     try:
-        model_id, steps = plan(a.overrides)
+        model_id, steps = plan(a.overrides, quick=a.quick)
         only = {s for s in a.only.split(",") if s}
         unknown = only - {s.name for s, _, _ in steps}
         if unknown:
@@ -224,13 +264,17 @@ def main(argv: list[str] | None = None) -> int:
         if a.report_only or not todo:
             continue
         print(f"[{i}/{len(steps)}] {step.name}: {' '.join(args)}", flush=True)
-        if subprocess.run(cmd, check=False).returncode != 0:
+        t0, cpu0 = time.monotonic(), _children_cpu()
+        failed = subprocess.run(cmd, check=False).returncode != 0
+        print(f"[{i}/{len(steps)}] {step.name}: {time.monotonic() - t0:.0f} s ({_children_cpu() - cpu0:.0f} CPU-s)", flush=True)
+        if failed:
             print(f"error: study step '{step.name}' failed (its run directory: {run_dir}); fix it and run the "
                   f"same command again to resume there", file=sys.stderr)
             return 1
     if a.dry_run:
         return 0
-    md = write_headline(model_id, runs, Path("outputs/study") / model_id)
+    outputs = Path(steps[0][2]).parents[2]  # <paths.outputs>/<stage>/<preset>/<model id>
+    md = write_headline(model_id, runs, outputs / "study" / model_id)
     print(md.read_text())
     print(f"headline: {md}")
     return 0

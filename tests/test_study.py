@@ -8,7 +8,7 @@ import pytest
 from _app import app_env
 
 from maia_adapt.errors import ConfigError
-from maia_adapt.study import headline, plan
+from maia_adapt.study import QUICK_STEPS, headline, plan
 
 
 def test_plan_chains_the_presets_for_one_subject():
@@ -40,6 +40,29 @@ def test_plan_chains_the_presets_for_one_subject():
     assert fam_names.index("threats_1100") < fam_names.index("threats_1900")
     with pytest.raises(ConfigError, match="Maia-1 family as a whole"):
         plan(["model=maia1", "model.rating=1100"])
+
+
+def test_the_quick_study_runs_its_steps_on_the_embedded_games_in_its_own_directories():
+    quick_id, quick = plan(["sae.steps=50"], quick=True)
+    names = [s.name for s, _, _ in quick]
+    assert quick_id == "maia2_skill" and names == [n for n in names if n in QUICK_STEPS] and len(names) == len(QUICK_STEPS)
+    assert "circuits" not in names and "transcoder" not in names
+    for step, args, run_dir in quick:
+        # never the full study's run directories, and every step on the shipped games
+        assert str(run_dir).startswith("outputs/quick/"), run_dir
+        assert "data=lichess_5k" in args
+    sae_args = next(a for s, a, _ in quick if s.name == "sae")
+    assert sae_args.index("sae.steps=50") > sae_args.index("sae.steps=400")  # the caller's override wins
+    dirs = {s.name: d for s, _, d in quick}
+    elo10 = dict(a.split("=", 1) for step, args, _d in quick if step.name == "threats_elo10" for a in args)
+    assert elo10["threats.compare_to"] == str(dirs["threats_elo0"]) and str(dirs["threats_elo0"]).startswith("outputs/quick/threats/")
+    # what the quick study reads is the quick study's: the SAEs, the transitional rows
+    from maia_adapt.study import _compose
+    iv = _compose(next(a for s, a, _ in quick if s.name == "intervention_sae"))
+    assert iv.intervention.saes == str(dirs["sae"]) and iv.intervention.transitional == str(dirs["transitional"])
+    assert iv.data.pgn[0].endswith("assets/lichess_rapid_5k.pgn.zst")
+    with pytest.raises(ConfigError, match="--quick runs the Maia-2 steps"):
+        plan(["model=maia1"], quick=True)
 
 
 def _study(args, cwd, timeout=120):
