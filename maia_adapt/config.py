@@ -11,7 +11,6 @@ here as a field of `Config` (e.g. `sae: SAEConfig`) with its own group when ther
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -23,17 +22,7 @@ from .errors import ConfigError
 from .dictionaries.transcoder import TranscoderConfig
 from .model.maia2 import Maia2Config
 from .model.training import lr_at
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_DIR.parent  # the source checkout when the package runs from one
-CONF_DIR = PACKAGE_DIR / "conf"
-ASSETS = PACKAGE_DIR / "assets"
-
-
-def project_root() -> Path:
-    """`paths.root`: the source checkout holding the package (a clone, an editable install), else the
-    working directory. An installed package lives in site-packages, where no cache or data belongs."""
-    return REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()
+from .layout import ASSETS, CONF_DIR, PACKAGE_DIR, REPO_ROOT, project_root  # noqa: F401  (the app and tests name them here)
 
 
 if not OmegaConf.has_resolver("repo_root"):

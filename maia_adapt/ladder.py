@@ -63,7 +63,7 @@ def _in_hydra(fn):
         from hydra import initialize_config_dir
         from hydra.core.global_hydra import GlobalHydra
 
-        from .config import CONF_DIR
+        from .layout import CONF_DIR
 
         if GlobalHydra.instance().is_initialized():
             return fn(*a, **kw)
@@ -97,7 +97,7 @@ def _value(v) -> str:
 
 def protocol_keys(protocol: str) -> list[str]:
     """Every key a protocol file sets (dotted), except the protocol's own name."""
-    from .config import CONF_DIR
+    from .layout import CONF_DIR
 
     path = CONF_DIR / "protocol" / f"{protocol}.yaml"
     if not path.is_file():

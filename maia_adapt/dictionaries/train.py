@@ -246,13 +246,13 @@ class BestKeeper:
         return out
 
 
-def start_or_resume(trainer: DictionaryTrainer, cfg, run_dir: Path, resume: bool = True) -> Path | None:
-    """Mark run_dir as a run of these settings and, with resume, load the last checkpoint of an
-    unfinished earlier run of the same settings (and keep its calibration best); returns that
-    checkpoint, if any."""
-    from ..runtime.resume import config_fingerprint, resume_point
+def start_or_resume(trainer: DictionaryTrainer, fingerprint: str, run_dir: Path, resume: bool = True) -> Path | None:
+    """Mark run_dir as a run of these settings (`fingerprint`: runtime.resume's) and, with resume, load
+    the last checkpoint of an unfinished earlier run of the same settings (and keep its calibration
+    best); returns that checkpoint, if any."""
+    from ..runtime.resume import resume_point
 
-    last = resume_point(run_dir, config_fingerprint(cfg), resume, carry=("best",))
+    last = resume_point(run_dir, fingerprint, resume, carry=("best",))
     if last is not None:
         trainer.load(last)
     return last

@@ -38,8 +38,9 @@ class Fingerprint(str):
     keys: dict
 
 
-def fingerprint_keys(cfg) -> dict:
-    """The settings a stage's results depend on, flattened to {dotted key: value}."""
+def fingerprint_keys(cfg, store: str | None = None) -> dict:
+    """The settings a stage's results depend on, flattened to {dotted key: value}; `store` is the
+    position store's own fingerprint (data.preprocess.data_fingerprint), which the caller computes."""
     container = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     stage = container.get("stage")
     name = stage.get("name") if isinstance(stage, dict) else stage
@@ -47,11 +48,7 @@ def fingerprint_keys(cfg) -> dict:
     if isinstance(kept.get(name), dict):
         kept[name] = {k: v for k, v in kept[name].items() if k not in _RUN_ONLY}
     if container.get("data"):
-        from ..data.preprocess import data_fingerprint
-
-        data = container["data"]
-        kept["data"] = {**{k: v for k, v in data.items() if k not in _DATA_LAYOUT},
-                        "store": data_fingerprint(OmegaConf.create(data))}
+        kept["data"] = {**{k: v for k, v in container["data"].items() if k not in _DATA_LAYOUT}, "store": store}
 
     if isinstance(kept.get("model"), dict) and kept["model"].get("checkpoint"):
         kept["model"]["file"] = _file_identity(kept["model"]["checkpoint"])
@@ -82,8 +79,8 @@ def _file_identity(checkpoint: str):
     return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def config_fingerprint(cfg) -> Fingerprint:
-    keys = json.loads(json.dumps(fingerprint_keys(cfg), sort_keys=True, default=str))
+def config_fingerprint(cfg, store: str | None = None) -> Fingerprint:
+    keys = json.loads(json.dumps(fingerprint_keys(cfg, store), sort_keys=True, default=str))
     fp = Fingerprint(hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16])
     fp.keys = keys
     return fp

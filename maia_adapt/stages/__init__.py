@@ -1,4 +1,4 @@
-"""The stages of `python -m maia_adapt.run stage=<name>`: each module has `run(cfg, run_dir) -> dict`."""
+"""The stages of `python -m maia_adapt.run stage=<name>`: each module has `run(cfg, frame) -> dict` (frame: stages/frame.py)."""
 from __future__ import annotations
 
 import importlib

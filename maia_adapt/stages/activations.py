@@ -10,7 +10,6 @@ lc0's Q (win - loss probability).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -18,12 +17,12 @@ from ..analysis.activation_cache import ActivationCache, write_activation_cache
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import find_saes, load_sae
 from ..errors import ConfigError
-from ..runtime.resume import config_fingerprint, find_resumable, fresh_start, mark_done, mark_started
-from .common import skill_model
+from ..runtime.resume import find_resumable, fresh_start, mark_started
+from .common import fingerprint, skill_model
 
 
-def run(cfg, run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
+def run(cfg, frame) -> dict:
+    run_dir = frame.dir
     ac = cfg.activations
     model = skill_model(cfg, "activations")
     store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
@@ -34,25 +33,24 @@ def run(cfg, run_dir: Path) -> dict:
     saes = {}
     if ac.saes:
         for folder in find_saes(ac.saes):
-            sae = load_sae(folder)
-            saes[folder.name] = sae
+            saes[folder.name] = load_sae(folder)
     sites = list(dict.fromkeys([*ac.sites, *(s.cfg.site for s in saes.values())]))
     elo = [e if e == "data" else int(e) for e in ac.elo]
 
-    fingerprint = config_fingerprint(cfg)
-    prev = find_resumable(run_dir, fingerprint, lambda d: (d / "activations" / "manifest.json").is_file())
+    fp = fingerprint(cfg)
+    prev = find_resumable(run_dir, fp, lambda d: (d / "activations" / "manifest.json").is_file())
     out = (prev or run_dir) / "activations"
     if prev:
         print(f"continuing the unfinished cache in {out}")
     else:
-        fresh_start(run_dir, fingerprint, lambda d: (d / "activations" / "manifest.json").is_file(), True, "activations")
-    mark_started(prev or run_dir, fingerprint)
+        fresh_start(run_dir, fp, lambda d: (d / "activations" / "manifest.json").is_file(), True, "activations")
+    mark_started(prev or run_dir, fp)
     t = time.time()
     write_activation_cache(out, model, store, idx, sites, elo, saes, shard_positions=ac.shard_positions,
                            batch_size=ac.batch_size, dtype=ac.dtype, token_pooling=ac.token_pooling)
     seconds = time.time() - t
     cache = ActivationCache(out)
-    mark_done(prev or run_dir)
+    frame.done_dir = prev or run_dir
     size = sum(p.stat().st_size for p in out.iterdir())
     return {"cache": str(out), "rows": len(cache), "positions": int(len(idx)), "sites": sites,
             "dictionaries": list(saes), "shards": len(cache.manifest["shards"]), "megabytes": round(size / 2**20, 1),

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from ..config import check_model_shape
+from ..data.preprocess import data_fingerprint
 from ..errors import ConfigError
 from ..model import load_model
+from ..runtime.resume import Fingerprint, config_fingerprint
 
 
 # why each stage that reads a Maia-2 only cannot take model=maia1 (one line each, for the error)
@@ -11,6 +13,12 @@ MAIA2_ONLY = {
     "transcoder": "Maia-1 is a convolutional network with no transformer FFN (MLP) to transcode",
     "circuits": "circuits are built from transcoders of Maia-2's transformer FFNs, and Maia-1 has none",
 }
+
+
+def fingerprint(cfg) -> Fingerprint:
+    """What a run of this stage reads, hashed: its settings and the position store's identity (another
+    games file, or the same path holding other games, never resumes)."""
+    return config_fingerprint(cfg, data_fingerprint(cfg.data) if cfg.get("data") else None)
 
 
 def frozen_model(cfg, stage: str):

@@ -6,8 +6,6 @@ skill_matrix.png into the run directory (maia_adapt/evaluation.py holds the logi
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..config import check_model_shape
 from ..data.preprocess import open_or_build_store
 from ..analysis.evaluation import evaluate_run
@@ -15,7 +13,7 @@ from ..model.skill import load_skill_model
 from ..model.training import resolve_device
 
 
-def run(cfg, run_dir: Path) -> dict:
+def run(cfg, frame) -> dict:
     ev = cfg.evaluate
     model = load_skill_model(cfg.model, history=ev.history, device=resolve_device(ev.device))
     check_model_shape(cfg.model, model)
@@ -23,5 +21,5 @@ def run(cfg, run_dir: Path) -> dict:
     hist = getattr(model, "history", None)
     title = (f"{model.name}{'' if hist is None else (', with history' if hist else ', no history')}"
              f" on {cfg.data.name} ({ev.split} split)")
-    summary = evaluate_run(model, store, ev, run_dir, title, seed=cfg.seed)
+    summary = evaluate_run(model, store, ev, frame.dir, title, seed=cfg.seed)
     return {"model": model.name, "history": hist, "split": ev.split, **summary}

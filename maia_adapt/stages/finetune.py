@@ -13,7 +13,6 @@ the run ends without error, so a multirun over concepts goes on.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -24,11 +23,9 @@ from ..errors import ConfigError
 from ..analysis.evaluation import own_bucket_accuracy
 from ..analysis.calibration import (MoveSet, finetune, finetune_rows, seed_summary, select_concept, select_trainable,
                                     shift_summary, split_rows, steps_per_epoch, transition_report)
-from ..io import atomic_write_json, atomic_write_text
 from ..layout import MODEL_FILE
 from ..model.skill import Maia2Skill, save_skill_model
 from ..reporting.plots import bar_by_bucket, transition_histogram
-from ..runtime.tracking import Tracker
 from ..analysis.transitional import read_transitional, seed_transition_points
 from .common import bucket_label, skill_model
 
@@ -81,16 +78,16 @@ def _report(model, fc, summary: dict, before: dict, after: dict) -> list[str]:
     return lines
 
 
-def _skipped(fc, run_dir: Path, parts: dict) -> dict:
+def _skipped(fc, frame, parts: dict) -> dict:
     """A dataset below finetune.min_train_rows: results.md and results.json say so; no error."""
     counts = {f"positions_{k}": len(v) for k, v in parts.items()}
     why = (f"{counts['positions_train']} train positions hold '{fc.concept or 'any'}', fewer than "
            f"finetune.min_train_rows={fc.min_train_rows}")
     print(f"skipped: {why}")
-    atomic_write_text(run_dir / "results.md", f"# Calibration fine-tuning: skipped\n\nconcept `{fc.concept or 'all'}`: {why}; "
-                      f"nothing was trained ({counts['positions_val']} val / {counts['positions_test']} test positions).\n")
     summary = {"skipped": True, "skip_reason": why, "concept": fc.concept, **counts}
-    atomic_write_json(run_dir / "results.json", summary)
+    frame.report(f"# Calibration fine-tuning: skipped\n\nconcept `{fc.concept or 'all'}`: {why}; "
+                 f"nothing was trained ({counts['positions_val']} val / {counts['positions_test']} test positions).\n",
+                 summary)
     return summary
 
 
@@ -102,8 +99,9 @@ def _dataset_seed_tp(moves: MoveSet, before: dict) -> np.ndarray:
                      for r, t in zip(moves.rows, recomputed)], dtype=np.int64)
 
 
-def run(cfg, run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
+def _parts(cfg, frame):
+    """(train/val/test MoveSets of the dataset's rows that hold finetune.concept, or the skipped summary;
+    a line on what was chosen)."""
     fc = cfg.finetune
     if not fc.transitional:
         raise ConfigError("stage=finetune needs finetune.transitional (a stage=transitional run directory or CSV)")
@@ -112,21 +110,56 @@ def run(cfg, run_dir: Path) -> dict:
     chosen = select_concept(usable, fc.concept)
     split = split_rows(chosen)
     if len(split["train"]) < fc.min_train_rows:
-        return _skipped(fc, run_dir, split)
-    parts = {k: MoveSet.build(v, run_dir / f"positions_{k}") for k, v in split.items()}
+        return _skipped(fc, frame, split), ""
+    parts = {k: MoveSet.build(v, frame.dir / f"positions_{k}") for k, v in split.items()}
+    return parts, (f"{len(chosen)} of {len(usable)} positions ({fc.row_filter} of {len(rows)}) hold '{fc.concept or 'any'}': "
+                   + ", ".join(f"{k} {len(v.rows)}" for k, v in parts.items()))
+
+
+def _heldout(cfg):
+    """(store, ordinary test positions) for the human-likeness check, or None (finetune.heldout_positions=0)."""
+    if not cfg.finetune.heldout_positions:
+        return None
+    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
+    test_idx = store.split_indices("test")
+    return store, np.sort(np.random.default_rng(cfg.seed).permutation(test_idx)[: cfg.finetune.heldout_positions])
+
+
+def _fit(cfg, model, parts, tracker) -> dict:
+    fc = cfg.finetune
+    total = fc.steps if fc.epochs is None else fc.epochs * steps_per_epoch(len(parts["train"].rows), fc.batch_size)
+    bar = tqdm(total=total, desc="finetune", dynamic_ncols=True)
+    fit = finetune(model, parts["train"], parts["val"], steps=fc.steps, lr=fc.lr, batch_size=fc.batch_size,
+                   side_info_weight=fc.side_info_weight, eval_every=fc.eval_every, seed=cfg.seed,
+                   weight_decay=fc.weight_decay, epochs=fc.epochs, patience=fc.patience, buckets=fc.buckets,
+                   keep=fc.keep, untouched_is_candidate=fc.untouched_is_candidate, train_mode=fc.train_mode,
+                   tracker=tracker, progress=bar.update)
+    bar.close()
+    return fit
+
+
+def _figures(frame, fc, before: dict, after: dict) -> None:
+    tb, ta = before["transition_points"], after["transition_points"]
+    hist = transition_histogram({"before": tb.tolist(), "after": ta.tolist()}, frame.dir / "transition_points.png",
+                                f"transition points of {len(tb)} test positions ({fc.concept or 'all'})")
+    acc = bar_by_bucket({"before": before["accuracy"].tolist(), "after": after["accuracy"].tolist()},
+                        frame.dir / "accuracy_by_bucket.png", "correct move on the test positions", ylabel="accuracy")
+    for name, png in (("transition_points", hist), ("accuracy_by_bucket", acc)):
+        frame.tracker().log_image(f"finetune/{name}", png)
+
+
+def run(cfg, frame) -> dict:
+    fc = cfg.finetune
+    parts, chosen = _parts(cfg, frame)
+    if "skipped" in parts:
+        return parts
     model = skill_model(cfg, "finetune")
     if fc.side_info_weight and not isinstance(model, Maia2Skill):
         raise ConfigError(f"finetune.side_info_weight={fc.side_info_weight}: {model.name} has no side-info head (set it to 0)")
     trained = select_trainable(model, fc.trainable, fc.freeze_elo)
     n_params = sum(p.numel() for n, p in model.module.named_parameters() if n in set(trained))
-    print(f"{len(chosen)} of {len(usable)} positions ({fc.row_filter} of {len(rows)}) hold '{fc.concept or 'any'}': "
-          + ", ".join(f"{k} {len(v.rows)}" for k, v in parts.items()) + f"; training {n_params:,} parameters")
-
-    heldout = None
-    if fc.heldout_positions:
-        store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
-        test_idx = store.split_indices("test")
-        heldout = (store, np.sort(np.random.default_rng(cfg.seed).permutation(test_idx)[: fc.heldout_positions]))
+    print(f"{chosen}; training {n_params:,} parameters")
+    heldout = _heldout(cfg)
 
     def report(m) -> dict:
         rep = transition_report(m, parts["test"])
@@ -135,40 +168,19 @@ def run(cfg, run_dir: Path) -> dict:
         return rep
 
     before = report(model)
-    tracker = Tracker(cfg, run_dir, job_type="finetune")
-    try:
-        total = fc.steps if fc.epochs is None else fc.epochs * steps_per_epoch(len(parts["train"].rows), fc.batch_size)
-        bar = tqdm(total=total, desc="finetune", dynamic_ncols=True)
-        fit = finetune(model, parts["train"], parts["val"], steps=fc.steps, lr=fc.lr, batch_size=fc.batch_size,
-                       side_info_weight=fc.side_info_weight, eval_every=fc.eval_every, seed=cfg.seed,
-                       weight_decay=fc.weight_decay, epochs=fc.epochs, patience=fc.patience, buckets=fc.buckets,
-                       keep=fc.keep, untouched_is_candidate=fc.untouched_is_candidate, train_mode=fc.train_mode,
-                       tracker=tracker, progress=bar.update)
-        bar.close()
-        save_skill_model(model, run_dir / MODEL_FILE, finetune=str(dict(concept=fc.concept, trainable=fc.trainable, keep=fc.keep)))
-        after = report(model)
-
-        tb, ta = before["transition_points"], after["transition_points"]
-        summary = {"positions_train": len(parts["train"].rows), "positions_val": len(parts["val"].rows),
-                   "positions_test": len(parts["test"].rows), "trainable_parameters": n_params,
-                   **{k: v for k, v in fit.items() if k != "val_losses"},
-                   **shift_summary(before, after, seed=cfg.seed, score_rows=fc.score_rows),
-                   **seed_summary(_dataset_seed_tp(parts["test"], before), seed_transition_points(after["correct"]))}
-        if heldout is not None:
-            summary["heldout_accuracy_before"] = before["heldout"]["accuracy"]
-            summary["heldout_accuracy_after"] = after["heldout"]["accuracy"]
-        hist = transition_histogram({"before": tb.tolist(), "after": ta.tolist()}, run_dir / "transition_points.png",
-                                    f"transition points of {len(tb)} test positions ({fc.concept or 'all'})")
-        acc = bar_by_bucket({"before": before["accuracy"].tolist(), "after": after["accuracy"].tolist()},
-                            run_dir / "accuracy_by_bucket.png", "correct move on the test positions", ylabel="accuracy")
-        for name, png in (("transition_points", hist), ("accuracy_by_bucket", acc)):
-            tracker.log_image(f"finetune/{name}", png)
-        lines = _report(model, fc, summary, before, after)
-        atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
-        atomic_write_json(run_dir / "results.json", {**summary, "accuracy_before": before["accuracy"].tolist(),
-                                                     "accuracy_after": after["accuracy"].tolist(),
-                                                     "val_losses": fit["val_losses"]})
-        tracker.summary(summary)
-    finally:
-        tracker.finish()
+    fit = _fit(cfg, model, parts, frame.tracker())
+    save_skill_model(model, frame.dir / MODEL_FILE, finetune=str(dict(concept=fc.concept, trainable=fc.trainable, keep=fc.keep)))
+    after = report(model)
+    summary = {"positions_train": len(parts["train"].rows), "positions_val": len(parts["val"].rows),
+               "positions_test": len(parts["test"].rows), "trainable_parameters": n_params,
+               **{k: v for k, v in fit.items() if k != "val_losses"},
+               **shift_summary(before, after, seed=cfg.seed, score_rows=fc.score_rows),
+               **seed_summary(_dataset_seed_tp(parts["test"], before), seed_transition_points(after["correct"]))}
+    if heldout is not None:
+        summary["heldout_accuracy_before"] = before["heldout"]["accuracy"]
+        summary["heldout_accuracy_after"] = after["heldout"]["accuracy"]
+    _figures(frame, fc, before, after)
+    frame.report("\n".join(_report(model, fc, summary, before, after)) + "\n",
+                 {**summary, "accuracy_before": before["accuracy"].tolist(), "accuracy_after": after["accuracy"].tolist(),
+                  "val_losses": fit["val_losses"]})
     return summary

@@ -26,9 +26,7 @@ from ..errors import ConfigError
 from ..analysis.calibration import MoveSet, split_rows
 from ..analysis.interventions import (INTERVENTIONS, assemble, choose_settings, evaluate_under, grid_search, intervention_rows,
                                       judge)
-from ..io import atomic_write_json, atomic_write_text
 from ..reporting.plots import bar_by_bucket, transition_histogram
-from ..runtime.tracking import Tracker
 from ..analysis.transitional import NEVER, read_transitional
 from .common import bucket_label, skill_model
 
@@ -101,9 +99,26 @@ def _report(model, ic, method, summary: dict, grid: list, choice, base, eff, ctr
     return lines
 
 
-def run(cfg, run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
-    ic = cfg.intervention
+def _summary(ic, train, test, choice, j, method) -> dict:
+    strength, top_n = choice.settings[choice.best]
+    return {"kind": ic.kind, "concept": ic.concept, "site": ic.site, "train_positions": len(train.rows),
+            "test_positions": len(test.rows), "strength": strength, "top_n": top_n, "select": ic.select,
+            "positions": ic.positions, "correct": ic.correct, "control": ic.control, "error": ic.error,
+            "threshold": ic.threshold, "per_bucket_settings": [list(st) for st in choice.by_bucket()],
+            **j["summary"], **method.describe()}
+
+
+def _figures(frame, ic, arms: dict, n_test: int) -> None:
+    acc = bar_by_bucket({k: r.accuracy.tolist() for k, r in arms.items()}, frame.dir / "accuracy_by_bucket.png",
+                        f"{ic.kind} intervention on '{ic.concept}' at {ic.site}: correct move", ylabel="accuracy")
+    hist = transition_histogram({k: r.transition_points.tolist() for k, r in arms.items()},
+                                frame.dir / "transition_points.png", f"transition points of {n_test} test rows")
+    for name, png in (("accuracy_by_bucket", acc), ("transition_points", hist)):
+        frame.tracker().log_image(f"intervention/{name}", png)
+
+
+def run(cfg, frame) -> dict:
+    run_dir, ic = frame.dir, cfg.intervention
     if ic.kind not in INTERVENTIONS:
         raise ConfigError(f"intervention.kind '{ic.kind}': expected one of {', '.join(INTERVENTIONS)}")
     if not ic.transitional:
@@ -121,33 +136,16 @@ def run(cfg, run_dir: Path) -> dict:
     choice = choose_settings(grid, reports, train.rows, ic.select, ic.concept)
     j = judge(method, ev, test, choice, ic.n_boot, cfg.seed, control=ic.control != "none")
     base, eff, ctrl = j["base"], j["intervened"], j["control"]
-    strength, top_n = choice.settings[choice.best]
-    summary = {"kind": ic.kind, "concept": ic.concept, "site": ic.site, "train_positions": len(train.rows),
-               "test_positions": len(test.rows), "strength": strength, "top_n": top_n, "select": ic.select,
-               "positions": ic.positions, "correct": ic.correct, "control": ic.control, "error": ic.error,
-               "threshold": ic.threshold, "per_bucket_settings": [list(st) for st in choice.by_bucket()],
-               **j["summary"], **method.describe()}
+    summary = _summary(ic, train, test, choice, j, method)
     held = _heldout(cfg, ic, run_dir)
     if held is not None:  # a held-out position holds several concepts: each bucket's setting (select=cell too)
         hb = ev(held)
         he = assemble([ev(held, method.make(held.rows, st, False)) for st in choice.by_bucket()])
         summary.update({"heldout_human_accuracy_base": float(hb.accuracy.mean()),
                         "heldout_human_accuracy_intervened": float(he.accuracy.mean())})
-
-    tracker = Tracker(cfg, run_dir, job_type="intervention")
-    try:
-        arms = {"no intervention": base, "intervened": eff, **({"control": ctrl} if ctrl is not None else {})}
-        acc = bar_by_bucket({k: r.accuracy.tolist() for k, r in arms.items()}, run_dir / "accuracy_by_bucket.png",
-                            f"{ic.kind} intervention on '{ic.concept}' at {ic.site}: correct move", ylabel="accuracy")
-        hist = transition_histogram({k: r.transition_points.tolist() for k, r in arms.items()},
-                                    run_dir / "transition_points.png", f"transition points of {len(test.rows)} test rows")
-        for name, png in (("accuracy_by_bucket", acc), ("transition_points", hist)):
-            tracker.log_image(f"intervention/{name}", png)
-        tracker.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-    finally:
-        tracker.finish()
+    _figures(frame, ic, {"no intervention": base, "intervened": eff, **({"control": ctrl} if ctrl is not None else {})},
+             len(test.rows))
     lines = _report(model, ic, method, summary, grid, choice, base, eff, ctrl, held is not None)
-    atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
-    atomic_write_json(run_dir / "results.json", {**summary, "grid": grid, "accuracy_by_bucket": {
+    frame.report("\n".join(lines) + "\n", {**summary, "grid": grid, "accuracy_by_bucket": {
         k: r.accuracy.tolist() for k, r in (("base", base), ("intervened", eff), ("control", ctrl)) if r is not None}})
     return summary

@@ -6,9 +6,6 @@ Overrides given to the ladder (model=..., model.checkpoint=..., data=...) reach 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..io import atomic_write_json, atomic_write_text
 from ..ladder import execute, ladder_markdown, ladder_rows, plan
 from ..model.skill import MAIA1_RATINGS
 from ..reporting.plots import ladder_plot
@@ -24,8 +21,8 @@ def _user_overrides(cfg) -> list[str]:
     return [o for o in task if not o.startswith(_NOT_PASSED)] + [f"logger={cfg.logger.backend}" if cfg.logger.backend == "none" else "logger=wandb"]
 
 
-def run(cfg, run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
+def run(cfg, frame) -> dict:
+    run_dir = frame.dir
     lc = cfg.ladder
     family = "maia1" if cfg.model.name == "maia1" else "maia2"
     ratings = list(MAIA1_RATINGS) if family == "maia1" and cfg.model.rating is None else []
@@ -36,9 +33,8 @@ def run(cfg, run_dir: Path) -> dict:
         return {"steps": len(p.steps), "rungs": len(p.rungs)}
     rows = ladder_rows(p)
     ladder_plot(rows, run_dir / "ladder.png", f"from protocol={lc.protocol} (top) to ours (bottom): {cfg.model.name}")
-    atomic_write_text(run_dir / "results.md", "\n".join(ladder_markdown(cfg.model.name, lc, p, rows)) + "\n")
-    atomic_write_json(run_dir / "results.json", {"protocol": lc.protocol, "rungs": rows,
-                                                 "left_at_protocol": p.left_at_protocol})
+    frame.report("\n".join(ladder_markdown(cfg.model.name, lc, p, rows)) + "\n",
+                 {"protocol": lc.protocol, "rungs": rows, "left_at_protocol": p.left_at_protocol})
     last = rows[-1]
     return {"rungs": len(rows), "steps": len(p.steps), "seed_intervention_effect": rows[0]["intervention_effect"],
             "ours_intervention_effect": last["intervention_effect"], "seed_finetune_shift": rows[0]["finetune_shift"],

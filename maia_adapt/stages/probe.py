@@ -20,7 +20,6 @@ norms and head; Maia-1 has no such stream, so it is skipped with a note.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ from ..concepts import check_families, position_concepts
 from ..data.preprocess import open_or_build_store
 from ..encoding import BUCKET_NAMES
 from ..errors import ConfigError
-from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..io import atomic_write_csv
 from ..layout import probe_file, site_slug
 from ..model.skill import Maia2Skill
 from omegaconf import OmegaConf
@@ -38,7 +37,6 @@ from ..analysis.probes import (METRICS, ProbeOptions, awareness_trend, balanced_
                                concept_labels_parts, logit_lens_by_bucket, probes_balanced, probes_per_bucket,
                                save_probe)
 from ..reporting.plots import bucket_heatmap
-from ..runtime.tracking import Tracker
 from .common import bucket_label, skill_model
 
 
@@ -145,8 +143,129 @@ def _positions(cfg, store, rng):
     return names, {"parts": sample["parts"]}, info, sizes
 
 
-def run(cfg, run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
+def _header(pc, opts, names, left, sizes) -> list[str]:
+    """results.md's opening: the concepts, the positions and how the probes were fitted."""
+    fit = (f"penalty {opts.penalty}" + (f", C in {list(opts.c_grid)} ({opts.c_scale} scale) chosen per concept and "
+                                         f"bucket by val {opts.select_by}" if opts.c_grid else
+                                         f" {opts.l1 if opts.penalty == 'l1' else opts.l2}")
+           + ("" if opts.standardize else ", raw activations") + (", bias penalised" if opts.penalize_bias else "")
+           + ("" if opts.class_balance else ", unweighted loss"))
+    return ["# Linear probes per Elo bucket", "", f"{len(names)} concepts ({', '.join(pc.families)}), {sizes}, "
+            + (f"l2 {pc.l2}." if opts.todays_fit and pc.sampling == "split" else f"{fit}; metric {opts.metric}.")
+            + (f" {len(left)} concepts left out (fewer than {pc.min_positives} positives or negatives in a part)."
+               if left else ""), ""]
+
+
+def _fit(cfg, model, store, data, names, opts) -> dict:
+    """{site: probes_per_bucket's results} for probe.sampling."""
+    pc = cfg.probe
+    if pc.sampling != "split":
+        torch.manual_seed(cfg.seed)
+        return probes_balanced(model, store, data["parts"], list(pc.sites), pc.buckets, opts, seed=cfg.seed,
+                               shuffled_control=pc.shuffled_control, batch_size=pc.batch_size)
+    per_site = {}
+    for site in pc.sites:
+        torch.manual_seed(cfg.seed)
+        per_site[site] = probes_per_bucket(
+            model, store, data["train_idx"], data["test_idx"], site, data["labels"]["train"],
+            data["labels"]["test"], names, buckets=pc.buckets, l2=pc.l2, seed=cfg.seed,
+            shuffled_control=pc.shuffled_control, batch_size=pc.batch_size, val_idx=data["val_idx"],
+            labels_val=data["labels"].get("val"), opts=opts)
+    return per_site
+
+
+def _site(cfg, frame, model, site: str, res: dict, names, sampling, opts) -> tuple[dict, dict, list[str]]:
+    """(results.json's entry, summary entries, results.md's section) for one site; writes its probes,
+    probe_<site>.csv and heatmaps."""
+    pc, metric, summary = cfg.probe, opts.metric, {}
+    slug = site_slug(site)
+    for b, probe in res["probes"].items():
+        save_probe(probe, probe_file(frame.dir, site, b), {"site": site, "elo_bucket": b})
+    auc = res["auc"].numpy()
+    ctrl = res["control_auc"].numpy()
+    pngs = {"auc": bucket_heatmap(auc.T, names, frame.dir / f"probe_auc_{slug}.png",
+                                  f"{site}: probe test AUC per Elo bucket")}
+    if metric != "auc":
+        pngs[metric] = bucket_heatmap(res[metric].numpy().T, names, frame.dir / f"probe_{metric}_{slug}.png",
+                                      f"{site}: probe test {_METRIC_NAMES[metric]} per Elo bucket",
+                                      vmin=0.5 if metric == "accuracy" else 0.0, vmax=1.0,
+                                      label=f"test {_METRIC_NAMES[metric]}")
+    for k, png in pngs.items():
+        frame.tracker().log_image(f"probe/{slug}" if k == "auc" else f"probe/{slug}/{k}", png)
+    chosen = res["chosen_c"].numpy()
+    rows = []
+    for c, n in enumerate(names):
+        row = {"concept": n, **{f"auc_{BUCKET_NAMES[b]}": round(float(auc[i, c]), 4) for i, b in enumerate(pc.buckets)},
+               **{f"control_{BUCKET_NAMES[b]}": round(float(ctrl[i, c]), 4) for i, b in enumerate(pc.buckets)}}
+        if metric != "auc":
+            for pre in (metric, f"control_{metric}"):
+                row.update({f"{pre}_{BUCKET_NAMES[b]}": round(float(res[pre][i, c]), 4)
+                            for i, b in enumerate(pc.buckets)})
+        if opts.c_grid:
+            row.update({f"c_{BUCKET_NAMES[b]}": float(chosen[i, c]) for i, b in enumerate(pc.buckets)})
+        if "positions_per_concept" in sampling:
+            row.update({f"n_{p}": v for p, v in sampling["positions_per_concept"][n].items()})
+        rows.append(row)
+    atomic_write_csv(frame.dir / f"probe_{slug}.csv", rows)
+    per_bucket = np.nanmean(auc, axis=1)
+    spread = np.nanmax(auc, axis=0) - np.nanmin(auc, axis=0)
+    trends = {"auc": awareness_trend(auc.T, seed=cfg.seed)}  # [concepts, buckets]
+    site_out = {"mean_auc_per_bucket": per_bucket.tolist(), "mean_control_auc": float(np.nanmean(ctrl)),
+                "mean_auc_spread_across_buckets": float(np.nanmean(spread)), **trends["auc"],
+                "activation_change": res["activation_change"]}
+    for m in METRICS:
+        if m != "auc":
+            site_out[f"mean_{m}_per_bucket"] = np.nanmean(res[m].numpy(), axis=1).tolist()
+    if metric != "auc":
+        trends[metric] = awareness_trend(res[metric].numpy().T, seed=cfg.seed, metric=metric)
+        site_out[f"mean_control_{metric}"] = float(np.nanmean(res[f"control_{metric}"].numpy()))
+        site_out.update(trends[metric])
+    if opts.c_grid:
+        site_out["chosen_c"] = chosen.tolist()
+    if res.get("not_converged"):
+        site_out["not_converged"] = res["not_converged"]
+    summary[f"{slug}:mean_auc"] = float(np.nanmean(auc))
+    summary[f"{slug}:mean_control_auc"] = float(np.nanmean(ctrl))
+    summary[f"{slug}:mean_spread_across_buckets"] = float(np.nanmean(spread))
+    summary[f"{slug}:auc_gain_top_minus_bottom"] = trends["auc"]["auc_gain_top_minus_bottom"]
+    summary[f"{slug}:auc_gain_top_minus_bottom_ci95"] = trends["auc"]["auc_gain_top_minus_bottom_ci95"]
+    if metric != "auc":
+        summary[f"{slug}:mean_{metric}"] = float(np.nanmean(res[metric].numpy()))
+        summary[f"{slug}:{metric}_gain_top_minus_bottom"] = trends[metric][f"{metric}_gain_top_minus_bottom"]
+        summary[f"{slug}:{metric}_gain_top_minus_bottom_ci95"] = trends[metric][
+            f"{metric}_gain_top_minus_bottom_ci95"]
+    if res["activation_change"]:
+        summary[f"{slug}:activation_change_top_vs_bottom"] = res["activation_change"]["change"]
+    return site_out, summary, _site_report(model, site, pc.buckets, res, trends, pngs, metric)
+
+
+def _logit_lens(cfg, frame, model, store, data) -> tuple[dict | None, list[str]]:
+    """(results.json's logit_lens entry, results.md's section): the policy head read off each block."""
+    pc = cfg.probe
+    if not isinstance(model, Maia2Skill):
+        entry, lines = None, ["## Logit lens", "", f"Skipped: the logit lens reads Maia-2's transformer residual stream through its "
+                  f"final norms and policy head; {model.name} is a convolutional network with no such stream.", ""]
+    else:
+        test_idx = data["test_idx"] if pc.sampling == "split" else np.unique(
+            np.concatenate([v["test"][0] for v in data["parts"].values()]))[:2000]
+        lens = logit_lens_by_bucket(model.model, store, test_idx, buckets=pc.buckets, batch_size=pc.batch_size)
+        agree, acc = lens["agreement"].numpy(), lens["accuracy"].numpy()
+        png = bucket_heatmap(agree, lens["lenses"], frame.dir / "logit_lens.png",
+                             "logit lens: top-1 agreement with the model's policy", vmin=0.0, vmax=1.0, label="agreement")
+        frame.tracker().log_image("probe/logit_lens", png)
+        entry = {"lenses": lens["lenses"], "agreement": agree.tolist(), "accuracy": acc.tolist()}
+        lines = ["## Logit lens", "", "The policy head read off each block's residual stream (after the model's final "
+                  "norms): top-1 agreement with the real policy and accuracy on the played move, per bucket.", "",
+                  "![logit lens](logit_lens.png)", "",
+                  "| lens | " + " | ".join(BUCKET_NAMES[b] for b in pc.buckets) + " |",
+                  "|---|" + "---|" * len(pc.buckets)]
+        for i, name in enumerate(lens["lenses"]):
+            lines.append(f"| {name} agreement | " + " | ".join(f"{v:.2f}" for v in agree[i]) + " |")
+            lines.append(f"| {name} accuracy | " + " | ".join(f"{v:.2f}" for v in acc[i]) + " |")
+    return entry, lines
+
+
+def run(cfg, frame) -> dict:
     pc = cfg.probe
     check_families(pc.families, "probe.families")
     opts = ProbeOptions.from_config(pc)
@@ -159,122 +278,18 @@ def run(cfg, run_dir: Path) -> dict:
     left = sampling["left_out"]
     print(f"{len(names)} concepts ({len(left)} left out with fewer than {pc.min_positives} positives), {sizes}, "
           f"buckets {list(pc.buckets)}")
-    metric = opts.metric
-
-    tracker = Tracker(cfg, run_dir, job_type="probe")
-    results: dict = {"model": model.name, "concepts": names, "buckets": list(pc.buckets), "metric": metric,
+    frame.tracker()
+    results: dict = {"model": model.name, "concepts": names, "buckets": list(pc.buckets), "metric": opts.metric,
                      "probe": {k: v for k, v in OmegaConf.to_container(pc, resolve=True).items() if k in _SEED_KEYS},
                      "sampling": sampling, "sites": {}}
-    fit = (f"penalty {opts.penalty}" + (f", C in {list(opts.c_grid)} ({opts.c_scale} scale) chosen per concept and "
-                                         f"bucket by val {opts.select_by}" if opts.c_grid else
-                                         f" {opts.l1 if opts.penalty == 'l1' else opts.l2}")
-           + ("" if opts.standardize else ", raw activations") + (", bias penalised" if opts.penalize_bias else "")
-           + ("" if opts.class_balance else ", unweighted loss"))
-    lines = ["# Linear probes per Elo bucket", "", f"{len(names)} concepts ({', '.join(pc.families)}), {sizes}, "
-             + (f"l2 {pc.l2}." if opts.todays_fit and pc.sampling == "split" else f"{fit}; metric {metric}.")
-             + (f" {len(left)} concepts left out (fewer than {pc.min_positives} positives or negatives in a part)."
-                if left else ""), ""]
-    summary = {}
-    try:
-        if pc.sampling == "split":
-            per_site = {}
-            for site in pc.sites:
-                torch.manual_seed(cfg.seed)
-                per_site[site] = probes_per_bucket(
-                    model, store, data["train_idx"], data["test_idx"], site, data["labels"]["train"],
-                    data["labels"]["test"], names, buckets=pc.buckets, l2=pc.l2, seed=cfg.seed,
-                    shuffled_control=pc.shuffled_control, batch_size=pc.batch_size, val_idx=data["val_idx"],
-                    labels_val=data["labels"].get("val"), opts=opts)
-        else:
-            torch.manual_seed(cfg.seed)
-            per_site = probes_balanced(model, store, data["parts"], list(pc.sites), pc.buckets, opts, seed=cfg.seed,
-                                       shuffled_control=pc.shuffled_control, batch_size=pc.batch_size)
-        for site in pc.sites:
-            res = per_site[site]
-            slug = site_slug(site)
-            for b, probe in res["probes"].items():
-                save_probe(probe, probe_file(run_dir, site, b), {"site": site, "elo_bucket": b})
-            auc = res["auc"].numpy()
-            ctrl = res["control_auc"].numpy()
-            pngs = {"auc": bucket_heatmap(auc.T, names, run_dir / f"probe_auc_{slug}.png",
-                                          f"{site}: probe test AUC per Elo bucket")}
-            if metric != "auc":
-                pngs[metric] = bucket_heatmap(res[metric].numpy().T, names, run_dir / f"probe_{metric}_{slug}.png",
-                                              f"{site}: probe test {_METRIC_NAMES[metric]} per Elo bucket",
-                                              vmin=0.5 if metric == "accuracy" else 0.0, vmax=1.0,
-                                              label=f"test {_METRIC_NAMES[metric]}")
-            for k, png in pngs.items():
-                tracker.log_image(f"probe/{slug}" if k == "auc" else f"probe/{slug}/{k}", png)
-            chosen = res["chosen_c"].numpy()
-            rows = []
-            for c, n in enumerate(names):
-                row = {"concept": n, **{f"auc_{BUCKET_NAMES[b]}": round(float(auc[i, c]), 4) for i, b in enumerate(pc.buckets)},
-                       **{f"control_{BUCKET_NAMES[b]}": round(float(ctrl[i, c]), 4) for i, b in enumerate(pc.buckets)}}
-                if metric != "auc":
-                    for pre in (metric, f"control_{metric}"):
-                        row.update({f"{pre}_{BUCKET_NAMES[b]}": round(float(res[pre][i, c]), 4)
-                                    for i, b in enumerate(pc.buckets)})
-                if opts.c_grid:
-                    row.update({f"c_{BUCKET_NAMES[b]}": float(chosen[i, c]) for i, b in enumerate(pc.buckets)})
-                if "positions_per_concept" in sampling:
-                    row.update({f"n_{p}": v for p, v in sampling["positions_per_concept"][n].items()})
-                rows.append(row)
-            atomic_write_csv(run_dir / f"probe_{slug}.csv", rows)
-            per_bucket = np.nanmean(auc, axis=1)
-            spread = np.nanmax(auc, axis=0) - np.nanmin(auc, axis=0)
-            trends = {"auc": awareness_trend(auc.T, seed=cfg.seed)}  # [concepts, buckets]
-            site_out = {"mean_auc_per_bucket": per_bucket.tolist(), "mean_control_auc": float(np.nanmean(ctrl)),
-                        "mean_auc_spread_across_buckets": float(np.nanmean(spread)), **trends["auc"],
-                        "activation_change": res["activation_change"]}
-            for m in METRICS:
-                if m != "auc":
-                    site_out[f"mean_{m}_per_bucket"] = np.nanmean(res[m].numpy(), axis=1).tolist()
-            if metric != "auc":
-                trends[metric] = awareness_trend(res[metric].numpy().T, seed=cfg.seed, metric=metric)
-                site_out[f"mean_control_{metric}"] = float(np.nanmean(res[f"control_{metric}"].numpy()))
-                site_out.update(trends[metric])
-            if opts.c_grid:
-                site_out["chosen_c"] = chosen.tolist()
-            if res.get("not_converged"):
-                site_out["not_converged"] = res["not_converged"]
-            results["sites"][site] = site_out
-            summary[f"{slug}:mean_auc"] = float(np.nanmean(auc))
-            summary[f"{slug}:mean_control_auc"] = float(np.nanmean(ctrl))
-            summary[f"{slug}:mean_spread_across_buckets"] = float(np.nanmean(spread))
-            summary[f"{slug}:auc_gain_top_minus_bottom"] = trends["auc"]["auc_gain_top_minus_bottom"]
-            summary[f"{slug}:auc_gain_top_minus_bottom_ci95"] = trends["auc"]["auc_gain_top_minus_bottom_ci95"]
-            if metric != "auc":
-                summary[f"{slug}:mean_{metric}"] = float(np.nanmean(res[metric].numpy()))
-                summary[f"{slug}:{metric}_gain_top_minus_bottom"] = trends[metric][f"{metric}_gain_top_minus_bottom"]
-                summary[f"{slug}:{metric}_gain_top_minus_bottom_ci95"] = trends[metric][
-                    f"{metric}_gain_top_minus_bottom_ci95"]
-            if res["activation_change"]:
-                summary[f"{slug}:activation_change_top_vs_bottom"] = res["activation_change"]["change"]
-            lines += _site_report(model, site, pc.buckets, res, trends, pngs, metric)
-        if pc.logit_lens and not isinstance(model, Maia2Skill):
-            results["logit_lens"] = None
-            lines += ["## Logit lens", "", f"Skipped: the logit lens reads Maia-2's transformer residual stream through its "
-                      f"final norms and policy head; {model.name} is a convolutional network with no such stream.", ""]
-        elif pc.logit_lens:
-            test_idx = data["test_idx"] if pc.sampling == "split" else np.unique(
-                np.concatenate([v["test"][0] for v in data["parts"].values()]))[:2000]
-            lens = logit_lens_by_bucket(model.model, store, test_idx, buckets=pc.buckets, batch_size=pc.batch_size)
-            agree, acc = lens["agreement"].numpy(), lens["accuracy"].numpy()
-            png = bucket_heatmap(agree, lens["lenses"], run_dir / "logit_lens.png",
-                                 "logit lens: top-1 agreement with the model's policy", vmin=0.0, vmax=1.0, label="agreement")
-            tracker.log_image("probe/logit_lens", png)
-            results["logit_lens"] = {"lenses": lens["lenses"], "agreement": agree.tolist(), "accuracy": acc.tolist()}
-            lines += ["## Logit lens", "", "The policy head read off each block's residual stream (after the model's final "
-                      "norms): top-1 agreement with the real policy and accuracy on the played move, per bucket.", "",
-                      "![logit lens](logit_lens.png)", "",
-                      "| lens | " + " | ".join(BUCKET_NAMES[b] for b in pc.buckets) + " |",
-                      "|---|" + "---|" * len(pc.buckets)]
-            for i, name in enumerate(lens["lenses"]):
-                lines.append(f"| {name} agreement | " + " | ".join(f"{v:.2f}" for v in agree[i]) + " |")
-                lines.append(f"| {name} accuracy | " + " | ".join(f"{v:.2f}" for v in acc[i]) + " |")
-        atomic_write_json(run_dir / "results.json", results)
-        atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
-        tracker.summary(summary)
-    finally:
-        tracker.finish()
+    lines, summary = _header(pc, opts, names, left, sizes), {}
+    per_site = _fit(cfg, model, store, data, names, opts)
+    for site in pc.sites:
+        results["sites"][site], part, site_lines = _site(cfg, frame, model, site, per_site[site], names, sampling, opts)
+        summary.update(part)
+        lines += site_lines
+    if pc.logit_lens:
+        results["logit_lens"], lens_lines = _logit_lens(cfg, frame, model, store, data)
+        lines += lens_lines
+    frame.report("\n".join(lines) + "\n", results)
     return summary

@@ -20,10 +20,9 @@ from ..data.preprocess import open_or_build_store
 from ..data.store import store_from_fens
 from ..encoding import NUM_BUCKETS
 from ..errors import ConfigError
-from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..io import atomic_write_csv
 from ..layout import ALL_POSITIONS_CSV, TRANSITIONAL_CSV
 from ..reporting.plots import bar_by_bucket, transition_histogram
-from ..runtime.tracking import Tracker
 from ..analysis.transitional import (NEVER, EngineOracle, build_transitional, find_engine, flat_rows, load_seed_positions, required, seed_terms,
                                   skill_stats)
 from .common import bucket_label, skill_model
@@ -80,11 +79,9 @@ def _rule_lines(tc, oracle: str, summary: dict) -> list[str]:
     return lines
 
 
-def run(cfg, run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
+def _search(cfg, model, store, idx, accepted) -> tuple[list[dict], str]:
+    """(every position with its per-bucket evidence, the oracle that judged it)."""
     tc = cfg.transitional
-    model = skill_model(cfg, "transitional")
-    store, idx, accepted, seed_tp = _position_set(cfg, run_dir)
     oracle = tc.oracle
     if oracle == "auto":
         oracle = "accepted" if accepted is not None else ("engine" if find_engine(tc.engine_path) else "model")
@@ -107,23 +104,21 @@ def run(cfg, run_dir: Path) -> dict:
                               f"they need transitional.oracle=engine (this run's oracle is {oracle})")
         everything = build_transitional(model, store, idx, oracle=oracle, **kw)
     bar.close()
-    rows = required(everything, tc.require)
-    if not rows:
-        raise ConfigError(f"transitional.require={tc.require}: none of the {len(everything)} positions qualifies "
-                          "(more positions, or another rule)")
-    if seed_tp is not None:
-        # the seed data writes "never" as 10 (so a transition exactly at the top bucket reads as never)
-        seed_tp = [NEVER if int(t) >= NUM_BUCKETS - 1 else int(t) for t in seed_tp]
-        for r, t in zip(everything, seed_tp):
-            r["seed_transition_point"] = t
-        seed_tp = [r["seed_transition_point"] for r in rows]
-    atomic_write_csv(run_dir / TRANSITIONAL_CSV, flat_rows(rows))
-    if tc.require != "none":  # every position with its evidence, for the dataset's statistics and other rules
-        atomic_write_csv(run_dir / ALL_POSITIONS_CSV, flat_rows(everything))
+    return everything, oracle
 
-    tps = np.array([r["transition_point"] for r in rows])
-    correct = np.stack([r["accuracy_by_bucket"] for r in rows])
-    acc = correct.mean(0)
+
+def _with_seed_points(everything: list[dict], rows: list[dict], seed_tp):
+    """The seed study's transition points, on every position and as a list over `rows` (None without)."""
+    if seed_tp is None:
+        return None
+    # the seed data writes "never" as 10 (so a transition exactly at the top bucket reads as never)
+    for r, t in zip(everything, seed_tp):
+        r["seed_transition_point"] = NEVER if int(t) >= NUM_BUCKETS - 1 else int(t)
+    return [r["seed_transition_point"] for r in rows]
+
+
+def _summary(cfg, model, rows, everything, oracle, tps, correct) -> dict:
+    tc = cfg.transitional
     trans = np.array([r["transitional"] for r in rows])
     stats = skill_stats(correct, [r["game_id"] for r in rows], seed=cfg.seed)
     summary = {"model": model.name, "positions": len(rows), "oracle": oracle, "transitional": int(trans.sum()),
@@ -133,20 +128,10 @@ def run(cfg, run_dir: Path) -> dict:
                **{f"seed_terms/{k}": v for k, v in seed_terms(everything, tc.blunder_cp).items()}, **stats}
     for s in ("train", "val", "test"):
         summary[f"transitional_{s}"] = int(sum(r["transitional"] and r["split"] == s for r in rows))
-    series = {"this model": tps.tolist()}
-    if seed_tp is not None:
-        series["seed study (official Maia-2)"] = seed_tp
-        summary["agreement_with_seed_transition_point"] = float(np.mean(tps == np.array(seed_tp)))
-    hist = transition_histogram(series, run_dir / "transition_points.png", f"transition points ({len(rows)} positions, oracle {oracle})")
-    curve = bar_by_bucket({"correct move": acc.tolist()}, run_dir / "accuracy_by_bucket.png",
-                          "fraction of positions where the model plays the correct move", ylabel="accuracy")
-    tracker = Tracker(cfg, run_dir, job_type="transitional")
-    try:
-        tracker.log_image("transitional/transition_points", hist)
-        tracker.log_image("transitional/accuracy_by_bucket", curve)
-        tracker.summary(summary)
-    finally:
-        tracker.finish()
+    return summary
+
+
+def _report(model, tc, oracle, summary, rows, acc, tps) -> str:
     lines = [f"# Transitional positions ({model.name})", "", f"{len(rows)} positions, oracle `{oracle}`: {summary['transitional']} "
              f"transitional (wrong at low skill, right from a bucket up), {summary['always']} right at every bucket, "
              f"{summary['never']} never right, {summary['non_monotone']} non-monotone, {summary['blunders']} blunders "
@@ -157,6 +142,35 @@ def run(cfg, run_dir: Path) -> dict:
     for k in range(NUM_BUCKETS):
         lo, hi = summary[f"accuracy_bucket_{k}_ci95"]
         lines.append(f"| {bucket_label(model, k)} | {acc[k]:.3f} [{lo:.3f}, {hi:.3f}] | {int((tps == k).sum())} |")
-    atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
-    atomic_write_json(run_dir / "results.json", summary)
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg, frame) -> dict:
+    run_dir, tc = frame.dir, cfg.transitional
+    model = skill_model(cfg, "transitional")
+    store, idx, accepted, seed_tp = _position_set(cfg, run_dir)
+    everything, oracle = _search(cfg, model, store, idx, accepted)
+    rows = required(everything, tc.require)
+    if not rows:
+        raise ConfigError(f"transitional.require={tc.require}: none of the {len(everything)} positions qualifies "
+                          "(more positions, or another rule)")
+    seed_tp = _with_seed_points(everything, rows, seed_tp)
+    atomic_write_csv(run_dir / TRANSITIONAL_CSV, flat_rows(rows))
+    if tc.require != "none":  # every position with its evidence, for the dataset's statistics and other rules
+        atomic_write_csv(run_dir / ALL_POSITIONS_CSV, flat_rows(everything))
+    tps = np.array([r["transition_point"] for r in rows])
+    correct = np.stack([r["accuracy_by_bucket"] for r in rows])
+    acc = correct.mean(0)
+    summary = _summary(cfg, model, rows, everything, oracle, tps, correct)
+    series = {"this model": tps.tolist()}
+    if seed_tp is not None:
+        series["seed study (official Maia-2)"] = seed_tp
+        summary["agreement_with_seed_transition_point"] = float(np.mean(tps == np.array(seed_tp)))
+    hist = transition_histogram(series, run_dir / "transition_points.png", f"transition points ({len(rows)} positions, oracle {oracle})")
+    curve = bar_by_bucket({"correct move": acc.tolist()}, run_dir / "accuracy_by_bucket.png",
+                          "fraction of positions where the model plays the correct move", ylabel="accuracy")
+    tracker = frame.tracker()
+    tracker.log_image("transitional/transition_points", hist)
+    tracker.log_image("transitional/accuracy_by_bucket", curve)
+    frame.report(_report(model, tc, oracle, summary, rows, acc, tps), summary)
     return summary
