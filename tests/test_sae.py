@@ -228,7 +228,7 @@ def test_synthetic_features_are_recovered():
 
 def test_calibration_score_rises_with_training(model, store, acts):
     from maia_adapt.stages.sae import calibration_set, summed_best_auc
-    from maia_adapt.config import SAEStageConfig
+    from maia_adapt.stages.sae import SAEStageConfig
 
     sc = SAEStageConfig(calibration_positions=600, calibration_min_positives=10, elo="random")
     idx = store.split_indices("val")[:600]

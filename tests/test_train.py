@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from maia_adapt.data import GameFilter, build_store
 from maia_adapt.model import Maia2, Maia2Config
-from maia_adapt.config import TrainConfig
+from maia_adapt.stages.train import TrainConfig
 from maia_adapt.model.training import train_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,6 +27,18 @@ from ..io import load_safetensors, save_safetensors, to_json
 from .sae import SparseAutoencoder
 
 
+@dataclass
+class DictionaryRunConfig:
+    """How stage=sae and stage=transcoder run their DictionaryTrainer (their sections extend it)."""
+
+    log_every: int = 50
+    checkpoint_every: int = 500
+    resume: bool = True
+    device: str = "auto"  # where the model runs and the dictionaries train: auto | cpu | cuda
+    bf16: bool = True  # bfloat16 autocast of the dictionary losses (CUDA only)
+    compile: bool = False  # torch.compile the dictionary losses
+
+
 def lr_factor(step: int, steps: int, warmup: int, decay_start: float) -> float:
     if warmup and step < warmup:
         return (step + 1) / warmup

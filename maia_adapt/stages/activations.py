@@ -10,6 +10,8 @@ lc0's Q (win - loss probability).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -18,7 +20,33 @@ from ..data.preprocess import open_or_build_store
 from ..dictionaries import find_saes, load_sae
 from ..errors import ConfigError
 from ..runtime.resume import find_resumable, fresh_start, mark_started
+from ..checks import POSITIVE_INT, check_section, elo
+from ..data.store import SPLITS
 from .common import fingerprint, skill_model
+
+
+@dataclass
+class ActivationsConfig:
+    """stage=activations: cache model (and dictionary) activations on disk, in shards."""
+
+    sites: list[str] = "${sites}"  # the site preset's (site=...); a list here overrides it
+    saes: Optional[str] = None  # a stage=sae run or SAE folder: its codes are cached too (its sites added)
+    positions: Optional[int] = 20000  # positions of `split`; null: all of them
+    split: str = "test"
+    elo: list[str] = field(default_factory=lambda: ["data"])  # Elo conditionings: 'data' and/or buckets 0..10
+    shard_positions: int = 4096  # rows per shard
+    dtype: str = "float16"  # of the site activations (dictionary codes are float32, sparse)
+    token_pooling: str = "mean"  # mean | none (keep the 8 tokens)
+    batch_size: int = 256
+
+
+SCHEMA = ActivationsConfig  # cfg.activations
+RULES = {"shard_positions": POSITIVE_INT, "elo": elo("data")}
+CHOICES = {"token_pooling": ("mean", "none"), "dtype": ("float16", "float32"), "split": SPLITS}
+
+
+def check(cfg) -> None:
+    check_section(cfg, "activations", RULES, CHOICES)
 
 
 def run(cfg, frame) -> dict:

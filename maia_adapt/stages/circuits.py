@@ -9,7 +9,9 @@ moves), results.md.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from ..analysis.circuits import (attributions, circuit_edges, codes_by_bucket, connections, plot_circuit, rng_positions, skill_relevance, top_indices)
 from ..analysis.patching import attention_shift, head_patching, skill_patching
@@ -25,6 +27,30 @@ from ..model.skill import Maia2Skill
 from ..reporting.dashboard import write_dashboards
 from ..reporting.plots import bucket_heatmap, grouped_bars
 from .common import frozen_model
+
+
+# the model families it takes: Maia-2 only, and why not Maia-1 (the one-line error)
+NOT_MAIA1 = "circuits are built from transcoders of Maia-2's transformer FFNs, and Maia-1 has none"
+
+
+@dataclass
+class CircuitsConfig:
+    """stage=circuits: layer-0 -> layer-1 transcoder feature circuits and their skill dependence."""
+
+    transcoders: Optional[str] = None  # a stage=transcoder run with transcoders/layer_0 and layer_1
+    finetuned: Optional[str] = None  # a calibrated model (e.g. a stage=finetune run) to compare with
+    positions: int = 1000  # test positions
+    top_down: int = 12  # layer-1 features kept (most skill-relevant / most changed by fine-tuning)
+    top_up: int = 40  # layer-0 candidates per circuit (most skill-relevant)
+    edges_per_node: int = 3
+    dashboards: bool = True
+    batch_size: int = 256
+    # where skill enters (analysis/patching.py): test positions run at < 1100 and >= 2000, then at
+    # < 1100 with each block's sites and each attention head taken from the >= 2000 run; 0: skip
+    patching_positions: int = 2000
+
+
+SCHEMA = CircuitsConfig  # cfg.circuits
 
 
 def _patching(model, store, positions: int, seed: int, run_dir: Path) -> tuple[dict, list[str]]:
@@ -141,7 +167,7 @@ def _report(n: int, what: str, index, edges, conn, patch_lines) -> str:
 
 def run(cfg, frame) -> dict:
     run_dir, cc = frame.dir, cfg.circuits
-    model = frozen_model(cfg, "circuits")  # first: model=maia1 is refused before anything else
+    model = frozen_model(cfg, "circuits", NOT_MAIA1)  # first: model=maia1 is refused before anything else
     tcs = _transcoders(cc)
     store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
     idx = rng_positions(store, "test", cc.positions, cfg.seed)

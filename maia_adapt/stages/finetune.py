@@ -13,6 +13,8 @@ the run ends without error, so a multirun over concepts goes on.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -21,13 +23,73 @@ from ..data.preprocess import open_or_build_store
 from ..encoding import NUM_BUCKETS
 from ..errors import ConfigError
 from ..analysis.evaluation import own_bucket_accuracy
-from ..analysis.calibration import (MoveSet, finetune, finetune_rows, seed_summary, select_concept, select_trainable,
+from ..analysis.calibration import (BUCKET_SAMPLING, KEEP, ROW_FILTERS, SCORE_ROWS, TARGETS, TRAIN_MODES, MoveSet,
+                                    finetune, finetune_rows, seed_summary, select_concept, select_trainable,
                                     shift_summary, split_rows, steps_per_epoch, transition_report)
 from ..layout import MODEL_FILE
 from ..model.skill import Maia2Skill, save_skill_model
 from ..reporting.plots import bar_by_bucket, transition_histogram
 from ..analysis.transitional import read_transitional, seed_transition_points
+from ..checks import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check_section
 from .common import bucket_label, skill_model
+
+
+@dataclass
+class FinetuneConfig:
+    """stage=finetune: calibrate low-skill levels toward the correct move on concept positions."""
+
+    transitional: Optional[str] = None  # a stage=transitional run directory or its transitional.csv
+    # positions whose active threat concepts include this one ('defensive@e4') or any of this kind
+    # ('defensive', the study's); '' = every position. Per-concept variants: a multirun over it
+    concept: str = "defensive"
+    trainable: str = "all"  # all | policy_head (fc_1 only) | heads | transformer | prefixes 'fc_1.,transformer.'
+    freeze_elo: bool = True
+    steps: int = 300  # with epochs null
+    lr: float = 3.0e-4
+    batch_size: int = 128  # (position, bucket) pairs per step; the seed: 256 (revision), 8192 (NeurIPS checkpoints)
+    side_info_weight: float = 1.0  # the seed: 1 (NeurIPS full fine-tune), 0 (its head-only fine-tunes)
+    eval_every: int = 25  # validation loss (every bucket) for choosing the checkpoint; with epochs null
+    heldout_positions: int = 2000  # ordinary test positions of `data`: is human-likeness kept? 0: skip
+    # The seed study's choices, each a switch on its own (experiments/finetune_study/README.md, "The
+    # seed's protocol"); the defaults are ours.
+    weight_decay: float = 0.0  # AdamW's; the seed: 1e-5
+    # null: `steps` steps; N: N epochs, each one pass over the train positions x 11 buckets
+    # (ceil(11 n / batch_size) steps), validated after each; the seed's revision: at most 20
+    epochs: Optional[int] = None
+    # null: no early stopping (the seed's NeurIPS full fine-tune); P: stop after P validations in a row
+    # without a new lowest validation loss (the revision: 3, per epoch)
+    patience: Optional[int] = None
+    buckets: str = "random"  # random: each pair's bucket drawn at random | all_each_epoch: every pair once a pass (the seed)
+    # best: the lowest-validation-loss weights | last: the last step's (the seed's NeurIPS head-only test,
+    # and in effect its revision, whose "best state" is a shallow copy of the live weights)
+    keep: str = "best"
+    # true: the untouched model (validated before any step) competes for keep=best and is where patience
+    # starts counting; false: the seed's (its best validation loss starts at infinity)
+    untouched_is_candidate: bool = True
+    # frozen_batchnorm: dropout on, BatchNorm on its running statistics | train: PyTorch's train mode
+    # (the seed's full fine-tune) | eval: no dropout, the frozen trunk as at inference (its head-only ones)
+    train_mode: str = "frozen_batchnorm"
+    # a (concept's) dataset with fewer train positions is skipped: results.md says so and the run
+    # ends without error (a multirun over concepts goes on); the seed's revision: 500
+    min_train_rows: int = 0
+    # which rows the fine-tune uses: all | transitional (the seed's is_transitional) | blundered_transitional
+    row_filter: str = "all"
+    target: str = "dataset"  # dataset: the row's correct move (the seed's) | top_bucket: the model's own bucket-10 move
+    # the rows of the headline mean_shift (paired): all test rows | transitional (those transitional
+    # before fine-tuning); results.md reports both, and the seed's unpaired metric beside them
+    score_rows: str = "all"
+
+
+SCHEMA = FinetuneConfig  # cfg.finetune
+RULES = {**{k: POSITIVE_INT for k in ("steps", "batch_size", "eval_every", "epochs", "patience")},
+         "min_train_rows": NON_NEGATIVE_INT, "heldout_positions": NON_NEGATIVE_INT, "lr": POSITIVE,
+         "weight_decay": NON_NEGATIVE, "side_info_weight": NON_NEGATIVE}
+CHOICES = {"buckets": BUCKET_SAMPLING, "keep": KEEP, "train_mode": TRAIN_MODES, "row_filter": ROW_FILTERS,
+           "target": TARGETS, "score_rows": SCORE_ROWS}
+
+
+def check(cfg) -> None:
+    check_section(cfg, "finetune", RULES, CHOICES)
 
 
 def _ci(v: float, ci) -> str:

@@ -6,11 +6,47 @@ Overrides given to the ladder (model=..., model.checkpoint=..., data=...) reach 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
 from ..ladder import execute, ladder_markdown, ladder_rows, plan
 from ..model.skill import MAIA1_RATINGS
 from ..reporting.plots import ladder_plot
 
+
 _NOT_PASSED = ("experiment=", "stage=", "ladder.", "hydra.", "protocol=", "+ladder", "logger")
+
+
+@dataclass
+class RungConfig:
+    name: str = MISSING
+    what: str = ""  # the switch in words, for the table
+    # keys switched back to our presets' values at this rung (a key ending in '.' names every key of the
+    # protocol under it); each must be one the protocol sets
+    keys: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LadderConfig:
+    """stage=ladder: the study from the seed's protocol to ours, one switch a rung (maia_adapt/ladder.py)."""
+
+    protocol: str = "seed_neurips"  # rung 0: a protocol of maia_adapt/conf/protocol
+    rungs: list[RungConfig] = field(default_factory=list)
+    # overrides every step gets, after the protocol and the rungs (sizes for the machine); a rung may not
+    # switch a key set here
+    common: list[str] = field(default_factory=list)
+    chains: list[str] = field(default_factory=lambda: ["intervention", "finetune"])  # intervention is always run
+    # per model family (maia1 | maia2): {"all": overrides for every step, "<rung>": from that rung on}
+    family_overrides: dict[str, Any] = field(default_factory=dict)
+    dry_run: bool = False  # print each step's command, run nothing
+    # run nothing, write the table from the steps finished so far (a ladder stopped part way; '-' where
+    # a rung's step has not run)
+    report: bool = False
+
+
+SCHEMA = LadderConfig  # cfg.ladder
 
 
 def _user_overrides(cfg) -> list[str]:

@@ -20,9 +20,12 @@ norms and head; Maia-1 has no such stream, so it is skipped with a note.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from ..concepts import check_families, position_concepts
 from ..data.preprocess import open_or_build_store
@@ -31,12 +34,11 @@ from ..errors import ConfigError
 from ..io import atomic_write_csv
 from ..layout import probe_file, site_slug
 from ..model.skill import Maia2Skill
-from omegaconf import OmegaConf
-
-from ..analysis.probes import (METRICS, ProbeOptions, awareness_trend, balanced_pool_parts, balanced_split_parts,
-                               concept_labels_parts, logit_lens_by_bucket, probes_balanced, probes_per_bucket,
-                               save_probe)
+from ..analysis.probes import (C_SCALES, METRICS, PENALTIES, SAMPLINGS, ProbeOptions, awareness_trend,
+                               balanced_pool_parts, balanced_split_parts, concept_labels_parts, logit_lens_by_bucket,
+                               probes_balanced, probes_per_bucket, save_probe)
 from ..reporting.plots import bucket_heatmap
+from ..checks import NON_NEGATIVE, POSITIVE_INT, bad, check_section, elo
 from .common import bucket_label, skill_model
 
 
@@ -44,6 +46,85 @@ _METRIC_NAMES = {"auc": "AUC", "accuracy": "accuracy", "r2": "R^2"}
 # the probe.* keys of the seed's choices, recorded in results.json
 _SEED_KEYS = ("penalty", "l1", "l2", "c_grid", "c_scale", "select_by", "metric", "penalize_bias", "standardize",
               "class_balance", "sampling", "val_positions", "pool_positions", "max_per_class", "split_fractions")
+
+
+@dataclass
+class ProbeConfig:
+    """stage=probe: linear probes per concept and Elo bucket (awareness), and the logit lens."""
+
+    sites: list[str] = "${sites}"  # the site preset's (site=...); a list here overrides it
+    # of threat, strategic, capture, study (the study's own 13 strategic concepts), seed172 (the 172 of
+    # the study's revision; seed172:<category> for one of its 5 categories), board-state
+    families: list[str] = field(default_factory=lambda: ["threat", "strategic"])
+    train_positions: int = 4000  # from the train split
+    test_positions: int = 2000  # from the test split (other games)
+    buckets: list[int] = field(default_factory=lambda: list(range(11)))
+    min_positives: int = 20  # concepts with fewer positives (or negatives) in train or test are left out
+    l2: float = 1.0e-3  # penalty=l2 without c_grid: strength of l2/2 |w|^2 on the (class-weighted) mean loss
+    shuffled_control: bool = True
+    logit_lens: bool = True
+    batch_size: int = 256
+    # The seed study's probe choices, each on its own (experiments/probe_study/README.md, "The seed's
+    # probes"); the defaults are the probe above.
+    penalty: str = "l2"  # l2 | l1 (the seed's, both versions)
+    l1: float = 1.0e-3  # penalty=l1 without c_grid: strength of l1 |w|_1 on the mean loss
+    # inverse strengths C, one chosen per (concept, bucket) on the validation part by select_by
+    # (first in this order on ties); null/empty: the fixed l2 / l1
+    c_grid: Optional[list[float]] = None
+    c_scale: str = "sum"  # how C maps to the strength: sum (sklearn: 1 / (C n)) | mean (the revision: 1 / C)
+    select_by: str = "metric"  # the validation score that chooses C: metric (probe.metric's) | auc | accuracy | r2
+    metric: str = "auc"  # reported per bucket, with top minus bottom: auc | accuracy | r2 (AUC is always reported too)
+    penalize_bias: bool = False  # true: the penalty also takes the bias (liblinear and the revision)
+    standardize: bool = True  # false: fit the raw activations (the seed's)
+    class_balance: bool = True  # false: unweighted loss (the seed's, which balances by sampling instead)
+    # split: train_positions of train games, test_positions of test games (val_positions of val games
+    # with a c_grid) | balanced: the revision's per-concept balanced positions from one pool of
+    # pool_positions train positions, split by split_fractions | balanced_splits: the NeurIPS probes'
+    # balancing within train_positions / val_positions / test_positions of each split
+    sampling: str = "split"
+    val_positions: int = 1000  # from the val split (sampling=split with a c_grid, balanced_splits)
+    pool_positions: int = 100000  # sampling=balanced: the pool, from the train split
+    max_per_class: Optional[int] = 5000  # balanced sampling: positives (and negatives) per concept; null: all
+    split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])  # sampling=balanced
+
+
+SCHEMA = ProbeConfig  # cfg.probe
+RULES = {**{k: POSITIVE_INT for k in ("train_positions", "test_positions", "val_positions", "pool_positions",
+                                    "max_per_class")},
+         "l1": NON_NEGATIVE, "buckets": elo()}
+CHOICES = {"penalty": PENALTIES, "c_scale": C_SCALES, "metric": METRICS, "select_by": ("metric", *METRICS),
+           "sampling": SAMPLINGS}
+
+
+def check(cfg) -> None:
+    """probe.*'s values, probe.c_grid and probe.split_fractions, and the seed-choice keys that only act
+    with another setting: a value that would do nothing fails, naming what it needs."""
+    import math
+
+    check_section(cfg, "probe", RULES, CHOICES)
+    pc = cfg.probe
+    grid = list(pc.c_grid or [])
+    if not all(isinstance(c, (int, float)) and math.isfinite(c) and c > 0 for c in grid):
+        bad("probe.c_grid", grid, "a list of inverse strengths C > 0, or null/[] for the fixed probe.l2 / probe.l1")
+    f = list(pc.split_fractions)
+    if len(f) != 3 or not all(0 < v < 1 for v in f) or abs(sum(f) - 1) > 1e-6:
+        bad("probe.split_fractions", f, "three fractions > 0 (train, val, test) that sum to 1")
+    default = ProbeConfig()
+    needs = (("l1", pc.penalty == "l1" and not grid, "probe.penalty=l1 and no probe.c_grid"),
+             ("l2", pc.penalty == "l2" and not grid, "probe.penalty=l2 and no probe.c_grid"),
+             ("c_scale", bool(grid), "a probe.c_grid"), ("select_by", bool(grid), "a probe.c_grid"),
+             ("val_positions", pc.sampling == "balanced_splits" or (pc.sampling == "split" and bool(grid)),
+              "probe.sampling=balanced_splits, or split with a probe.c_grid"),
+             ("train_positions", pc.sampling != "balanced", "probe.sampling split or balanced_splits"),
+             ("test_positions", pc.sampling != "balanced", "probe.sampling split or balanced_splits"),
+             ("pool_positions", pc.sampling == "balanced", "probe.sampling=balanced"),
+             ("max_per_class", pc.sampling != "split", "probe.sampling balanced or balanced_splits"),
+             ("split_fractions", pc.sampling == "balanced", "probe.sampling=balanced"))
+    for key, used, what in needs:
+        if not used and pc[key] != getattr(default, key):
+            bad(f"probe.{key}", pc[key] if not OmegaConf.is_list(pc[key]) else list(pc[key]),
+                f"its default unless {what} (otherwise it does nothing)")
+    check_families(pc.families, "probe.families")
 
 
 def _trend_text(trend: dict, m: str) -> str:

@@ -11,6 +11,8 @@ mean-ablation, per Elo bucket), feature_density.png, metrics.jsonl.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -24,11 +26,55 @@ from ..dictionaries.evaluate import evaluate_dictionary
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS
 from ..errors import ConfigError
 from ..concepts import all_position_concepts, best_auc_per_concept, piece_square_concepts, roc_auc_matrix, threat_concepts
-from ..dictionaries.train import BestKeeper, start_or_resume
+from ..dictionaries.train import BestKeeper, DictionaryRunConfig, start_or_resume
 from ..layout import sae_folder, site_slug
 from ..reporting.plots import feature_density
 from ..model.training import resolve_device
+from ..checks import FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check_section, elo, set_by_stage
+from ..dictionaries.kernels import KERNELS
+from ..dictionaries.sae import ARCHITECTURES
 from .common import fingerprint, skill_model
+
+
+@dataclass
+class SAEStageConfig(DictionaryRunConfig, SAEConfig):
+    """stage=sae: the SAE hyper-parameters plus where its activations come from."""
+
+    sites: list[str] = "${sites}"  # the site preset's (site=...); a list here overrides it
+    chunk_positions: int = 8192  # positions per activation chunk (shuffled, cut into batches)
+    # the model's forward pass, not the SAE, is the cost on a CPU: run it once over this many train
+    # positions, keep their activations in memory and draw every chunk from them. 0: a fresh forward
+    # pass per chunk (every position seen once; for long runs on a GPU)
+    cache_positions: int = 32768
+    eval_positions: int = 2000  # test-split positions for the spliced evaluation
+    # calibration (the study's checkpoint choice): every N steps score the features against a
+    # concept set on validation positions; the best summed AUC is the SAE that is saved. 0: off
+    calibrate_every: int = 0
+    # board: own/opponent piece on each square (768); threats: the study's 128 square-wise threat
+    # concepts; all: every concept of maia_adapt.concepts (1158: the study family's 13 and the seed172
+    # family's 172 included, which repeat some concepts of the others, e.g. its 128 square threats)
+    calibration_concepts: str = "board"
+    calibration_positions: int = 2000
+    calibration_min_positives: int = 20  # concepts with fewer positive (or negative) positions are left out
+    # each SAE's site and input width come from `sites` and the model: these two only exist in the
+    # saved cfg.json, and setting them here is an error (validate) rather than a silent no-op
+    site: Optional[str] = None
+    d_in: Optional[int] = None
+
+
+SCHEMA = SAEStageConfig  # cfg.sae
+RULES = {**{k: POSITIVE_INT for k in ("dim", "batch_size", "steps", "chunk_positions", "eval_positions", "log_every",
+                                    "checkpoint_every")},
+         **{k: NON_NEGATIVE_INT for k in ("cache_positions", "calibrate_every", "aux_k")},
+         "lr": POSITIVE, "dense_threshold": FRACTION, "elo": elo("data", "random"),
+         "site": set_by_stage("sae.sites (or site=...)"), "d_in": set_by_stage("the model's width at each site")}
+CHOICES = {"architecture": ARCHITECTURES, "kernel": KERNELS, "b_dec_init": ("mean", "median", "zeros"),
+           "token_pooling": ("mean", "none"), "calibration_concepts": ("board", "threats", "all")}
+
+
+def check(cfg) -> None:
+    check_section(cfg, "sae", RULES, CHOICES)
+    SAEConfig(architecture=cfg.sae.architecture, k=cfg.sae.k, dim=cfg.sae.dim).validate()
 
 
 def _sae_config(stage_cfg, site: str, d_in: int) -> SAEConfig:

@@ -10,7 +10,9 @@ detection_<site>.csv, threat_auc_<site>.png, results.md and results.json.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -20,7 +22,7 @@ from ..analysis.logit_effects import logit_effects
 from ..concepts import BoardConcepts, ConceptSpec, check_families, load_puzzles, load_sts, position_concepts, select_families
 from ..concepts.detection import compare_detections, detect_concepts, evidence_key, read_detection_table
 from ..data.preprocess import open_or_build_store
-from ..data.store import store_from_fens
+from ..data.store import SPLITS, store_from_fens
 from ..dictionaries import find_saes, load_sae
 from ..errors import ConfigError
 from ..io import atomic_write_csv
@@ -29,6 +31,55 @@ from ..encoding import NUM_BUCKETS
 from ..layout import detection_table, site_slug
 from ..reporting.dashboard import write_dashboards
 from ..reporting.plots import square_heatmaps
+from ..checks import FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, check_section, elo
+
+
+@dataclass
+class ThreatsConfig:
+    """stage=threats: which dictionary features detect which concepts (ROC-AUC)."""
+
+    saes: Optional[str] = None  # a stage=sae run directory or one SAE folder; null: raw units of `sites`
+    sites: list[str] = field(default_factory=list)  # with saes=null: hook names whose units are the features
+    # store: positions of the data's `split`; puzzles / sts: the lichess puzzles / the Strategic Test
+    # Suite, whose themes are added as concepts (family "puzzle theme" / "sts theme")
+    position_set: str = "store"
+    puzzles_path: str = "${paths.data_root}/puzzles/lichess_puzzles_5k.csv"
+    sts_path: str = "${paths.data_root}/sts/STS1-STS15_LAN_v3.epd"
+    positions: int = 4000  # positions scored (half selection, half held-out)
+    split: str = "test"
+    elo: str = "data"  # Elo conditioning of the model: data | random | 0..10 (data on puzzles/sts: bucket 5)
+    # the study family (its 13 strategic concepts as its code defines them) and seed172 (the 172 concepts
+    # of its revision, or seed172:<category>) are for reproducing it
+    families: list[str] = field(default_factory=lambda: ["threat", "strategic", "capture", "board-state"])
+    min_positives: int = 10  # concepts with fewer positive (or negative) positions are left out
+    heldout_fraction: float = 0.5
+    top_k: int = 5  # features kept per concept
+    auc_threshold: float = 0.7  # the study's: a concept counts as detected at held-out AUC >= this
+    n_null: int = 20  # label shuffles for the null of the best selection AUC
+    n_boot: int = 200  # bootstrap resamples of the held-out AUC
+    max_per_class: Optional[int] = None  # balanced samples: up to this many positives and negatives per concept
+    batch_size: int = 512
+    dashboards: int = 24  # HTML pages for up to this many features (the best detectors); 0: none
+    dashboard_top_n: int = 12  # boards per feature page
+    elo_profile_positions: int = 256  # positions run at each of the 11 Elo buckets for the Elo plot
+    # positions the dashboards' logit effects average over (each feature's decoder direction added at its
+    # site, the change of every legal move's log-probability); 0: no logit effects
+    logit_positions: int = 64
+    # a stage=threats run directory (another subject, or this model at another threats.elo): results.md
+    # adds, per site both scored, this run's held-out AUC minus that run's, paired over concepts
+    compare_to: Optional[str] = None
+
+
+SCHEMA = ThreatsConfig  # cfg.threats
+RULES = {"positions": POSITIVE_INT, "n_null": NON_NEGATIVE_INT, "n_boot": NON_NEGATIVE_INT,
+         "dashboards": NON_NEGATIVE_INT, "heldout_fraction": FRACTION, "elo": elo("data", "random")}
+CHOICES = {"split": SPLITS, "position_set": ("store", "puzzles", "sts")}
+
+
+def check(cfg) -> None:
+    check_section(cfg, "threats", RULES, CHOICES)
+    check_families(cfg.threats.families, "threats.families")
+
 
 def _load_saes(tc) -> list:
     if tc.saes:

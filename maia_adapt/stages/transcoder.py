@@ -11,6 +11,8 @@ transcoder.select=spliced_accuracy keeps, per layer, the weights of the best spl
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -20,15 +22,69 @@ from ..runtime import distributed
 from ..model.activations import ActivationChunks, collect_activations
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import DictionaryTrainer, train_dictionaries
-from ..dictionaries.train import BestKeeper, start_or_resume
+from ..dictionaries.train import BestKeeper, DictionaryRunConfig, start_or_resume
 from ..dictionaries.evaluate import evaluate_transcoder, spliced_move_accuracy
-from ..dictionaries.transcoder import Transcoder, TranscoderConfig, save_transcoder
+from ..dictionaries.transcoder import DECODER_NORMS, Transcoder, TranscoderConfig, save_transcoder
 from ..errors import ConfigError
 from ..layout import transcoder_folder
 from ..reporting.plots import elo_grid_heatmap, qq_plot
 from ..model.training import resolve_device
 from .common import fingerprint, frozen_model
 from ..model.hooks import block_hook
+from ..checks import FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check_section, elo, set_by_stage
+from ..dictionaries.kernels import KERNELS
+
+
+READS = ("layer",)  # transcoder.layers=null trains the top-level `layer`
+# the model families it takes: Maia-2 only, and why not Maia-1 (the one-line error)
+NOT_MAIA1 = "Maia-1 is a convolutional network with no transformer FFN (MLP) to transcode"
+
+
+@dataclass
+class TranscoderStageConfig(DictionaryRunConfig, TranscoderConfig):
+    """stage=transcoder: transcoders of the FFNs of `layers` (null: the top-level `layer`)."""
+
+    layers: Optional[list[int]] = None
+    chunk_positions: int = 4096  # positions per chunk (x 8 tokens = samples)
+    cache_positions: int = 16384  # activations of this many train positions computed once and reused
+    eval_positions: int = 1000  # test positions for the spliced evaluation
+    grid_positions: int = 200  # test positions for the 11 x 11 (self, opponent) agreement grid
+    # the Elo conditioning of the training (and FVU test) activations: random (ours: a random bucket per
+    # position) | data (the seed's: the game's own ratings) | a bucket 0..10
+    elo: str = "random"
+    # which weights each transcoder ends with: last (ours: the final step's) | spliced_accuracy (the
+    # seed's: every select_every steps the model's top-1 accuracy against the human move with the
+    # transcoder in place of its FFN, on select_positions positions of select_split; the best is kept)
+    select: str = "last"
+    select_every: int = 500  # the seed's: 500
+    select_positions: int = 2000  # the seed's: the first 100,000 positions of the chunk just trained on
+    # val (ours: validation positions) | train (the seed's: positions the transcoder trains on, those of
+    # the activation cache; without one, train positions at random)
+    select_split: str = "val"
+    # per layer the stage sets these from `layers` and the model (saved in each cfg.json); setting
+    # them here is an error (validate) rather than a silent no-op
+    layer: Optional[int] = None
+    site: Optional[str] = None
+    target_site: Optional[str] = None
+    d_in: Optional[int] = None
+    d_out: Optional[int] = None
+
+
+SCHEMA = TranscoderStageConfig  # cfg.transcoder
+RULES = {**{k: POSITIVE_INT for k in ("dim", "batch_size", "steps", "chunk_positions", "cache_positions", "eval_positions",
+                                    "select_every", "select_positions", "log_every", "checkpoint_every")},
+         "aux_k": NON_NEGATIVE_INT, "k": NON_NEGATIVE_INT, "lr": POSITIVE, "dense_threshold": FRACTION,
+         "elo": elo("data", "random"), "layer": set_by_stage("transcoder.layers (or layer=...)"),
+         "site": set_by_stage("transcoder.layers: blocks.<l>.hook_mlp_in"),
+         "target_site": set_by_stage("transcoder.layers: blocks.<l>.hook_mlp_out"),
+         "d_in": set_by_stage("the model's width"), "d_out": set_by_stage("the model's width")}
+CHOICES = {"kernel": KERNELS, "decoder_norm": DECODER_NORMS, "select": ("last", "spliced_accuracy"),
+           "select_split": ("val", "train")}
+
+
+def check(cfg) -> None:
+    check_section(cfg, "transcoder", RULES, CHOICES)
+    TranscoderConfig(k=cfg.transcoder.k, dim=cfg.transcoder.dim).validate()
 
 
 def _config(tc, layer: int, d: int) -> TranscoderConfig:
@@ -109,7 +165,7 @@ def run(cfg, frame) -> dict:
     tc = cfg.transcoder
     layers = list(tc.layers) if tc.layers else [cfg.layer]
     device = resolve_device(tc.device)
-    model = frozen_model(cfg, "transcoder").to(device)
+    model = frozen_model(cfg, "transcoder", NOT_MAIA1).to(device)
     for l in layers:
         if not 0 <= l < model.cfg.num_blocks_vit:
             raise ConfigError(f"transcoder layer {l}: the model has blocks 0..{model.cfg.num_blocks_vit - 1}")

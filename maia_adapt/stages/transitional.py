@@ -11,7 +11,9 @@ set is FEN-only, so there Maia-1 sees lc0's bare-FEN input.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -23,9 +25,60 @@ from ..errors import ConfigError
 from ..io import atomic_write_csv
 from ..layout import ALL_POSITIONS_CSV, TRANSITIONAL_CSV
 from ..reporting.plots import bar_by_bucket, transition_histogram
-from ..analysis.transitional import (NEVER, EngineOracle, build_transitional, find_engine, flat_rows, load_seed_positions, required, seed_terms,
-                                  skill_stats)
+from ..analysis.transitional import (ACCEPT, BLUNDER_RULES, NEVER, REQUIRE, EngineOracle, build_transitional,
+                                     find_engine, flat_rows, load_seed_positions, required, seed_terms, skill_stats)
+from ..checks import POSITIVE_INT, bad, check_section, elo
 from .common import bucket_label, skill_model
+
+
+@dataclass
+class TransitionalConfig:
+    """stage=transitional: per-bucket predictions, correct moves and transition points of a position set."""
+
+    position_set: str = "store"  # store: positions of the data; seed: the seed study's 264 positions
+    seed_path: str = "${paths.data_root}/transitional/seed_transitional_positions.json"
+    positions: Optional[int] = 2000  # store positions per split of `splits`; null: all
+    splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])
+    # auto: the seed set's accepted moves, else Stockfish when installed, else the model's top-bucket
+    # move; engine | accepted (seed only) | model force one
+    oracle: str = "auto"
+    engine_path: Optional[str] = None  # null: stockfish on PATH or /usr/games/stockfish
+    depth: Optional[int] = 8
+    seconds: Optional[float] = None  # a time limit per search instead of (or besides) the depth
+    nodes: Optional[int] = None  # a node budget per search instead of (or besides) the depth
+    engine_workers: int = 1  # engines searching positions side by side (one thread each)
+    # every engine answer is kept here by engine, limit and position (null: none kept); a search starts
+    # from a cleared engine, so an answer depends on those alone, and reruns and other models reuse it
+    engine_cache: Optional[str] = "${paths.cache_dir}/engine/answers.jsonl"
+    # the correct moves of a position (engine oracle): best = the engine's best move (ours); multipv =
+    # every line's first move within accept_cp of the best (the seed's 30 cp over its database's lines)
+    accept: str = "best"
+    accept_cp: int = 30
+    multipv: int = 1  # lines per search (the seed's database holds up to 5; accept=multipv needs >= 2)
+    blunder_cp: int = 150  # the bucket-0 move loses at least this many centipawns: a blunder
+    # loss: the bucket-0 move loses >= blunder_cp against the best (ours); seed: the seed's test
+    # |eval before - eval after| > blunder_cp with each eval for its own side to move (a sign bug)
+    blunder_rule: str = "loss"
+    # which rows the dataset keeps: none = every position (ours); monotone = the seed's transitional
+    # rows (wrong below one bucket, right from it up); monotone_blunder = of those, a blundering bucket 0
+    require: str = "none"
+    oppo_bucket: Optional[int] = None  # null: opponent bucket = own bucket (the study's)
+    batch_size: int = 512
+
+
+SCHEMA = TransitionalConfig  # cfg.transitional
+RULES = {**{k: POSITIVE_INT for k in ("accept_cp", "multipv", "engine_workers", "nodes", "depth")},
+         "oppo_bucket": elo()}
+CHOICES = {"position_set": ("store", "seed"), "oracle": ("auto", "engine", "accepted", "model"), "accept": ACCEPT,
+           "require": REQUIRE, "blunder_rule": BLUNDER_RULES}
+
+
+def check(cfg) -> None:
+    check_section(cfg, "transitional", RULES, CHOICES)
+    tc = cfg.transitional
+    if tc.accept == "multipv" and tc.multipv < 2:
+        bad("transitional.multipv", tc.multipv, "2 or more with transitional.accept=multipv (one line "
+            "is the best move only; the seed's database held up to 5)")
 
 
 def _position_set(cfg, run_dir: Path):
