@@ -24,7 +24,7 @@ from maia_adapt.model import load_model
 from maia_adapt.model.distill import Maia1Teacher, distill_losses
 from maia_adapt.model.maia1 import load_maia1_family
 from maia_adapt.model.skill import lc0_store_planes
-from maia_adapt.model.training import LossWeights, maia2_losses
+from maia_adapt.model.losses import LossWeights, maia2_losses
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_MFLOP = 135  # per position and step of the small Maia-2 (README, Scaling)

@@ -1,4 +1,4 @@
-"""MkDocs hook: the configuration reference, generated from the typed schema in maia_adapt/config.py.
+"""MkDocs hook: the configuration reference, generated from the typed schema that maia_adapt/config.py composes.
 
 Every key of `Config` (and of the dataclasses its fields hold) becomes a row with its type, its default
 and the comment written beside it in the source, so the reference is never written a second time by hand
@@ -120,8 +120,9 @@ def markdown() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Every key the app accepts, generated at build time from the dataclasses of `maia_adapt/config.py`",
-        "(`docs/gen_config_ref.py`): its type, the schema's default and the comment beside it in the source.",
+        "Every key the app accepts, generated at build time from the dataclasses `maia_adapt/config.py` composes",
+        "(`docs/gen_config_ref.py`; each stage's section is defined in its module under `maia_adapt/stages/`):",
+        "its type, the schema's default and the comment beside it in the source.",
         "A group option (`model=maia2_small`, `sae=jumprelu`, an `experiment=` preset, `protocol=`) may set",
         "other values: `python -m maia_adapt.run <overrides> --cfg job` prints the resolved configuration.",
         "Value ranges the types cannot express (an Elo bucket in 0..10, a positive step count, a fraction in",

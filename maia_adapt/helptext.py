@@ -7,7 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .config import CONF_DIR
+from .layout import CONF_DIR
+
 # (group, heading) in the order a reader needs them
 GROUPS = (("stage", "Stages (stage=NAME)"), ("experiment", "Experiment presets (experiment=NAME)"),
           ("protocol", "Protocols (protocol=NAME): whose choices every stage makes"),

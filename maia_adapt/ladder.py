@@ -63,7 +63,7 @@ def _in_hydra(fn):
         from hydra import initialize_config_dir
         from hydra.core.global_hydra import GlobalHydra
 
-        from .config import CONF_DIR
+        from .layout import CONF_DIR
 
         if GlobalHydra.instance().is_initialized():
             return fn(*a, **kw)
@@ -97,7 +97,7 @@ def _value(v) -> str:
 
 def protocol_keys(protocol: str) -> list[str]:
     """Every key a protocol file sets (dotted), except the protocol's own name."""
-    from .config import CONF_DIR
+    from .layout import CONF_DIR
 
     path = CONF_DIR / "protocol" / f"{protocol}.yaml"
     if not path.is_file():
@@ -158,7 +158,7 @@ def rung_overrides(lc, user: list[str], family: str) -> tuple[list[dict], list[s
 
 
 # settings that do not change what a step computes
-_NOT_HASHED = {"transitional": ("engine_cache", "engine_workers", "engine_path")}
+_NOT_HASHED = {"transitional": ("engine_cache", "engine_answers", "engine_workers", "engine_path")}
 
 
 def _portable(v):

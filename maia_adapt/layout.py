@@ -1,4 +1,4 @@
-"""The run-directory layout: what each stage writes, and how a later stage finds it.
+"""Where things are: the package's own folders, and the run-directory layout: what each stage writes, and how a later stage finds it.
 
 A stage that hands an artifact to another names it here, once: the writer calls the function to
 get the path, and the reader calls the same function (with the run directory the user gave) or
@@ -21,6 +21,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import MaiaAdaptError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent  # the source checkout when the package runs from one
+CONF_DIR = PACKAGE_DIR / "conf"
+ASSETS = PACKAGE_DIR / "assets"
+
+
+def project_root() -> Path:
+    """`paths.root`: the source checkout holding the package (a clone, an editable install), else the
+    working directory. An installed package lives in site-packages, where no cache or data belongs."""
+    return REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()
 
 MODEL_FILE = "model.safetensors"
 LAST_CHECKPOINT = "checkpoints/last.safetensors"

@@ -21,8 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from . import config as _config  # noqa: F401  (registers the schemas)
 from .runtime import distributed
 from .errors import MaiaAdaptError
-from .io import atomic_write_json, atomic_write_text, to_json
-from .reporting.summary import end_of_run_text, summary_markdown
+from .io import atomic_write_text, to_json
+from .layout import CONF_DIR
+from .reporting.summary import end_of_run_text
 from .runtime.runlog import tee_output
 
 # set to 1: the summary JSON is printed after the end-of-run lines too (for scripts reading stdout;
@@ -57,6 +58,7 @@ def _title(cfg: DictConfig) -> str:
 
 def execute(cfg: DictConfig, run_dir: Path) -> dict:
     from .stages import get_stage
+    from .stages.frame import StageFrame
 
     stage = get_stage(cfg.stage.name)
     _config.validate(cfg)
@@ -64,11 +66,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     if distributed.is_main():
         atomic_write_text(run_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     seed_everything(cfg.seed)
-    summary = stage(cfg, run_dir) or {}
-    if distributed.is_main():  # the other ranks of a DDP run only train
-        atomic_write_json(run_dir / "summary.json", summary)
-        atomic_write_text(run_dir / "summary.md", summary_markdown(_title(cfg), summary))
-    return summary
+    with StageFrame(cfg, run_dir, _title(cfg)) as frame:
+        return frame.finish(stage(cfg, frame) or {})
 
 
 def objective(cfg: DictConfig, summary: dict) -> float | None:
@@ -130,7 +129,7 @@ def check_overrides(argv: list[str]) -> None:
     from hydra import compose, initialize_config_dir
 
     try:
-        with initialize_config_dir(config_dir=str(_config.CONF_DIR), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             compose("config", overrides=argv)
     except Exception as e:  # every composition error, whatever Hydra or OmegaConf calls it
         print(f"error: {config_error_line(e)}", file=sys.stderr)

@@ -5,7 +5,7 @@ import torch
 
 from _games import lichess_store
 from maia_adapt.analysis.activation_cache import ActivationCache, write_activation_cache
-from maia_adapt.analysis.activations import activation_batches
+from maia_adapt.model.activations import activation_batches
 from maia_adapt.config import ASSETS
 from maia_adapt.data import GameFilter
 from maia_adapt.dictionaries import SAEConfig, SparseAutoencoder

@@ -281,7 +281,7 @@ def test_index_sorts_and_filters_in_headless_chromium(flagged, tmp_path):
 def test_logit_effects_on_a_model(labelled, tmp_path):
     from types import SimpleNamespace
 
-    from maia_adapt.analysis.activations import collect_activations
+    from maia_adapt.model.activations import collect_activations
     from maia_adapt.data.store import store_from_fens
     from maia_adapt.model import load_model
     from maia_adapt.model.skill import as_skill_model

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from _games import lichess_store
-from maia_adapt.analysis.activations import activation_batches
+from maia_adapt.model.activations import activation_batches
 from maia_adapt.config import ASSETS
 from maia_adapt.data import GameFilter
 from maia_adapt.dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder, load_sae, save_sae

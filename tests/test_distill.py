@@ -11,7 +11,7 @@ from maia_adapt.encoding.lc0 import unpack_lc0_planes
 from maia_adapt.model import Maia2, Maia2Config, load_model
 from maia_adapt.model.distill import Maia1Teacher, cache_teacher_targets, distill_losses, sparse_kl, teacher_planes
 from maia_adapt.model.maia1 import load_maia1_family
-from maia_adapt.model.training import LossWeights
+from maia_adapt.model.losses import LossWeights
 
 ASSETS = Path(__file__).resolve().parents[1] / "maia_adapt" / "assets"
 TINY = Maia2Config(dim_cnn=16, num_blocks_cnn=1, dim_vit=64, elo_dim=16, heads=4, dim_head=16, dropout_cnn=0.0,

@@ -220,7 +220,7 @@ def test_a_resumed_dictionary_run_keeps_the_calibration_best_of_the_killed_one(t
     BestKeeper(killed / "best", t).offer({"s": 12.5})
     t.save(killed / "checkpoints")
     again = trainer()
-    assert start_or_resume(again, cfg, tmp_path / "runs" / "b").name == "step_0000005"
+    assert start_or_resume(again, config_fingerprint(cfg), tmp_path / "runs" / "b").name == "step_0000005"
     assert again.step == 5
     assert BestKeeper(tmp_path / "runs" / "b" / "best", again).scores == {"s": 12.5}
 

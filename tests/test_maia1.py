@@ -338,7 +338,7 @@ def test_hooks(maia1500, games):
     model = maia1500
     x = torch.from_numpy(lc0_planes_game(None, games[2], [10, 20, 30]))
     (pol, wdl), cache = model.run_with_cache(x)
-    assert set(cache) == set(model.hook_names) == set(model.hook_names())
+    assert set(cache) == set(model.hook_names)
     assert torch.equal(cache["hook_policy"], pol) and torch.equal(cache["hook_wdl"], wdl)
     assert cache["blocks.0.hook_resid_pre"].shape == (3, 64, 8, 8)
     assert cache["blocks.5.hook_se_gate"].shape == (3, 64) and cache["hook_value_hidden"].shape == (3, 128)

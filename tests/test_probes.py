@@ -214,7 +214,7 @@ def test_stage_probe_end_to_end(shared_data, tmp_path):
 def test_maia1_conv_site_pools_to_one_vector_per_position(shared_models, tmp_path):
     import chess
 
-    from maia_adapt.analysis.activations import collect_activations
+    from maia_adapt.model.activations import collect_activations
     from maia_adapt.data.store import store_from_fens
     from maia_adapt.model.maia1 import load_maia1
     from maia_adapt.model.skill import Maia1Family
@@ -477,7 +477,7 @@ def test_balanced_split_parts_keeps_every_positive_within_each_split():
 
 
 def test_activations_by_bucket_equal_collect_activations(real):
-    from maia_adapt.analysis.activations import collect_activations
+    from maia_adapt.model.activations import collect_activations
     from maia_adapt.analysis.probes import activations_by_bucket
 
     store, model = real
@@ -514,7 +514,7 @@ def test_probes_balanced_on_real_positions(real):
     assert probe.names == names and torch.equal(probe.mean, torch.zeros(probe.weight.shape[0]))
     # the saved probe scores the test rows as the per-concept fit did (raw-space weights)
     idx, y = sample["parts"][names[0]]["test"]
-    from maia_adapt.analysis.activations import collect_activations
+    from maia_adapt.model.activations import collect_activations
 
     x = collect_activations(model, store, idx, [SITE], elo=10)[SITE]
     acc = ((probe(x)[:, 0] > 0).numpy() == y).mean()

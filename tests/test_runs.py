@@ -13,7 +13,8 @@ from _app import ROOT
 from maia_adapt.errors import MaiaAdaptError
 from maia_adapt.runtime.checkpointing import latest_step_dir, write_step_dir
 from maia_adapt.config import CONF_DIR
-from maia_adapt.runtime.resume import config_fingerprint, mark_started, resume_point
+from maia_adapt.runtime.resume import mark_started, resume_point
+from maia_adapt.stages.common import fingerprint
 from maia_adapt.runtime.rundir import LOCK_FILE, claim, in_use, release
 
 
@@ -23,7 +24,7 @@ def _cfg(*overrides):
 
 
 def _fp(*overrides):
-    return config_fingerprint(_cfg(*overrides))
+    return fingerprint(_cfg(*overrides))
 
 
 @pytest.mark.parametrize("stage,same,other", [

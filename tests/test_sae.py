@@ -4,7 +4,8 @@ import torch
 
 from _app import run_app
 from _games import lichess_store
-from maia_adapt.analysis.activations import activation_batches, site_dim
+from maia_adapt.model.activations import activation_batches
+from maia_adapt.model.maia2_sites import site_dim
 from maia_adapt.config import ASSETS
 from maia_adapt.data import GameFilter
 from maia_adapt.dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder, load_sae, save_sae, train_dictionaries
@@ -222,12 +223,12 @@ def test_synthetic_features_are_recovered():
     sae, _, _ = _train(x, architecture="topk", k=3, steps=600)
     w = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
     assert ((atoms @ w.t()).max(1).values > 0.9).float().mean() > 0.95
-    assert site_dim(load_model(ASSETS / "maia2_small.safetensors"), "blocks.0.hook_attn_heads") == 256
+    assert site_dim(load_model(ASSETS / "maia2_small.safetensors").cfg, "blocks.0.hook_attn_heads") == 256
 
 
 def test_calibration_score_rises_with_training(model, store, acts):
     from maia_adapt.stages.sae import calibration_set, summed_best_auc
-    from maia_adapt.config import SAEStageConfig
+    from maia_adapt.stages.sae import SAEStageConfig
 
     sc = SAEStageConfig(calibration_positions=600, calibration_min_positives=10, elo="random")
     idx = store.split_indices("val")[:600]

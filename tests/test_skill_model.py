@@ -17,7 +17,8 @@ ASSETS = Path(__file__).resolve().parents[1] / "maia_adapt" / "assets"
 def test_the_skill_model_ships_small_and_loads_through_its_preset():
     from hydra import compose, initialize_config_dir
 
-    from maia_adapt.config import CONF_DIR, check_model_shape
+    from maia_adapt.config import CONF_DIR
+    from maia_adapt.stages.common import check_model_shape
     from maia_adapt.errors import ConfigError
 
     path = ASSETS / "maia2_skill.safetensors"

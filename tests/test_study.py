@@ -8,7 +8,7 @@ import pytest
 from _app import app_env
 
 from maia_adapt.errors import ConfigError
-from maia_adapt.study import QUICK_STEPS, headline, plan
+from maia_adapt.study import QUICK, QUICK_STEPS, headline, plan
 
 
 def test_plan_chains_the_presets_for_one_subject():
@@ -52,7 +52,7 @@ def test_the_quick_study_runs_its_steps_on_the_embedded_games_in_its_own_directo
         assert str(run_dir).startswith("outputs/quick/"), run_dir
         assert "data=lichess_5k" in args
     sae_args = next(a for s, a, _ in quick if s.name == "sae")
-    assert sae_args.index("sae.steps=50") > sae_args.index("sae.steps=400")  # the caller's override wins
+    assert sae_args.index("sae.steps=50") > sae_args.index(next(a for a in QUICK if a.startswith("sae.steps=")))  # the caller's override wins
     dirs = {s.name: d for s, _, d in quick}
     elo10 = dict(a.split("=", 1) for step, args, _d in quick if step.name == "threats_elo10" for a in args)
     assert elo10["threats.compare_to"] == str(dirs["threats_elo0"]) and str(dirs["threats_elo0"]).startswith("outputs/quick/threats/")

@@ -1,6 +1,5 @@
 """stage=train and the training loop on real games: learning, exact resume, the app end to end."""
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ import torch.nn.functional as F
 
 from maia_adapt.data import GameFilter, build_store
 from maia_adapt.model import Maia2, Maia2Config
+from maia_adapt.stages.train import TrainConfig
 from maia_adapt.model.training import train_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +21,7 @@ def _cfg(**kw):
                 eval_positions=500, bf16=False, compile=False, max_steps=30, warmup_steps=5, lr_schedule="cosine",
                 min_lr_ratio=0.1, batch_size=64, grad_clip=1.0, log_every=10, eval_every=1000, checkpoint_every=10)
     base.update(kw)
-    return SimpleNamespace(**base)
+    return TrainConfig(**base)  # the schema's defaults for the rest (sampling, batchnorm, ...)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,7 +8,7 @@ import torch
 from _app import error_line, run_app
 from maia_adapt.errors import ConfigError
 from _games import lichess_store
-from maia_adapt.analysis.activations import activation_batches
+from maia_adapt.model.activations import activation_batches
 from maia_adapt.config import ASSETS
 from maia_adapt.data import GameFilter
 from maia_adapt.dictionaries import DictionaryTrainer

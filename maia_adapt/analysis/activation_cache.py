@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .activations import pool, position_codes
+from ..model.activations import pool, position_codes
 from ..errors import MaiaAdaptError
 from ..io import atomic_write_json, atomic_write_text, load_safetensors, save_safetensors
 from ..model.inference import masked_probs

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .activations import activation_batches
+from ..model.activations import activation_batches
 from ..encoding import NUM_BUCKETS
 from ..model.hooks import block_hook
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS
 from ..errors import DataError
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..model.inference import BucketTop1, top_move
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -62,7 +63,7 @@ def skill_hits(model, store, indices, batch_size: int = 512, oppo: str = "data")
         move = inputs["move"].to(model.device)
         pairs = [(rep, inputs["elo_oppo"] if oppo == "data" else rep) for rep, _ in conditions]
         for (rep, group), logits in zip(conditions, model.policy_logits_by_condition(inputs, pairs)):
-            pred = logits.float().masked_fill(~legal, float("-inf")).argmax(-1)
+            pred = top_move(logits, legal)
             hits[s : s + len(move), group] = (pred == move).cpu().numpy()[:, None]
         bar.update(len(move))
     bar.close()
@@ -81,18 +82,13 @@ def own_bucket_accuracy(model, store, indices, batch_size: int = 512) -> dict:
 
     model = as_skill_model(model)
     idx = np.asarray(indices, dtype=np.int64)
-    correct, count = np.zeros(NUM_BUCKETS), np.zeros(NUM_BUCKETS)
+    top1 = BucketTop1()
     for s in range(0, len(idx), batch_size):
         inputs = model.inputs(store, idx[s : s + batch_size])
         logits = model.policy_logits(inputs, inputs["elo_self"], inputs["elo_oppo"]).float().cpu()
-        pred = logits.masked_fill(~inputs["legal"], float("-inf")).argmax(-1)
-        b = inputs["elo_self"].numpy()
-        np.add.at(correct, b, (pred == inputs["move"]).numpy())
-        np.add.at(count, b, 1)
-    res = {"accuracy": float(correct.sum() / max(count.sum(), 1)), "positions": int(count.sum())}
-    for i in range(NUM_BUCKETS):
-        res[f"accuracy_bucket_{i}"] = float(correct[i] / count[i]) if count[i] else float("nan")
-    return res
+        top1.add(top_move(logits, inputs["legal"]), inputs["move"], inputs["elo_self"])
+    acc = top1.results()
+    return {"accuracy": acc.pop("accuracy"), "positions": int(top1.count.sum()), **acc}
 
 
 def _ci(boot: np.ndarray) -> list[float] | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .activations import collect_activations
+from ..model.activations import collect_activations
 from ..concepts.detection import read_detection_table
 from ..dictionaries import find_saes, load_sae
 from ..encoding import NUM_BUCKETS

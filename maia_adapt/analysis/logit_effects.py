@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..encoding import all_moves
-from .activations import elo_buckets_for
+from ..model.activations import elo_buckets_for
 from .interventions import add_direction
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .activations import collect_activations
+from ..model.activations import collect_activations
 from ..concepts.auc import paired_auc
 from ..errors import ConfigError, MaiaAdaptError
 from ..io import load_safetensors, save_safetensors, to_json
@@ -492,7 +492,7 @@ def activations_by_bucket(model, store, indices, sites, buckets, batch_size: int
     """Yield (bucket, {site: [len(indices), d]}) for each bucket, mean-pooled as collect_activations
     (and equal to it). A Maia-2's CNN trunk does not see the Elo: its tokens are computed once and kept
     ([N, 8, dim] floats) for every bucket; other models run collect_activations per bucket."""
-    from .activations import pool
+    from ..model.activations import pool
     from ..model.skill import Maia2Skill, as_skill_model
 
     model = as_skill_model(model)

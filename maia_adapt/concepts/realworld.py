@@ -14,7 +14,7 @@ import chess
 import torch
 
 from ..errors import DataError, MaiaAdaptError
-from ..model.inference import parse_fen
+from ..encoding import parse_fen
 from .board import BoardConcepts
 
 _PUZZLE_COLUMNS = ("FEN", "Moves", "Themes")

@@ -14,7 +14,8 @@ import shutil
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
 
 import chess
 import numpy as np
@@ -43,6 +44,20 @@ from .pgn import (
     split_games,
 )
 from .store import FIELDS, VERSION as STORE_VERSION, PositionStore, StoreWriter, game_split
+
+
+@dataclass
+class DataConfig(GameFilter):
+    """`data`: the game filters are GameFilter's own fields (one definition), plus where and how to store."""
+
+    name: str = "lichess"
+    pgn: list[str] = field(default_factory=list)
+    store_dir: Optional[str] = None  # null: ${paths.cache_dir}/stores/<name>-<fingerprint>
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    split_seed: int = 0
+    workers: int = 2
+    shard_size: int = 262144
 
 _TABLE = None
 

@@ -108,7 +108,7 @@ def main(argv=None) -> None:
     """python -m maia_adapt.data.selfplay [--checkpoint PATH] [--out PATH] [--games-per-bucket N]"""
     import argparse
 
-    from ..config import ASSETS
+    from ..layout import ASSETS
     from ..model import load_model
 
     ap = argparse.ArgumentParser(description="Write a self-play PGN corpus of a Maia-2 at every Elo bucket.")

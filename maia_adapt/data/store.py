@@ -268,7 +268,7 @@ def store_from_fens(fens, out_dir, elo_self, elo_oppo, moves=None) -> PositionSt
     """
     from ..encoding import encode_move
     from ..encoding.planes import move_facts
-    from ..model.inference import parse_fen
+    from ..encoding import parse_fen
 
     fens = list(fens)
     if not fens:

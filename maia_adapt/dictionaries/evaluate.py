@@ -13,7 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..analysis.activations import elo_buckets_for
+from ..model.activations import elo_buckets_for
+from ..model.inference import legal_logits, top_move
 from ..encoding import NUM_BUCKETS
 
 
@@ -86,7 +87,7 @@ def spliced_metrics(model, store, indices, site: str, variants: dict, batch_size
         b = model.inputs(store, np.asarray(indices[s : s + batch_size]))
         es, eo = elo_buckets_for(b, elo, rng)
         legal = b["legal"]
-        clean_logits = model.policy_logits(b, es, eo).float().cpu().masked_fill(~legal, float("-inf"))
+        clean_logits = legal_logits(model.policy_logits(b, es, eo).cpu(), legal)
         clean_logp = F.log_softmax(clean_logits, -1)
         clean_top = clean_logits.argmax(-1)
         bucket = es.numpy()
@@ -97,7 +98,7 @@ def spliced_metrics(model, store, indices, site: str, variants: dict, batch_size
             else:
                 with model.hooks([(site, fn)]):
                     logits = model.policy_logits(b, es, eo).float().cpu()
-            logp = F.log_softmax(logits.masked_fill(~legal, float("-inf")), -1)
+            logp = F.log_softmax(legal_logits(logits, legal), -1)
             kl = (clean_logp.exp() * (clean_logp - logp)).masked_fill(~legal, 0.0).sum(-1)
             top = logp.argmax(-1)
             np.add.at(acc[name]["agree"], bucket, (top == clean_top).numpy())
@@ -124,7 +125,7 @@ def evaluate_dictionary(model, store, indices, site: str, sae, pooling: str, den
     """An SAE at `site` on held-out positions: spliced into the model next to zero- and mean-ablation of
     what the splice replaces (`spliced_metrics`), plus reconstruction (FVU, variance explained), L0 and
     the dead / dense fractions. Returns (metrics, each feature's firing frequency)."""
-    from ..analysis.activations import activation_batches
+    from ..model.activations import activation_batches
 
     mean = site_mean(model, store, indices, site)
     m = spliced_metrics(model, store, indices, site, {
@@ -198,7 +199,7 @@ def spliced_move_accuracy(model, store, idx, t, layer: int, batch_size: int = 25
         b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in store.batch(np.sort(idx[s : s + batch_size])).items()}
         with model.hooks(splice_hooks(t, layer)):
             logits, _, _ = model(b["boards"], b["elo_self"], b["elo_oppo"])
-        pred = logits.float().masked_fill(~b["legal"], float("-inf")).argmax(-1)
+        pred = top_move(logits, b["legal"])
         right += int((pred == b["move"]).sum())
         n += len(pred)
     return right / max(n, 1)

@@ -27,6 +27,18 @@ from ..io import load_safetensors, save_safetensors, to_json
 from .sae import SparseAutoencoder
 
 
+@dataclass
+class DictionaryRunConfig:
+    """How stage=sae and stage=transcoder run their DictionaryTrainer (their sections extend it)."""
+
+    log_every: int = 50
+    checkpoint_every: int = 500
+    resume: bool = True
+    device: str = "auto"  # where the model runs and the dictionaries train: auto | cpu | cuda
+    bf16: bool = True  # bfloat16 autocast of the dictionary losses (CUDA only)
+    compile: bool = False  # torch.compile the dictionary losses
+
+
 def lr_factor(step: int, steps: int, warmup: int, decay_start: float) -> float:
     if warmup and step < warmup:
         return (step + 1) / warmup
@@ -246,13 +258,13 @@ class BestKeeper:
         return out
 
 
-def start_or_resume(trainer: DictionaryTrainer, cfg, run_dir: Path, resume: bool = True) -> Path | None:
-    """Mark run_dir as a run of these settings and, with resume, load the last checkpoint of an
-    unfinished earlier run of the same settings (and keep its calibration best); returns that
-    checkpoint, if any."""
-    from ..runtime.resume import config_fingerprint, resume_point
+def start_or_resume(trainer: DictionaryTrainer, fingerprint: str, run_dir: Path, resume: bool = True) -> Path | None:
+    """Mark run_dir as a run of these settings (`fingerprint`: runtime.resume's) and, with resume, load
+    the last checkpoint of an unfinished earlier run of the same settings (and keep its calibration
+    best); returns that checkpoint, if any."""
+    from ..runtime.resume import resume_point
 
-    last = resume_point(run_dir, config_fingerprint(cfg), resume, carry=("best",))
+    last = resume_point(run_dir, fingerprint, resume, carry=("best",))
     if last is not None:
         trainer.load(last)
     return last

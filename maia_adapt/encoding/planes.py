@@ -14,12 +14,29 @@ from dataclasses import dataclass
 import chess
 import numpy as np
 
+from ..errors import MaiaAdaptError
 from .vocab import NUM_MOVES, all_moves, index_from_to, move_table
 
 NUM_PLANES = 18
 SIDE_INFO_DIM = NUM_MOVES + 6 + 6 + 1 + 64 + 64
 LEGAL_BYTES = (NUM_MOVES + 7) // 8
 _PIECE_ATTRS = ("pawns", "knights", "bishops", "rooks", "queens", "kings")
+
+
+def parse_fen(fen: str) -> chess.Board:
+    """A python-chess board from a FEN, with a one-line error for a bad or illegal position."""
+    try:
+        board = chess.Board(fen)
+    except ValueError as e:
+        raise MaiaAdaptError(f"bad FEN {fen!r}: {e}") from None
+    status = board.status()
+    if status != chess.STATUS_VALID:
+        flags = [n for n in dir(chess.Status) if n.isupper() and getattr(chess.Status, n) & status]
+        raise MaiaAdaptError(f"FEN {fen!r} is not a legal chess position ({', '.join(flags)})")
+    if board.is_game_over(claim_draw=False) and not any(board.generate_legal_moves()):
+        raise MaiaAdaptError(f"FEN {fen!r} has no legal moves (checkmate or stalemate)")
+    return board
+
 
 
 @dataclass

@@ -33,7 +33,7 @@ from ..encoding import NUM_BUCKETS
 from ..errors import DataError
 from ..io import load_safetensors, save_safetensors
 from .skill import lc0_store_planes, maia1_rating_for_bucket
-from .training import maia2_objective
+from .losses import LossWeights, maia2_objective
 
 
 def _pack_chunk(args):
@@ -275,6 +275,21 @@ def distill_losses(model, teacher: Maia1Teacher, batch: dict, w, k: int, coeffic
     return out
 
 
+class DistillLoss:
+    """train_model's loss with the teachers: distill_losses at a TrainConfig's settings. It runs the
+    student module itself, not the trainer's DDP wrapper: distillation is one process (the stage checks)."""
+
+    def __init__(self, model, teacher: Maia1Teacher, train_cfg, seed: int = 0):
+        self.model, self.teacher, self.seed = model, teacher, seed
+        self.w = LossWeights.of(train_cfg)
+        self.k, self.coefficient = train_cfg.teacher_buckets, train_cfg.distill_coefficient
+        self.contrast = train_cfg.teacher_contrast
+
+    def __call__(self, step_fn, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)  # the buckets depend on the step only
+        return distill_losses(self.model, self.teacher, batch, self.w, self.k, self.coefficient, gen, self.contrast)
+
+
 def cache_teacher_targets(store, teacher: Maia1Teacher, rows: np.ndarray, history: bool = True,
                           batch_size: int = 512) -> dict[str, torch.Tensor]:
     """The nine networks' top moves for store `rows`, computed once and kept beside the store:
@@ -302,9 +317,8 @@ def prepare_teacher(models_dir, store, train_idx: np.ndarray, cfg, device, worke
     of cfg.teacher_cache_positions random training rows, which become the training rows."""
     from .maia1 import load_maia1_family
 
-    teacher = Maia1Teacher(load_maia1_family(models_dir), device, cfg.bf16, cfg.teacher_top_k,
-                           getattr(cfg, "cpu_bf16", False), getattr(cfg, "teacher_amplify", 0.0),
-                           getattr(cfg, "teacher_smooth", False))
+    teacher = Maia1Teacher(load_maia1_family(models_dir), device, cfg.bf16, cfg.teacher_top_k, cfg.cpu_bf16,
+                           cfg.teacher_amplify, cfg.teacher_smooth)
     if cfg.teacher_cache_positions is None:
         return teacher, {"lc0": teacher_planes(store, cfg.teacher_history, workers)}, train_idx
     rng = np.random.default_rng(seed)

@@ -46,10 +46,40 @@ def block_hook(layer: int, site: str) -> str:
 
 
 class HookPoints:
-    """Mixin: the model sets `self.hook_names` (its sites) and `self._hooks = {}` in __init__."""
+    """Mixin: the model sets `self.hook_names` (its sites) and `self._hooks = {}` in __init__, and says
+    in `n_inputs` how many positional inputs its forward takes (Maia-1: planes; Maia-2: boards and the
+    two Elo buckets). Positional arguments after those are run_with_hooks' / run_with_cache's own."""
 
     hook_names: list[str]
     _hooks: dict[str, list[HookFn]]
+    n_inputs: int
+
+    def _split_inputs(self, args: tuple, method: str, own: tuple[str, ...]) -> tuple[tuple, dict]:
+        inputs, rest = args[: self.n_inputs], args[self.n_inputs:]
+        if len(rest) > len(own):
+            raise TypeError(f"{method}: {self.n_inputs} inputs and at most {', '.join(own)} positionally, "
+                            f"got {len(args)} arguments")
+        return inputs, dict(zip(own, rest))
+
+    def run_with_hooks(self, *args, fwd_hooks=()):
+        """Forward pass with (name, fn) hooks installed for it alone."""
+        inputs, own = self._split_inputs(args, "run_with_hooks", ("fwd_hooks",))
+        with self.hooks(own.get("fwd_hooks", fwd_hooks)):
+            return self(*inputs)
+
+    def run_with_cache(self, *args, names=None, detach: bool = True, names_filter=None):
+        """Forward pass that also returns {hook name: activation} for the sites `names` (or, as in
+        TransformerLens, `names_filter`) picks: None for all, a name, a list of names or a predicate."""
+        inputs, own = self._split_inputs(args, "run_with_cache", ("names", "detach"))
+        names = self.select_hook_names(own.get("names", names), names_filter)
+        detach = own.get("detach", detach)
+        cache: dict[str, torch.Tensor] = {}
+
+        def save(x, name):
+            cache[name] = x.detach() if detach else x
+
+        out = self.run_with_hooks(*inputs, fwd_hooks=[(n, save) for n in names])
+        return out, cache
 
     def _hook(self, name: str, x: torch.Tensor) -> torch.Tensor:
         if not self._hooks:

@@ -11,7 +11,7 @@ import chess
 import numpy as np
 import torch
 
-from ..encoding import as_bucket, board_planes, decode_move, legal_mask
+from ..encoding import NUM_BUCKETS, as_bucket, board_planes, decode_move, legal_mask, parse_fen
 from ..errors import MaiaAdaptError
 
 
@@ -24,21 +24,6 @@ class Prediction:
     @property
     def top_move(self) -> str:
         return next(iter(self.move_probs))
-
-
-def parse_fen(fen: str) -> chess.Board:
-    """A python-chess board from a FEN, with a one-line error for a bad or illegal position."""
-    try:
-        board = chess.Board(fen)
-    except ValueError as e:
-        raise MaiaAdaptError(f"bad FEN {fen!r}: {e}") from None
-    status = board.status()
-    if status != chess.STATUS_VALID:
-        flags = [n for n in dir(chess.Status) if n.isupper() and getattr(chess.Status, n) & status]
-        raise MaiaAdaptError(f"FEN {fen!r} is not a legal chess position ({', '.join(flags)})")
-    if board.is_game_over(claim_draw=False) and not any(board.generate_legal_moves()):
-        raise MaiaAdaptError(f"FEN {fen!r} has no legal moves (checkmate or stalemate)")
-    return board
 
 
 def encode_fens(fens) -> tuple[torch.Tensor, torch.Tensor, list[chess.Board]]:
@@ -68,7 +53,36 @@ def masked_probs(logits: torch.Tensor, legal: torch.Tensor) -> torch.Tensor:
         rows = empty.nonzero().flatten().tolist()
         raise MaiaAdaptError(f"masked_probs: row {rows[0]} of the legal-move mask has no legal move "
                              f"({len(rows)} such rows): expected at least one legal move per position")
-    return logits.float().masked_fill(~legal, float("-inf")).softmax(dim=-1)
+    return legal_logits(logits, legal).softmax(dim=-1)
+
+
+def legal_logits(logits: torch.Tensor, legal: torch.Tensor) -> torch.Tensor:
+    """float32 logits with the illegal moves at -inf (what every move choice and loss reads)."""
+    return logits.float().masked_fill(~legal, float("-inf"))
+
+
+def top_move(logits: torch.Tensor, legal: torch.Tensor) -> torch.Tensor:
+    """[B] index of each row's most likely legal move (the model's top-1 choice)."""
+    return legal_logits(logits, legal).argmax(-1)
+
+
+class BucketTop1:
+    """Top-1 hits on the played move, counted per Elo bucket of the player to move."""
+
+    def __init__(self):
+        self.correct, self.count = np.zeros(NUM_BUCKETS), np.zeros(NUM_BUCKETS)
+
+    def add(self, pred: torch.Tensor, move: torch.Tensor, bucket: torch.Tensor) -> None:
+        b = bucket.cpu().numpy()
+        np.add.at(self.correct, b, (pred == move).cpu().numpy())
+        np.add.at(self.count, b, 1)
+
+    def results(self) -> dict:
+        """accuracy overall and accuracy_bucket_<b> (NaN for a bucket with no position)."""
+        res = {"accuracy": float(self.correct.sum() / max(self.count.sum(), 1))}
+        for i in range(NUM_BUCKETS):
+            res[f"accuracy_bucket_{i}"] = float(self.correct[i] / self.count[i]) if self.count[i] else float("nan")
+        return res
 
 
 @torch.no_grad()

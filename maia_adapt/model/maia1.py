@@ -49,6 +49,7 @@ from ..encoding.lc0 import LC0_NUM_PLANES, conv_policy_gather
 from ..errors import CheckpointError, MaiaAdaptError
 from .hooks import HookFn, HookPoints, block_hook
 from .lc0_weights import read_lc0_net
+from .maia1_sites import hook_names
 
 MAIA1_RATINGS = tuple(range(1100, 2000, 100))
 BN_EPS = 1e-5
@@ -81,23 +82,6 @@ def _winograd_input_transform(rank_of: np.ndarray) -> np.ndarray:
     return out
 
 
-class HookNames(list):
-    """The hook site names in forward order. Maia2 exposes them as the list `model.hook_names`; code
-    written as `model.hook_names()` works too, since calling the list returns a copy of it."""
-
-    def __call__(self) -> list[str]:
-        return list(self)
-
-
-def hook_names(num_blocks: int) -> HookNames:
-    names = ["hook_input_conv"]
-    for i in range(num_blocks):
-        names += [block_hook(i, s) for s in ("hook_resid_pre", "hook_conv1", "hook_conv2", "hook_se_gate",
-                                               "hook_se_bias", "hook_resid_post")]
-    return HookNames(names + ["hook_policy_conv", "hook_policy_planes", "hook_policy", "hook_value_conv",
-                              "hook_value_hidden", "hook_wdl"])
-
-
 class ResidualBlock(nn.Module):
     def __init__(self, filters: int, se_channels: int):
         super().__init__()
@@ -109,6 +93,8 @@ class ResidualBlock(nn.Module):
 
 class Maia1(HookPoints, nn.Module):
     """forward(planes [B, 112, 8, 8]) -> (policy logits [B, 1858], WDL logits [B, 3])."""
+
+    n_inputs = 1  # planes
 
     def __init__(self, filters: int = 64, blocks: int = 6, se_channels: int = 8, policy_planes: int = 80,
                  value_channels: int = 32, value_hidden: int = 128, conv_mode: str = "direct"):
@@ -143,23 +129,6 @@ class Maia1(HookPoints, nn.Module):
         self.conv_mode = mode
         self._wino = None
         return self
-
-    # ---- hooks (model/hooks.py) -------------------------------------------------------------
-    def run_with_hooks(self, planes, fwd_hooks=()):
-        with self.hooks(fwd_hooks):
-            return self(planes)
-
-    def run_with_cache(self, planes, names=None, detach: bool = True, *, names_filter=None):
-        """Forward pass that also returns {hook name: activation} for the sites `names` (or, as in
-        TransformerLens, `names_filter`) picks: None for all, a name, a list of names or a predicate."""
-        names = self.select_hook_names(names, names_filter)
-        cache: dict[str, torch.Tensor] = {}
-
-        def save(x, name):
-            cache[name] = x.detach() if detach else x
-
-        out = self.run_with_hooks(planes, [(n, save) for n in names])
-        return out, cache
 
     # ---- forward ---------------------------------------------------------------------------
     def forward(self, planes: torch.Tensor):

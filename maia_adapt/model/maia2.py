@@ -4,21 +4,7 @@ Parameter names match the official `maia2.main.MAIA2Model` exactly, so an offici
 as it is. The forward pass is the official one; at each named site it calls `self._hook(name, x)`,
 which is a single dict-emptiness check when no hook is installed.
 
-Hook sites (tensors [batch, tokens, dim] unless noted):
-  hook_cnn_out [B, vit_length, 64]   CNN trunk output, one 64-square map per token
-  hook_tokens                        patch embedding + position embedding (before dropout)
-  blocks.{i}.hook_resid_pre          input of transformer block i
-  blocks.{i}.hook_elo_q              the Elo's term of the attention queries [B, 1, H, Dh]: the same for every
-                                     token (one query token, broadcast), it depends on the two buckets only
-  blocks.{i}.hook_pattern            attention weights [B, T query, H, T key] (query tokens first, as every
-                                     site here is token-first; TransformerLens orders it [B, H, Tq, Tk])
-  blocks.{i}.hook_attn_heads         per-head attention output before the output projection [B, T, H, Dh]
-  blocks.{i}.hook_attn_out           Elo-aware attention output (after projection, before the residual add)
-  blocks.{i}.hook_resid_mid          after the attention residual add
-  blocks.{i}.hook_mlp_in             FFN LayerNorm output
-  blocks.{i}.hook_mlp_out            FFN output (before the residual add)
-  blocks.{i}.hook_resid_post         after the FFN residual add
-  hook_final [B, dim]                token mean after both final LayerNorms (what the heads read)
+Its hook sites, with their shapes, are listed in model/maia2_sites.py.
 """
 from __future__ import annotations
 
@@ -31,6 +17,7 @@ from einops import rearrange
 
 from ..encoding import NUM_BUCKETS, NUM_MOVES
 from .hooks import HookFn, HookPoints, block_hook
+from .maia2_sites import hook_names
 
 
 @dataclass
@@ -60,26 +47,6 @@ class Maia2Config:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def hook_names(cfg: Maia2Config) -> list[str]:
-    names = ["hook_cnn_out", "hook_tokens"]
-    for i in range(cfg.num_blocks_vit):
-        names += [
-            block_hook(i, s)
-            for s in (
-                "hook_resid_pre",
-                "hook_elo_q",
-                "hook_pattern",
-                "hook_attn_heads",
-                "hook_attn_out",
-                "hook_resid_mid",
-                "hook_mlp_in",
-                "hook_mlp_out",
-                "hook_resid_post",
-            )
-        ]
-    return names + ["hook_final"]
 
 
 class BasicBlock(nn.Module):
@@ -157,6 +124,8 @@ class Maia2(HookPoints, nn.Module):
     """The Maia-2 network. forward(boards [B,18,8,8], elo_self [B], elo_oppo [B]) ->
     (policy logits [B,1880], side-info logits [B,2021], value [B] in [-1, 1] scale)."""
 
+    n_inputs = 3  # boards, elo_self, elo_oppo
+
     def __init__(self, cfg: Maia2Config | None = None):
         super().__init__()
         self.cfg = cfg = cfg or Maia2Config()
@@ -173,23 +142,6 @@ class Maia2(HookPoints, nn.Module):
         self.last_ln = nn.LayerNorm(cfg.dim_vit)
         self.hook_names = hook_names(cfg)
         self._hooks: dict[str, list[HookFn]] = {}
-
-    # ---- hooks -----------------------------------------------------------------------------
-    def run_with_hooks(self, boards, elo_self, elo_oppo, fwd_hooks=()):
-        with self.hooks(fwd_hooks):
-            return self(boards, elo_self, elo_oppo)
-
-    def run_with_cache(self, boards, elo_self, elo_oppo, names=None, detach: bool = True, *, names_filter=None):
-        """Forward pass that also returns {hook name: activation} for the sites `names` (or, as in
-        TransformerLens, `names_filter`) picks: None for all, a name, a list of names or a predicate."""
-        names = self.select_hook_names(names, names_filter)
-        cache: dict[str, torch.Tensor] = {}
-
-        def save(x, name):
-            cache[name] = x.detach() if detach else x
-
-        out = self.run_with_hooks(boards, elo_self, elo_oppo, [(n, save) for n in names])
-        return out, cache
 
     # ---- forward ---------------------------------------------------------------------------
     def _attention(self, attn: EloAwareAttention, x, elo_emb, i: int):

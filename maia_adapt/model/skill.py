@@ -29,6 +29,7 @@ import torch
 
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS, board_planes, legal_mask
 from ..errors import CheckpointError, ConfigError
+from . import maia1_sites, maia2_sites
 from .hooks import names_argument, select_hook_names
 
 MAIA1_RATINGS = tuple(range(1100, 2000, 100))
@@ -179,9 +180,7 @@ class Maia2Skill:
         return x
 
     def site_dim(self, name: str) -> int:
-        from ..analysis.activations import site_dim
-
-        return site_dim(self.model, self.check_hook_name(name))
+        return maia2_sites.site_dim(self.model.cfg, self.check_hook_name(name))
 
     def spaces(self) -> list[tuple[int, list[int]]]:
         return [(0, list(self.buckets))]
@@ -228,7 +227,6 @@ class Maia1Family:
         self.name = name if rating is None else f"{name}-{rating}"
         self.buckets = tuple(range(NUM_BUCKETS))
         self.hook_names = list(next(iter(self.nets.values())).hook_names)
-        self._site_dims: dict[str, int] = {}
 
     def rating_for_bucket(self, bucket: int) -> int:
         if self.rating is not None:
@@ -330,14 +328,7 @@ class Maia1Family:
         return next(iter(self.nets.values())).check_hook_name(name)
 
     def site_dim(self, name: str) -> int:
-        self.check_hook_name(name)
-        if name not in self._site_dims:
-            net = next(iter(self.nets.values()))
-            planes = torch.zeros(1, 112, 8, 8, device=self.device)
-            with torch.no_grad():
-                _, cache = net.run_with_cache(planes, names=[name])
-            self._site_dims[name] = int(self.site_tokens(name, cache[name]).shape[-1])
-        return self._site_dims[name]
+        return maia1_sites.site_dim(next(iter(self.nets.values())), self.check_hook_name(name))
 
     def spaces(self) -> list[tuple[int, list[int]]]:
         return self.conditions()  # one activation space per network

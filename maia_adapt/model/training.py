@@ -9,12 +9,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..runtime import distributed
@@ -22,13 +20,9 @@ from ..runtime.checkpointing import load_optimizer, optimizer_tensors, read_stat
 from ..encoding import NUM_BUCKETS
 from ..runtime.faults import reach
 from ..errors import MaiaAdaptError
+from .inference import BucketTop1, top_move
+from .losses import LossWeights, Maia2Loss, maia2_losses
 from .maia2 import Maia2
-
-
-@dataclass
-class LossWeights:
-    side_info: float = 1.0
-    value: float = 1.0
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -55,21 +49,6 @@ def to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def maia2_losses(model: Maia2, batch: dict, w: LossWeights) -> dict[str, torch.Tensor]:
-    """The official objective: policy cross-entropy + side-info BCE + value MSE."""
-    return maia2_objective(model(batch["boards"], batch["elo_self"], batch["elo_oppo"]), batch, w)
-
-
-def maia2_objective(outputs, batch: dict, w: LossWeights) -> dict[str, torch.Tensor]:
-    """maia2_losses from the model's (policy, side-info, value) outputs."""
-    logits, side, value = outputs
-    policy = F.cross_entropy(logits.float(), batch["move"])
-    side_info = F.binary_cross_entropy_with_logits(side.float(), batch["side_info"])
-    val = F.mse_loss(value.float(), batch["value"])
-    loss = policy + w.side_info * side_info + w.value * val
-    return {"loss": loss, "policy_loss": policy, "side_info_loss": side_info, "value_loss": val, "logits": logits}
-
-
 def lr_at(step: int, base_lr: float, warmup: int, total: int, schedule: str = "cosine", min_ratio: float = 0.1) -> float:
     if warmup > 0 and step < warmup:
         return base_lr * (step + 1) / warmup
@@ -89,29 +68,24 @@ def evaluate(model: Maia2, store, indices, batch_size: int = 1024, device="cpu",
     w = w or LossWeights()
     was = model.training
     model.eval()
-    correct = np.zeros(NUM_BUCKETS)
-    count = np.zeros(NUM_BUCKETS)
+    top1 = BucketTop1()
     sums = {"policy_loss": 0.0, "side_info_loss": 0.0, "value_loss": 0.0}
     n = 0
     for s in range(0, len(indices), batch_size):
         batch = to_device(store.batch(np.sort(indices[s : s + batch_size])), device)
         out = maia2_losses(model, batch, w)
-        pred = out["logits"].float().masked_fill(~batch["legal"], float("-inf")).argmax(-1)
-        hit = (pred == batch["move"]).cpu().numpy()
-        b = batch["elo_self"].cpu().numpy()
-        np.add.at(correct, b, hit)
-        np.add.at(count, b, 1)
-        m = len(hit)
+        top1.add(top_move(out["logits"], batch["legal"]), batch["move"], batch["elo_self"])
+        m = len(batch["move"])
         for k in sums:
             sums[k] += float(out[k]) * m
         n += m
     model.train(was)
     res = {k: v / max(n, 1) for k, v in sums.items()}
-    res["accuracy"] = float(correct.sum() / max(count.sum(), 1))
-    res["positions"] = int(n)
+    acc = top1.results()
+    res.update(accuracy=acc.pop("accuracy"), positions=int(n))
     for i in range(NUM_BUCKETS):
-        res[f"accuracy_bucket_{i}"] = float(correct[i] / count[i]) if count[i] else float("nan")
-        res[f"count_bucket_{i}"] = int(count[i])
+        res[f"accuracy_bucket_{i}"] = acc[f"accuracy_bucket_{i}"]
+        res[f"count_bucket_{i}"] = int(top1.count[i])
     return res
 
 
@@ -199,23 +173,23 @@ def train_model(
     tracker=None,
     seed: int = 0,
     resume_from: Path | None = None,
-    teacher=None,
+    loss=None,
     extras: dict | None = None,
     train_idx: np.ndarray | None = None,
 ) -> dict:
     """Train `model` on `store` with the TrainConfig `cfg`; returns the final evaluation.
 
     Checkpoints go to run_dir/checkpoints; `resume_from` is a step_* folder to continue from.
-    With a `teacher` (model.distill.Maia1Teacher) and its per-row `extras` (model.distill.prepare_teacher),
-    the loss adds cfg.distill_coefficient x the distillation KL; `train_idx` restricts the training rows.
+    `loss` (model/losses.py) is what each step minimises, by default the official objective at
+    cfg's weights; model.distill.DistillLoss with its per-row `extras` (model.distill.prepare_teacher)
+    adds the Maia-1 teachers' KL. `train_idx` restricts the training rows.
     """
-    if teacher is not None:
-        from .distill import distill_losses  # distill builds on this module
     device = resolve_device(cfg.device)
-    freeze_bn = getattr(cfg, "batchnorm", "batch") == "frozen"
+    freeze_bn = cfg.batchnorm == "frozen"
     model.to(device)
     train_mode(model, freeze_bn)
-    w = LossWeights(cfg.side_info_coefficient, cfg.value_coefficient)
+    loss_fn = loss or Maia2Loss(LossWeights.of(cfg))
+    w = loss_fn.w
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_idx = store.split_indices("train") if train_idx is None else train_idx
     val_idx = store.split_indices("val")
@@ -228,7 +202,7 @@ def train_model(
         state = load_training_checkpoint(Path(resume_from), model, opt)
         start = int(state["step"])
         model.to(device)
-    amp = cfg.bf16 if device.type == "cuda" else getattr(cfg, "cpu_bf16", False)
+    amp = cfg.bf16 if device.type == "cuda" else cfg.cpu_bf16
     rows = distributed.local_rows(cfg.batch_size, "train.batch_size")
     step_fn = distributed.wrap(model, device)
     step_fn = torch.compile(step_fn) if cfg.compile else step_fn
@@ -236,10 +210,10 @@ def train_model(
     ckpt_dir = Path(run_dir) / "checkpoints"
     last_eval: dict = {}
     t0, seen = time.time(), 0
-    workers = getattr(cfg, "loader_workers", 0)
+    workers = cfg.loader_workers
     loader = torch.utils.data.DataLoader(
         StepBatches(store, train_idx, seed, cfg.batch_size, rows, start, cfg.max_steps,
-                    elo_groups(store, train_idx) if getattr(cfg, "sampling", "uniform") == "elo_balanced" else None,
+                    elo_groups(store, train_idx) if cfg.sampling == "elo_balanced" else None,
                     extras),
         batch_size=None,
         shuffle=False, num_workers=workers, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
@@ -255,12 +229,7 @@ def train_model(
         torch.manual_seed(seed * 1_000_003 + step + 7919 * distributed.rank())
         batch = to_device(cpu_batch, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            if teacher is None:
-                out = maia2_losses(step_fn, batch, w)
-            else:  # one process (checked by the stage), so the module itself, not a DDP wrapper
-                gen = torch.Generator().manual_seed(seed * 1_000_003 + step)  # the buckets depend on the step only
-                out = distill_losses(model, teacher, batch, w, cfg.teacher_buckets, cfg.distill_coefficient, gen,
-                                     getattr(cfg, "teacher_contrast", 0.0))
+            out = loss_fn(step_fn, batch, step)
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise MaiaAdaptError(f"non-finite training loss at step {step}: lower train.lr or check the data")

@@ -15,17 +15,14 @@ from pathlib import Path
 
 import chess
 import chess.svg
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ..encoding import BUCKET_NAMES  # noqa: E402
+from ..encoding import BUCKET_NAMES
 # temp file in the same folder + os.replace: a reader never sees a half-written page
-from ..concepts.detection import evidence_key  # noqa: E402
-from ..concepts.squares import concept_square  # noqa: E402
-from ..io import atomic_write_text  # noqa: E402
+from ..concepts.detection import evidence_key
+from ..concepts.squares import concept_square
+from ..io import atomic_write_text
+from .plots import pyplot
 
 HIGHLIGHT = "#cc000088"
 BOARD_SIZE = 240
@@ -93,12 +90,12 @@ _TABLE_JS = """
 def _png_b64(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
+    pyplot().close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _histogram(values: np.ndarray, fid: int) -> str:
-    fig, ax = plt.subplots(figsize=(5, 2.8))
+    fig, ax = pyplot().subplots(figsize=(5, 2.8))
     ax.hist(values, bins=50, color="#4472c4")
     # SAE features are zero on most positions; a log count axis keeps the active tail visible
     ax.set_yscale("log")
@@ -110,7 +107,7 @@ def _histogram(values: np.ndarray, fid: int) -> str:
 
 
 def _elo_plot(profile: np.ndarray, fid: int) -> str:
-    fig, ax = plt.subplots(figsize=(5, 2.8))
+    fig, ax = pyplot().subplots(figsize=(5, 2.8))
     ax.plot(range(len(profile)), profile, marker="o", color="#c0504d")
     ax.set_xticks(range(len(BUCKET_NAMES)), BUCKET_NAMES, rotation=35, fontsize=7)
     ax.set_xlabel("Elo bucket")

@@ -4,25 +4,32 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from ..encoding import BUCKET_NAMES
 
-from ..encoding import BUCKET_NAMES  # noqa: E402
 
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, imported at the first plot: every stage module imports this
+    one, and the app's start-up (a config error, --help) should not pay for matplotlib (~0.7 s)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 def _save(fig, path, dpi: int = 120) -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
 def grouped_bars(series: dict[str, list[float]], labels: list[str], path, title: str, xlabel: str, ylabel: str) -> Path:
     """One group of bars per label, one bar per named series (e.g. before / after)."""
-    fig, ax = plt.subplots(figsize=(9, 3.6))
+    fig, ax = pyplot().subplots(figsize=(9, 3.6))
     n = len(series)
     width = 0.8 / max(n, 1)
     for j, (name, values) in enumerate(series.items()):
@@ -49,7 +56,7 @@ def feature_density(freq, path, title: str) -> Path:
 
     freq = np.asarray(freq, dtype=float)
     live = freq[freq > 0]
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = pyplot().subplots(figsize=(6, 3.4))
     if len(live):
         ax.hist(np.log10(live), bins=50, color="tab:blue")
     ax.set_xlabel("log10 firing frequency")
@@ -63,7 +70,7 @@ def square_heatmaps(panels: dict[str, object], path, title: str, vmin: float = 0
     """One 8x8 board heatmap per panel (values indexed by square a1=0 .. h8=63, rank 8 at the top)."""
     import numpy as np
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.8, 3.8), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.8, 3.8), squeeze=False)
     im = None
     for ax, (name, values) in zip(axes[0], panels.items()):
         grid = np.asarray(values, dtype=float).reshape(8, 8)[::-1]
@@ -81,7 +88,7 @@ def square_heatmaps(panels: dict[str, object], path, title: str, vmin: float = 0
     fig.suptitle(title, fontsize=10)
     path = Path(path)
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -102,7 +109,7 @@ def bucket_heatmap(values, rows: list[str], path, title: str, vmin: float = 0.5,
     import numpy as np
 
     values = np.asarray(values, dtype=float)
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.22 * len(rows)))
+    fig, ax = pyplot().subplots(figsize=(8, 1.2 + 0.22 * len(rows)))
     im = ax.imshow(values, vmin=vmin, vmax=vmax, cmap="viridis", aspect="auto")
     ax.set_xticks(range(values.shape[1]), BUCKET_NAMES[: values.shape[1]], rotation=30, fontsize=7)
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
@@ -117,7 +124,7 @@ def elo_grid_heatmap(values, path, title: str, label: str = "top-1 agreement") -
     import numpy as np
 
     values = np.asarray(values, dtype=float)
-    fig, ax = plt.subplots(figsize=(7.5, 6.2))
+    fig, ax = pyplot().subplots(figsize=(7.5, 6.2))
     im = ax.imshow(values, cmap="viridis", vmin=min(0.5, float(values.min())), vmax=1.0)
     ax.set_xticks(range(len(BUCKET_NAMES)), BUCKET_NAMES, rotation=45, fontsize=7)
     ax.set_yticks(range(len(BUCKET_NAMES)), BUCKET_NAMES, fontsize=7)
@@ -137,7 +144,7 @@ def qq_plot(a, b, path, title: str, xlabel: str, ylabel: str) -> Path:
 
     q = np.linspace(0, 1, 101)
     qa, qb = np.quantile(np.asarray(a), q), np.quantile(np.asarray(b), q)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, ax = pyplot().subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], color="grey", lw=1)
     ax.plot(qa, qb, ".", ms=4)
     ax.set_xlabel(xlabel)
@@ -160,7 +167,7 @@ def skill_matrix_heatmap(values, col_labels: list[str], counts, path, title: str
         centred = values - np.nanmean(values, axis=1, keepdims=True) if values.shape[1] > 1 else values * 0
     rows = [f"{name} ({int(n):,})" for name, n in zip(BUCKET_NAMES, counts)]
     width = 2.6 + 0.42 * len(col_labels)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * width, 4.6))
+    fig, axes = pyplot().subplots(1, 2, figsize=(2 * width, 4.6))
     span = np.nanmax(np.abs(centred)) if np.isfinite(centred).any() and np.nanmax(np.abs(centred)) > 0 else 1.0
     for ax, grid, cmap, lim, label in ((axes[0], values, "viridis", None, "top-1 accuracy (%)"),
                                         (axes[1], centred, "RdBu_r", span, "minus the row's mean (points)")):
@@ -184,7 +191,7 @@ def ladder_plot(rows: list[dict], path, title: str) -> Path:
     the seed's protocol at the top and ours at the bottom."""
     panels = (("intervention_effect", "intervention: headline effect\n(minus control where there is one)"),
               ("skill_trend_change", "intervention: skill-trend change"), ("finetune_shift", "fine-tune: transition-point shift"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(12, 0.45 * len(rows) + 1.6), sharey=True)
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(12, 0.45 * len(rows) + 1.6), sharey=True)
     ys = list(range(len(rows)))[::-1]
     for ax, (key, label) in zip(axes, panels):
         for y, r in zip(ys, rows):

@@ -22,9 +22,6 @@ DONE_FILE = "DONE"
 # every stage reads these, and `data`: its filter and split keys plus the position store's fingerprint
 # (each file's identity), so that another games file, or the same path holding other games, never resumes
 _SHARED = ("stage", "model", "seed")
-# sections a stage reads besides its own (cfg.<stage name>); other stages' sections, paths, logger,
-# hydra, experiment (a label), objective and extra (notes) change nothing a stage computes
-_READS = {"train": ("evaluate",), "transcoder": ("layer",)}
 # keys of a stage's own section that only say how the run is watched or continued
 _RUN_ONLY = {"resume", "log_every"}
 # data keys that change where and how the store is built, not which positions it holds
@@ -38,20 +35,19 @@ class Fingerprint(str):
     keys: dict
 
 
-def fingerprint_keys(cfg) -> dict:
-    """The settings a stage's results depend on, flattened to {dotted key: value}."""
+def fingerprint_keys(cfg, store: str | None = None, reads: tuple[str, ...] = ()) -> dict:
+    """The settings a stage's results depend on, flattened to {dotted key: value}; `store` is the
+    position store's own fingerprint (data.preprocess.data_fingerprint), which the caller computes, and
+    `reads` the sections the stage reads besides its own (its module's READS: other stages' sections,
+    paths, logger, hydra, experiment, objective and extra change nothing a stage computes)."""
     container = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     stage = container.get("stage")
     name = stage.get("name") if isinstance(stage, dict) else stage
-    kept = {k: container[k] for k in (*_SHARED, name, *_READS.get(name, ())) if k in container}
+    kept = {k: container[k] for k in (*_SHARED, name, *reads) if k in container}
     if isinstance(kept.get(name), dict):
         kept[name] = {k: v for k, v in kept[name].items() if k not in _RUN_ONLY}
     if container.get("data"):
-        from ..data.preprocess import data_fingerprint
-
-        data = container["data"]
-        kept["data"] = {**{k: v for k, v in data.items() if k not in _DATA_LAYOUT},
-                        "store": data_fingerprint(OmegaConf.create(data))}
+        kept["data"] = {**{k: v for k, v in container["data"].items() if k not in _DATA_LAYOUT}, "store": store}
 
     if isinstance(kept.get("model"), dict) and kept["model"].get("checkpoint"):
         kept["model"]["file"] = _file_identity(kept["model"]["checkpoint"])
@@ -82,8 +78,8 @@ def _file_identity(checkpoint: str):
     return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def config_fingerprint(cfg) -> Fingerprint:
-    keys = json.loads(json.dumps(fingerprint_keys(cfg), sort_keys=True, default=str))
+def config_fingerprint(cfg, store: str | None = None, reads: tuple[str, ...] = ()) -> Fingerprint:
+    keys = json.loads(json.dumps(fingerprint_keys(cfg, store, reads), sort_keys=True, default=str))
     fp = Fingerprint(hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16])
     fp.keys = keys
     return fp

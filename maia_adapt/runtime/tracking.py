@@ -8,11 +8,27 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import OmegaConf
 
 from ..io import to_json
+
+
+@dataclass
+class LoggerConfig:
+    """`logger`: where the Tracker sends metrics besides metrics.jsonl."""
+
+    backend: str = "wandb"  # wandb | none
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "maia-adapt"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # null: the experiment name
+    job_type: Optional[str] = None  # null: the stage name
+    tags: list[str] = field(default_factory=list)
+    log_checkpoints: bool = True
 
 
 class Tracker:

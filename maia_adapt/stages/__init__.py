@@ -1,7 +1,11 @@
-"""The stages of `python -m maia_adapt.run stage=<name>`: each module has `run(cfg, run_dir) -> dict`."""
+"""The stages of `python -m maia_adapt.run stage=<name>`: each module has `run(cfg, frame) -> dict` (frame:
+stages/frame.py) and, if it has settings, SCHEMA (the dataclass of cfg.<name>, composed into config.Config),
+check(cfg) (its value checks) and READS (other sections its results depend on, for the resume fingerprint).
+Adding a stage: its module, conf/stage/<name>.yaml and one line here."""
 from __future__ import annotations
 
 import importlib
+
 
 REGISTRY = {
     "train": "maia_adapt.stages.train",
@@ -19,9 +23,14 @@ REGISTRY = {
 }
 
 
-def get_stage(name: str):
+def stage_module(name: str):
+    """The module of stage `name`: run(cfg, frame), and what it declares (SCHEMA, check, READS)."""
     from ..errors import ConfigError
 
     if name not in REGISTRY:
         raise ConfigError(f"unknown stage '{name}': expected one of {', '.join(sorted(REGISTRY))}")
-    return importlib.import_module(REGISTRY[name]).run
+    return importlib.import_module(REGISTRY[name])
+
+
+def get_stage(name: str):
+    return stage_module(name).run

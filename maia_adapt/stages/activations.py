@@ -10,7 +10,8 @@ lc0's Q (win - loss probability).
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -18,12 +19,38 @@ from ..analysis.activation_cache import ActivationCache, write_activation_cache
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import find_saes, load_sae
 from ..errors import ConfigError
-from ..runtime.resume import config_fingerprint, find_resumable, fresh_start, mark_done, mark_started
-from .common import skill_model
+from ..runtime.resume import find_resumable, fresh_start, mark_started
+from ..checks import POSITIVE_INT, check_section, elo
+from ..data.store import SPLITS
+from .common import fingerprint, skill_model
 
 
-def run(cfg, run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
+@dataclass
+class ActivationsConfig:
+    """stage=activations: cache model (and dictionary) activations on disk, in shards."""
+
+    sites: list[str] = "${sites}"  # the site preset's (site=...); a list here overrides it
+    saes: Optional[str] = None  # a stage=sae run or SAE folder: its codes are cached too (its sites added)
+    positions: Optional[int] = 20000  # positions of `split`; null: all of them
+    split: str = "test"
+    elo: list[str] = field(default_factory=lambda: ["data"])  # Elo conditionings: 'data' and/or buckets 0..10
+    shard_positions: int = 4096  # rows per shard
+    dtype: str = "float16"  # of the site activations (dictionary codes are float32, sparse)
+    token_pooling: str = "mean"  # mean | none (keep the 8 tokens)
+    batch_size: int = 256
+
+
+SCHEMA = ActivationsConfig  # cfg.activations
+RULES = {"shard_positions": POSITIVE_INT, "elo": elo("data")}
+CHOICES = {"token_pooling": ("mean", "none"), "dtype": ("float16", "float32"), "split": SPLITS}
+
+
+def check(cfg) -> None:
+    check_section(cfg, "activations", RULES, CHOICES)
+
+
+def run(cfg, frame) -> dict:
+    run_dir = frame.dir
     ac = cfg.activations
     model = skill_model(cfg, "activations")
     store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
@@ -34,25 +61,24 @@ def run(cfg, run_dir: Path) -> dict:
     saes = {}
     if ac.saes:
         for folder in find_saes(ac.saes):
-            sae = load_sae(folder)
-            saes[folder.name] = sae
+            saes[folder.name] = load_sae(folder)
     sites = list(dict.fromkeys([*ac.sites, *(s.cfg.site for s in saes.values())]))
     elo = [e if e == "data" else int(e) for e in ac.elo]
 
-    fingerprint = config_fingerprint(cfg)
-    prev = find_resumable(run_dir, fingerprint, lambda d: (d / "activations" / "manifest.json").is_file())
+    fp = fingerprint(cfg)
+    prev = find_resumable(run_dir, fp, lambda d: (d / "activations" / "manifest.json").is_file())
     out = (prev or run_dir) / "activations"
     if prev:
         print(f"continuing the unfinished cache in {out}")
     else:
-        fresh_start(run_dir, fingerprint, lambda d: (d / "activations" / "manifest.json").is_file(), True, "activations")
-    mark_started(prev or run_dir, fingerprint)
+        fresh_start(run_dir, fp, lambda d: (d / "activations" / "manifest.json").is_file(), True, "activations")
+    mark_started(prev or run_dir, fp)
     t = time.time()
     write_activation_cache(out, model, store, idx, sites, elo, saes, shard_positions=ac.shard_positions,
                            batch_size=ac.batch_size, dtype=ac.dtype, token_pooling=ac.token_pooling)
     seconds = time.time() - t
     cache = ActivationCache(out)
-    mark_done(prev or run_dir)
+    frame.done_dir = prev or run_dir
     size = sum(p.stat().st_size for p in out.iterdir())
     return {"cache": str(out), "rows": len(cache), "positions": int(len(idx)), "sites": sites,
             "dictionaries": list(saes), "shards": len(cache.manifest["shards"]), "megabytes": round(size / 2**20, 1),

@@ -9,7 +9,9 @@ moves), results.md.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from ..analysis.circuits import (attributions, circuit_edges, codes_by_bucket, connections, plot_circuit, rng_positions, skill_relevance, top_indices)
 from ..analysis.patching import attention_shift, head_patching, skill_patching
@@ -17,15 +19,38 @@ from ..data.preprocess import open_or_build_store
 from ..dictionaries.transcoder import load_transcoder
 from ..encoding import BUCKET_NAMES
 from ..errors import ConfigError
-from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..io import atomic_write_csv, atomic_write_json
 from ..layout import transcoder_folder
 from ..model import load_model
 from ..model.hooks import block_hook
 from ..model.skill import Maia2Skill
 from ..reporting.dashboard import write_dashboards
 from ..reporting.plots import bucket_heatmap, grouped_bars
-from ..runtime.tracking import Tracker
 from .common import frozen_model
+
+
+# the model families it takes: Maia-2 only, and why not Maia-1 (the one-line error)
+NOT_MAIA1 = "circuits are built from transcoders of Maia-2's transformer FFNs, and Maia-1 has none"
+
+
+@dataclass
+class CircuitsConfig:
+    """stage=circuits: layer-0 -> layer-1 transcoder feature circuits and their skill dependence."""
+
+    transcoders: Optional[str] = None  # a stage=transcoder run with transcoders/layer_0 and layer_1
+    finetuned: Optional[str] = None  # a calibrated model (e.g. a stage=finetune run) to compare with
+    positions: int = 1000  # test positions
+    top_down: int = 12  # layer-1 features kept (most skill-relevant / most changed by fine-tuning)
+    top_up: int = 40  # layer-0 candidates per circuit (most skill-relevant)
+    edges_per_node: int = 3
+    dashboards: bool = True
+    batch_size: int = 256
+    # where skill enters (analysis/patching.py): test positions run at < 1100 and >= 2000, then at
+    # < 1100 with each block's sites and each attention head taken from the >= 2000 run; 0: skip
+    patching_positions: int = 2000
+
+
+SCHEMA = CircuitsConfig  # cfg.circuits
 
 
 def _patching(model, store, positions: int, seed: int, run_dir: Path) -> tuple[dict, list[str]]:
@@ -84,34 +109,19 @@ def _patching(model, store, positions: int, seed: int, run_dir: Path) -> tuple[d
     return summary, lines
 
 
-def run(cfg, run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
-    cc = cfg.circuits
-    model = frozen_model(cfg, "circuits")  # first: model=maia1 is refused before anything else
+def _transcoders(cc) -> dict:
     if not cc.transcoders:
         raise ConfigError("stage=circuits needs circuits.transcoders (a stage=transcoder run with layers 0 and 1)")
     folders = {l: transcoder_folder(cc.transcoders, l) for l in (0, 1)}
     for l, f in folders.items():
         if not (f / "cfg.json").is_file():
             raise ConfigError(f"{f}: no transcoder for layer {l} (run stage=transcoder transcoder.layers=[0,1])")
-    tcs = {l: load_transcoder(f) for l, f in folders.items()}
-    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
-    idx = rng_positions(store, "test", cc.positions, cfg.seed)
-    means, tokens = codes_by_bucket(model, store, idx, tcs, cc.batch_size)
-    tuned = None
-    if cc.finetuned:
-        ft = load_model(cc.finetuned, attention=(model.cfg.heads, model.cfg.dim_head)).eval()
-        tuned, _ = codes_by_bucket(ft, store, idx, tcs, cc.batch_size)
+    return {l: load_transcoder(f) for l, f in folders.items()}
 
-    relevance = {l: skill_relevance(means[l], tuned[l] if tuned else None) for l in tcs}
-    down = top_indices(relevance[1], cc.top_down)
-    up = top_indices(relevance[0], cc.top_up)
-    gamma = model.transformer.elo_layers[1][1].net[0].weight.detach()
-    conn = connections(tcs[0], tcs[1], gamma)
-    attr = attributions(tokens[0], tokens[1], conn)
-    edges = circuit_edges(attr, up, down, cc.edges_per_node)
 
-    for l in tcs:
+def _write_tables(run_dir: Path, relevance, means, tuned, edges, conn) -> None:
+    """features_layer_<l>.csv (the 200 most skill-relevant features of each layer) and circuit.csv."""
+    for l in relevance:
         rows = []
         for f in top_indices(relevance[l], 200):
             row = {"feature": f, "relevance": round(float(relevance[l][f]), 5)}
@@ -123,7 +133,10 @@ def run(cfg, run_dir: Path) -> dict:
     atomic_write_csv(run_dir / "circuit.csv", [{"layer0_feature": i, "layer1_feature": j, "attribution": round(v, 6),
                                          "connection": round(float(conn[i, j]), 6)} for i, j, v in edges]
               or [{"layer0_feature": "", "layer1_feature": "", "attribution": "", "connection": ""}])
-    what = "change under fine-tuning" if tuned else "spread across Elo buckets"
+
+
+def _figures(run_dir: Path, cc, store, idx, down, edges, relevance, means, tokens, what: str):
+    """(circuit.png, skill_profile.png, the dashboards' index or None)."""
     graph = plot_circuit(edges, run_dir / "circuit.png", f"layer 0 -> layer 1 circuit of the {cc.top_down} features with the largest {what}")
     prof = means[1][:, down].T
     vmax = float(prof.max()) if prof.numel() else 1.0
@@ -137,18 +150,11 @@ def run(cfg, run_dir: Path) -> dict:
               for f in down}
         index = write_dashboards(run_dir / "dashboards", pos, store.fens(idx), fc, elo_profile=means[1],
                                  title="layer-1 transcoder features most tied to skill")
-    patched, patch_lines = _patching(model, store, cc.patching_positions, cfg.seed, run_dir) if cc.patching_positions else ({}, [])
-    tracker = Tracker(cfg, run_dir, job_type="circuits")
-    try:
-        for png in (graph, profile, *([run_dir / "patching_heads.png"] if patched else [])):
-            tracker.log_image(f"circuits/{png.stem}", png)
-    finally:
-        tracker.finish()
-    summary = {"positions": int(len(idx)), "layer1_features": len(down), "edges": len(edges),
-               "mean_relevance_selected": float(relevance[1][down].mean()) if down else 0.0,
-               "strongest_edge": max((abs(e[2]) for e in edges), default=0.0),
-               "compared_with_finetuned": bool(tuned), **patched}
-    lines = ["# Transcoder circuits", "", f"{len(idx)} test positions; layer-1 features ranked by their {what}; "
+    return graph, profile, index
+
+
+def _report(n: int, what: str, index, edges, conn, patch_lines) -> str:
+    lines = ["# Transcoder circuits", "", f"{n} test positions; layer-1 features ranked by their {what}; "
              f"attribution A[i, j] = E[z0_i | z1_j > 0] x C[i, j], C = (W_dec0 * gamma) W_enc1.", "",
              "![circuit](circuit.png)", "", "![profile](skill_profile.png)", ""]
     if index is not None:
@@ -156,6 +162,37 @@ def run(cfg, run_dir: Path) -> dict:
     lines += ["| layer-0 feature | layer-1 feature | attribution | connection |", "|---|---|---|---|"]
     lines += [f"| {i} | {j} | {v:+.4f} | {float(conn[i, j]):+.4f} |" for i, j, v in edges]
     lines += ["", *patch_lines]
-    atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
-    atomic_write_json(run_dir / "results.json", {**summary, "selected_layer1": down, "edges": edges})
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg, frame) -> dict:
+    run_dir, cc = frame.dir, cfg.circuits
+    model = frozen_model(cfg, "circuits", NOT_MAIA1)  # first: model=maia1 is refused before anything else
+    tcs = _transcoders(cc)
+    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
+    idx = rng_positions(store, "test", cc.positions, cfg.seed)
+    means, tokens = codes_by_bucket(model, store, idx, tcs, cc.batch_size)
+    tuned = None
+    if cc.finetuned:
+        ft = load_model(cc.finetuned, attention=(model.cfg.heads, model.cfg.dim_head)).eval()
+        tuned, _ = codes_by_bucket(ft, store, idx, tcs, cc.batch_size)
+
+    relevance = {l: skill_relevance(means[l], tuned[l] if tuned else None) for l in tcs}
+    down = top_indices(relevance[1], cc.top_down)
+    up = top_indices(relevance[0], cc.top_up)
+    gamma = model.transformer.elo_layers[1][1].net[0].weight.detach()
+    conn = connections(tcs[0], tcs[1], gamma)
+    edges = circuit_edges(attributions(tokens[0], tokens[1], conn), up, down, cc.edges_per_node)
+    _write_tables(run_dir, relevance, means, tuned, edges, conn)
+    what = "change under fine-tuning" if tuned else "spread across Elo buckets"
+    graph, profile, index = _figures(run_dir, cc, store, idx, down, edges, relevance, means, tokens, what)
+    patched, patch_lines = _patching(model, store, cc.patching_positions, cfg.seed, run_dir) if cc.patching_positions else ({}, [])
+    for png in (graph, profile, *([run_dir / "patching_heads.png"] if patched else [])):
+        frame.tracker().log_image(f"circuits/{png.stem}", png)
+    summary = {"positions": int(len(idx)), "layer1_features": len(down), "edges": len(edges),
+               "mean_relevance_selected": float(relevance[1][down].mean()) if down else 0.0,
+               "strongest_edge": max((abs(e[2]) for e in edges), default=0.0),
+               "compared_with_finetuned": bool(tuned), **patched}
+    frame.report(_report(len(idx), what, index, edges, conn, patch_lines),
+                 {**summary, "selected_layer1": down, "edges": edges})
     return summary

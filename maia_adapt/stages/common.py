@@ -1,24 +1,72 @@
 """What several stages start with."""
 from __future__ import annotations
 
-from ..config import check_model_shape
+from omegaconf import OmegaConf
+
+from ..data.preprocess import data_fingerprint
 from ..errors import ConfigError
-from ..model import load_model
+from ..layout import CONF_DIR
+from ..model import Maia2Config, load_model
+from ..runtime.resume import Fingerprint, config_fingerprint
 
 
-# why each stage that reads a Maia-2 only cannot take model=maia1 (one line each, for the error)
-MAIA2_ONLY = {
-    "transcoder": "Maia-1 is a convolutional network with no transformer FFN (MLP) to transcode",
-    "circuits": "circuits are built from transcoders of Maia-2's transformer FFNs, and Maia-1 has none",
-}
+def preset_checkpoint(cfg):
+    """model.checkpoint as the model preset sets it, resolved in this config (it may name ${paths.assets}):
+    a preset's file is the architecture's trained copy, which stage=train may leave unused."""
+    import copy
+
+    preset = OmegaConf.to_container(_model_preset(str(cfg.model.name)), resolve=False).get("checkpoint")
+    c = copy.deepcopy(cfg)
+    OmegaConf.update(c, "model.checkpoint", preset, merge=False)
+    return c.model.checkpoint
 
 
-def frozen_model(cfg, stage: str):
+# model.* keys that give the network's shape: they build a new model; a loaded one has the file's
+MODEL_SHAPE = ("input_channels", "dim_cnn", "num_blocks_cnn", "dim_vit", "num_blocks_vit", "vit_length", "elo_dim",
+               "heads", "dim_head")
+
+
+def _model_preset(name: str):
+    """A model preset's own values, merged over those of the presets it extends (its `defaults`)."""
+    path = CONF_DIR / "model" / f"{name}.yaml"
+    if not path.is_file():
+        return OmegaConf.create({})
+    node = OmegaConf.load(path)
+    parents = [d for d in node.pop("defaults", []) if isinstance(d, str) and d != "_self_"]
+    return OmegaConf.merge(*(_model_preset(p) for p in parents), node)
+
+
+def check_model_shape(model_cfg, model) -> None:
+    """Fail, naming the key and both values, when a shape value set for this run (one that differs
+    from its model preset's) disagrees with the loaded checkpoint, instead of silently loading the
+    file's shape. `model`: a Maia2, a Maia2Skill or a Maia-1 family (which has no such keys)."""
+    loaded = getattr(getattr(model, "model", model), "cfg", None)
+    if loaded is None or not all(hasattr(loaded, k) for k in MODEL_SHAPE):
+        return
+    preset = OmegaConf.merge(OmegaConf.create(Maia2Config().to_dict()), _model_preset(model_cfg.name))
+    for key in MODEL_SHAPE:
+        wanted, has = model_cfg[key], getattr(loaded, key)
+        if wanted != preset[key] and wanted != has:
+            raise ConfigError(f"model.{key}={wanted}: the checkpoint {model_cfg.checkpoint} has {key}={has} "
+                              f"(a loaded model's shape is the file's: drop model.{key})")
+
+
+def fingerprint(cfg) -> Fingerprint:
+    """What a run of this stage reads, hashed: its settings (its section and its module's READS) and the
+    position store's identity (another games file, or the same path holding other games, never resumes)."""
+    from . import stage_module
+
+    reads = getattr(stage_module(str(cfg.stage.name)), "READS", ())
+    return config_fingerprint(cfg, data_fingerprint(cfg.data) if cfg.get("data") else None, reads)
+
+
+def frozen_model(cfg, stage: str, why_not_maia1: str = "it reads Maia-2 only"):
     """The Maia-2 of model.checkpoint, in eval mode with gradients off (analysis stages read it only).
 
-    A stage that reads only Maia-2 reaches here; `model=maia1` gets one line saying why."""
+    A stage that reads only Maia-2 reaches here; `model=maia1` gets one line saying why (the stage's
+    own reason)."""
     if str(cfg.model.name) == "maia1":
-        raise ConfigError(f"stage={stage} does not take model=maia1: {MAIA2_ONLY.get(stage, 'it reads Maia-2 only')} "
+        raise ConfigError(f"stage={stage} does not take model=maia1: {why_not_maia1} "
                           "(see docs/stages.md, 'Which stages take Maia-1')")
     if not cfg.model.checkpoint:
         raise ConfigError(f"stage={stage} needs a trained model: set model.checkpoint (a .pt/.safetensors file or run directory)")

@@ -6,16 +6,44 @@ skill_matrix.png into the run directory (maia_adapt/evaluation.py holds the logi
 """
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Optional
 
-from ..config import check_model_shape
 from ..data.preprocess import open_or_build_store
-from ..analysis.evaluation import evaluate_run
+from ..analysis.evaluation import SPLITS, evaluate_run
 from ..model.skill import load_skill_model
 from ..model.training import resolve_device
+from ..checks import POSITIVE_INT, check_section
+from .common import check_model_shape
 
 
-def run(cfg, run_dir: Path) -> dict:
+@dataclass
+class EvaluateConfig:
+    """stage=evaluate (and the end of stage=train): move accuracy and the skill matrix of any model."""
+
+    split: str = "test"  # train | val | test | all
+    # positions drawn uniformly at random from the split (so `top1` is the split's own accuracy and each
+    # bucket gets rows in proportion to its share); null: every position of the split
+    positions: Optional[int] = 20000
+    # Maia-1 only: inputs with the game's history (null: model.history)
+    history: Optional[bool] = None
+    # the opponent bucket under each conditioning column: data (the real opponent's; default) | same (= column)
+    oppo: str = "data"
+    n_boot: int = 1000  # paired bootstrap resamples of games for every 95% interval
+    batch_size: int = 512
+    device: str = "auto"  # auto | cpu | cuda
+
+
+SCHEMA = EvaluateConfig  # cfg.evaluate
+RULES = {"positions": POSITIVE_INT, "n_boot": POSITIVE_INT, "batch_size": POSITIVE_INT}
+CHOICES = {"split": SPLITS, "oppo": ("data", "same")}
+
+
+def check(cfg) -> None:
+    check_section(cfg, "evaluate", RULES, CHOICES)
+
+
+def run(cfg, frame) -> dict:
     ev = cfg.evaluate
     model = load_skill_model(cfg.model, history=ev.history, device=resolve_device(ev.device))
     check_model_shape(cfg.model, model)
@@ -23,5 +51,5 @@ def run(cfg, run_dir: Path) -> dict:
     hist = getattr(model, "history", None)
     title = (f"{model.name}{'' if hist is None else (', with history' if hist else ', no history')}"
              f" on {cfg.data.name} ({ev.split} split)")
-    summary = evaluate_run(model, store, ev, run_dir, title, seed=cfg.seed)
+    summary = evaluate_run(model, store, ev, frame.dir, title, seed=cfg.seed)
     return {"model": model.name, "history": hist, "split": ev.split, **summary}

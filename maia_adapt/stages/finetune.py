@@ -13,7 +13,8 @@ the run ends without error, so a multirun over concepts goes on.
 """
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -22,15 +23,73 @@ from ..data.preprocess import open_or_build_store
 from ..encoding import NUM_BUCKETS
 from ..errors import ConfigError
 from ..analysis.evaluation import own_bucket_accuracy
-from ..analysis.calibration import (MoveSet, finetune, finetune_rows, seed_summary, select_concept, select_trainable,
+from ..analysis.calibration import (BUCKET_SAMPLING, KEEP, ROW_FILTERS, SCORE_ROWS, TARGETS, TRAIN_MODES, MoveSet,
+                                    finetune, finetune_rows, seed_summary, select_concept, select_trainable,
                                     shift_summary, split_rows, steps_per_epoch, transition_report)
-from ..io import atomic_write_json, atomic_write_text
 from ..layout import MODEL_FILE
 from ..model.skill import Maia2Skill, save_skill_model
 from ..reporting.plots import bar_by_bucket, transition_histogram
-from ..runtime.tracking import Tracker
 from ..analysis.transitional import read_transitional, seed_transition_points
+from ..checks import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check_section
 from .common import bucket_label, skill_model
+
+
+@dataclass
+class FinetuneConfig:
+    """stage=finetune: calibrate low-skill levels toward the correct move on concept positions."""
+
+    transitional: Optional[str] = None  # a stage=transitional run directory or its transitional.csv
+    # positions whose active threat concepts include this one ('defensive@e4') or any of this kind
+    # ('defensive', the study's); '' = every position. Per-concept variants: a multirun over it
+    concept: str = "defensive"
+    trainable: str = "all"  # all | policy_head (fc_1 only) | heads | transformer | prefixes 'fc_1.,transformer.'
+    freeze_elo: bool = True
+    steps: int = 300  # with epochs null
+    lr: float = 3.0e-4
+    batch_size: int = 128  # (position, bucket) pairs per step; the seed: 256 (revision), 8192 (NeurIPS checkpoints)
+    side_info_weight: float = 1.0  # the seed: 1 (NeurIPS full fine-tune), 0 (its head-only fine-tunes)
+    eval_every: int = 25  # validation loss (every bucket) for choosing the checkpoint; with epochs null
+    heldout_positions: int = 2000  # ordinary test positions of `data`: is human-likeness kept? 0: skip
+    # The seed study's choices, each a switch on its own (experiments/finetune_study/README.md, "The
+    # seed's protocol"); the defaults are ours.
+    weight_decay: float = 0.0  # AdamW's; the seed: 1e-5
+    # null: `steps` steps; N: N epochs, each one pass over the train positions x 11 buckets
+    # (ceil(11 n / batch_size) steps), validated after each; the seed's revision: at most 20
+    epochs: Optional[int] = None
+    # null: no early stopping (the seed's NeurIPS full fine-tune); P: stop after P validations in a row
+    # without a new lowest validation loss (the revision: 3, per epoch)
+    patience: Optional[int] = None
+    buckets: str = "random"  # random: each pair's bucket drawn at random | all_each_epoch: every pair once a pass (the seed)
+    # best: the lowest-validation-loss weights | last: the last step's (the seed's NeurIPS head-only test,
+    # and in effect its revision, whose "best state" is a shallow copy of the live weights)
+    keep: str = "best"
+    # true: the untouched model (validated before any step) competes for keep=best and is where patience
+    # starts counting; false: the seed's (its best validation loss starts at infinity)
+    untouched_is_candidate: bool = True
+    # frozen_batchnorm: dropout on, BatchNorm on its running statistics | train: PyTorch's train mode
+    # (the seed's full fine-tune) | eval: no dropout, the frozen trunk as at inference (its head-only ones)
+    train_mode: str = "frozen_batchnorm"
+    # a (concept's) dataset with fewer train positions is skipped: results.md says so and the run
+    # ends without error (a multirun over concepts goes on); the seed's revision: 500
+    min_train_rows: int = 0
+    # which rows the fine-tune uses: all | transitional (the seed's is_transitional) | blundered_transitional
+    row_filter: str = "all"
+    target: str = "dataset"  # dataset: the row's correct move (the seed's) | top_bucket: the model's own bucket-10 move
+    # the rows of the headline mean_shift (paired): all test rows | transitional (those transitional
+    # before fine-tuning); results.md reports both, and the seed's unpaired metric beside them
+    score_rows: str = "all"
+
+
+SCHEMA = FinetuneConfig  # cfg.finetune
+RULES = {**{k: POSITIVE_INT for k in ("steps", "batch_size", "eval_every", "epochs", "patience")},
+         "min_train_rows": NON_NEGATIVE_INT, "heldout_positions": NON_NEGATIVE_INT, "lr": POSITIVE,
+         "weight_decay": NON_NEGATIVE, "side_info_weight": NON_NEGATIVE}
+CHOICES = {"buckets": BUCKET_SAMPLING, "keep": KEEP, "train_mode": TRAIN_MODES, "row_filter": ROW_FILTERS,
+           "target": TARGETS, "score_rows": SCORE_ROWS}
+
+
+def check(cfg) -> None:
+    check_section(cfg, "finetune", RULES, CHOICES)
 
 
 def _ci(v: float, ci) -> str:
@@ -81,16 +140,16 @@ def _report(model, fc, summary: dict, before: dict, after: dict) -> list[str]:
     return lines
 
 
-def _skipped(fc, run_dir: Path, parts: dict) -> dict:
+def _skipped(fc, frame, parts: dict) -> dict:
     """A dataset below finetune.min_train_rows: results.md and results.json say so; no error."""
     counts = {f"positions_{k}": len(v) for k, v in parts.items()}
     why = (f"{counts['positions_train']} train positions hold '{fc.concept or 'any'}', fewer than "
            f"finetune.min_train_rows={fc.min_train_rows}")
     print(f"skipped: {why}")
-    atomic_write_text(run_dir / "results.md", f"# Calibration fine-tuning: skipped\n\nconcept `{fc.concept or 'all'}`: {why}; "
-                      f"nothing was trained ({counts['positions_val']} val / {counts['positions_test']} test positions).\n")
     summary = {"skipped": True, "skip_reason": why, "concept": fc.concept, **counts}
-    atomic_write_json(run_dir / "results.json", summary)
+    frame.report(f"# Calibration fine-tuning: skipped\n\nconcept `{fc.concept or 'all'}`: {why}; "
+                 f"nothing was trained ({counts['positions_val']} val / {counts['positions_test']} test positions).\n",
+                 summary)
     return summary
 
 
@@ -102,8 +161,9 @@ def _dataset_seed_tp(moves: MoveSet, before: dict) -> np.ndarray:
                      for r, t in zip(moves.rows, recomputed)], dtype=np.int64)
 
 
-def run(cfg, run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
+def _parts(cfg, frame):
+    """(train/val/test MoveSets of the dataset's rows that hold finetune.concept, or the skipped summary;
+    a line on what was chosen)."""
     fc = cfg.finetune
     if not fc.transitional:
         raise ConfigError("stage=finetune needs finetune.transitional (a stage=transitional run directory or CSV)")
@@ -112,21 +172,56 @@ def run(cfg, run_dir: Path) -> dict:
     chosen = select_concept(usable, fc.concept)
     split = split_rows(chosen)
     if len(split["train"]) < fc.min_train_rows:
-        return _skipped(fc, run_dir, split)
-    parts = {k: MoveSet.build(v, run_dir / f"positions_{k}") for k, v in split.items()}
+        return _skipped(fc, frame, split), ""
+    parts = {k: MoveSet.build(v, frame.dir / f"positions_{k}") for k, v in split.items()}
+    return parts, (f"{len(chosen)} of {len(usable)} positions ({fc.row_filter} of {len(rows)}) hold '{fc.concept or 'any'}': "
+                   + ", ".join(f"{k} {len(v.rows)}" for k, v in parts.items()))
+
+
+def _heldout(cfg):
+    """(store, ordinary test positions) for the human-likeness check, or None (finetune.heldout_positions=0)."""
+    if not cfg.finetune.heldout_positions:
+        return None
+    store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
+    test_idx = store.split_indices("test")
+    return store, np.sort(np.random.default_rng(cfg.seed).permutation(test_idx)[: cfg.finetune.heldout_positions])
+
+
+def _fit(cfg, model, parts, tracker) -> dict:
+    fc = cfg.finetune
+    total = fc.steps if fc.epochs is None else fc.epochs * steps_per_epoch(len(parts["train"].rows), fc.batch_size)
+    bar = tqdm(total=total, desc="finetune", dynamic_ncols=True)
+    fit = finetune(model, parts["train"], parts["val"], steps=fc.steps, lr=fc.lr, batch_size=fc.batch_size,
+                   side_info_weight=fc.side_info_weight, eval_every=fc.eval_every, seed=cfg.seed,
+                   weight_decay=fc.weight_decay, epochs=fc.epochs, patience=fc.patience, buckets=fc.buckets,
+                   keep=fc.keep, untouched_is_candidate=fc.untouched_is_candidate, train_mode=fc.train_mode,
+                   tracker=tracker, progress=bar.update)
+    bar.close()
+    return fit
+
+
+def _figures(frame, fc, before: dict, after: dict) -> None:
+    tb, ta = before["transition_points"], after["transition_points"]
+    hist = transition_histogram({"before": tb.tolist(), "after": ta.tolist()}, frame.dir / "transition_points.png",
+                                f"transition points of {len(tb)} test positions ({fc.concept or 'all'})")
+    acc = bar_by_bucket({"before": before["accuracy"].tolist(), "after": after["accuracy"].tolist()},
+                        frame.dir / "accuracy_by_bucket.png", "correct move on the test positions", ylabel="accuracy")
+    for name, png in (("transition_points", hist), ("accuracy_by_bucket", acc)):
+        frame.tracker().log_image(f"finetune/{name}", png)
+
+
+def run(cfg, frame) -> dict:
+    fc = cfg.finetune
+    parts, chosen = _parts(cfg, frame)
+    if "skipped" in parts:
+        return parts
     model = skill_model(cfg, "finetune")
     if fc.side_info_weight and not isinstance(model, Maia2Skill):
         raise ConfigError(f"finetune.side_info_weight={fc.side_info_weight}: {model.name} has no side-info head (set it to 0)")
     trained = select_trainable(model, fc.trainable, fc.freeze_elo)
     n_params = sum(p.numel() for n, p in model.module.named_parameters() if n in set(trained))
-    print(f"{len(chosen)} of {len(usable)} positions ({fc.row_filter} of {len(rows)}) hold '{fc.concept or 'any'}': "
-          + ", ".join(f"{k} {len(v.rows)}" for k, v in parts.items()) + f"; training {n_params:,} parameters")
-
-    heldout = None
-    if fc.heldout_positions:
-        store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
-        test_idx = store.split_indices("test")
-        heldout = (store, np.sort(np.random.default_rng(cfg.seed).permutation(test_idx)[: fc.heldout_positions]))
+    print(f"{chosen}; training {n_params:,} parameters")
+    heldout = _heldout(cfg)
 
     def report(m) -> dict:
         rep = transition_report(m, parts["test"])
@@ -135,40 +230,19 @@ def run(cfg, run_dir: Path) -> dict:
         return rep
 
     before = report(model)
-    tracker = Tracker(cfg, run_dir, job_type="finetune")
-    try:
-        total = fc.steps if fc.epochs is None else fc.epochs * steps_per_epoch(len(parts["train"].rows), fc.batch_size)
-        bar = tqdm(total=total, desc="finetune", dynamic_ncols=True)
-        fit = finetune(model, parts["train"], parts["val"], steps=fc.steps, lr=fc.lr, batch_size=fc.batch_size,
-                       side_info_weight=fc.side_info_weight, eval_every=fc.eval_every, seed=cfg.seed,
-                       weight_decay=fc.weight_decay, epochs=fc.epochs, patience=fc.patience, buckets=fc.buckets,
-                       keep=fc.keep, untouched_is_candidate=fc.untouched_is_candidate, train_mode=fc.train_mode,
-                       tracker=tracker, progress=bar.update)
-        bar.close()
-        save_skill_model(model, run_dir / MODEL_FILE, finetune=str(dict(concept=fc.concept, trainable=fc.trainable, keep=fc.keep)))
-        after = report(model)
-
-        tb, ta = before["transition_points"], after["transition_points"]
-        summary = {"positions_train": len(parts["train"].rows), "positions_val": len(parts["val"].rows),
-                   "positions_test": len(parts["test"].rows), "trainable_parameters": n_params,
-                   **{k: v for k, v in fit.items() if k != "val_losses"},
-                   **shift_summary(before, after, seed=cfg.seed, score_rows=fc.score_rows),
-                   **seed_summary(_dataset_seed_tp(parts["test"], before), seed_transition_points(after["correct"]))}
-        if heldout is not None:
-            summary["heldout_accuracy_before"] = before["heldout"]["accuracy"]
-            summary["heldout_accuracy_after"] = after["heldout"]["accuracy"]
-        hist = transition_histogram({"before": tb.tolist(), "after": ta.tolist()}, run_dir / "transition_points.png",
-                                    f"transition points of {len(tb)} test positions ({fc.concept or 'all'})")
-        acc = bar_by_bucket({"before": before["accuracy"].tolist(), "after": after["accuracy"].tolist()},
-                            run_dir / "accuracy_by_bucket.png", "correct move on the test positions", ylabel="accuracy")
-        for name, png in (("transition_points", hist), ("accuracy_by_bucket", acc)):
-            tracker.log_image(f"finetune/{name}", png)
-        lines = _report(model, fc, summary, before, after)
-        atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
-        atomic_write_json(run_dir / "results.json", {**summary, "accuracy_before": before["accuracy"].tolist(),
-                                                     "accuracy_after": after["accuracy"].tolist(),
-                                                     "val_losses": fit["val_losses"]})
-        tracker.summary(summary)
-    finally:
-        tracker.finish()
+    fit = _fit(cfg, model, parts, frame.tracker())
+    save_skill_model(model, frame.dir / MODEL_FILE, finetune=str(dict(concept=fc.concept, trainable=fc.trainable, keep=fc.keep)))
+    after = report(model)
+    summary = {"positions_train": len(parts["train"].rows), "positions_val": len(parts["val"].rows),
+               "positions_test": len(parts["test"].rows), "trainable_parameters": n_params,
+               **{k: v for k, v in fit.items() if k != "val_losses"},
+               **shift_summary(before, after, seed=cfg.seed, score_rows=fc.score_rows),
+               **seed_summary(_dataset_seed_tp(parts["test"], before), seed_transition_points(after["correct"]))}
+    if heldout is not None:
+        summary["heldout_accuracy_before"] = before["heldout"]["accuracy"]
+        summary["heldout_accuracy_after"] = after["heldout"]["accuracy"]
+    _figures(frame, fc, before, after)
+    frame.report("\n".join(_report(model, fc, summary, before, after)) + "\n",
+                 {**summary, "accuracy_before": before["accuracy"].tolist(), "accuracy_after": after["accuracy"].tolist(),
+                  "val_losses": fit["val_losses"]})
     return summary

@@ -15,7 +15,9 @@ kind needs one dictionary per network and takes the family only with `model.rati
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -24,13 +26,66 @@ from ..data.preprocess import open_or_build_store
 from ..encoding import NUM_BUCKETS, decode_move
 from ..errors import ConfigError
 from ..analysis.calibration import MoveSet, split_rows
-from ..analysis.interventions import (INTERVENTIONS, assemble, choose_settings, evaluate_under, grid_search, intervention_rows,
-                                      judge)
-from ..io import atomic_write_json, atomic_write_text
+from ..analysis.interventions import (CONTROLS, CORRECT, ERROR_MODES, INTERVENTIONS, POSITIONS, SELECT, assemble,
+                                      choose_settings, evaluate_under, grid_search, intervention_rows, judge)
 from ..reporting.plots import bar_by_bucket, transition_histogram
-from ..runtime.tracking import Tracker
 from ..analysis.transitional import NEVER, read_transitional
+from ..checks import bad, check_section, elo
 from .common import bucket_label, skill_model
+
+
+@dataclass
+class InterventionConfig:
+    """stage=intervention: amplify concept features / add directions and measure transition-point shifts."""
+
+    # sae (amplify the concept's top SAE features) | probe (probe direction) | steering (mean difference) |
+    # elo_heads (a Maia-2's skill heads given bucket elo_to's Elo at site blocks.<b>.hook_elo_q: a reference)
+    kind: str = "sae"
+    transitional: Optional[str] = None  # stage=transitional run (or CSV): train rows choose, test rows judge
+    concept: str = "defensive"  # each position is intervened on for its active concepts of this kind (or one concept)
+    site: str = "blocks.${layer}.hook_resid_post"
+    saes: Optional[str] = None  # kind=sae: the stage=sae run (or SAE folder) whose SAE reads `site`
+    threats: Optional[str] = None  # kind=sae: the stage=threats run whose detection table ranks the features
+    probes: Optional[str] = None  # kind=probe: the stage=probe run
+    probe_bucket: int = 10  # kind=probe: which bucket's probe gives the direction
+    # sae: feature multiplier; probe/steering: x steering norm; elo_heads: how far toward elo_to's Elo term (1: replaced)
+    strengths: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
+    top_n: list[int] = field(default_factory=lambda: [1, 3, 5])  # grid; kind=sae: features per concept; elo_heads: heads
+    elo_to: int = 10  # kind=elo_heads: the bucket whose Elo the heads are given
+    # kind=sae, how the edited codes are written back: keep (the reconstruction error kept: strength 1
+    # changes nothing), drop (the error of the token mean dropped), replace (the seed's: every token
+    # replaced by the edited reconstruction of the mean)
+    error: str = "keep"
+    threshold: bool = True  # kind=sae: encode with the SAE's own activation (false: a plain ReLU, the NeurIPS seed's)
+    # which setting of the grid each test row uses, chosen on the train rows: global (one for all),
+    # bucket (one per Elo bucket), cell (one per (concept, Elo bucket): the seed's per (square, Elo))
+    select: str = "bucket"
+    # the rows: concept (each row with concepts of the kind, once) | resolves_square (the seed's: one row
+    # per (position, square) whose correct move resolves that square's threat)
+    positions: str = "concept"
+    # the correct move: dataset (the transitional dataset's) | top_bucket (the seed's: the unedited model's
+    # own bucket-10 move)
+    correct: str = "dataset"
+    control: str = "matched"  # matched (features of matched firing frequency / a random direction) | random (uniform) | none
+    keep_error: Optional[bool] = None  # renamed: intervention.error (validate says so)
+    per_bucket: Optional[bool] = None  # renamed: intervention.select (validate says so)
+    n_boot: int = 1000
+    heldout_positions: int = 1000  # ordinary test positions of `data`: is the played (human) move still predicted?
+    batch_size: int = 256
+
+
+SCHEMA = InterventionConfig  # cfg.intervention
+RULES = {"probe_bucket": elo(), "elo_to": elo()}
+CHOICES = {"kind": tuple(INTERVENTIONS), "error": ERROR_MODES, "select": SELECT, "positions": POSITIONS,
+           "correct": CORRECT, "control": CONTROLS}
+
+
+def check(cfg) -> None:
+    check_section(cfg, "intervention", RULES, CHOICES)
+    for old, new in (("keep_error", "intervention.error=keep|drop|replace (keep_error=false was drop)"),
+                     ("per_bucket", "intervention.select=global|bucket|cell (per_bucket=false was global)")):
+        if cfg.intervention[old] is not None:
+            bad(f"intervention.{old}", cfg.intervention[old], f"nothing: it is now {new}")
 
 
 def _heldout(cfg, ic, run_dir: Path) -> MoveSet | None:
@@ -101,9 +156,26 @@ def _report(model, ic, method, summary: dict, grid: list, choice, base, eff, ctr
     return lines
 
 
-def run(cfg, run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
-    ic = cfg.intervention
+def _summary(ic, train, test, choice, j, method) -> dict:
+    strength, top_n = choice.settings[choice.best]
+    return {"kind": ic.kind, "concept": ic.concept, "site": ic.site, "train_positions": len(train.rows),
+            "test_positions": len(test.rows), "strength": strength, "top_n": top_n, "select": ic.select,
+            "positions": ic.positions, "correct": ic.correct, "control": ic.control, "error": ic.error,
+            "threshold": ic.threshold, "per_bucket_settings": [list(st) for st in choice.by_bucket()],
+            **j["summary"], **method.describe()}
+
+
+def _figures(frame, ic, arms: dict, n_test: int) -> None:
+    acc = bar_by_bucket({k: r.accuracy.tolist() for k, r in arms.items()}, frame.dir / "accuracy_by_bucket.png",
+                        f"{ic.kind} intervention on '{ic.concept}' at {ic.site}: correct move", ylabel="accuracy")
+    hist = transition_histogram({k: r.transition_points.tolist() for k, r in arms.items()},
+                                frame.dir / "transition_points.png", f"transition points of {n_test} test rows")
+    for name, png in (("accuracy_by_bucket", acc), ("transition_points", hist)):
+        frame.tracker().log_image(f"intervention/{name}", png)
+
+
+def run(cfg, frame) -> dict:
+    run_dir, ic = frame.dir, cfg.intervention
     if ic.kind not in INTERVENTIONS:
         raise ConfigError(f"intervention.kind '{ic.kind}': expected one of {', '.join(INTERVENTIONS)}")
     if not ic.transitional:
@@ -121,12 +193,7 @@ def run(cfg, run_dir: Path) -> dict:
     choice = choose_settings(grid, reports, train.rows, ic.select, ic.concept)
     j = judge(method, ev, test, choice, ic.n_boot, cfg.seed, control=ic.control != "none")
     base, eff, ctrl = j["base"], j["intervened"], j["control"]
-    strength, top_n = choice.settings[choice.best]
-    summary = {"kind": ic.kind, "concept": ic.concept, "site": ic.site, "train_positions": len(train.rows),
-               "test_positions": len(test.rows), "strength": strength, "top_n": top_n, "select": ic.select,
-               "positions": ic.positions, "correct": ic.correct, "control": ic.control, "error": ic.error,
-               "threshold": ic.threshold, "per_bucket_settings": [list(st) for st in choice.by_bucket()],
-               **j["summary"], **method.describe()}
+    summary = _summary(ic, train, test, choice, j, method)
     held = _heldout(cfg, ic, run_dir)
     if held is not None:  # a held-out position holds several concepts: each bucket's setting (select=cell too)
         hb = ev(held)
@@ -135,21 +202,9 @@ def run(cfg, run_dir: Path) -> dict:
         he = assemble([once[st] for st in per_bucket])
         summary.update({"heldout_human_accuracy_base": float(hb.accuracy.mean()),
                         "heldout_human_accuracy_intervened": float(he.accuracy.mean())})
-
-    tracker = Tracker(cfg, run_dir, job_type="intervention")
-    try:
-        arms = {"no intervention": base, "intervened": eff, **({"control": ctrl} if ctrl is not None else {})}
-        acc = bar_by_bucket({k: r.accuracy.tolist() for k, r in arms.items()}, run_dir / "accuracy_by_bucket.png",
-                            f"{ic.kind} intervention on '{ic.concept}' at {ic.site}: correct move", ylabel="accuracy")
-        hist = transition_histogram({k: r.transition_points.tolist() for k, r in arms.items()},
-                                    run_dir / "transition_points.png", f"transition points of {len(test.rows)} test rows")
-        for name, png in (("accuracy_by_bucket", acc), ("transition_points", hist)):
-            tracker.log_image(f"intervention/{name}", png)
-        tracker.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-    finally:
-        tracker.finish()
+    _figures(frame, ic, {"no intervention": base, "intervened": eff, **({"control": ctrl} if ctrl is not None else {})},
+             len(test.rows))
     lines = _report(model, ic, method, summary, grid, choice, base, eff, ctrl, held is not None)
-    atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
-    atomic_write_json(run_dir / "results.json", {**summary, "grid": grid, "accuracy_by_bucket": {
+    frame.report("\n".join(lines) + "\n", {**summary, "grid": grid, "accuracy_by_bucket": {
         k: r.accuracy.tolist() for k, r in (("base", base), ("intervened", eff), ("control", ctrl)) if r is not None}})
     return summary

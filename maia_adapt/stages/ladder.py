@@ -6,14 +6,47 @@ Overrides given to the ladder (model=..., model.checkpoint=..., data=...) reach 
 """
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
 
-from ..io import atomic_write_json, atomic_write_text
+from omegaconf import MISSING
+
 from ..ladder import execute, ladder_markdown, ladder_rows, plan
 from ..model.skill import MAIA1_RATINGS
 from ..reporting.plots import ladder_plot
 
+
 _NOT_PASSED = ("experiment=", "stage=", "ladder.", "hydra.", "protocol=", "+ladder", "logger")
+
+
+@dataclass
+class RungConfig:
+    name: str = MISSING
+    what: str = ""  # the switch in words, for the table
+    # keys switched back to our presets' values at this rung (a key ending in '.' names every key of the
+    # protocol under it); each must be one the protocol sets
+    keys: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LadderConfig:
+    """stage=ladder: the study from the seed's protocol to ours, one switch a rung (maia_adapt/ladder.py)."""
+
+    protocol: str = "seed_neurips"  # rung 0: a protocol of maia_adapt/conf/protocol
+    rungs: list[RungConfig] = field(default_factory=list)
+    # overrides every step gets, after the protocol and the rungs (sizes for the machine); a rung may not
+    # switch a key set here
+    common: list[str] = field(default_factory=list)
+    chains: list[str] = field(default_factory=lambda: ["intervention", "finetune"])  # intervention is always run
+    # per model family (maia1 | maia2): {"all": overrides for every step, "<rung>": from that rung on}
+    family_overrides: dict[str, Any] = field(default_factory=dict)
+    dry_run: bool = False  # print each step's command, run nothing
+    # run nothing, write the table from the steps finished so far (a ladder stopped part way; '-' where
+    # a rung's step has not run)
+    report: bool = False
+
+
+SCHEMA = LadderConfig  # cfg.ladder
 
 
 def _user_overrides(cfg) -> list[str]:
@@ -24,8 +57,8 @@ def _user_overrides(cfg) -> list[str]:
     return [o for o in task if not o.startswith(_NOT_PASSED)] + [f"logger={cfg.logger.backend}" if cfg.logger.backend == "none" else "logger=wandb"]
 
 
-def run(cfg, run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
+def run(cfg, frame) -> dict:
+    run_dir = frame.dir
     lc = cfg.ladder
     family = "maia1" if cfg.model.name == "maia1" else "maia2"
     ratings = list(MAIA1_RATINGS) if family == "maia1" and cfg.model.rating is None else []
@@ -36,9 +69,8 @@ def run(cfg, run_dir: Path) -> dict:
         return {"steps": len(p.steps), "rungs": len(p.rungs)}
     rows = ladder_rows(p)
     ladder_plot(rows, run_dir / "ladder.png", f"from protocol={lc.protocol} (top) to ours (bottom): {cfg.model.name}")
-    atomic_write_text(run_dir / "results.md", "\n".join(ladder_markdown(cfg.model.name, lc, p, rows)) + "\n")
-    atomic_write_json(run_dir / "results.json", {"protocol": lc.protocol, "rungs": rows,
-                                                 "left_at_protocol": p.left_at_protocol})
+    frame.report("\n".join(ladder_markdown(cfg.model.name, lc, p, rows)) + "\n",
+                 {"protocol": lc.protocol, "rungs": rows, "left_at_protocol": p.left_at_protocol})
     last = rows[-1]
     return {"rungs": len(rows), "steps": len(p.steps), "seed_intervention_effect": rows[0]["intervention_effect"],
             "ours_intervention_effect": last["intervention_effect"], "seed_finetune_shift": rows[0]["finetune_shift"],

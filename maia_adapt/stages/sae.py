@@ -11,28 +11,70 @@ mean-ablation, per Elo bucket), feature_density.png, metrics.jsonl.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from ..runtime import distributed
-from ..analysis.activations import ActivationChunks, collect_activations, position_codes
+from ..model.activations import ActivationChunks, collect_activations, position_codes
 from ..data.preprocess import open_or_build_store
 from ..dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder, save_sae, train_dictionaries
 from ..dictionaries.evaluate import evaluate_dictionary
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS
 from ..errors import ConfigError
 from ..concepts import all_position_concepts, best_auc_per_concept, piece_square_concepts, roc_auc_matrix, threat_concepts
-from ..dictionaries.train import BestKeeper, start_or_resume
-from ..io import atomic_write_json, atomic_write_text
+from ..dictionaries.train import BestKeeper, DictionaryRunConfig, start_or_resume
 from ..layout import sae_folder, site_slug
 from ..reporting.plots import feature_density
-from ..runtime.resume import mark_done
 from ..model.training import resolve_device
-from ..runtime.tracking import Tracker
-from .common import skill_model
+from ..checks import FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check_section, elo, set_by_stage
+from ..dictionaries.kernels import KERNELS
+from ..dictionaries.sae import ARCHITECTURES
+from .common import fingerprint, skill_model
+
+
+@dataclass
+class SAEStageConfig(DictionaryRunConfig, SAEConfig):
+    """stage=sae: the SAE hyper-parameters plus where its activations come from."""
+
+    sites: list[str] = "${sites}"  # the site preset's (site=...); a list here overrides it
+    chunk_positions: int = 8192  # positions per activation chunk (shuffled, cut into batches)
+    # the model's forward pass, not the SAE, is the cost on a CPU: run it once over this many train
+    # positions, keep their activations in memory and draw every chunk from them. 0: a fresh forward
+    # pass per chunk (every position seen once; for long runs on a GPU)
+    cache_positions: int = 32768
+    eval_positions: int = 2000  # test-split positions for the spliced evaluation
+    # calibration (the study's checkpoint choice): every N steps score the features against a
+    # concept set on validation positions; the best summed AUC is the SAE that is saved. 0: off
+    calibrate_every: int = 0
+    # board: own/opponent piece on each square (768); threats: the study's 128 square-wise threat
+    # concepts; all: every concept of maia_adapt.concepts (1158: the study family's 13 and the seed172
+    # family's 172 included, which repeat some concepts of the others, e.g. its 128 square threats)
+    calibration_concepts: str = "board"
+    calibration_positions: int = 2000
+    calibration_min_positives: int = 20  # concepts with fewer positive (or negative) positions are left out
+    # each SAE's site and input width come from `sites` and the model: these two only exist in the
+    # saved cfg.json, and setting them here is an error (validate) rather than a silent no-op
+    site: Optional[str] = None
+    d_in: Optional[int] = None
+
+
+SCHEMA = SAEStageConfig  # cfg.sae
+RULES = {**{k: POSITIVE_INT for k in ("dim", "batch_size", "steps", "chunk_positions", "eval_positions", "log_every",
+                                    "checkpoint_every")},
+         **{k: NON_NEGATIVE_INT for k in ("cache_positions", "calibrate_every", "aux_k")},
+         "lr": POSITIVE, "dense_threshold": FRACTION, "elo": elo("data", "random"),
+         "site": set_by_stage("sae.sites (or site=...)"), "d_in": set_by_stage("the model's width at each site")}
+CHOICES = {"architecture": ARCHITECTURES, "kernel": KERNELS, "b_dec_init": ("mean", "median", "zeros"),
+           "token_pooling": ("mean", "none"), "calibration_concepts": ("board", "threats", "all")}
+
+
+def check(cfg) -> None:
+    check_section(cfg, "sae", RULES, CHOICES)
+    SAEConfig(architecture=cfg.sae.architecture, k=cfg.sae.k, dim=cfg.sae.dim).validate()
 
 
 def _sae_config(stage_cfg, site: str, d_in: int) -> SAEConfig:
@@ -95,8 +137,67 @@ def _site_report(s: str, m: dict, calibration_concepts: str) -> list[str]:
     return lines + [""]
 
 
-def run(cfg, run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
+def _sites(cfg, model, store) -> list[str]:
+    sites = list(cfg.sae.sites)
+    if not sites:
+        raise ConfigError("sae.sites is empty: expected at least one hook name")
+    for s in sites:
+        model.check_hook_name(s)
+    if len(store.split_indices("train")) == 0:
+        raise ConfigError("the position store has no training positions")
+    return sites
+
+
+def _calibration(cfg, model, store, saes: dict, device):
+    """(calibrate() for the trainer, the concepts' names), or (None, []) with sae.calibrate_every=0."""
+    sc = cfg.sae
+    if not (sc.calibrate_every and distributed.is_main()):
+        return None, []
+    val_idx = store.split_indices("val")
+    cal_idx = np.sort(np.random.default_rng(cfg.seed + 2).permutation(val_idx)[: sc.calibration_positions])
+    cal_acts, cal_labels, cal_names = calibration_set(model, store, cal_idx, list(sc.sites), sc, cfg.seed + 2, device)
+    print(f"calibration: {len(cal_names)} board concepts on {len(cal_idx)} validation positions")
+
+    def calibrate() -> dict[str, float]:
+        return {name: summed_best_auc(sae, cal_acts[s], cal_labels) for name, (sae, s) in saes.items()}
+    return calibrate, cal_names
+
+
+def _evaluate(cfg, frame, model, store, saes: dict, step: int, final: dict, calibrated: dict, cal_names) -> tuple[dict, list]:
+    """(results.json, results.md's lines): each SAE saved, spliced into the model on test positions."""
+    sc, tracker = cfg.sae, frame.tracker()
+    rng = np.random.default_rng(cfg.seed + 1)
+    eval_idx = np.sort(rng.permutation(store.split_indices("test"))[: sc.eval_positions])
+    results: dict = {"sites": {}}
+    lines = ["# SAE results", "", f"model: `{model.name}` (`{cfg.model.checkpoint}`), {len(eval_idx)} test positions, "
+             f"architecture {sc.architecture}, F={sc.dim}, pooling {sc.token_pooling}", "",
+             "Baselines: zero / mean ablate what the splice replaces: " + (
+                 "the token mean, set to zero / to its average over positions, each token keeping its deviation"
+                 if sc.token_pooling == "mean" else "every token's activation, set to zero / to its mean"), ""]
+    for name, (sae, s) in saes.items():
+        sae.eval()
+        folder = save_sae(sae, sae_folder(frame.dir, s), {"model_checkpoint": str(cfg.model.checkpoint), "model_name": model.name})
+        m, freq = evaluate_dictionary(model, store, eval_idx, s, sae, sc.token_pooling, sc.dense_threshold)
+        png = feature_density(freq, frame.dir / f"feature_density_{name}.png", f"{s}: feature firing frequency")
+        tracker.log_image(f"eval/{name}/feature_density", png)
+        tracker.log({f"eval/{name}/{k}": v for k, v in m.items()}, step=step)
+        if cfg.logger.log_checkpoints:
+            tracker.log_artifact(folder, name=f"sae-{name}", type="sae")
+        if name in calibrated:
+            m.update({"calibration_score": calibrated[name]["score"], "calibration_step": calibrated[name]["step"],
+                      "calibration_concepts": len(cal_names)})
+        results["sites"][s] = {"folder": str(folder), **m,
+                               **{f"train_{k.split('/')[-1]}": v for k, v in final.items() if k.startswith(name + "/")}}
+        lines += _site_report(s, m, sc.calibration_concepts)
+    return results, lines
+
+
+_SUMMARY_KEYS = ("l0", "variance_explained", "dead_fraction_eval", "sae/agreement", "sae/kl", "zero/agreement",
+                 "mean/agreement", "sae/kl_recovered_vs_zero", "sae/kl_recovered_vs_mean", "calibration_score",
+                 "calibration_step")
+
+
+def run(cfg, frame) -> dict:
     sc = cfg.sae
     device = resolve_device(sc.device)
     model = skill_model(cfg, "sae", device=device)
@@ -104,86 +205,28 @@ def run(cfg, run_dir: Path) -> dict:
         raise ConfigError(f"stage=sae on {model.name}: its networks have unrelated activation spaces and an SAE reads one; "
                           "train one SAE per network with model.rating=R (e.g. -m model.rating=1100,1500,1900)")
     store = distributed.main_first(lambda: open_or_build_store(cfg.data, cfg.paths.cache_dir))
-    sites = list(sc.sites)
-    if not sites:
-        raise ConfigError("sae.sites is empty: expected at least one hook name")
-    for s in sites:
-        model.check_hook_name(s)
-    train_idx = store.split_indices("train")
-    test_idx = store.split_indices("test")
-    if len(train_idx) == 0:
-        raise ConfigError("the position store has no training positions")
-
-    make_chunk = ActivationChunks(model, store, train_idx, sites, chunk_positions=sc.chunk_positions,
+    sites = _sites(cfg, model, store)
+    make_chunk = ActivationChunks(model, store, store.split_indices("train"), sites, chunk_positions=sc.chunk_positions,
                                   cache_positions=sc.cache_positions, seed=cfg.seed, elo=sc.elo,
                                   token_pooling=sc.token_pooling, device=device)
-
-    saes = {}
-    for s in sites:
-        sae = SparseAutoencoder(_sae_config(sc, s, model.site_dim(s)))
-        saes[site_slug(s)] = (sae, s)
+    saes = {site_slug(s): (SparseAutoencoder(_sae_config(sc, s, model.site_dim(s))), s) for s in sites}
     first = make_chunk(0)
     for sae, s in saes.values():
         sae.init_from_data(first[s])
     trainer = DictionaryTrainer(saes, sc.steps, sc.batch_size, device=device, bf16=sc.bf16, compile=sc.compile)
-
-    resumed = start_or_resume(trainer, cfg, run_dir, sc.resume)
-    tracker = Tracker(cfg, run_dir, job_type="sae", continues=resumed is not None)
-    calibrate, calibrated = None, {}
-    if sc.calibrate_every and distributed.is_main():
-        val_idx = store.split_indices("val")
-        cal_idx = np.sort(np.random.default_rng(cfg.seed + 2).permutation(val_idx)[: sc.calibration_positions])
-        cal_acts, cal_labels, cal_names = calibration_set(model, store, cal_idx, sites, sc, cfg.seed + 2, device)
-        print(f"calibration: {len(cal_names)} board concepts on {len(cal_idx)} validation positions")
-
-        def calibrate() -> dict[str, float]:
-            return {name: summed_best_auc(sae, cal_acts[s], cal_labels) for name, (sae, s) in saes.items()}
-    try:
-        final = train_dictionaries(trainer, lambda r: first if r == 0 else make_chunk(r), run_dir, seed=cfg.seed,
-                                   log_every=sc.log_every, checkpoint_every=sc.checkpoint_every, tracker=tracker,
-                                   resume=False, calibrate=calibrate, calibrate_every=sc.calibrate_every)
-        if not distributed.is_main():
-            return {}
-        model.to("cpu")  # the evaluation below runs on the CPU
-        for sae, _ in saes.values():
-            sae.cpu()
-        if calibrate:
-            # the run's SAEs are the calibration's best, not the last step's
-            calibrated = BestKeeper(run_dir / "best", trainer).restore()
-        rng = np.random.default_rng(cfg.seed + 1)
-        eval_idx = np.sort(rng.permutation(test_idx)[: sc.eval_positions])
-        results: dict = {"sites": {}}
-        lines = ["# SAE results", "", f"model: `{model.name}` (`{cfg.model.checkpoint}`), {len(eval_idx)} test positions, "
-                 f"architecture {sc.architecture}, F={sc.dim}, pooling {sc.token_pooling}", "",
-                 "Baselines: zero / mean ablate what the splice replaces: " + (
-                     "the token mean, set to zero / to its average over positions, each token keeping its deviation"
-                     if sc.token_pooling == "mean" else "every token's activation, set to zero / to its mean"), ""]
-        for name, (sae, s) in saes.items():
-            sae.eval()
-            folder = save_sae(sae, sae_folder(run_dir, s), {"model_checkpoint": str(cfg.model.checkpoint), "model_name": model.name})
-            m, freq = evaluate_dictionary(model, store, eval_idx, s, sae, sc.token_pooling, sc.dense_threshold)
-            png = feature_density(freq, run_dir / f"feature_density_{name}.png", f"{s}: feature firing frequency")
-            tracker.log_image(f"eval/{name}/feature_density", png)
-            tracker.log({f"eval/{name}/{k}": v for k, v in m.items()}, step=trainer.step)
-            if cfg.logger.log_checkpoints:
-                tracker.log_artifact(folder, name=f"sae-{name}", type="sae")
-            if name in calibrated:
-                m.update({"calibration_score": calibrated[name]["score"], "calibration_step": calibrated[name]["step"],
-                          "calibration_concepts": len(cal_names)})
-            results["sites"][s] = {"folder": str(folder), **m,
-                                   **{f"train_{k.split('/')[-1]}": v for k, v in final.items() if k.startswith(name + "/")}}
-            lines += _site_report(s, m, sc.calibration_concepts)
-        atomic_write_json(run_dir / "results.json", results)
-        atomic_write_text(run_dir / "results.md", "\n".join(lines))
-        summary = {}
-        for s, m in results["sites"].items():
-            for k in ("l0", "variance_explained", "dead_fraction_eval", "sae/agreement", "sae/kl", "zero/agreement",
-                      "mean/agreement", "sae/kl_recovered_vs_zero", "sae/kl_recovered_vs_mean", "calibration_score",
-                      "calibration_step"):
-                if k in m:
-                    summary[f"{s}:{k}"] = m[k]
-        tracker.summary(summary)
-    finally:
-        tracker.finish()
-    mark_done(run_dir)
-    return summary
+    resumed = start_or_resume(trainer, fingerprint(cfg), frame.dir, sc.resume)
+    tracker = frame.tracker(continues=resumed is not None)
+    calibrate, cal_names = _calibration(cfg, model, store, saes, device)
+    final = train_dictionaries(trainer, lambda r: first if r == 0 else make_chunk(r), frame.dir, seed=cfg.seed,
+                               log_every=sc.log_every, checkpoint_every=sc.checkpoint_every, tracker=tracker,
+                               resume=False, calibrate=calibrate, calibrate_every=sc.calibrate_every)
+    if not distributed.is_main():
+        return {}
+    model.to("cpu")  # the evaluation below runs on the CPU
+    for sae, _ in saes.values():
+        sae.cpu()
+    # with calibration, the run's SAEs are the calibration's best, not the last step's
+    calibrated = BestKeeper(frame.dir / "best", trainer).restore() if calibrate else {}
+    results, lines = _evaluate(cfg, frame, model, store, saes, trainer.step, final, calibrated, cal_names)
+    frame.report("\n".join(lines), results)
+    return {f"{s}:{k}": m[k] for s, m in results["sites"].items() for k in _SUMMARY_KEYS if k in m}

@@ -10,26 +10,76 @@ detection_<site>.csv, threat_auc_<site>.png, results.md and results.json.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
-from ..analysis.activations import collect_activations, position_codes
+from ..model.activations import collect_activations, position_codes
 from ..analysis.logit_effects import logit_effects
 from ..concepts import BoardConcepts, ConceptSpec, check_families, load_puzzles, load_sts, position_concepts, select_families
 from ..concepts.detection import compare_detections, detect_concepts, evidence_key, read_detection_table
 from ..data.preprocess import open_or_build_store
-from ..data.store import store_from_fens
+from ..data.store import SPLITS, store_from_fens
 from ..dictionaries import find_saes, load_sae
 from ..errors import ConfigError
-from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..io import atomic_write_csv
 from .common import skill_model
 from ..encoding import NUM_BUCKETS
 from ..layout import detection_table, site_slug
 from ..reporting.dashboard import write_dashboards
 from ..reporting.plots import square_heatmaps
-from ..runtime.tracking import Tracker
+from ..checks import FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, check_section, elo
+
+
+@dataclass
+class ThreatsConfig:
+    """stage=threats: which dictionary features detect which concepts (ROC-AUC)."""
+
+    saes: Optional[str] = None  # a stage=sae run directory or one SAE folder; null: raw units of `sites`
+    sites: list[str] = field(default_factory=list)  # with saes=null: hook names whose units are the features
+    # store: positions of the data's `split`; puzzles / sts: the lichess puzzles / the Strategic Test
+    # Suite, whose themes are added as concepts (family "puzzle theme" / "sts theme")
+    position_set: str = "store"
+    puzzles_path: str = "${paths.data_root}/puzzles/lichess_puzzles_5k.csv"
+    sts_path: str = "${paths.data_root}/sts/STS1-STS15_LAN_v3.epd"
+    positions: int = 4000  # positions scored (half selection, half held-out)
+    split: str = "test"
+    elo: str = "data"  # Elo conditioning of the model: data | random | 0..10 (data on puzzles/sts: bucket 5)
+    # the study family (its 13 strategic concepts as its code defines them) and seed172 (the 172 concepts
+    # of its revision, or seed172:<category>) are for reproducing it
+    families: list[str] = field(default_factory=lambda: ["threat", "strategic", "capture", "board-state"])
+    min_positives: int = 10  # concepts with fewer positive (or negative) positions are left out
+    heldout_fraction: float = 0.5
+    top_k: int = 5  # features kept per concept
+    auc_threshold: float = 0.7  # the study's: a concept counts as detected at held-out AUC >= this
+    n_null: int = 20  # label shuffles for the null of the best selection AUC
+    n_boot: int = 200  # bootstrap resamples of the held-out AUC
+    max_per_class: Optional[int] = None  # balanced samples: up to this many positives and negatives per concept
+    batch_size: int = 512
+    dashboards: int = 24  # HTML pages for up to this many features (the best detectors); 0: none
+    dashboard_top_n: int = 12  # boards per feature page
+    elo_profile_positions: int = 256  # positions run at each of the 11 Elo buckets for the Elo plot
+    # positions the dashboards' logit effects average over (each feature's decoder direction added at its
+    # site, the change of every legal move's log-probability); 0: no logit effects
+    logit_positions: int = 64
+    # a stage=threats run directory (another subject, or this model at another threats.elo): results.md
+    # adds, per site both scored, this run's held-out AUC minus that run's, paired over concepts
+    compare_to: Optional[str] = None
+
+
+SCHEMA = ThreatsConfig  # cfg.threats
+RULES = {"positions": POSITIVE_INT, "n_null": NON_NEGATIVE_INT, "n_boot": NON_NEGATIVE_INT,
+         "dashboards": NON_NEGATIVE_INT, "heldout_fraction": FRACTION, "elo": elo("data", "random")}
+CHOICES = {"split": SPLITS, "position_set": ("store", "puzzles", "sts")}
+
+
+def check(cfg) -> None:
+    check_section(cfg, "threats", RULES, CHOICES)
+    check_families(cfg.threats.families, "threats.families")
+
 
 def _load_saes(tc) -> list:
     if tc.saes:
@@ -171,12 +221,7 @@ def _concept_set(cfg, run_dir: Path):
     return store, idx, fens, scored, specs
 
 
-def run(cfg, run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
-    tc = cfg.threats
-    check_families(tc.families)
-    model = skill_model(cfg, "threats")
-    saes = _load_saes(tc)
+def _check(tc, model, saes: list) -> None:
     if saes and len(model.spaces()) > 1:
         raise ConfigError(f"threats.saes with {model.name}: its networks have unrelated activation spaces and an SAE reads "
                           "one; use the model.rating=R the SAEs were trained on, or threats.sites for raw channels")
@@ -187,60 +232,77 @@ def run(cfg, run_dir: Path) -> dict:
             if not detection_table(tc.compare_to, site).is_file():
                 raise ConfigError(f"threats.compare_to: {detection_table(tc.compare_to, site)} not found "
                                   f"(expected a stage=threats run that scored {site})")
-    store, idx, fens, scored, specs = _concept_set(cfg, run_dir)
 
-    tracker = Tracker(cfg, run_dir, job_type="threats")
-    results, summary = {"positions": len(idx), "concepts_scored": len(scored.names), "sites": {}}, {}
-    lines = ["# Concept detection", "", f"model `{model.name}` (`{cfg.model.checkpoint}`), {len(idx)} `{tc.split}` positions "
-             f"(half selection, half held-out), Elo conditioning `{tc.elo}`, {len(scored.names)} concepts scored; "
-             f"detected = held-out AUC >= {tc.auc_threshold} and selection AUC above the 95% shuffled-label null.", ""]
+
+def _elo_profiles(model, store, idx, saes: list, tc) -> dict[str, list]:
+    """Each feature's mean activation when the model plays at each Elo bucket, same positions (dashboards)."""
     profiles: dict[str, list] = {}
     if tc.dashboards:
-        # each feature's mean activation when the model plays at each Elo bucket, same positions
         sub = idx[: tc.elo_profile_positions]
         for b in range(NUM_BUCKETS):
             for name, f in _features(model, store, sub, saes, tc, elo=b).items():
                 profiles.setdefault(name, []).append(f.mean(0))
-    try:
-        for name, feats in _features(model, store, idx, saes, tc).items():
-            det = detect_concepts(feats, scored.labels, scored.names, heldout_fraction=tc.heldout_fraction,
-                                  top_k=tc.top_k, n_null=tc.n_null, n_boot=tc.n_boot, max_per_class=tc.max_per_class,
-                                  seed=cfg.seed)
-            rows = det.rows()
-            slug = site_slug(name.split(" ")[0])
-            atomic_write_csv(detection_table(run_dir, name.split(" ")[0]), rows)
-            detected = det.detected(tc.auc_threshold)
-            fam = {s.name: s.family for s in specs}
-            counts = {f: int(sum(d for d, n in zip(detected.tolist(), scored.names) if fam[n] == f))
-                      for f in dict.fromkeys(fam.values())}
-            kinds = {k: int(sum(d for d, n in zip(detected.tolist(), scored.names) if n.startswith(k + "@")))
-                     for k in ("defensive", "offensive")}
-            png = square_heatmaps(_threat_panels(rows), run_dir / f"threat_auc_{slug}.png",
-                                  f"{name}: held-out AUC of the best feature per square")
-            tracker.log_image(f"threats/{slug}", png)
-            best = sorted(rows, key=evidence_key)[:10]
-            site_res = {"features": int(feats.shape[1]), "detected_per_family": counts, **{f"{k}_detected": v for k, v in kinds.items()},
-                        "threat_scored": int(sum(n.split("@")[0] in ("defensive", "offensive") for n in scored.names)),
-                        "best": best[:5]}
-            results["sites"][name] = site_res
-            summary.update({f"{slug}:{k}_detected": v for k, v in kinds.items()})
-            summary[f"{slug}:best_heldout_auc"] = best[0]["auc_heldout"] if best else float("nan")
-            lines += _site_report(name, site_res, counts, kinds, png.name, best)
-            if tc.compare_to:
-                site_res["compared"] = compare_detections(rows, read_detection_table(detection_table(tc.compare_to, name.split(" ")[0])),
-                                                          fam, tc.auc_threshold, seed=cfg.seed)
-                summary.update({f"{slug}:{f}_auc_minus_compare_to": c["auc_difference"] for f, c in site_res["compared"].items()})
-                lines += _comparison_report(site_res["compared"], tc.compare_to)
-            if tc.dashboards:
-                effects = (lambda fs: _logit_effects(model, store, idx, name, feats, fs, saes, tc)) if tc.logit_positions else None
-                index = _dashboards(run_dir / f"dashboards_{slug}", name, feats, fens, rows, detected,
-                                    torch.stack(profiles[name]), tc, effects)
-                site_res["dashboards"] = str(index)
-                lines += [f"Feature dashboards: [{index.parent.name}/index.html]({index.parent.name}/index.html)", ""]
-            tracker.log({f"threats/{slug}/{k}": v for k, v in kinds.items()})
-        atomic_write_json(run_dir / "results.json", results)
-        atomic_write_text(run_dir / "results.md", "\n".join(lines))
-        tracker.summary(summary)
-    finally:
-        tracker.finish()
+    return profiles
+
+
+def _score(cfg, frame, ctx: dict, name: str, feats) -> tuple[dict, dict, list[str]]:
+    """(results.json's entry, summary entries, results.md's lines) for one feature set."""
+    tc, scored, site = cfg.threats, ctx["scored"], name.split(" ")[0]
+    det = detect_concepts(feats, scored.labels, scored.names, heldout_fraction=tc.heldout_fraction,
+                          top_k=tc.top_k, n_null=tc.n_null, n_boot=tc.n_boot, max_per_class=tc.max_per_class,
+                          seed=cfg.seed)
+    rows = det.rows()
+    slug = site_slug(site)
+    atomic_write_csv(detection_table(frame.dir, site), rows)
+    detected = det.detected(tc.auc_threshold)
+    fam = {s.name: s.family for s in ctx["specs"]}
+    counts = {f: int(sum(d for d, n in zip(detected.tolist(), scored.names) if fam[n] == f))
+              for f in dict.fromkeys(fam.values())}
+    kinds = {k: int(sum(d for d, n in zip(detected.tolist(), scored.names) if n.startswith(k + "@")))
+             for k in ("defensive", "offensive")}
+    png = square_heatmaps(_threat_panels(rows), frame.dir / f"threat_auc_{slug}.png",
+                          f"{name}: held-out AUC of the best feature per square")
+    frame.tracker().log_image(f"threats/{slug}", png)
+    best = sorted(rows, key=evidence_key)[:10]
+    site_res = {"features": int(feats.shape[1]), "detected_per_family": counts, **{f"{k}_detected": v for k, v in kinds.items()},
+                "threat_scored": int(sum(n.split("@")[0] in ("defensive", "offensive") for n in scored.names)),
+                "best": best[:5]}
+    summary = {f"{slug}:{k}_detected": v for k, v in kinds.items()}
+    summary[f"{slug}:best_heldout_auc"] = best[0]["auc_heldout"] if best else float("nan")
+    lines = _site_report(name, site_res, counts, kinds, png.name, best)
+    if tc.compare_to:
+        site_res["compared"] = compare_detections(rows, read_detection_table(detection_table(tc.compare_to, site)),
+                                                  fam, tc.auc_threshold, seed=cfg.seed)
+        summary.update({f"{slug}:{f}_auc_minus_compare_to": c["auc_difference"] for f, c in site_res["compared"].items()})
+        lines += _comparison_report(site_res["compared"], tc.compare_to)
+    if tc.dashboards:
+        model, store, idx, saes = ctx["model"], ctx["store"], ctx["idx"], ctx["saes"]
+        effects = (lambda fs: _logit_effects(model, store, idx, name, feats, fs, saes, tc)) if tc.logit_positions else None
+        index = _dashboards(frame.dir / f"dashboards_{slug}", name, feats, ctx["fens"], rows, detected,
+                            torch.stack(ctx["profiles"][name]), tc, effects)
+        site_res["dashboards"] = str(index)
+        lines += [f"Feature dashboards: [{index.parent.name}/index.html]({index.parent.name}/index.html)", ""]
+    frame.tracker().log({f"threats/{slug}/{k}": v for k, v in kinds.items()})
+    return site_res, summary, lines
+
+
+def run(cfg, frame) -> dict:
+    tc = cfg.threats
+    check_families(tc.families)
+    model = skill_model(cfg, "threats")
+    saes = _load_saes(tc)
+    _check(tc, model, saes)
+    store, idx, fens, scored, specs = _concept_set(cfg, frame.dir)
+    frame.tracker()
+    results, summary = {"positions": len(idx), "concepts_scored": len(scored.names), "sites": {}}, {}
+    lines = ["# Concept detection", "", f"model `{model.name}` (`{cfg.model.checkpoint}`), {len(idx)} `{tc.split}` positions "
+             f"(half selection, half held-out), Elo conditioning `{tc.elo}`, {len(scored.names)} concepts scored; "
+             f"detected = held-out AUC >= {tc.auc_threshold} and selection AUC above the 95% shuffled-label null.", ""]
+    ctx = dict(model=model, store=store, idx=idx, fens=fens, scored=scored, specs=specs, saes=saes,
+               profiles=_elo_profiles(model, store, idx, saes, tc))
+    for name, feats in _features(model, store, idx, saes, tc).items():
+        results["sites"][name], part, site_lines = _score(cfg, frame, ctx, name, feats)
+        summary.update(part)
+        lines += site_lines
+    frame.report("\n".join(lines), results)
     return summary

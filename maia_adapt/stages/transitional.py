@@ -11,7 +11,9 @@ set is FEN-only, so there Maia-1 sees lc0's bare-FEN input.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -20,13 +22,67 @@ from ..data.preprocess import open_or_build_store
 from ..data.store import store_from_fens
 from ..encoding import NUM_BUCKETS
 from ..errors import ConfigError
-from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..io import atomic_write_csv
 from ..layout import ALL_POSITIONS_CSV, TRANSITIONAL_CSV
 from ..reporting.plots import bar_by_bucket, transition_histogram
-from ..runtime.tracking import Tracker
-from ..analysis.transitional import (NEVER, EngineOracle, build_transitional, find_engine, flat_rows, load_seed_positions, required, seed_terms,
-                                  skill_stats)
+from ..analysis.transitional import (ACCEPT, BLUNDER_RULES, NEVER, REQUIRE, EngineOracle, build_transitional,
+                                     find_engine, flat_rows, load_seed_positions, required, seed_terms, skill_stats)
+from ..checks import POSITIVE_INT, bad, check_section, elo
 from .common import bucket_label, skill_model
+
+
+@dataclass
+class TransitionalConfig:
+    """stage=transitional: per-bucket predictions, correct moves and transition points of a position set."""
+
+    position_set: str = "store"  # store: positions of the data; seed: the seed study's 264 positions
+    seed_path: str = "${paths.data_root}/transitional/seed_transitional_positions.json"
+    positions: Optional[int] = 2000  # store positions per split of `splits`; null: all
+    splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])
+    # auto: the seed set's accepted moves, else Stockfish when installed, else the model's top-bucket
+    # move; engine | accepted (seed only) | model force one
+    oracle: str = "auto"
+    engine_path: Optional[str] = None  # null: stockfish on PATH or /usr/games/stockfish
+    depth: Optional[int] = 8
+    seconds: Optional[float] = None  # a time limit per search instead of (or besides) the depth
+    nodes: Optional[int] = None  # a node budget per search instead of (or besides) the depth
+    engine_workers: int = 1  # engines searching positions side by side (one thread each)
+    # every engine answer is kept here by engine, limit and position (null: none kept); a search starts
+    # from a cleared engine, so an answer depends on those alone, and reruns and other models reuse it
+    engine_cache: Optional[str] = "${paths.cache_dir}/engine/answers.jsonl"
+    # answer files (.jsonl or .jsonl.zst) read as part of the cache, never written: with them and no
+    # engine installed, oracle auto/engine answers from them alone (a position they lack is left out
+    # and counted). The quick study ships its positions' answers (maia_adapt/assets)
+    engine_answers: list[str] = field(default_factory=list)
+    # the correct moves of a position (engine oracle): best = the engine's best move (ours); multipv =
+    # every line's first move within accept_cp of the best (the seed's 30 cp over its database's lines)
+    accept: str = "best"
+    accept_cp: int = 30
+    multipv: int = 1  # lines per search (the seed's database holds up to 5; accept=multipv needs >= 2)
+    blunder_cp: int = 150  # the bucket-0 move loses at least this many centipawns: a blunder
+    # loss: the bucket-0 move loses >= blunder_cp against the best (ours); seed: the seed's test
+    # |eval before - eval after| > blunder_cp with each eval for its own side to move (a sign bug)
+    blunder_rule: str = "loss"
+    # which rows the dataset keeps: none = every position (ours); monotone = the seed's transitional
+    # rows (wrong below one bucket, right from it up); monotone_blunder = of those, a blundering bucket 0
+    require: str = "none"
+    oppo_bucket: Optional[int] = None  # null: opponent bucket = own bucket (the study's)
+    batch_size: int = 512
+
+
+SCHEMA = TransitionalConfig  # cfg.transitional
+RULES = {**{k: POSITIVE_INT for k in ("accept_cp", "multipv", "engine_workers", "nodes", "depth")},
+         "oppo_bucket": elo()}
+CHOICES = {"position_set": ("store", "seed"), "oracle": ("auto", "engine", "accepted", "model"), "accept": ACCEPT,
+           "require": REQUIRE, "blunder_rule": BLUNDER_RULES}
+
+
+def check(cfg) -> None:
+    check_section(cfg, "transitional", RULES, CHOICES)
+    tc = cfg.transitional
+    if tc.accept == "multipv" and tc.multipv < 2:
+        bad("transitional.multipv", tc.multipv, "2 or more with transitional.accept=multipv (one line "
+            "is the best move only; the seed's database held up to 5)")
 
 
 def _position_set(cfg, run_dir: Path):
@@ -80,11 +136,10 @@ def _rule_lines(tc, oracle: str, summary: dict) -> list[str]:
     return lines
 
 
-def run(cfg, run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
+def _search(cfg, model, store, idx, accepted) -> tuple[list[dict], str, dict]:
+    """(every position with its per-bucket evidence, the oracle that judged it, the engine's name and
+    the positions it had no answer for)."""
     tc = cfg.transitional
-    model = skill_model(cfg, "transitional")
-    store, idx, accepted, seed_tp = _position_set(cfg, run_dir)
     oracle = tc.oracle
     if oracle == "auto":
         oracle = "accepted" if accepted is not None else \
@@ -102,35 +157,31 @@ def run(cfg, run_dir: Path) -> dict:
         with EngineOracle(path, depth=tc.depth, seconds=tc.seconds, nodes=tc.nodes, workers=tc.engine_workers,
                           cache=tc.engine_cache, shipped=tuple(tc.engine_answers)) as engine:
             everything = build_transitional(model, store, idx, oracle="engine", engine=engine, **kw)
-            engine_name = engine.name
+            info = {"engine": engine.name, "positions_without_engine_answer": len(idx) - len(everything)}
     else:
         if tc.accept != "best" or tc.blunder_rule != "loss" or tc.require == "monotone_blunder":
             raise ConfigError(f"transitional.accept, blunder_rule and require=monotone_blunder read the engine's lines: "
                               f"they need transitional.oracle=engine (this run's oracle is {oracle})")
-        everything = build_transitional(model, store, idx, oracle=oracle, **kw)
+        everything, info = build_transitional(model, store, idx, oracle=oracle, **kw), {}
     bar.close()
-    rows = required(everything, tc.require)
-    if not rows:
-        raise ConfigError(f"transitional.require={tc.require}: none of the {len(everything)} positions qualifies "
-                          "(more positions, or another rule)")
-    if seed_tp is not None:
-        # the seed data writes "never" as 10 (so a transition exactly at the top bucket reads as never)
-        seed_tp = [NEVER if int(t) >= NUM_BUCKETS - 1 else int(t) for t in seed_tp]
-        for r, t in zip(everything, seed_tp):
-            r["seed_transition_point"] = t
-        seed_tp = [r["seed_transition_point"] for r in rows]
-    atomic_write_csv(run_dir / TRANSITIONAL_CSV, flat_rows(rows))
-    if tc.require != "none":  # every position with its evidence, for the dataset's statistics and other rules
-        atomic_write_csv(run_dir / ALL_POSITIONS_CSV, flat_rows(everything))
+    return everything, oracle, info
 
-    tps = np.array([r["transition_point"] for r in rows])
-    correct = np.stack([r["accuracy_by_bucket"] for r in rows])
-    acc = correct.mean(0)
+
+def _with_seed_points(everything: list[dict], rows: list[dict], seed_tp):
+    """The seed study's transition points, on every position and as a list over `rows` (None without)."""
+    if seed_tp is None:
+        return None
+    # the seed data writes "never" as 10 (so a transition exactly at the top bucket reads as never)
+    for r, t in zip(everything, seed_tp):
+        r["seed_transition_point"] = NEVER if int(t) >= NUM_BUCKETS - 1 else int(t)
+    return [r["seed_transition_point"] for r in rows]
+
+
+def _summary(cfg, model, rows, everything, oracle, tps, correct, engine_info: dict) -> dict:
+    tc = cfg.transitional
     trans = np.array([r["transitional"] for r in rows])
     stats = skill_stats(correct, [r["game_id"] for r in rows], seed=cfg.seed)
-    summary = {"model": model.name, "positions": len(rows), "oracle": oracle,
-               **({"engine": engine_name, "positions_without_engine_answer": len(idx) - len(everything)}
-                  if oracle == "engine" else {}),
+    summary = {"model": model.name, "positions": len(rows), "oracle": oracle, **engine_info,
                "transitional": int(trans.sum()),
                "never": int((tps == NEVER).sum()), "always": int((tps == 0).sum()),
                "non_monotone": int(sum(not r["monotone"] for r in rows)),
@@ -138,20 +189,10 @@ def run(cfg, run_dir: Path) -> dict:
                **{f"seed_terms/{k}": v for k, v in seed_terms(everything, tc.blunder_cp).items()}, **stats}
     for s in ("train", "val", "test"):
         summary[f"transitional_{s}"] = int(sum(r["transitional"] and r["split"] == s for r in rows))
-    series = {"this model": tps.tolist()}
-    if seed_tp is not None:
-        series["seed study (official Maia-2)"] = seed_tp
-        summary["agreement_with_seed_transition_point"] = float(np.mean(tps == np.array(seed_tp)))
-    hist = transition_histogram(series, run_dir / "transition_points.png", f"transition points ({len(rows)} positions, oracle {oracle})")
-    curve = bar_by_bucket({"correct move": acc.tolist()}, run_dir / "accuracy_by_bucket.png",
-                          "fraction of positions where the model plays the correct move", ylabel="accuracy")
-    tracker = Tracker(cfg, run_dir, job_type="transitional")
-    try:
-        tracker.log_image("transitional/transition_points", hist)
-        tracker.log_image("transitional/accuracy_by_bucket", curve)
-        tracker.summary(summary)
-    finally:
-        tracker.finish()
+    return summary
+
+
+def _report(model, tc, oracle, summary, rows, acc, tps) -> str:
     lines = [f"# Transitional positions ({model.name})", "", f"{len(rows)} positions, oracle `{oracle}`: {summary['transitional']} "
              f"transitional (wrong at low skill, right from a bucket up), {summary['always']} right at every bucket, "
              f"{summary['never']} never right, {summary['non_monotone']} non-monotone, {summary['blunders']} blunders "
@@ -162,6 +203,35 @@ def run(cfg, run_dir: Path) -> dict:
     for k in range(NUM_BUCKETS):
         lo, hi = summary[f"accuracy_bucket_{k}_ci95"]
         lines.append(f"| {bucket_label(model, k)} | {acc[k]:.3f} [{lo:.3f}, {hi:.3f}] | {int((tps == k).sum())} |")
-    atomic_write_text(run_dir / "results.md", "\n".join(lines) + "\n")
-    atomic_write_json(run_dir / "results.json", summary)
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg, frame) -> dict:
+    run_dir, tc = frame.dir, cfg.transitional
+    model = skill_model(cfg, "transitional")
+    store, idx, accepted, seed_tp = _position_set(cfg, run_dir)
+    everything, oracle, engine_info = _search(cfg, model, store, idx, accepted)
+    rows = required(everything, tc.require)
+    if not rows:
+        raise ConfigError(f"transitional.require={tc.require}: none of the {len(everything)} positions qualifies "
+                          "(more positions, or another rule)")
+    seed_tp = _with_seed_points(everything, rows, seed_tp)
+    atomic_write_csv(run_dir / TRANSITIONAL_CSV, flat_rows(rows))
+    if tc.require != "none":  # every position with its evidence, for the dataset's statistics and other rules
+        atomic_write_csv(run_dir / ALL_POSITIONS_CSV, flat_rows(everything))
+    tps = np.array([r["transition_point"] for r in rows])
+    correct = np.stack([r["accuracy_by_bucket"] for r in rows])
+    acc = correct.mean(0)
+    summary = _summary(cfg, model, rows, everything, oracle, tps, correct, engine_info)
+    series = {"this model": tps.tolist()}
+    if seed_tp is not None:
+        series["seed study (official Maia-2)"] = seed_tp
+        summary["agreement_with_seed_transition_point"] = float(np.mean(tps == np.array(seed_tp)))
+    hist = transition_histogram(series, run_dir / "transition_points.png", f"transition points ({len(rows)} positions, oracle {oracle})")
+    curve = bar_by_bucket({"correct move": acc.tolist()}, run_dir / "accuracy_by_bucket.png",
+                          "fraction of positions where the model plays the correct move", ylabel="accuracy")
+    tracker = frame.tracker()
+    tracker.log_image("transitional/transition_points", hist)
+    tracker.log_image("transitional/accuracy_by_bucket", curve)
+    frame.report(_report(model, tc, oracle, summary, rows, acc, tps), summary)
     return summary

@@ -18,36 +18,6 @@ from ..runtime import distributed
 from ..encoding import NUM_BUCKETS
 from ..errors import MaiaAdaptError
 
-# The study's three SAE sites. Its "residual" hook was registered on the FeedForward module, so it
-# read the FFN output (hook_mlp_out), not the residual stream; `resid_post` offers the true stream.
-STUDY_SITES = {
-    "residual": "blocks.{layer}.hook_mlp_out",
-    "attention": "blocks.{layer}.hook_attn_heads",
-    "mlp": "blocks.{layer}.hook_mlp_out",
-    "resid_post": "blocks.{layer}.hook_resid_post",
-}
-
-
-def site_name(site: str, layer: int | None = None) -> str:
-    """A hook name from a full name or a study preset (`residual`, `attention`, `mlp`, `resid_post`)."""
-    if site in STUDY_SITES:
-        if layer is None:
-            raise MaiaAdaptError(f"site preset '{site}' needs a layer (e.g. layer=1)")
-        return STUDY_SITES[site].format(layer=layer)
-    return site
-
-
-def site_dim(model, name: str) -> int:
-    cfg = model.cfg
-    if name == "hook_cnn_out":
-        return 64
-    if name.endswith(("hook_attn_heads", "hook_elo_q")):
-        return cfg.heads * cfg.dim_head
-    if name.endswith("hook_pattern"):
-        return cfg.heads * cfg.vit_length
-    return cfg.dim_vit
-
-
 def pool(x: torch.Tensor, pooling: str) -> torch.Tensor:
     """[B, T, ...] -> [B, F] (mean) or [B*T, F] (none); 2-D inputs (hook_final) pass through."""
     if x.dim() == 2:
@@ -79,7 +49,7 @@ def _numbered_batches(model, store, indices, sites, batch_size=256, elo="data", 
                       device="cpu", shard: bool = False) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
     """(batch number, {site: [n, features]}); with shard, only this rank's batches of a DDP run.
     Random Elo draws depend on (seed, batch number) alone, so sharding does not change them."""
-    from ..model.skill import as_skill_model
+    from .skill import as_skill_model
 
     model = as_skill_model(model)
     for s in sites:
