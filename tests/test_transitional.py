@@ -252,3 +252,41 @@ def test_engine_answers_are_kept_on_disk_and_two_engines_give_the_same_answers(t
         again.depth = 7  # another limit is another answer: a search, which finds no engine
         with pytest.raises(AttributeError):
             again.lines(chess.Board(fens[0]), 3)
+
+
+def test_shipped_answers_stand_in_for_a_missing_engine_and_a_position_without_one_is_left_out(model, tmp_path):
+    import zstandard
+
+    from maia_adapt.analysis.transitional import NoEngineAnswer
+
+    # White in check with one legal move (Kxe2), after which only the kings are left: no search is
+    # needed after the bottom bucket's move, whichever it is
+    only = "4k3/8/8/8/8/8/4q3/4K3 w - - 0 1"
+    key = lambda fen: f"Stockfish 15.1|depth=8|time=None|nodes=None|multipv=1|{fen}"
+    shipped = tmp_path / "answers.jsonl.zst"
+    shipped.write_bytes(zstandard.ZstdCompressor().compress((json.dumps([key(only), [["e1e2", 0]]]) + "\n").encode()))
+    before = shipped.read_bytes()
+    with EngineOracle(None, depth=8, shipped=(shipped,)) as eng:
+        assert eng.name == "Stockfish 15.1" and eng.lines(chess.Board(only)) == [("e1e2", 0)]
+        with pytest.raises(NoEngineAnswer):
+            eng.lines(chess.Board())
+        store = store_from_fens([chess.STARTING_FEN, only], tmp_path / "s", 5, 5)
+        rows = build_transitional(model, store, np.arange(2), oracle="engine", engine=eng)
+    assert [r["fen"] for r in rows] == [only] and rows[0]["correct"] == ["e1e2"]
+    assert rows[0]["accuracy_by_bucket"].tolist() == [True] * 11
+    # answers only, but from two engines: which one stands in is not guessed
+    two = tmp_path / "two.jsonl"
+    two.write_text(json.dumps([key(only), [["e1e2", 0]]]) + "\n" + json.dumps([key(only).replace("15.1", "16"), [["e1e2", 0]]]) + "\n")
+    with pytest.raises(Exception, match="from 2 engines"):
+        EngineOracle(None, depth=8, shipped=(two,)).__enter__()
+    assert shipped.read_bytes() == before  # a shipped file is read, never written
+
+
+def test_the_shipped_engine_answers_are_stockfish_depth_8_on_the_embedded_games():
+    from maia_adapt.analysis.transitional import EngineCache
+
+    kept = EngineCache(None, [ASSETS / "engine_answers_lichess_5k.jsonl.zst"])
+    assert kept.engines() == {"Stockfish 15.1"} and len(kept.answers) > 1000
+    for k, lines in list(kept.answers.items())[:50]:
+        assert "|depth=8|" in k and chess.Board(k.rsplit("|", 1)[1]).is_valid()
+        assert chess.Move.from_uci(lines[0][0]) in chess.Board(k.rsplit("|", 1)[1]).legal_moves
