@@ -171,16 +171,16 @@ def headline(runs: dict[str, Path]) -> list[dict]:
     rows = []
     if "transitional" in runs:
         rows.append(("does behaviour depend on skill?", "Stockfish's move, top minus bottom bucket",
-                     _get(runs["transitional"], "skill_gain")))
+                     _get(runs["transitional"], "skill_gain"), "transitional"))
     if "circuits" in runs:
         rows.append(("where does the skill dependence enter?",
                      "share of KL(top bucket || bottom bucket) closed by block 0's attention output from the top bucket",
-                     _get(runs["circuits"], "skill_kl_closed_attn0")))
+                     _get(runs["circuits"], "skill_kl_closed_attn0"), "circuits"))
     probe = runs["probe"] / "results.json" if "probe" in runs else None
     if probe is not None and probe.is_file():
         for site, res in json.loads(probe.read_text())["sites"].items():
             rows.append(("is awareness flat across skill?", f"probe AUC, top minus bottom bucket ({site})",
-                         (res.get("auc_gain_top_minus_bottom"), res.get("auc_gain_top_minus_bottom_ci95"))))
+                         (res.get("auc_gain_top_minus_bottom"), res.get("auc_gain_top_minus_bottom_ci95")), "probe"))
     strong, weak = (f"maia-{M1_NETWORKS[1]}", f"maia-{M1_NETWORKS[0]}")
     for step, what in (("threats_elo10", ">= 2000 minus < 1100"), (f"threats_{M1_NETWORKS[1]}", f"{strong} minus {weak}")):
         res_path = runs[step] / "results.json" if step in runs else None
@@ -191,29 +191,55 @@ def headline(runs: dict[str, Path]) -> list[dict]:
             if c:
                 rows.append(("do the weak settings represent threats?",
                              f"best feature AUC on threat squares, {what} ({site.split(' ')[0]})",
-                             (c["auc_difference"], c["auc_difference_ci95"])))
+                             (c["auc_difference"], c["auc_difference_ci95"]), step))
     for step, what in (("finetune_head", "policy head"), ("finetune_all", "all parameters, lr 3e-5")):
         if step in runs:
             rows.append(("does fine-tuning move the transition points?", f"mean shift ({what})",
-                         _get(runs[step], "mean_shift")))
+                         _get(runs[step], "mean_shift"), step))
     for step, what in (("intervention_steering", "steering vector"), ("intervention_probe", "probe direction"),
                        ("intervention_sae", "SAE features"),
                        ("intervention_elo_heads", "reference: block 0's skill heads given the top bucket's Elo"),
                        *((f"intervention_sae_{r}", f"SAE features, maia-{r}") for r in M1_NETWORKS)):
         if step in runs:
             rows.append(("does the intervention make them act?", f"correct-move accuracy minus control ({what})",
-                         _get(runs[step], "effect_minus_control")))
-    return [{"question": q, "measurement": m, "value": v, "ci95": ci, "text": _fmt(v, ci)} for q, m, (v, ci) in rows]
+                         _get(runs[step], "effect_minus_control"), step))
+    return [{"question": q, "measurement": m, "value": v, "ci95": ci, "text": _fmt(v, ci), "reading": _reading(v, ci),
+             "n": _sample_size(runs[step])} for q, m, (v, ci), step in rows]
 
 
-def write_headline(model_id: str, runs: dict[str, Path], out_dir: Path) -> Path:
+def _reading(value, ci) -> str:
+    """Which side of zero the interval puts the number (a mechanical reading, not a conclusion)."""
+    if value is None or not ci:
+        return "-"
+    return "above 0" if ci[0] > 0 else "below 0" if ci[1] < 0 else "0 inside the interval"
+
+
+def _sample_size(run_dir: Path):
+    """The positions behind a step's number: the rows it was judged on (test rows where it has them)."""
+    for key in ("test_positions", "scored_rows", "positions"):
+        value, _ = _get(run_dir, key)
+        if value is not None:
+            return value
+    return None
+
+
+QUICK_NOTE = ("**The quick study**: 2,000 embedded lichess games, a few hundred positions per step, a small SAE "
+              "trained for a few hundred steps. It shows every step of the study working on real games; with samples "
+              "this small an interval that holds 0 says little (a real effect of a few points would often not show), "
+              "and its numbers are not the study's. `python -m maia_adapt.study` runs the full study on ../shared "
+              "(docs/study.md).", "")
+
+
+def write_headline(model_id: str, runs: dict[str, Path], out_dir: Path, quick: bool = False) -> Path:
     rows = headline(runs)
-    lines = [f"# The study on {model_id}", "", ("Each number from the run directory of its step (95% intervals); "
-             "experiments/README.md has the same table for every subject, with what the numbers say."), "",
-             "| question | measurement | value |", "|---|---|---|"]
-    lines += [f"| {r['question']} | {r['measurement']} | {r['text']} |" for r in rows]
+    lines = [f"# The study on {model_id}" + (" (quick)" if quick else ""), "", *(QUICK_NOTE if quick else ()),
+             ("Each number from the run directory of its step, with its 95% interval; n: the positions it was judged "
+              "on. experiments/README.md has the full study's table for every subject, with what the numbers say."), "",
+             "| question | measurement | value [95% CI] | reading | n |", "|---|---|---|---|---|"]
+    lines += [f"| {r['question']} | {r['measurement']} | {r['text']} | {r['reading']} | {r['n'] if r['n'] is not None else '-'} |"
+              for r in rows]
     lines += ["", "Run directories:", ""] + [f"- {name}: `{path}`" for name, path in runs.items()]
-    atomic_write_json(out_dir / "headline.json", {"model": model_id, "rows": rows, "runs": {k: str(v) for k, v in runs.items()}})
+    atomic_write_json(out_dir / "headline.json", {"model": model_id, "quick": quick, "rows": rows, "runs": {k: str(v) for k, v in runs.items()}})
     return atomic_write_text(out_dir / "headline.md", "\n".join(lines) + "\n")
 
 
@@ -253,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"error: {config_error_line(e)}", file=sys.stderr)
         return 2
-    runs = {}
+    runs, started = {}, time.monotonic()
     for i, (step, args, run_dir) in enumerate(steps, 1):
         cmd = [sys.executable, "-m", "maia_adapt.run", *args]
         runs[step.name] = run_dir
@@ -274,9 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.dry_run:
         return 0
     outputs = Path(steps[0][2]).parents[2]  # <paths.outputs>/<stage>/<preset>/<model id>
-    md = write_headline(model_id, runs, outputs / "study" / model_id)
+    md = write_headline(model_id, runs, outputs / "study" / model_id, quick=a.quick)
     print(md.read_text())
-    print(f"headline: {md}")
+    print(f"headline: {md} ({time.monotonic() - started:.0f} s, {_children_cpu():.0f} CPU-s of steps)")
     return 0
 
 
