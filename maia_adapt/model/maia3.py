@@ -324,8 +324,8 @@ def _guess_size(state: dict) -> str | None:
 def load_maia3(path, config: Maia3Config | None = None, size: str | None = None, device="cpu") -> Maia3:
     """A Maia-3 from a maia3-runtime checkpoint (.pt, `model_state_dict` or a bare state dict; older
     `smolgen` key names are read as `gab`) or a safetensors file written by save_maia3 (which
-    records its config). The architecture: `config`, else `size` (3m | 5m | 23m | 79m), else the
-    file's record. A key that is unknown, missing or of another shape is one CheckpointError."""
+    records its config). The architecture: `config`, else the file's record, else `size` (3m | 5m |
+    23m | 79m), which must agree with a record. A key that is unknown, missing or of another shape is one CheckpointError."""
     path = Path(path)
     if path.is_dir():
         from ..layout import MODEL_FILE
@@ -336,7 +336,10 @@ def load_maia3(path, config: Maia3Config | None = None, size: str | None = None,
                               "file written by maia-adapt")
     state, recorded = _read(path)
     state = {k.replace("smolgen", "gab"): v for k, v in state.items()}
-    cfg = config or (size_config(size) if size else recorded)
+    if recorded is not None and size and config is None and size_config(size) != recorded:
+        raise CheckpointError(f"{path} records a Maia-3 of another shape than model.size={size} ({recorded}): "
+                              "drop model.size (the file's own record is used)")
+    cfg = config or recorded or (size_config(size) if size else None)
     if cfg is None:
         raise CheckpointError(f"{path}: a .pt file does not record its Maia-3 size: give model.size "
                               f"({', '.join(SIZES)})")
