@@ -11,6 +11,12 @@ MAIA2_ONLY = {
     "transcoder": "Maia-1 is a convolutional network with no transformer FFN (MLP) to transcode",
     "circuits": "circuits are built from transcoders of Maia-2's transformer FFNs, and Maia-1 has none",
 }
+# why each stage that reads a Maia-2 only does not take model=maia3 yet
+MAIA3_NOT_YET = {
+    "transcoder": "its spliced evaluation calls Maia-2's forward pass directly (Maia-3's FFNs could be transcoded; "
+                  "not wired yet, see docs/maia3.md)",
+    "circuits": "circuits are built on Maia-2's Elo-query attention and its transcoders (see docs/maia3.md)",
+}
 
 
 def frozen_model(cfg, stage: str):
@@ -20,6 +26,8 @@ def frozen_model(cfg, stage: str):
     if str(cfg.model.name) == "maia1":
         raise ConfigError(f"stage={stage} does not take model=maia1: {MAIA2_ONLY.get(stage, 'it reads Maia-2 only')} "
                           "(see docs/stages.md, 'Which stages take Maia-1')")
+    if str(cfg.model.name) == "maia3":
+        raise ConfigError(f"stage={stage} does not take model=maia3: {MAIA3_NOT_YET.get(stage, 'it reads Maia-2 only')}")
     if not cfg.model.checkpoint:
         raise ConfigError(f"stage={stage} needs a trained model: set model.checkpoint (a .pt/.safetensors file or run directory)")
     model = load_model(cfg.model.checkpoint, attention=(cfg.model.heads, cfg.model.dim_head)).eval()
@@ -30,9 +38,12 @@ def frozen_model(cfg, stage: str):
 
 
 def skill_model(cfg, stage: str, device="cpu"):
-    """The frozen SkillModel of `cfg.model`: a Maia-2 checkpoint or the Maia-1 family (model=maia1)."""
+    """The frozen SkillModel of `cfg.model`: a Maia-2 or Maia-3 checkpoint or the Maia-1 family (model=maia1)."""
     from ..model.skill import load_skill_model
 
+    if str(cfg.model.name) == "maia3" and not cfg.model.checkpoint:
+        raise ConfigError(f"stage={stage} needs a trained model: set model.checkpoint (a maia3-runtime .pt file with "
+                          "model.size, or a .safetensors file / run directory written by maia-adapt)")
     if str(cfg.model.name) != "maia1" and not cfg.model.checkpoint:
         raise ConfigError(f"stage={stage} needs a trained model: set model.checkpoint (a .pt/.safetensors file or run "
                           "directory), or model=maia1 for the Maia-1 family")
