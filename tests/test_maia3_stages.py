@@ -168,11 +168,26 @@ def test_stages_transitional_finetune_intervention(tiny, tmp_path):
     assert [g["strength"] for g in iv["grid"]] == [None, 1.0, 4.0] and len(iv["per_bucket_settings"]) == NUM_BUCKETS
 
 
-@pytest.mark.parametrize("stage,words", [("transcoder", "does not take model=maia3"), ("circuits", "does not take model=maia3")])
-def test_stages_that_do_not_take_maia3_say_why(tiny, tmp_path, stage, words):
+@pytest.mark.slow
+def test_stage_transcoder(tiny, tmp_path):
     _, base = tiny
-    r = run_app([f"stage={stage}", *base], run_dir=tmp_path / "run", timeout=300)
-    assert r.returncode != 0 and words in error_line(r)
+    r = run_app(["stage=transcoder", *base, "transcoder.layers=[1]", "transcoder.steps=30", "transcoder.dim=64",
+                 "transcoder.k=8", "transcoder.batch_size=256", "transcoder.chunk_positions=256",
+                 "transcoder.cache_positions=256", "transcoder.eval_positions=40", "transcoder.grid_positions=2"],
+                run_dir=tmp_path / "tc", env=ONE_THREAD)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "tc" / "results.json").read_text())["layers"]["layer_1"]
+    assert res["l0"] <= 8 + 1e-6 and np.array(res["grid_agreement"]).shape == (NUM_BUCKETS, NUM_BUCKETS)
+    cfg = json.loads((tmp_path / "tc" / "transcoders" / "layer_1" / "cfg.json").read_text())
+    assert cfg["hook_name"] == "blocks.1.hook_mlp_in" and cfg["d_in"] == TINY.dim_vit
+    r = run_app(["stage=transcoder", *base, "transcoder.layers=[2]"], run_dir=tmp_path / "bad", timeout=300)
+    assert r.returncode != 0 and "transcoder layer 2: the model has blocks 0..1" in error_line(r)
+
+
+def test_circuits_does_not_take_maia3_and_says_why(tiny, tmp_path):
+    _, base = tiny
+    r = run_app(["stage=circuits", *base], run_dir=tmp_path / "run", timeout=300)
+    assert r.returncode != 0 and "does not take model=maia3: circuits are built on Maia-2's" in error_line(r)
 
 
 def test_a_pt_checkpoint_needs_its_size(tmp_path):

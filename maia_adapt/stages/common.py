@@ -13,8 +13,6 @@ MAIA2_ONLY = {
 }
 # why each stage that reads a Maia-2 only does not take model=maia3 yet
 MAIA3_NOT_YET = {
-    "transcoder": "its spliced evaluation calls Maia-2's forward pass directly (Maia-3's FFNs could be transcoded; "
-                  "not wired yet, see docs/maia3.md)",
     "circuits": "circuits are built on Maia-2's Elo-query attention and its transcoders (see docs/maia3.md)",
 }
 

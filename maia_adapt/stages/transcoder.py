@@ -5,6 +5,7 @@ from one forward pass over cached activations; saved as transcoders/layer_<l>/{s
 cfg.json}. Evaluation: FVU, L0, dead fraction on test tokens; the transcoder spliced in place of the
 FFN against the model and against a zero-ablated FFN (top-1 agreement, policy KL); the agreement on
 the 11 x 11 (own, opponent) Elo grid and the win-probability correlation with a QQ plot.
+`model=maia3` transcodes Maia-3's FFNs (its blocks are post-norm: hook_mlp_in is the normed residual).
 transcoder.select=spliced_accuracy keeps, per layer, the weights of the best spliced move accuracy
 (scored every transcoder.select_every steps), as the seed study chose its checkpoint.
 """
@@ -31,7 +32,7 @@ from ..reporting.plots import elo_grid_heatmap, qq_plot
 from ..runtime.resume import mark_done
 from ..model.training import resolve_device
 from ..runtime.tracking import Tracker
-from .common import frozen_model
+from .common import frozen_model, skill_model
 from ..model.hooks import block_hook
 
 
@@ -47,10 +48,15 @@ def run(cfg, run_dir: Path) -> dict:
     tc = cfg.transcoder
     layers = list(tc.layers) if tc.layers else [cfg.layer]
     device = resolve_device(tc.device)
-    model = frozen_model(cfg, "transcoder").to(device)
+    if str(cfg.model.name) == "maia3":  # its FFNs have the same two sites; the evaluation reads any SkillModel
+        model = skill_model(cfg, "transcoder", device=device)
+        blocks, width = model.model.cfg.num_blocks, model.model.cfg.dim_vit
+    else:
+        model = frozen_model(cfg, "transcoder").to(device)
+        blocks, width = model.cfg.num_blocks_vit, model.cfg.dim_vit
     for l in layers:
-        if not 0 <= l < model.cfg.num_blocks_vit:
-            raise ConfigError(f"transcoder layer {l}: the model has blocks 0..{model.cfg.num_blocks_vit - 1}")
+        if not 0 <= l < blocks:
+            raise ConfigError(f"transcoder layer {l}: the model has blocks 0..{blocks - 1}")
     sites = [s for l in layers for s in (block_hook(l, "hook_mlp_in"), block_hook(l, "hook_mlp_out"))]
     store = distributed.main_first(lambda: open_or_build_store(cfg.data, cfg.paths.cache_dir))
     train_idx, test_idx = store.split_indices("train"), store.split_indices("test")
@@ -68,7 +74,7 @@ def run(cfg, run_dir: Path) -> dict:
 
     dicts = {}
     for l in layers:
-        t = Transcoder(_config(tc, l, model.cfg.dim_vit))
+        t = Transcoder(_config(tc, l, width))
         t.init_from_data(cache[block_hook(l, "hook_mlp_in")][:65536], cache[block_hook(l, "hook_mlp_out")][:65536])
         dicts[f"layer_{l}"] = (t, block_hook(l, "hook_mlp_in"))
     trainer = DictionaryTrainer(dicts, tc.steps, tc.batch_size, device=device, bf16=tc.bf16, compile=tc.compile)
@@ -99,7 +105,7 @@ def run(cfg, run_dir: Path) -> dict:
             return {}
         if calibrate:  # the run's transcoders are the best-scoring ones, not the last step's
             selected = BestKeeper(run_dir / "best", trainer).restore()
-        model.cpu()  # the evaluation below runs on the CPU
+        model.to("cpu")  # the evaluation below runs on the CPU
         device = torch.device("cpu")
         for t, _ in dicts.values():
             t.cpu()
