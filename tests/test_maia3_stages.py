@@ -184,10 +184,12 @@ def test_stage_transcoder(tiny, tmp_path):
     assert r.returncode != 0 and "transcoder layer 2: the model has blocks 0..1" in error_line(r)
 
 
-def test_circuits_does_not_take_maia3_and_says_why(tiny, tmp_path):
+@pytest.mark.parametrize("stage,why", [("circuits", "circuits are built on Maia-2's"), ("train", "it trains a Maia-2")])
+def test_stages_that_do_not_take_maia3_say_why(tiny, tmp_path, stage, why):
     _, base = tiny
-    r = run_app(["stage=circuits", *base], run_dir=tmp_path / "run", timeout=300)
-    assert r.returncode != 0 and "does not take model=maia3: circuits are built on Maia-2's" in error_line(r)
+    r = run_app([f"stage={stage}", *[a for a in base if not a.startswith("model.checkpoint")]], run_dir=tmp_path / "run",
+                timeout=300)
+    assert r.returncode != 0 and f"does not take model=maia3: {why}" in error_line(r)
 
 
 def test_a_pt_checkpoint_needs_its_size(tmp_path):

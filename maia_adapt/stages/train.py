@@ -28,6 +28,9 @@ from ..runtime.tracking import Tracker
 
 def run(cfg, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
+    if str(cfg.model.name) == "maia3":  # not a Maia-2 config: training would build a Maia-2 under its name
+        raise ConfigError("stage=train does not take model=maia3: it trains a Maia-2 (model=maia2_small, or the model.* "
+                          "shape keys); Maia-3 checkpoints are trained with the maia3 package's own code")
     # under torchrun rank 0 builds the position store (if it is not cached) while the others wait
     store = distributed.main_first(lambda: open_or_build_store(cfg.data, cfg.paths.cache_dir))
     if cfg.train.init_from_checkpoint:
