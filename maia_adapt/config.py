@@ -489,6 +489,9 @@ class EvaluateConfig:
     n_boot: int = 1000  # paired bootstrap resamples of games for every 95% interval
     batch_size: int = 512
     device: str = "auto"  # auto | cpu | cuda
+    # model=maia3 only (a continuous Elo): also sweep these ratings (rating_sweep.csv: top-1 per player
+    # bucket at each); null: the 11 buckets' skill matrix only
+    ratings: Optional[list[float]] = None
 
 
 @dataclass
@@ -717,6 +720,12 @@ def validate(cfg) -> None:
             bad("model.size", cfg.model.size, "null unless model=maia3 (a Maia-2's shape is its own model.* keys)")
         if str(cfg.model.size).lower() not in SIZES:
             bad("model.size", cfg.model.size, "a published Maia-3 size: " + ", ".join(SIZES))
+    if cfg.evaluate.ratings is not None:
+        if cfg.model.name != "maia3":
+            bad("evaluate.ratings", list(cfg.evaluate.ratings), "null unless model=maia3 (the other families take Elo "
+                "buckets only)")
+        if not cfg.evaluate.ratings or not all(0 <= r <= 5000 for r in cfg.evaluate.ratings):
+            bad("evaluate.ratings", list(cfg.evaluate.ratings), "a non-empty list of ratings 0..5000 (Maia-3 clamps to it)")
     if cfg.train.teacher not in (None, "maia1"):
         bad("train.teacher", cfg.train.teacher, "null or maia1")
     if not 1 <= cfg.train.teacher_buckets <= 11:

@@ -82,12 +82,24 @@ def test_a_fine_tuned_file_reads_back(tmp_path):
 @pytest.mark.slow
 def test_stage_evaluate(tiny, tmp_path):
     _, base = tiny
-    r = run_app(["stage=evaluate", *base, "evaluate.positions=200", "evaluate.n_boot=20"], run_dir=tmp_path / "run")
+    r = run_app(["stage=evaluate", *base, "evaluate.positions=200", "evaluate.n_boot=20",
+                 "evaluate.ratings=[1000,1234.5,2100,3000]"], run_dir=tmp_path / "run")
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["model"] == "maia3" and s["positions"] > 0 and 0 <= s["top1"] <= 1
-    header = (tmp_path / "run" / "skill_matrix.csv").read_text().splitlines()[0].split(",")
-    assert header[2:] == [f"Elo {r}" for r in BUCKET_RATINGS]
+    import csv
+
+    matrix = list(csv.DictReader(open(tmp_path / "run" / "skill_matrix.csv")))
+    assert list(matrix[0])[2:] == [f"Elo {r}" for r in BUCKET_RATINGS]
+    # the rating sweep, on the same positions: at a bucket's own rating it is the skill matrix's column
+    sweep = list(csv.DictReader(open(tmp_path / "run" / "rating_sweep.csv")))
+    assert list(sweep[0])[2:] == ["Elo 1000", "Elo 1234.5", "Elo 2100", "Elo 3000", "best_rating"]
+    for m, w in zip(matrix, sweep):
+        assert m["player_bucket"] == w["player_bucket"] and m["positions"] == w["positions"]
+        for col in ("Elo 1000", "Elo 2100"):
+            assert m[col] == w[col]
+    res = json.loads((tmp_path / "run" / "rating_sweep.json").read_text())
+    assert res["ratings"] == [1000, 1234.5, 2100, 3000] and len(res["top1"]) == 4 and sum(res["counts"]) == s["positions"]
 
 
 @pytest.mark.slow
@@ -190,6 +202,11 @@ def test_stages_that_do_not_take_maia3_say_why(tiny, tmp_path, stage, why):
     r = run_app([f"stage={stage}", *[a for a in base if not a.startswith("model.checkpoint")]], run_dir=tmp_path / "run",
                 timeout=300)
     assert r.returncode != 0 and f"does not take model=maia3: {why}" in error_line(r)
+
+
+def test_ratings_need_maia3(tmp_path):
+    r = run_app(["stage=evaluate", "evaluate.ratings=[1500]"], run_dir=tmp_path / "run", timeout=300)
+    assert r.returncode != 0 and "evaluate.ratings=[1500.0]: expected null unless model=maia3" in error_line(r)
 
 
 def test_a_pt_checkpoint_needs_its_size(tmp_path):

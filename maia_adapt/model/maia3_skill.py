@@ -105,13 +105,20 @@ class Maia3Skill:
     def policy_logits_by_condition(self, inputs, conditions, hooks=None):
         """hooks: a list of fwd_hooks per condition (any site: only the board's term of the token
         projection, which no site sees, is shared between conditions)."""
+        n = inputs["tokens"].size(0)
+        pairs = [(self._ratings(es, n), self._ratings(eo, n)) for es, eo in conditions]
+        return self.policy_logits_by_rating(inputs, pairs, hooks)
+
+    def policy_logits_by_rating(self, inputs, pairs, hooks=None):
+        """[B, 1880] logits under each (self rating, opponent rating) of `pairs` in turn, each a number
+        or a tensor [B] of ratings (any real number, not only the buckets' 11): the continuous Elo."""
         tokens = inputs["tokens"].to(self.device)
         n = tokens.size(0)
         board = self.model.board_term(tokens)  # the Elo enters after it: one pass serves every condition
-        for i, (elo_self, elo_oppo) in enumerate(conditions):
+        for i, (rs, ro) in enumerate(pairs):
+            rs, ro = (torch.as_tensor(r, dtype=torch.float32, device=self.device).expand(n) for r in (rs, ro))
             with self.model.hooks(hooks[i] if hooks else ()):
-                x = self.model.encode(tokens, self._ratings(elo_self, n), self._ratings(elo_oppo, n), board_term=board)
-                yield self.to_maia2(self.model.move_logits(x))
+                yield self.to_maia2(self.model.move_logits(self.model.encode(tokens, rs, ro, board_term=board)))
 
     def conditions(self) -> list[tuple[int, list[int]]]:
         return [(b, [b]) for b in self.buckets]
