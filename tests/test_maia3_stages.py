@@ -216,3 +216,24 @@ def test_a_pt_checkpoint_needs_its_size(tmp_path):
     r = run_app(["stage=evaluate", "model=maia3", "model.size=7m", f"model.checkpoint={tmp_path}/m.pt"],
                 run_dir=tmp_path / "run2", timeout=300)
     assert r.returncode != 0 and "model.size='7m': expected a published Maia-3 size: 3m, 5m, 23m, 79m" in error_line(r)
+
+
+def test_the_shipped_tiny_maia3_has_learnt_moves(store):
+    """maia3_tiny (experiments/maia3_tiny): through its preset's file, well above the same network
+    with random weights on the embedded self-play games, which it never saw."""
+    from omegaconf import OmegaConf
+
+    from maia_adapt.analysis.evaluation import own_bucket_accuracy
+    from maia_adapt.config import _model_preset
+    from maia_adapt.model.skill import load_skill_model
+
+    preset = OmegaConf.to_container(_model_preset("maia3_tiny"), resolve=False)
+    assert preset["name"] == "maia3" and preset["checkpoint"] == "${paths.assets}/maia3_tiny.safetensors"
+    trained = load_skill_model(OmegaConf.create({"name": "maia3", "size": None,
+                                                 "checkpoint": str(ASSETS / "maia3_tiny.safetensors")}))
+    torch.manual_seed(0)
+    untrained = Maia3Skill(Maia3(trained.model.cfg))
+    idx = np.arange(0, len(store), 3)[:300]
+    with torch.no_grad():
+        acc, base = (own_bucket_accuracy(m, store, idx)["accuracy"] for m in (trained, untrained))
+    assert acc > 0.12 and acc > base + 0.1, (acc, base)  # measured: 18% vs 4%
