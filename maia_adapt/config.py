@@ -80,6 +80,9 @@ class ModelConfig(Maia2Config):
     rating: Optional[int] = None
     # model=maia1 only: lc0 inputs carry the game's history (false: lc0's bare-FEN mode, position repeated)
     history: bool = True
+    # model=maia3 only: the published size of a maia3-runtime .pt checkpoint (3m | 5m | 23m | 79m), which
+    # such a file does not record; null for a .safetensors file written by maia-adapt (it records its own)
+    size: Optional[str] = None
 
 
 @dataclass
@@ -146,6 +149,13 @@ def validate(cfg) -> None:
         bad("model.rating", cfg.model.rating, "a Maia-1 band 1100, 1200, ..., 1900 or null")
     if cfg.model.rating is not None and cfg.model.name != "maia1":
         bad("model.rating", cfg.model.rating, "null unless model=maia1 (Maia-2 is conditioned by Elo buckets)")
+    if cfg.model.size is not None:
+        from .model.maia3 import SIZES
+
+        if cfg.model.name != "maia3":
+            bad("model.size", cfg.model.size, "null unless model=maia3 (a Maia-2's shape is its own model.* keys)")
+        if str(cfg.model.size).lower() not in SIZES:
+            bad("model.size", cfg.model.size, "a published Maia-3 size: " + ", ".join(SIZES))
     for m in _stage_modules().values():
         if hasattr(m, "check"):
             m.check(cfg)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..data.store import store_from_fens
 from ..encoding import NUM_BUCKETS
 from ..errors import ConfigError
-from ..model.skill import Maia2Skill, as_skill_model
+from ..model.skill import Maia1Family, Maia2Skill, as_skill_model
 from ..model.training import train_mode
 from .transitional import (NEVER, SEED_DROPPED, SEED_NEVER, correct_by_bucket, predictions_by_bucket,
                            transition_points)
@@ -36,12 +36,12 @@ def select_trainable(model, trainable: str, freeze_elo: bool = True) -> list[str
     sm = as_skill_model(model)
     presets = sm.trainable_presets()
     prefixes = presets.get(trainable, [p.strip() for p in trainable.split(",") if p.strip()])
-    per_network = not isinstance(sm, Maia2Skill)
+    per_network = isinstance(sm, Maia1Family)
     names = []
     for name, p in sm.module.named_parameters():
         local = name.split(".", 1)[1] if per_network else name
         on = any(local.startswith(pre) for pre in prefixes)
-        if freeze_elo and local.startswith("elo_embedding."):
+        if freeze_elo and local.startswith("elo_embedding"):  # Maia-3's: elo_embedding_low / _high
             on = False
         p.requires_grad_(on)
         if on:

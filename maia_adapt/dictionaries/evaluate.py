@@ -141,29 +141,39 @@ def evaluate_dictionary(model, store, indices, site: str, sae, pooling: str, den
     return m, freq
 
 
+def _policy_value(model, b, es, eo) -> tuple[torch.Tensor, torch.Tensor]:
+    """(policy logits in Maia-2's vocabulary, value in [-1, 1]) of a SkillModel from one forward pass."""
+    logits, value, _ = model.policy_value_with_cache(b, es, eo, names=[])
+    return logits, value
+
+
 @torch.no_grad()
 def agreement_grid(model, store, indices, hooks: list, batch_size: int = 256) -> dict:
     """Top-1 agreement between the clean and the hooked model for every (self, opponent) Elo bucket
-    pair [11, 11], plus both models' win probabilities over all pairs (for correlation and QQ plots)."""
+    pair [11, 11], plus both models' win probabilities over all pairs (for correlation and QQ plots).
+    `model`: a SkillModel or a bare Maia2."""
     from ..encoding import NUM_BUCKETS
     from ..model.inference import masked_probs
+    from ..model.skill import as_skill_model
 
-    model.eval()
+    model = as_skill_model(model)
+    model.module.eval()
     agree = torch.zeros(NUM_BUCKETS, NUM_BUCKETS)
     wins_clean, wins_hooked = [], []
     n = 0
     for s in range(0, len(indices), batch_size):
-        b = store.batch(np.sort(np.asarray(indices[s : s + batch_size])))
+        b = model.inputs(store, np.sort(np.asarray(indices[s : s + batch_size])))
         m = len(b["move"])
+        legal = b["legal"].to(model.device)
         for i in range(NUM_BUCKETS):
             for j in range(NUM_BUCKETS):
                 es, eo = torch.full((m,), i), torch.full((m,), j)
-                lc, _, vc = model(b["boards"], es, eo)
+                lc, vc = _policy_value(model, b, es, eo)
                 with model.hooks(hooks):
-                    lh, _, vh = model(b["boards"], es, eo)
-                agree[i, j] += (masked_probs(lc, b["legal"]).argmax(-1) == masked_probs(lh, b["legal"]).argmax(-1)).sum()
-                wins_clean.append((vc.float() / 2 + 0.5).clamp(0, 1))  # as in inference.predict
-                wins_hooked.append((vh.float() / 2 + 0.5).clamp(0, 1))
+                    lh, vh = _policy_value(model, b, es, eo)
+                agree[i, j] += (masked_probs(lc, legal).argmax(-1) == masked_probs(lh, legal).argmax(-1)).sum().cpu()
+                wins_clean.append((vc.float().cpu() / 2 + 0.5).clamp(0, 1))  # as in inference.predict
+                wins_hooked.append((vh.float().cpu() / 2 + 0.5).clamp(0, 1))
         n += m
     return {"agreement": agree / max(n, 1), "win_clean": torch.cat(wins_clean), "win_hooked": torch.cat(wins_hooked)}
 
@@ -172,15 +182,18 @@ def agreement_grid(model, store, indices, hooks: list, batch_size: int = 256) ->
 def transcoder_splice_metrics(model, store, idx, t, layer: int, batch_size: int = 256) -> dict:
     """Top-1 agreement and policy KL of the model with the transcoder in place of the FFN (data Elo)."""
     from ..model.inference import masked_probs
+    from ..model.skill import as_skill_model
     from .transcoder import splice_hooks
 
+    model = as_skill_model(model)
     agree, kl, n = 0.0, 0.0, 0
     for s in range(0, len(idx), batch_size):
-        b = store.batch(np.sort(idx[s : s + batch_size]))
-        lc, _, _ = model(b["boards"], b["elo_self"], b["elo_oppo"])
+        b = model.inputs(store, np.sort(idx[s : s + batch_size]))
+        legal = b["legal"].to(model.device)
+        lc = model.policy_logits(b, b["elo_self"], b["elo_oppo"])
         with model.hooks(splice_hooks(t, layer)):
-            lh, _, _ = model(b["boards"], b["elo_self"], b["elo_oppo"])
-        pc, ph = masked_probs(lc, b["legal"]), masked_probs(lh, b["legal"])
+            lh = model.policy_logits(b, b["elo_self"], b["elo_oppo"])
+        pc, ph = masked_probs(lc, legal), masked_probs(lh, legal)
         agree += float((pc.argmax(-1) == ph.argmax(-1)).sum())
         kl += float(F.kl_div(ph.clamp_min(1e-12).log(), pc, reduction="sum"))
         n += len(pc)
@@ -192,15 +205,17 @@ def spliced_move_accuracy(model, store, idx, t, layer: int, batch_size: int = 25
     """Top-1 accuracy against the recorded (human) move with transcoder `t` in place of block `layer`'s
     FFN, at the data's Elo: the seed study's checkpoint score (N train/transcoder_train.py:203-326,
     `evaluate_transcoder`), legal moves masked."""
+    from ..model.skill import as_skill_model
     from .transcoder import splice_hooks
 
+    model = as_skill_model(model)
     right, n = 0, 0
     for s in range(0, len(idx), batch_size):
-        b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in store.batch(np.sort(idx[s : s + batch_size])).items()}
+        b = model.inputs(store, np.sort(idx[s : s + batch_size]))
         with model.hooks(splice_hooks(t, layer)):
-            logits, _, _ = model(b["boards"], b["elo_self"], b["elo_oppo"])
-        pred = top_move(logits, b["legal"])
-        right += int((pred == b["move"]).sum())
+            logits = model.policy_logits(b, b["elo_self"], b["elo_oppo"])
+        pred = top_move(logits, b["legal"].to(logits.device))
+        right += int((pred.cpu() == b["move"]).sum())
         n += len(pred)
     return right / max(n, 1)
 

@@ -1,4 +1,4 @@
-"""One skill-conditioned model interface that Maia-2 and the Maia-1 family both satisfy.
+"""One skill-conditioned model interface that Maia-2, the Maia-1 family and Maia-3 satisfy.
 
 A stage that takes a `SkillModel` works with either: it asks the model for its inputs
 (`inputs(store, indices)` or `inputs_from_boards(boards)`), then for policy logits in Maia-2's
@@ -12,6 +12,8 @@ conditioning given per row as buckets 0..10.
   has no opponent input). A batch with mixed buckets routes each row to its network. With one
   network (`model.rating=1500`) every bucket uses it. `history=False` feeds lc0's bare-FEN input
   (the current position repeated in all 8 history slots) instead of the game's real history.
+- `Maia3Skill` (model/maia3_skill.py) wraps a `Maia3`, whose Elo is a continuous rating: bucket b
+  means the rating of its midpoint (0 -> 1000, 1..9 -> 1150..1950, 10 -> 2100).
 
 `conditions()` lists the distinct behaviours over the 11 buckets, so a caller that needs all 11
 (the skill matrix) runs each distinct network once: 11 passes for Maia-2, 9 for the family, 1 for
@@ -397,6 +399,12 @@ def save_skill_model(model, path, **metadata) -> Path:
     model = as_skill_model(model)
     if isinstance(model, Maia2Skill):
         return save_model(model.model, path, **metadata)
+    from .maia3_skill import Maia3Skill
+
+    if isinstance(model, Maia3Skill):  # model=maia3 model.checkpoint=<this file> reads it back
+        from .maia3 import save_maia3
+
+        return save_maia3(model.model, path, **metadata)
     net = next(iter(model.nets.values()))
     shapes = {"filters": net.filters, "blocks": net.num_blocks, "se_channels": net.blocks[0].se_fc1.out_features,
               "policy_planes": net.policy_conv2.out_channels, "value_channels": net.value_conv.out_channels,
@@ -450,15 +458,30 @@ def _maia1_file(root: Path) -> Path | None:
 
 
 def as_skill_model(model) -> SkillModel:
-    """`model` itself if it is a SkillModel, else a bare `Maia2` wrapped as one (callers that hold a
-    Maia2 from `load_model`, e.g. finetuning, keep passing it)."""
-    return model if isinstance(model, (Maia2Skill, Maia1Family)) else Maia2Skill(model)
+    """`model` itself if it is a SkillModel, else a bare `Maia2` (or `Maia3`) wrapped as one (callers
+    that hold a Maia2 from `load_model`, e.g. finetuning, keep passing it)."""
+    from .maia3 import Maia3
+    from .maia3_skill import Maia3Skill
+
+    if isinstance(model, (Maia2Skill, Maia1Family, Maia3Skill)):
+        return model
+    return Maia3Skill(model) if isinstance(model, Maia3) else Maia2Skill(model)
 
 
 def load_skill_model(model_cfg, history: Optional[bool] = None, device="cpu") -> SkillModel:
-    """The SkillModel of a `model` config: `maia1` (the family, or `model.rating`'s network) or a Maia-2
-    checkpoint (`model.checkpoint`). `history` overrides `model.history` (Maia-1 only)."""
+    """The SkillModel of a `model` config: `maia1` (the family, or `model.rating`'s network), `maia3` (a
+    Maia-3 checkpoint of `model.size`) or a Maia-2 checkpoint (`model.checkpoint`). `history`
+    overrides `model.history` (Maia-1 only)."""
     name = str(model_cfg.name)
+    if name == "maia3":
+        from .maia3 import load_maia3
+        from .maia3_skill import Maia3Skill
+
+        if not model_cfg.checkpoint:
+            raise ConfigError("model=maia3 needs weights: set model.checkpoint (a maia3-runtime .pt file, with model.size, "
+                              "or a .safetensors file / run directory written by maia-adapt)")
+        model = load_maia3(model_cfg.checkpoint, size=model_cfg.size, device=device).requires_grad_(False)
+        return Maia3Skill(model, name=name)
     if name == "maia1":
         root = Path(str(model_cfg.checkpoint)) if model_cfg.checkpoint else None
         hist = bool(model_cfg.history if history is None else history)

@@ -31,6 +31,7 @@ from .common import frozen_model
 
 # the model families it takes: Maia-2 only, and why not Maia-1 (the one-line error)
 NOT_MAIA1 = "circuits are built from transcoders of Maia-2's transformer FFNs, and Maia-1 has none"
+NOT_MAIA3 = "circuits are built on Maia-2's Elo-query attention and its transcoders"
 
 
 @dataclass
@@ -167,7 +168,7 @@ def _report(n: int, what: str, index, edges, conn, patch_lines) -> str:
 
 def run(cfg, frame) -> dict:
     run_dir, cc = frame.dir, cfg.circuits
-    model = frozen_model(cfg, "circuits", NOT_MAIA1)  # first: model=maia1 is refused before anything else
+    model = frozen_model(cfg, "circuits", NOT_MAIA1, NOT_MAIA3)  # first: model=maia1 is refused before anything else
     tcs = _transcoders(cc)
     store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
     idx = rng_positions(store, "test", cc.positions, cfg.seed)

@@ -60,14 +60,16 @@ def fingerprint(cfg) -> Fingerprint:
     return config_fingerprint(cfg, data_fingerprint(cfg.data) if cfg.get("data") else None, reads)
 
 
-def frozen_model(cfg, stage: str, why_not_maia1: str = "it reads Maia-2 only"):
+def frozen_model(cfg, stage: str, why_not_maia1: str = "it reads Maia-2 only", why_not_maia3: str = "it reads Maia-2 only"):
     """The Maia-2 of model.checkpoint, in eval mode with gradients off (analysis stages read it only).
 
-    A stage that reads only Maia-2 reaches here; `model=maia1` gets one line saying why (the stage's
-    own reason)."""
+    A stage that reads only Maia-2 reaches here; `model=maia1` and `model=maia3` get one line saying
+    why (the stage's own reason)."""
     if str(cfg.model.name) == "maia1":
         raise ConfigError(f"stage={stage} does not take model=maia1: {why_not_maia1} "
                           "(see docs/stages.md, 'Which stages take Maia-1')")
+    if str(cfg.model.name) == "maia3":
+        raise ConfigError(f"stage={stage} does not take model=maia3: {why_not_maia3} (see docs/maia3.md)")
     if not cfg.model.checkpoint:
         raise ConfigError(f"stage={stage} needs a trained model: set model.checkpoint (a .pt/.safetensors file or run directory)")
     model = load_model(cfg.model.checkpoint, attention=(cfg.model.heads, cfg.model.dim_head)).eval()
@@ -78,9 +80,12 @@ def frozen_model(cfg, stage: str, why_not_maia1: str = "it reads Maia-2 only"):
 
 
 def skill_model(cfg, stage: str, device="cpu"):
-    """The frozen SkillModel of `cfg.model`: a Maia-2 checkpoint or the Maia-1 family (model=maia1)."""
+    """The frozen SkillModel of `cfg.model`: a Maia-2 or Maia-3 checkpoint or the Maia-1 family (model=maia1)."""
     from ..model.skill import load_skill_model
 
+    if str(cfg.model.name) == "maia3" and not cfg.model.checkpoint:
+        raise ConfigError(f"stage={stage} needs a trained model: set model.checkpoint (a maia3-runtime .pt file with "
+                          "model.size, or a .safetensors file / run directory written by maia-adapt)")
     if str(cfg.model.name) != "maia1" and not cfg.model.checkpoint:
         raise ConfigError(f"stage={stage} needs a trained model: set model.checkpoint (a .pt/.safetensors file or run "
                           "directory), or model=maia1 for the Maia-1 family")

@@ -113,7 +113,7 @@ def _report(model, fc, summary: dict, before: dict, after: dict) -> list[str]:
             if summary["best_step"] is not None else "no validation")
     lines = ["# Calibration fine-tuning", "", f"model `{model.name}`; "
              f"concept `{fc.concept or 'all'}`, trainable `{fc.trainable}` ({summary['trainable_parameters']:,} parameters)"
-             + (f", Elo embedding {'frozen' if fc.freeze_elo else 'trained'}" if isinstance(model, Maia2Skill) else "")
+             + (f", Elo embedding {'frozen' if fc.freeze_elo else 'trained'}" if not hasattr(model, "nets") else "")
              + f"; {summary['positions_train']} train / {summary['positions_val']} "
              f"val / {summary['positions_test']} test positions; {best} of {summary['steps_run']}.", "",
              f"Schedule: {_schedule(fc, summary)}; rows {fc.row_filter}, target {fc.target}.", "",

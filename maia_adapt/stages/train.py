@@ -102,6 +102,9 @@ def check(cfg) -> None:
     """train.*'s values, and what only acts with another setting (a value that would do nothing fails)."""
     check_section(cfg, "train", RULES, CHOICES)
     tc = cfg.train
+    if cfg.stage.name == "train" and str(cfg.model.name) == "maia3":  # training would build a Maia-2 under its name
+        raise ConfigError("stage=train does not take model=maia3: it trains a Maia-2 (model=maia2_small, or the model.* "
+                          "shape keys); the tiny Maia-3 is trained by experiments/maia3_tiny/train.py")
     if tc.teacher not in (None, "maia1"):
         bad("train.teacher", tc.teacher, "null or maia1")
     if not 1 <= tc.teacher_buckets <= 11:

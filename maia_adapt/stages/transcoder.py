@@ -5,6 +5,7 @@ from one forward pass over cached activations; saved as transcoders/layer_<l>/{s
 cfg.json}. Evaluation: FVU, L0, dead fraction on test tokens; the transcoder spliced in place of the
 FFN against the model and against a zero-ablated FFN (top-1 agreement, policy KL); the agreement on
 the 11 x 11 (own, opponent) Elo grid and the win-probability correlation with a QQ plot.
+`model=maia3` transcodes Maia-3's FFNs (its blocks are post-norm: hook_mlp_in is the normed residual).
 transcoder.select=spliced_accuracy keeps, per layer, the weights of the best spliced move accuracy
 (scored every transcoder.select_every steps), as the seed study chose its checkpoint.
 """
@@ -29,7 +30,7 @@ from ..errors import ConfigError
 from ..layout import transcoder_folder
 from ..reporting.plots import elo_grid_heatmap, qq_plot
 from ..model.training import resolve_device
-from .common import fingerprint, frozen_model
+from .common import fingerprint, frozen_model, skill_model
 from ..model.hooks import block_hook
 from ..checks import FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check_section, elo, set_by_stage
 from ..dictionaries.kernels import KERNELS
@@ -161,14 +162,24 @@ def _evaluate(cfg, frame, model, store, dicts: dict, selected: dict, n_sel: int,
     return results, summary, lines
 
 
+def _model(cfg, device):
+    """(the frozen model, its transformer blocks, their width): a Maia-2, or a Maia-3 (whose FFNs have the
+    same two sites; the evaluation reads any SkillModel)."""
+    if str(cfg.model.name) == "maia3":
+        model = skill_model(cfg, "transcoder", device=device)
+        return model, model.model.cfg.num_blocks, model.model.cfg.dim_vit
+    model = frozen_model(cfg, "transcoder", NOT_MAIA1).to(device)
+    return model, model.cfg.num_blocks_vit, model.cfg.dim_vit
+
+
 def run(cfg, frame) -> dict:
     tc = cfg.transcoder
     layers = list(tc.layers) if tc.layers else [cfg.layer]
     device = resolve_device(tc.device)
-    model = frozen_model(cfg, "transcoder", NOT_MAIA1).to(device)
+    model, blocks, width = _model(cfg, device)
     for l in layers:
-        if not 0 <= l < model.cfg.num_blocks_vit:
-            raise ConfigError(f"transcoder layer {l}: the model has blocks 0..{model.cfg.num_blocks_vit - 1}")
+        if not 0 <= l < blocks:
+            raise ConfigError(f"transcoder layer {l}: the model has blocks 0..{blocks - 1}")
     sites = [s for l in layers for s in (block_hook(l, "hook_mlp_in"), block_hook(l, "hook_mlp_out"))]
     store = distributed.main_first(lambda: open_or_build_store(cfg.data, cfg.paths.cache_dir))
     if not len(store.split_indices("train")) or not len(store.split_indices("test")):
@@ -178,7 +189,7 @@ def run(cfg, frame) -> dict:
                                   device=device, batch_size=256, verbose=False)
     dicts = {}
     for l in layers:
-        t = Transcoder(_config(tc, l, model.cfg.dim_vit))
+        t = Transcoder(_config(tc, l, width))
         cache = make_chunk.cache
         t.init_from_data(cache[block_hook(l, "hook_mlp_in")][:65536], cache[block_hook(l, "hook_mlp_out")][:65536])
         dicts[f"layer_{l}"] = (t, block_hook(l, "hook_mlp_in"))
@@ -193,7 +204,7 @@ def run(cfg, frame) -> dict:
         return {}
     # with selection, the run's transcoders are the best-scoring ones, not the last step's
     selected = BestKeeper(frame.dir / "best", trainer).restore() if calibrate else {}
-    model.cpu()  # the evaluation below runs on the CPU
+    model.to("cpu")  # the evaluation below runs on the CPU
     for t, _ in dicts.values():
         t.cpu()
     results, summary, lines = _evaluate(cfg, frame, model, store, dicts, selected, n_sel, sites)
