@@ -93,3 +93,22 @@ def test_a_debug_run_finishes_in_seconds(stage, extra, tmp_path_factory):
     assert f"== {stage} (default) ==" in log and f"run directory: {run_dir}" in log
     assert "{" not in proc.stdout.split("run directory: ")[-1]
     assert "Warning" not in proc.stderr  # the buckets without a test position are null, silently
+
+
+def test_sae_runs_that_differ_in_the_sae_share_one_activation_cache(tmp_path_factory):
+    """sae.shared_activations (experiment=sae_sweep's): the second run, another SAE width, reads the first
+    one's activations instead of computing them, and trains exactly as if it had computed them."""
+    store = tmp_path_factory.getbasetemp() / "debug_store"
+    shared = tmp_path_factory.mktemp("shared")
+    common = ["stage=sae", "debug=default", f"data.store_dir={store}", "sae.cache_positions=256"]
+    runs = {}
+    for name, extra in (("first", [f"sae.shared_activations={shared}"]), ("second", [f"sae.shared_activations={shared}", "sae.dim=96"]),
+                        ("alone", ["sae.dim=96"])):
+        run_dir = tmp_path_factory.mktemp(name)
+        proc = run_app([*common, *extra], run_dir=run_dir, timeout=120, env={"OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[name] = (proc.stdout, json.loads((run_dir / "summary.json").read_text()))
+    assert len(list(shared.glob("activations-*.safetensors"))) == 1
+    assert "caching activations of 256" in runs["first"][0] and "read from" not in runs["first"][0]
+    assert "activations of 256 train positions read from" in runs["second"][0]
+    assert runs["second"][1] == runs["alone"][1]  # the same SAE as one trained on its own forward pass

@@ -224,7 +224,7 @@ def test_the_shipped_tiny_maia3_has_learnt_moves(store):
     from omegaconf import OmegaConf
 
     from maia_adapt.analysis.evaluation import own_bucket_accuracy
-    from maia_adapt.config import _model_preset
+    from maia_adapt.stages.common import _model_preset
     from maia_adapt.model.skill import load_skill_model
 
     preset = OmegaConf.to_container(_model_preset("maia3_tiny"), resolve=False)

@@ -9,6 +9,7 @@ vector per position (the study's choice; for Maia-1 the mean over squares, C = 6
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from ..runtime import distributed
 from ..encoding import NUM_BUCKETS
 from ..errors import MaiaAdaptError
+from ..io import load_safetensors, save_safetensors
 
 def pool(x: torch.Tensor, pooling: str) -> torch.Tensor:
     """[B, T, ...] -> [B, F] (mean) or [B*T, F] (none); 2-D inputs (hook_final) pass through."""
@@ -100,7 +102,8 @@ class ActivationChunks:
     resumed run sees the same batches. Under torchrun each rank runs the model on its share."""
 
     def __init__(self, model, store, train_idx, sites, *, chunk_positions: int, cache_positions: int | None, seed: int,
-                 elo="data", token_pooling: str = "mean", device="cpu", batch_size: int = 512, verbose: bool = True):
+                 elo="data", token_pooling: str = "mean", device="cpu", batch_size: int = 512, verbose: bool = True,
+                 shared: Path | None = None):
         self.model, self.store, self.train_idx, self.sites = model, store, np.asarray(train_idx), list(sites)
         self.chunk_positions, self.seed, self.device = int(chunk_positions), seed, device
         self.kw = dict(batch_size=batch_size, elo=elo, token_pooling=token_pooling, device=device)
@@ -108,10 +111,26 @@ class ActivationChunks:
         if cache_positions:
             idx = np.sort(np.random.default_rng([seed, 99]).permutation(self.train_idx)[:cache_positions])
             self.cache_idx = idx  # the positions every chunk is drawn from
-            if verbose:
-                print(f"caching activations of {len(idx):,} train positions at {len(self.sites)} site(s)")
-            self.cache = self._forward(idx, seed)
+            self.cache = self._shared(shared, idx, seed, verbose)
             self.per_position = len(next(iter(self.cache.values()))) // max(len(idx), 1)
+
+    def _shared(self, path: Path | None, idx, seed, verbose: bool) -> dict[str, torch.Tensor]:
+        """The cached positions' activations, read from `path` when an earlier run (a sweep's first job)
+        wrote them there, else computed (and written to `path`, atomically): the jobs of a sweep that
+        differ only in the dictionary share one forward pass. The caller names the file by everything
+        the activations depend on."""
+        if path is not None and Path(path).is_file():
+            tensors, meta = load_safetensors(path)
+            if meta.get("positions") == str(len(idx)) and set(tensors) == set(self.sites):
+                if verbose:
+                    print(f"activations of {len(idx):,} train positions read from {path}")
+                return {s: v.to(self.device) for s, v in tensors.items()}
+        if verbose:
+            print(f"caching activations of {len(idx):,} train positions at {len(self.sites)} site(s)")
+        acts = self._forward(idx, seed)
+        if path is not None:
+            save_safetensors({s: v.cpu().contiguous() for s, v in acts.items()}, path, {"positions": str(len(idx))})
+        return acts
 
     def _forward(self, idx, seed) -> dict[str, torch.Tensor]:
         acts = collect_activations(self.model, self.store, idx, self.sites, seed=seed, shard=True, **self.kw)

@@ -11,7 +11,10 @@ mean-ablation, per Elo bucket), feature_density.png, metrics.jsonl.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -20,7 +23,7 @@ from omegaconf import OmegaConf
 
 from ..runtime import distributed
 from ..model.activations import ActivationChunks, collect_activations, position_codes
-from ..data.preprocess import open_or_build_store
+from ..data.preprocess import data_fingerprint, open_or_build_store
 from ..dictionaries import DictionaryTrainer, SAEConfig, SparseAutoencoder, save_sae, train_dictionaries
 from ..dictionaries.evaluate import evaluate_dictionary
 from ..encoding import BUCKET_NAMES, NUM_BUCKETS
@@ -56,6 +59,10 @@ class SAEStageConfig(DictionaryRunConfig, SAEConfig):
     calibration_concepts: str = "board"
     calibration_positions: int = 2000
     calibration_min_positives: int = 20  # concepts with fewer positive (or negative) positions are left out
+    # a folder where the cache_positions' activations are kept, named by all they depend on (model,
+    # its file, data, sites, positions, seed, Elo, pooling): the jobs of a sweep over the SAE's own
+    # settings share one forward pass (experiment=sae_sweep sets it); null: each run computes its own
+    shared_activations: Optional[str] = None
     # each SAE's site and input width come from `sites` and the model: these two only exist in the
     # saved cfg.json, and setting them here is an error (validate) rather than a silent no-op
     site: Optional[str] = None
@@ -197,6 +204,21 @@ _SUMMARY_KEYS = ("l0", "variance_explained", "dead_fraction_eval", "sae/agreemen
                  "calibration_step")
 
 
+def _shared_activations(cfg, sites) -> Path | None:
+    """sae.shared_activations' file for this run's cached activations (None: not shared; under
+    torchrun each rank holds its share, so there is nothing one file could hold)."""
+    sc = cfg.sae
+    if not sc.shared_activations or not sc.cache_positions or distributed.world_size() > 1:
+        return None
+    ckpt = Path(str(cfg.model.checkpoint)) if cfg.model.checkpoint else None
+    key = {"model": OmegaConf.to_container(cfg.model, resolve=True), "data": data_fingerprint(cfg.data),
+           "file": [ckpt.stat().st_size, ckpt.stat().st_mtime_ns] if ckpt and ckpt.exists() else None,
+           "sites": list(sites), "positions": sc.cache_positions, "seed": cfg.seed, "elo": sc.elo,
+           "pooling": sc.token_pooling}
+    name = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(sc.shared_activations) / f"activations-{name}.safetensors"
+
+
 def run(cfg, frame) -> dict:
     sc = cfg.sae
     device = resolve_device(sc.device)
@@ -208,7 +230,7 @@ def run(cfg, frame) -> dict:
     sites = _sites(cfg, model, store)
     make_chunk = ActivationChunks(model, store, store.split_indices("train"), sites, chunk_positions=sc.chunk_positions,
                                   cache_positions=sc.cache_positions, seed=cfg.seed, elo=sc.elo,
-                                  token_pooling=sc.token_pooling, device=device)
+                                  token_pooling=sc.token_pooling, device=device, shared=_shared_activations(cfg, sites))
     saes = {site_slug(s): (SparseAutoencoder(_sae_config(sc, s, model.site_dim(s))), s) for s in sites}
     first = make_chunk(0)
     for sae, s in saes.values():
