@@ -95,7 +95,9 @@ def plot_circuit(edges, path, title: str):
     """Two columns of nodes (layer-0 left, layer-1 right) joined by edges whose width is |attribution|."""
     from pathlib import Path
 
-    from ..reporting.plots import plt
+    from ..reporting.plots import pyplot
+
+    plt = pyplot()
 
     ups = sorted({e[0] for e in edges})
     downs = sorted({e[1] for e in edges})

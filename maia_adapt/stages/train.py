@@ -102,9 +102,6 @@ def check(cfg) -> None:
     """train.*'s values, and what only acts with another setting (a value that would do nothing fails)."""
     check_section(cfg, "train", RULES, CHOICES)
     tc = cfg.train
-    if cfg.stage.name == "train" and str(cfg.model.name) == "maia3":  # training would build a Maia-2 under its name
-        raise ConfigError("stage=train does not take model=maia3: it trains a Maia-2 (model=maia2_small, or the model.* "
-                          "shape keys); the tiny Maia-3 is trained by experiments/maia3_tiny/train.py")
     if tc.teacher not in (None, "maia1"):
         bad("train.teacher", tc.teacher, "null or maia1")
     if not 1 <= tc.teacher_buckets <= 11:
@@ -118,8 +115,9 @@ def check(cfg) -> None:
     if tc.grow_vit_blocks and not tc.init_from_checkpoint:
         bad("train.grow_vit_blocks", tc.grow_vit_blocks, "0 unless train.init_from_checkpoint=true (it grows a "
             "trained model; one from random weights takes model.num_blocks_vit)")
+    # (a Maia-3 preset names its family, not its file: stage=train refuses Maia-3 when it starts)
     if cfg.stage.name == "train" and not tc.init_from_checkpoint and cfg.model.checkpoint \
-            and cfg.model.checkpoint != preset_checkpoint(cfg):
+            and str(cfg.model.name) != "maia3" and cfg.model.checkpoint != preset_checkpoint(cfg):
         raise ConfigError(f"model.checkpoint={cfg.model.checkpoint!r}: stage=train starts from random weights unless "
                           "train.init_from_checkpoint=true, so the file would not be used: add "
                           "train.init_from_checkpoint=true to train from it, or drop model.checkpoint")
@@ -128,6 +126,9 @@ def check(cfg) -> None:
 
 def _model(cfg):
     """A new Maia-2 of model.*, or (train.init_from_checkpoint) model.checkpoint's, grown by train.grow_vit_blocks."""
+    if str(cfg.model.name) == "maia3":  # not a Maia-2 config: training would build a Maia-2 under its name
+        raise ConfigError("stage=train does not take model=maia3: it trains a Maia-2 (model=maia2_small, or the model.* "
+                          "shape keys); the tiny Maia-3 is trained by experiments/maia3_tiny/train.py")
     if not cfg.train.init_from_checkpoint:
         return Maia2(Maia2Config.from_any(cfg.model))
     if not cfg.model.checkpoint:
