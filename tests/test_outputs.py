@@ -96,3 +96,14 @@ def test_help_lists_every_stage_preset_and_protocol_with_what_it_does():
             assert line and len(line.group(1)) > 10, f"{group}={f.stem} has no description in --help"
     assert re.search(r"^  sae +sparse autoencoders", text, re.M) and "$MAIA_ADAPT_DATA" in text
     assert "debug=default" in text and "== Stages (stage=NAME) ==" in text
+
+
+def test_a_runs_metrics_become_one_curve_per_metric(tmp_path):
+    from maia_adapt.reporting.plots import metric_curves
+
+    m = tmp_path / "metrics.jsonl"
+    m.write_text('{"step": 10, "train/loss": 2.0, "note": "x"}\n{"step": 20, "train/loss": 1.5, "eval/top1": 0.3}\n')
+    assert metric_curves(m, tmp_path / "one.png", "t") is not None  # train/loss has two steps: drawn
+    assert (tmp_path / "one.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    m.write_text('{"step": 10, "train/loss": 2.0}\n{"step": 10, "eval/top1": 0.3}\n{"step": 20, "train/lo')
+    assert metric_curves(m, tmp_path / "none.png", "t") is None and not (tmp_path / "none.png").exists()

@@ -206,3 +206,41 @@ def ladder_plot(rows: list[dict], path, title: str) -> Path:
     axes[0].set_yticks(ys, [r["rung"] for r in rows], fontsize=8)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def metric_curves(metrics_path, path, title: str, max_panels: int = 12) -> Path | None:
+    """One panel per metric of a run's metrics.jsonl against its step (the losses and evaluation
+    numbers a training stage logged), or None when no metric has two steps to draw a line through."""
+    import json
+    import math
+
+    series: dict[str, tuple[list, list]] = {}
+    for line in Path(metrics_path).read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut short by a killed run
+            continue
+        step = row.get("step")
+        if not isinstance(step, (int, float)):
+            continue
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                xs, ys = series.setdefault(k, ([], []))
+                xs.append(step)
+                ys.append(v)
+    keys = [k for k, (xs, _) in series.items() if len(set(xs)) >= 2][:max_panels]
+    if not keys:
+        return None
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, k in zip(axes.ravel(), keys):
+        xs, ys = series[k]
+        ax.plot(xs, ys, lw=1.2)
+        ax.set_title(k, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("step", fontsize=7)
+    for ax in axes.ravel()[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io import atomic_write_json, atomic_write_text
+from ..reporting.plots import metric_curves
 from ..reporting.summary import summary_markdown
 from ..runtime import distributed
 from ..runtime.resume import mark_done
@@ -44,6 +45,9 @@ class StageFrame:
                 atomic_write_text(self.dir / "results.md", markdown)
             if self._tracker is not None:
                 self._tracker.summary(summary)
+            metrics = self.dir / "metrics.jsonl"
+            if metrics.is_file():  # a training stage's losses and evaluations, as one picture
+                metric_curves(metrics, self.dir / "curves.png", f"{self.title}: metrics by step")
             atomic_write_json(self.dir / "summary.json", summary)
             atomic_write_text(self.dir / "summary.md", summary_markdown(self.title, summary))
             mark_done(self.done_dir)
