@@ -220,7 +220,7 @@ def metric_curves(metrics_path, path, title: str, max_panels: int = 12) -> Path 
             row = json.loads(line)
         except ValueError:  # a line cut short by a killed run
             continue
-        step = row.get("step")
+        step = row.get("step") if isinstance(row, dict) else None
         if not isinstance(step, (int, float)):
             continue
         for k, v in row.items():
