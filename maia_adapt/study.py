@@ -223,7 +223,8 @@ def _sample_size(run_dir: Path):
     return None
 
 
-QUICK_NOTE = ("**The quick study**: 2,000 embedded lichess games, a few hundred positions per step, a small SAE "
+_QUICK_GAMES = int(next(a for a in QUICK if a.startswith("data.max_games=")).split("=", 1)[1])
+QUICK_NOTE = (f"**The quick study**: {_QUICK_GAMES:,} embedded lichess games, a few hundred positions per step, a small SAE "
               "trained for a few hundred steps. It shows every step of the study working on real games; with samples "
               "this small an interval that holds 0 says little (a real effect of a few points would often not show), "
               "and its numbers are not the study's. `python -m maia_adapt.study` runs the full study on ../shared "
