@@ -247,6 +247,18 @@ def _ci(v, ci, fmt="+.3f") -> str:
     return f"{v:{fmt}} [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 
 
+def _sae_quality(saes) -> tuple[float | None, float | None]:
+    """(variance explained, L0) of a rung's SAE on its held-out positions, the mean over its sites (and
+    over the networks of a Maia-1 family, whose SAE folder is named through {rating}): a dictionary
+    trained on a small budget reconstructs less, and the `error` rung's effect depends on it."""
+    folders = sorted(Path(str(saes)).parent.glob("*/")) if "{rating}" in str(saes) else [Path(str(saes))]
+    sites = [v for f in folders for v in (_read(f).get("sites") or {}).values()]
+    vals = [(v.get("variance_explained"), v.get("l0")) for v in sites if v.get("variance_explained") is not None]
+    if not vals:
+        return None, None
+    return sum(a for a, _ in vals) / len(vals), sum(b for _, b in vals) / len(vals)
+
+
 def ladder_rows(p: Plan) -> list[dict]:
     """One row per rung: the transitional dataset, the intervention's and the fine-tune's effects."""
     rows, prev = [], None
@@ -266,6 +278,7 @@ def ladder_rows(p: Plan) -> list[dict]:
                "transition_point_shift": iv.get("transition_point_shift"),
                "transition_point_shift_ci": iv.get("transition_point_shift_ci"),
                "seed_tp": (iv.get("seed_mean_tp_base"), iv.get("seed_mean_tp_intervened")),
+               "sae_variance_explained": _sae_quality(d.get("saes", ""))[0], "sae_l0": _sae_quality(d.get("saes", ""))[1],
                "finetune_shift": ft.get("mean_shift"), "finetune_shift_ci": ft.get("mean_shift_ci"),
                "finetune_seed_tp": (ft.get("seed_tp_before"), ft.get("seed_tp_after"))}
         if prev is not None and row["intervention_effect"] is not None and prev["intervention_effect"] is not None:
@@ -280,6 +293,11 @@ def _pair(t) -> str:
     return "-" if a is None or b is None else f"{a:.2f} -> {b:.2f}"
 
 
+def _sae_cell(r) -> str:
+    v, l0 = r.get("sae_variance_explained"), r.get("sae_l0")
+    return "-" if v is None else f"{v:.2f} ({l0:.0f})"
+
+
 def ladder_markdown(model: str, lc, p: Plan, rows: list[dict]) -> list[str]:
     lines = [f"# The ladder from the seed's protocol to ours ({model})", "",
              f"Rung 0 is `protocol={lc.protocol}`; each rung switches the keys it names to our presets' values and keeps "
@@ -288,16 +306,17 @@ def ladder_markdown(model: str, lc, p: Plan, rows: list[dict]) -> list[str]:
              "control); the bottom bucket's change and the skill-trend change (top minus bottom bucket) are against the "
              "same reference; negative trend changes mean the weak end gained more. Fine-tune: our paired mean "
              "transition-point shift over the test rows; the seed's unpaired numbers beside each. 95% bootstrap "
-             "intervals over test rows.", "",
+             "intervals over test rows. SAE: its variance explained and L0 on held-out positions.", "",
              "| rung | switched to ours | dataset rows | test rows | intervention headline | vs none | < 1100 | "
-             "skill-trend change | seed's TP (none -> edited) | fine-tune shift | seed's fine-tune TP |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "skill-trend change | seed's TP (none -> edited) | fine-tune shift | seed's fine-tune TP | SAE var. expl. (L0) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         head = ("minus control " if r["headline"] == "effect_minus_control" else "vs none ") + _ci(r["intervention_effect"], r["intervention_effect_ci"])
         lines.append(f"| {r['rung']} | {r['what']} | {r['dataset_rows'] or '-'} | {r['intervention_rows_test'] or '-'} | {head} | "
                      f"{_ci(r['effect_vs_none'], r['effect_vs_none_ci'])} | {_ci(r['bottom_bucket_change'], r['bottom_bucket_change_ci'])} | "
                      f"{_ci(r['skill_trend_change'], r['skill_trend_change_ci'])} | {_pair(r['seed_tp'])} | "
-                     f"{_ci(r['finetune_shift'], r['finetune_shift_ci'], '+.2f')} | {_pair(r['finetune_seed_tp'])} |")
+                     f"{_ci(r['finetune_shift'], r['finetune_shift_ci'], '+.2f')} | {_pair(r['finetune_seed_tp'])} | "
+                     f"{_sae_cell(r)} |")
     missing = [s for s in p.steps if not (s.run_dir / "summary.json").is_file()]
     if missing:
         lines += ["", f"{len(missing)} of {len(p.steps)} steps have not run yet (first: rung {missing[0].rung}, "

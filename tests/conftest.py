@@ -9,6 +9,12 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist (`-n 2`, the default in pyproject.toml) each worker keeps to one torch thread, and so
+# does every app run it launches: two workers with two threads each on a 2-core machine spin against each
+# other and tiny ops run many times slower. Set before torch is imported anywhere in the worker.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers such as _games
 

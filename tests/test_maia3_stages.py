@@ -237,3 +237,30 @@ def test_the_shipped_tiny_maia3_has_learnt_moves(store):
     with torch.no_grad():
         acc, base = (own_bucket_accuracy(m, store, idx)["accuracy"] for m in (trained, untrained))
     assert acc > 0.12 and acc > base + 0.1, (acc, base)  # measured: 18% vs 4%
+
+
+@pytest.mark.slow
+def test_sae_and_probe_interventions_run_on_maia3(tiny, tmp_path):
+    """The two intervention kinds that read other stages' runs (an SAE with its threat detectors, or
+    the concept probes) on a Maia-3: one network, so the features and probes of one activation space
+    are edited at every bucket's rating."""
+    _, base = tiny
+    common = [f"intervention.transitional={tmp_path}/tr", "intervention.strengths=[2.0]", "intervention.top_n=[1]",
+              "intervention.n_boot=20", "intervention.heldout_positions=0", f"intervention.site={SITE}"]
+    runs = {"tr": ["stage=transitional", "transitional.positions=40", "transitional.oracle=model"],
+            "sae": ["stage=sae", f"sae.sites=[{SITE}]", "sae.dim=64", "sae.k=4", "sae.steps=20", "sae.batch_size=256",
+                    "sae.chunk_positions=256", "sae.cache_positions=256", "sae.eval_positions=50"],
+            "threats": ["stage=threats", f"threats.saes={tmp_path}/sae", "threats.positions=300", "threats.n_boot=5",
+                        "threats.n_null=2", "threats.dashboards=0", "threats.families=[threat]", "threats.min_positives=5"],
+            "probe": ["stage=probe", "probe.train_positions=300", "probe.test_positions=100", "probe.buckets=[0,10]",
+                      "probe.families=[threat]", f"probe.sites=[{SITE}]", "probe.min_positives=5"],
+            "iv_sae": ["stage=intervention", "intervention.kind=sae", f"intervention.saes={tmp_path}/sae",
+                       f"intervention.threats={tmp_path}/threats", *common],
+            "iv_probe": ["stage=intervention", "intervention.kind=probe", f"intervention.probes={tmp_path}/probe", *common]}
+    for name, args in runs.items():
+        r = run_app([*args, *base], run_dir=tmp_path / name, env=ONE_THREAD)
+        assert r.returncode == 0, (name, r.stderr[-2000:])
+    for name in ("iv_sae", "iv_probe"):
+        iv = json.loads((tmp_path / name / "results.json").read_text())
+        assert [g["strength"] for g in iv["grid"]] == [None, 2.0] and len(iv["per_bucket_settings"]) == NUM_BUCKETS
+        assert iv["test_positions"] > 0 and iv["effect_ci"][0] <= iv["effect"] <= iv["effect_ci"][1]

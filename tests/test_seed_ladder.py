@@ -100,8 +100,9 @@ def test_the_ladder_table_reads_each_rung_and_its_headline_follows_the_control(t
                        minus_control_by_bucket_ci=[[-0.1, 0.1]] * 11, skill_trend_change_minus_control=0.01,
                        skill_trend_change_minus_control_ci=[-0.03, 0.05], skill_trend_change=-0.1)
     ft = _results(tmp_path / "ft", mean_shift=-0.5, mean_shift_ci=[-0.9, -0.1], seed_tp_before=5.0, seed_tp_after=4.0)
+    sae = _results(tmp_path / "sae", sites={"a": {"variance_explained": 0.6, "l0": 40.0}, "b": {"variance_explained": 0.8, "l0": 20.0}})
     p = Plan([{"name": "seed", "what": "nothing"}, {"name": "control", "what": "a control"}])
-    p.by_rung = {"seed": {"transitional": t, "intervention": seed_iv, "finetune": ft},
+    p.by_rung = {"seed": {"transitional": t, "intervention": seed_iv, "finetune": ft, "saes": sae},
                  "control": {"transitional": t, "intervention": ours_iv, "finetune": ft}}
     rows = ladder_rows(p)
     assert rows[0]["headline"] == "effect" and rows[0]["intervention_effect"] == 0.05
@@ -112,6 +113,9 @@ def test_the_ladder_table_reads_each_rung_and_its_headline_follows_the_control(t
     assert "| seed | nothing | 300 | 40 | vs none +0.050 [+0.010, +0.090]" in md
     assert "minus control +0.000 [-0.020, +0.020]" in md and "4.00 -> 3.00" in md and "-0.50 [-0.90, -0.10]" in md
     assert "have not run yet" not in md
+    # the SAE's reconstruction, the mean over its sites; '-' where a rung's SAE has not run
+    assert rows[0]["sae_variance_explained"] == pytest.approx(0.7) and md.count("| 0.70 (30) |") == 1
+    assert rows[1]["sae_variance_explained"] is None
     # a ladder stopped part way (ladder.report=true tabulates it): the rungs not run show '-' and say so
     from maia_adapt.ladder import Step
     (seed_iv / "summary.json").write_text("{}")

@@ -1,11 +1,9 @@
 """The whole study on one subject (`python -m maia_adapt.study`): its plan, its headline, and a tiny run
 of every step end to end on real games."""
 import json
-import subprocess
-import sys
 
 import pytest
-from _app import app_env
+from _study import TINY, _study
 
 from maia_adapt.errors import ConfigError
 from maia_adapt.study import QUICK, QUICK_STEPS, headline, plan
@@ -65,11 +63,6 @@ def test_the_quick_study_runs_its_steps_on_the_embedded_games_in_its_own_directo
         plan(["model=maia1"], quick=True)
 
 
-def _study(args, cwd, timeout=120):
-    return subprocess.run([sys.executable, "-m", "maia_adapt.study", *args], cwd=cwd, env=app_env(), capture_output=True,
-                          text=True, timeout=timeout, check=False)
-
-
 def test_bad_overrides_and_steps_are_one_error_line(tmp_path):
     for args, expected in ((["train.lrr=3"], "error: train.lrr: Key 'lrr' not in 'TrainConfig'"),
                            (["--only", "nope"], "error: --only nope: expected steps of transitional, probe")):
@@ -110,49 +103,6 @@ def test_headline_reads_each_step_and_marks_what_is_missing(tmp_path):
     runs["intervention_probe"] = put("ip", {})
     assert {r["measurement"]: r for r in headline(runs)}[
         "correct-move accuracy minus control (probe direction)"]["text"] == "-"
-
-
-TINY = ["data.max_games=300", "transitional.positions=150", "transitional.depth=4", "probe.train_positions=1500",
-        "probe.test_positions=500", "probe.min_positives=5", "probe.buckets=[0,10]", "probe.logit_lens=false", "finetune.steps=4", "finetune.eval_every=2",
-        "finetune.heldout_positions=100", "sae.steps=20", "sae.dim=256", "sae.k=8", "sae.cache_positions=2048",
-        "sae.chunk_positions=512", "sae.batch_size=128", "sae.eval_positions=100", "sae.calibrate_every=0",
-        "threats.positions=400", "threats.n_boot=10", "threats.n_null=3", "threats.min_positives=5",
-        "threats.dashboards=0", "intervention.strengths=[2.0]", "intervention.top_n=[1]", "intervention.n_boot=20",
-        "intervention.heldout_positions=100", "transcoder.steps=20", "transcoder.dim=256", "transcoder.k=8",
-        "transcoder.cache_positions=1024", "transcoder.chunk_positions=256", "transcoder.eval_positions=100",
-        "transcoder.grid_positions=10", "circuits.positions=100", "circuits.dashboards=0", "circuits.patching_positions=100", "logger=none"]
-
-
-# the main job at test sizes: the quick study's own data (the first 2,000 embedded games) and its first
-# transitional positions, which the shipped engine answers cover, so that no engine is searched
-QUICK_TINY = [a for a in TINY if not a.startswith(("data.max_games", "transitional."))] + ["transitional.positions=100"]
-
-
-@pytest.mark.slow
-def test_the_quick_study_runs_and_resumes_on_the_embedded_games_without_searching(tmp_path):
-    args = ["--quick", *QUICK_TINY, f"data.store_dir={tmp_path}/store", f"paths.cache_dir={tmp_path}/cache"]
-    r = _study(args, tmp_path, timeout=1500)
-    assert r.returncode == 0, [ln for ln in r.stderr.splitlines() if ln.startswith("error")]
-    out = json.loads((tmp_path / "outputs" / "quick" / "study" / "maia2_skill" / "headline.json").read_text())
-    rows = {r["measurement"]: r for r in out["rows"]}
-    assert out["quick"] and all(r["value"] is not None for r in out["rows"]), [m for m, r in rows.items() if r["value"] is None]
-    assert set(out["runs"]) == set(QUICK_STEPS)
-    for r in out["rows"]:
-        if r["ci95"]:
-            assert r["ci95"][0] - 1e-9 <= r["value"] <= r["ci95"][1] + 1e-9, r
-            assert r["reading"] == ("above 0" if r["ci95"][0] > 0 else "below 0" if r["ci95"][1] < 0 else "0 inside the interval")
-    assert rows["Stockfish's move, top minus bottom bucket"]["n"] == 300
-    # every transitional position answered from the shipped answers: nothing searched, nothing left out
-    tr = json.loads((tmp_path / "outputs" / "quick" / "transitional" / "transitional_study" / "maia2_skill" / "summary.json").read_text())
-    assert tr["engine"] == "Stockfish 15.1" and tr["positions_without_engine_answer"] == 0 and tr["positions"] == 300
-    assert not (tmp_path / "cache" / "engine" / "answers.jsonl").exists() or not (tmp_path / "cache" / "engine" / "answers.jsonl").read_text()
-    md = (tmp_path / "outputs" / "quick" / "study" / "maia2_skill" / "headline.md").read_text()
-    assert "The quick study" in md and md.count("| ") > 10
-    # a second call finds every step finished and only writes the headline again; --only reruns one step
-    again = _study(args, tmp_path, timeout=600)
-    assert again.returncode == 0 and "[1/10]" not in again.stdout
-    one = _study([*args, "--only", "probe"], tmp_path, timeout=600)
-    assert one.returncode == 0 and "[2/10] probe" in one.stdout and "[1/10]" not in one.stdout
 
 
 @pytest.mark.slow
