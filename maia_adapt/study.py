@@ -62,6 +62,11 @@ MAIA2_STEPS = (
     Step("transcoder", ("experiment=transcoder_study",)),
     Step("circuits", ("experiment=circuits_study",)),
 )
+# Maia-3 (one network for every rating, as Maia-2) takes Maia-2's steps but the two built on Maia-2's
+# Elo-query heads (the circuits and the elo_heads reference, which refuse it), and its fine-tunes have
+# no side-info head to train (docs/maia3.md)
+MAIA3_STEPS = tuple(Step(s.name, (*s.args, "finetune.side_info_weight=0") if s.name.startswith("finetune") else s.args,
+                         s.run_dir) for s in MAIA2_STEPS if s.name not in ("circuits", "intervention_elo_heads"))
 _M1 = ("intervention.site=blocks.5.hook_resid_post",)
 # One SAE per end network (their activation spaces are unrelated): the last residual block, every
 # square a sample (experiments/sae_study/README.md).
@@ -132,10 +137,10 @@ def plan(overrides: list[str], quick: bool = False) -> tuple[str, list[tuple[Ste
         raise ConfigError("the study runs on the Maia-1 family as a whole (model=maia1, which also runs the SAE chain "
                           f"of maia-{M1_NETWORKS[0]} and maia-{M1_NETWORKS[1]}); another network's SAE chain is run "
                           "preset by preset (experiments/README.md)")
-    steps = MAIA1_STEPS if base.model.name == "maia1" else MAIA2_STEPS
+    steps = {"maia1": MAIA1_STEPS, "maia3": MAIA3_STEPS}.get(str(base.model.name), MAIA2_STEPS)
     if quick:
         if base.model.name == "maia1":
-            raise ConfigError("--quick runs the Maia-2 steps (maia2_skill, maia2_small); the Maia-1 family's study "
+            raise ConfigError("--quick runs one network's steps (maia2_skill, maia2_small, maia3_tiny); the Maia-1 family's study "
                               "needs ../shared's networks and runs without --quick")
         steps = tuple(s for s in steps if s.name in QUICK_STEPS)
     out, dirs = [], {}

@@ -59,8 +59,14 @@ def test_the_quick_study_runs_its_steps_on_the_embedded_games_in_its_own_directo
     iv = _compose(next(a for s, a, _ in quick if s.name == "intervention_sae"))
     assert iv.intervention.saes == str(dirs["sae"]) and iv.intervention.transitional == str(dirs["transitional"])
     assert iv.data.pgn[0].endswith("assets/lichess_rapid_5k.pgn.zst")
-    with pytest.raises(ConfigError, match="--quick runs the Maia-2 steps"):
+    with pytest.raises(ConfigError, match="--quick runs one network.s steps"):
         plan(["model=maia1"], quick=True)
+    # a Maia-3: every step but those built on Maia-2's Elo-query heads, its fine-tune without a side-info head
+    _, full = plan(["model=maia3_tiny"])
+    assert {s.name for s, _, _ in full} == {s.name for s, _, _ in plan([])[1]} - {"circuits", "intervention_elo_heads"}
+    ft = _compose(next(a for s, a, _ in full if s.name == "finetune_head"))
+    assert ft.finetune.side_info_weight == 0 and ft.model.name == "maia3"
+    assert len(plan(["model=maia3_tiny"], quick=True)[1]) == len(QUICK_STEPS)
 
 
 def test_bad_overrides_and_steps_are_one_error_line(tmp_path):

@@ -362,8 +362,9 @@ class EloHeadIntervention(Intervention):
 
         m = re.fullmatch(r"blocks\.(\d+)\.hook_elo_q", str(ic.site))
         if not isinstance(model, Maia2Skill):
-            raise ConfigError(f"intervention.kind=elo_heads on {model.name}: it edits a Maia-2's Elo input, which "
-                              "the Maia-1 family does not have (its skill levels are separate networks)")
+            why = ("a Maia-3's continuous Elo enters once, as a term added to every square token (hook_elo_in), with no Elo-query heads"
+                   if model.name == "maia3" else "the Maia-1 family has none (its skill levels are separate networks)")
+            raise ConfigError(f"intervention.kind=elo_heads on {model.name}: it edits a Maia-2's Elo-query heads; {why}")
         if m is None:
             raise ConfigError(f"intervention.kind=elo_heads acts on the Elo's query term: intervention.site must be "
                               f"blocks.<block>.hook_elo_q, got '{ic.site}'")
