@@ -22,6 +22,7 @@ from ..encoding.elo import bucket_midpoint
 from ..encoding.maia3 import maia2_to_maia3, maia3_tokens, maia3_tokens_game
 from ..errors import ConfigError
 from .maia3 import Maia3
+from .one_network import OneNetwork
 
 BUCKET_RATINGS = tuple(bucket_midpoint(b) for b in range(NUM_BUCKETS))
 
@@ -35,27 +36,16 @@ def maia3_store_tokens(store, indices, history: int = 8) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-class Maia3Skill:
+class Maia3Skill(OneNetwork):
     """A Maia-3 network behind the SkillModel interface (see the module docstring for the ratings)."""
 
     def __init__(self, model: Maia3, name: str = "maia3", ratings: Optional[Sequence[float]] = None):
-        self.model = model.eval()
-        self.name = name
+        super().__init__(model, name)
         self.ratings = tuple(float(r) for r in (BUCKET_RATINGS if ratings is None else ratings))
         if len(self.ratings) != NUM_BUCKETS:
             raise ConfigError(f"Maia-3 ratings: {len(self.ratings)} given, expected one per Elo bucket ({NUM_BUCKETS})")
-        self.buckets = tuple(range(NUM_BUCKETS))
-        self.hook_names = list(model.hook_names)
         self._to3 = torch.from_numpy(maia2_to_maia3())
         self._site_dims: dict[str, int] = {}
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def to(self, device) -> "Maia3Skill":
-        self.model.to(device)
-        return self
 
     def rating_for_bucket(self, bucket: int) -> float:
         if not 0 <= int(bucket) < NUM_BUCKETS:

@@ -33,6 +33,7 @@ from ..encoding import BUCKET_NAMES, NUM_BUCKETS, board_planes, legal_mask
 from ..errors import CheckpointError, ConfigError
 from . import maia1_sites, maia2_sites
 from .hooks import names_argument, select_hook_names
+from .one_network import OneNetwork
 
 MAIA1_RATINGS = tuple(range(1100, 2000, 100))
 
@@ -115,22 +116,11 @@ def _rows(elo, n: int, device) -> torch.Tensor:
     return t.expand(n).contiguous() if t.ndim == 0 else t.to(device)
 
 
-class Maia2Skill:
+class Maia2Skill(OneNetwork):
     """A Maia-2 network behind the SkillModel interface."""
 
     def __init__(self, model, name: str = "maia2"):
-        self.model = model.eval()
-        self.name = name
-        self.buckets = tuple(range(NUM_BUCKETS))
-        self.hook_names = list(model.hook_names)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def to(self, device) -> "Maia2Skill":
-        self.model.to(device)
-        return self
+        super().__init__(model, name)
 
     def inputs(self, store, indices) -> dict[str, torch.Tensor]:
         return store.batch(indices)
