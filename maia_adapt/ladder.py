@@ -265,6 +265,7 @@ def ladder_rows(p: Plan) -> list[dict]:
     for rung in p.rungs:
         d = p.by_rung[rung["name"]]
         t, iv, ft = _read(d["transitional"]), _read(d["intervention"]), _read(d.get("finetune", ""))
+        sae_ve, sae_l0 = _sae_quality(d.get("saes", ""))
         has_control = "effect_minus_control" in iv
         head = "effect_minus_control" if has_control else "effect"
         row = {"rung": rung["name"], "what": rung["what"], "dataset_rows": t.get("positions"),
@@ -278,7 +279,7 @@ def ladder_rows(p: Plan) -> list[dict]:
                "transition_point_shift": iv.get("transition_point_shift"),
                "transition_point_shift_ci": iv.get("transition_point_shift_ci"),
                "seed_tp": (iv.get("seed_mean_tp_base"), iv.get("seed_mean_tp_intervened")),
-               "sae_variance_explained": _sae_quality(d.get("saes", ""))[0], "sae_l0": _sae_quality(d.get("saes", ""))[1],
+               "sae_variance_explained": sae_ve, "sae_l0": sae_l0,
                "finetune_shift": ft.get("mean_shift"), "finetune_shift_ci": ft.get("mean_shift_ci"),
                "finetune_seed_tp": (ft.get("seed_tp_before"), ft.get("seed_tp_after"))}
         if prev is not None and row["intervention_effect"] is not None and prev["intervention_effect"] is not None:
