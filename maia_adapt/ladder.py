@@ -179,6 +179,8 @@ def _hash(cfg, stage: str, root: Path) -> str:
     keep["model"] = {k: v for k, v in keep["model"].items() if k != "rating"}  # a network's SAE: the rating is the folder
     keep[stage] = {k: v for k, v in keep[stage].items() if k not in _NOT_HASHED.get(stage, ())}
     text = json.dumps(_portable(keep), sort_keys=True, default=str).replace(str(root), "<ladder>")  # links: relative
+    if cfg.model.get("rating") is not None:  # a network's step reads its network's SAE: one folder for the family
+        text = text.replace(f"{cfg.model.name}-{cfg.model.rating}", f"{cfg.model.name}-{{rating}}")
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 

@@ -82,6 +82,12 @@ def test_rungs_that_leave_a_step_unchanged_share_its_run_and_a_network_family_ge
     assert [s.rating for s in saes] == [1100, 1900] and saes[0].run_dir.parent == saes[1].run_dir.parent
     assert str(fam.by_rung["seed"]["saes"]).endswith("maia1-{rating}")
     assert any(o == "sae.sites=[blocks.5.hook_resid_post]" for o in saes[0].overrides)
+    # each network's detectors read its own SAE, yet all sit in one folder: the one the intervention reads
+    threats = [s for s in fam.steps if s.stage == "threats"]
+    assert [s.rating for s in threats] == [1100, 1900] and threats[0].run_dir.parent == threats[1].run_dir.parent
+    assert fam.by_rung["seed"]["threats"] == threats[0].run_dir.parent / "maia1-{rating}"
+    for s in threats:
+        assert f"threats.saes={saes[0].run_dir.parent / f'maia1-{s.rating}'}" in s.overrides
 
 
 def _results(path, **values):
