@@ -114,6 +114,14 @@ QUICK = ("data=lichess_5k", "data.max_games=2000", "paths.outputs=outputs/quick"
          "threats.positions=1500", "threats.families=[threat,study]", "threats.min_positives=10", "threats.n_null=10",
          "intervention.strengths=[2.0,4.0]", "intervention.top_n=[1,3]", "intervention.n_boot=300",
          "intervention.heldout_positions=200")
+# `--gpu`: every stage's model (and the dictionaries' training) on the one GPU, bfloat16 autocast for the
+# dictionaries, five times the positions of the CPU presets and 14 engine processes for the machine's
+# cores (a 16-core GPU machine), in outputs/gpu/ (outputs/quick_gpu/ with --quick, which keeps its sizes)
+GPU_DEVICES = tuple(f"{s}.device=cuda" for s in ("transitional", "probe", "finetune", "sae", "threats", "intervention",
+                                                  "transcoder", "evaluate", "activations"))
+GPU = ("paths.outputs=outputs/gpu", "transitional.positions=20000", "transitional.engine_workers=14",
+       "threats.positions=20000", "probe.train_positions=20000", "probe.test_positions=10000",
+       "sae.bf16=true", "transcoder.bf16=true", "finetune.heldout_positions=5000", "intervention.heldout_positions=5000")
 # the steps of the headline's awareness / externalization questions; the transcoder, the circuits and
 # the all-parameter fine-tune are the full study's
 QUICK_STEPS = ("transitional", "probe", "finetune_head", "sae", "threats", "threats_elo0", "threats_elo10",
@@ -125,10 +133,13 @@ def _compose(overrides: list[str]):
         return compose("config", overrides=overrides, return_hydra_config=True)
 
 
-def plan(overrides: list[str], quick: bool = False) -> tuple[str, list[tuple[Step, list[str], Path]]]:
+def plan(overrides: list[str], quick: bool = False, gpu: bool = False) -> tuple[str, list[tuple[Step, list[str], Path]]]:
     """(the model's run-directory name, [(step, its full override list, its run directory)]); every
     step's config is composed here, so a bad override fails before anything runs. `quick`: the
-    QUICK_STEPS at the QUICK sizes (the caller's overrides still win)."""
+    QUICK_STEPS at the QUICK sizes; `gpu`: every model on CUDA at the GPU sizes (with quick: the quick
+    sizes, in outputs/quick_gpu/); the caller's overrides still win."""
+    if gpu:
+        overrides = [*GPU_DEVICES, *(("paths.outputs=outputs/quick_gpu",) if quick else GPU), *overrides]
     if quick:
         overrides = [*QUICK, *overrides]
     base = _compose(["experiment=probe_study", *overrides])
@@ -262,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true", help="write the headline from the runs there are")
     p.add_argument("--quick", action="store_true", help="the study on the embedded real games, in minutes on a "
                    "CPU (outputs/quick/; no ../shared needed)")
+    p.add_argument("--gpu", action="store_true", help="every model on the GPU, at sizes for one GPU (outputs/gpu/; "
+                   "with --quick, the quick sizes in outputs/quick_gpu/)")
     p.add_argument("--ladder", action="store_true", help="run the ladder from the seed's protocol to ours instead "
                    "(experiment=seed_ladder: experiments/seed_ladder/README.md)")
     p.add_argument("overrides", nargs="*")
@@ -271,7 +284,13 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.run([sys.executable, "-m", "maia_adapt.run", "experiment=seed_ladder", *a.overrides, *extra],
                               check=False).returncode
     try:
-        model_id, steps = plan(a.overrides, quick=a.quick)
+        if a.gpu and not a.dry_run:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("--gpu: torch sees no CUDA device here (torch.cuda.is_available() is False); "
+                                  "run without --gpu, or --dry-run to see the commands")
+        model_id, steps = plan(a.overrides, quick=a.quick, gpu=a.gpu)
         only = {s for s in a.only.split(",") if s}
         unknown = only - {s.name for s, _, _ in steps}
         if unknown:

@@ -99,7 +99,7 @@ def write_activation_cache(
             add = {"pred.move": top_m.to(torch.int32), "pred.prob": top_p, "pred.value": value.float().cpu(),
                    "elo_self": es.to(torch.int8), "elo_oppo": eo.to(torch.int8), "index": torch.from_numpy(idx)}
             for site in sites:
-                a = pool(model.site_tokens(site, cache[site]), token_pooling).float()
+                a = pool(model.site_tokens(site, cache[site]), token_pooling).float().cpu()  # the dictionaries are on the CPU
                 # per-token activations stay [rows, tokens, features]; a dictionary's code for a
                 # position is then its largest over the tokens (as stage=threats scores it)
                 add[site] = (a.view(len(part), -1, a.shape[-1]) if token_pooling == "none" else a).to(torch_dtype)

@@ -181,10 +181,11 @@ def calibration_loss(model, batch: dict, side_info_weight: float) -> torch.Tenso
     side-info head; its illegal moves are masked, as lc0 trains."""
     sm = as_skill_model(model)
     if isinstance(sm, Maia2Skill):
-        logits, side, _ = sm.model(batch["boards"], batch["elo_self"], batch["elo_oppo"])
-        loss = F.cross_entropy(logits.float(), batch["move"])
+        b = {k: batch[k].to(sm.device) for k in ("boards", "elo_self", "elo_oppo", "move", "side_info") if k in batch}
+        logits, side, _ = sm.model(b["boards"], b["elo_self"], b["elo_oppo"])
+        loss = F.cross_entropy(logits.float(), b["move"])
         if side_info_weight:
-            loss = loss + side_info_weight * F.binary_cross_entropy_with_logits(side.float(), batch["side_info"])
+            loss = loss + side_info_weight * F.binary_cross_entropy_with_logits(side.float(), b["side_info"])
         return loss
     logits = sm.policy_logits(batch, batch["elo_self"], batch["elo_oppo"]).float()
     return F.cross_entropy(logits.masked_fill(~batch["legal"].to(logits.device), float("-inf")), batch["move"].to(logits.device))

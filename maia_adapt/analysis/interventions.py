@@ -60,6 +60,8 @@ def sae_amplify(sae, mask: torch.Tensor, strength: float, error: str = "keep", t
     per_token = getattr(sae.cfg, "token_pooling", "mean") == "none"
 
     def fn(x, name):
+        if next(sae.parameters()).device != x.device:  # a model on the GPU, the SAE loaded on the CPU
+            sae.to(x.device)
         if per_token:  # an SAE of every token (a Maia-1 square): each token's codes, the sample's mask on all
             b, t = x.shape[:2]
             tokens = x.flatten(2).float().reshape(b * t, -1)

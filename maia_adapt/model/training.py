@@ -19,16 +19,27 @@ from ..runtime import distributed
 from ..runtime.checkpointing import load_optimizer, optimizer_tensors, read_state, write_step_dir
 from ..encoding import NUM_BUCKETS
 from ..runtime.faults import reach
-from ..errors import MaiaAdaptError
+from ..errors import ConfigError, MaiaAdaptError
 from .inference import BucketTop1, top_move
 from .losses import LossWeights, Maia2Loss, maia2_losses
 from .maia2 import Maia2
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' is CUDA when available; under torchrun, CUDA means this rank's GPU."""
+def resolve_device(name: str = "auto", key: str = "device") -> torch.device:
+    """'auto' is CUDA when available; under torchrun, CUDA means this rank's GPU. A name torch does
+    not know, or CUDA where torch sees none, is one line naming `key` (the config key that set it)."""
+    name = str(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{key}='{name}': expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}='{name}': torch sees no CUDA device here (torch.cuda.is_available() is False); "
+                          f"use {key}=auto or {key}=cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{key}='{name}': torch sees {torch.cuda.device_count()} CUDA device(s)")
     if distributed.is_distributed() and name == "cuda":
         return torch.device("cuda", distributed.local_rank())
     return torch.device(name)
@@ -184,7 +195,7 @@ def train_model(
     cfg's weights; model.distill.DistillLoss with its per-row `extras` (model.distill.prepare_teacher)
     adds the Maia-1 teachers' KL. `train_idx` restricts the training rows.
     """
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "train.device")
     freeze_bn = cfg.batchnorm == "frozen"
     model.to(device)
     train_mode(model, freeze_bn)

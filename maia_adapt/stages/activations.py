@@ -29,6 +29,7 @@ from .common import fingerprint, skill_model
 class ActivationsConfig:
     """stage=activations: cache model (and dictionary) activations on disk, in shards."""
 
+    device: str = "auto"  # where the model runs: auto (CUDA when there is one) | cpu | cuda | cuda:N
     sites: list[str] = "${sites}"  # the site preset's (site=...); a list here overrides it
     saes: Optional[str] = None  # a stage=sae run or SAE folder: its codes are cached too (its sites added)
     positions: Optional[int] = 20000  # positions of `split`; null: all of them

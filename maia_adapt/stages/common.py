@@ -79,8 +79,19 @@ def frozen_model(cfg, stage: str, why_not_maia1: str = "it reads Maia-2 only", w
     return model
 
 
-def skill_model(cfg, stage: str, device="cpu"):
-    """The frozen SkillModel of `cfg.model`: a Maia-2 or Maia-3 checkpoint or the Maia-1 family (model=maia1)."""
+def stage_device(cfg, stage: str):
+    """The torch device of `<stage>.device` (auto | cpu | cuda | cuda:N; a stage without the key runs
+    on the CPU)."""
+    from ..model.training import resolve_device
+
+    section = cfg.get(stage)
+    name = section.get("device", "cpu") if section is not None else "cpu"
+    return resolve_device(name, f"{stage}.device")
+
+
+def skill_model(cfg, stage: str, device=None):
+    """The frozen SkillModel of `cfg.model`: a Maia-2 or Maia-3 checkpoint or the Maia-1 family (model=maia1),
+    on `device` (None: the stage's own `<stage>.device`)."""
     from ..model.skill import load_skill_model
 
     if str(cfg.model.name) == "maia3" and not cfg.model.checkpoint:
@@ -89,7 +100,7 @@ def skill_model(cfg, stage: str, device="cpu"):
     if str(cfg.model.name) != "maia1" and not cfg.model.checkpoint:
         raise ConfigError(f"stage={stage} needs a trained model: set model.checkpoint (a .pt/.safetensors file or run "
                           "directory), or model=maia1 for the Maia-1 family")
-    model = load_skill_model(cfg.model, device=device)
+    model = load_skill_model(cfg.model, device=stage_device(cfg, stage) if device is None else device)
     check_model_shape(cfg.model, model)
     return model
 

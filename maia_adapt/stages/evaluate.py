@@ -65,7 +65,7 @@ def _rating_sweep(model, store, indices, ev, run_dir) -> dict:
 
 def run(cfg, frame) -> dict:
     ev = cfg.evaluate
-    model = load_skill_model(cfg.model, history=ev.history, device=resolve_device(ev.device))
+    model = load_skill_model(cfg.model, history=ev.history, device=resolve_device(ev.device, "evaluate.device"))
     check_model_shape(cfg.model, model)
     store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
     hist = getattr(model, "history", None)

@@ -38,6 +38,7 @@ from .common import bucket_label, skill_model
 class FinetuneConfig:
     """stage=finetune: calibrate low-skill levels toward the correct move on concept positions."""
 
+    device: str = "auto"  # where the model runs: auto (CUDA when there is one) | cpu | cuda | cuda:N
     transitional: Optional[str] = None  # a stage=transitional run directory or its transitional.csv
     # positions whose active threat concepts include this one ('defensive@e4') or any of this kind
     # ('defensive', the study's); '' = every position. Per-concept variants: a multirun over it

@@ -38,6 +38,7 @@ from .common import bucket_label, skill_model
 class InterventionConfig:
     """stage=intervention: amplify concept features / add directions and measure transition-point shifts."""
 
+    device: str = "auto"  # where the model runs: auto (CUDA when there is one) | cpu | cuda | cuda:N
     # sae (amplify the concept's top SAE features) | probe (probe direction) | steering (mean difference) |
     # elo_heads (a Maia-2's skill heads given bucket elo_to's Elo at site blocks.<b>.hook_elo_q: a reference)
     kind: str = "sae"

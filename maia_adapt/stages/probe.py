@@ -52,6 +52,7 @@ _SEED_KEYS = ("penalty", "l1", "l2", "c_grid", "c_scale", "select_by", "metric",
 class ProbeConfig:
     """stage=probe: linear probes per concept and Elo bucket (awareness), and the logit lens."""
 
+    device: str = "auto"  # where the model runs: auto (CUDA when there is one) | cpu | cuda | cuda:N
     sites: list[str] = "${sites}"  # the site preset's (site=...); a list here overrides it
     # of threat, strategic, capture, study (the study's own 13 strategic concepts), seed172 (the 172 of
     # the study's revision; seed172:<category> for one of its 5 categories), board-state

@@ -221,7 +221,7 @@ def _shared_activations(cfg, sites) -> Path | None:
 
 def run(cfg, frame) -> dict:
     sc = cfg.sae
-    device = resolve_device(sc.device)
+    device = resolve_device(sc.device, "sae.device")
     model = skill_model(cfg, "sae", device=device)
     if len(model.spaces()) > 1:
         raise ConfigError(f"stage=sae on {model.name}: its networks have unrelated activation spaces and an SAE reads one; "

@@ -38,6 +38,7 @@ from ..checks import FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, check_section, el
 class ThreatsConfig:
     """stage=threats: which dictionary features detect which concepts (ROC-AUC)."""
 
+    device: str = "auto"  # where the model runs: auto (CUDA when there is one) | cpu | cuda | cuda:N
     saes: Optional[str] = None  # a stage=sae run directory or one SAE folder; null: raw units of `sites`
     sites: list[str] = field(default_factory=list)  # with saes=null: hook names whose units are the features
     # store: positions of the data's `split`; puzzles / sts: the lichess puzzles / the Strategic Test

@@ -146,7 +146,7 @@ def _teacher(cfg, model, store) -> dict:
         raise ConfigError("train.teacher=maia1 runs in one process: distillation under torchrun is not supported")
     teacher, extras, train_idx = prepare_teacher(
         Path(cfg.paths.models_root) / "maia1", store, store.split_indices("train"), cfg.train,
-        resolve_device(cfg.train.device), cfg.data.workers, cfg.seed)
+        resolve_device(cfg.train.device, "train.device"), cfg.data.workers, cfg.seed)
     return {"loss": DistillLoss(model, teacher, cfg.train, cfg.seed), "extras": extras, "train_idx": train_idx}
 
 
@@ -171,7 +171,7 @@ def run(cfg, frame) -> dict:
                 **teacher)
     if not distributed.is_main():
         return {}
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, "train.device")
     rng = np.random.default_rng(cfg.seed + 1)
     test_idx = np.sort(rng.permutation(store.split_indices("test"))[: cfg.train.eval_positions])
     result = evaluate(model, store, test_idx, device=device)

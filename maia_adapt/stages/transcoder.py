@@ -175,7 +175,7 @@ def _model(cfg, device):
 def run(cfg, frame) -> dict:
     tc = cfg.transcoder
     layers = list(tc.layers) if tc.layers else [cfg.layer]
-    device = resolve_device(tc.device)
+    device = resolve_device(tc.device, "transcoder.device")
     model, blocks, width = _model(cfg, device)
     for l in layers:
         if not 0 <= l < blocks:

@@ -35,6 +35,7 @@ from .common import bucket_label, skill_model
 class TransitionalConfig:
     """stage=transitional: per-bucket predictions, correct moves and transition points of a position set."""
 
+    device: str = "auto"  # where the model runs: auto (CUDA when there is one) | cpu | cuda | cuda:N
     position_set: str = "store"  # store: positions of the data; seed: the seed study's 264 positions
     seed_path: str = "${paths.data_root}/transitional/seed_transitional_positions.json"
     positions: Optional[int] = 2000  # store positions per split of `splits`; null: all
