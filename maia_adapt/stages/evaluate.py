@@ -13,9 +13,8 @@ from typing import Optional
 from ..data.preprocess import open_or_build_store
 from ..analysis.evaluation import SPLITS, evaluate_run, sample_positions
 from ..model.skill import load_skill_model
-from ..model.training import resolve_device
 from ..checks import POSITIVE_INT, bad, check_section
-from .common import check_model_shape
+from .common import check_model_shape, stage_device
 
 
 @dataclass
@@ -65,7 +64,7 @@ def _rating_sweep(model, store, indices, ev, run_dir) -> dict:
 
 def run(cfg, frame) -> dict:
     ev = cfg.evaluate
-    model = load_skill_model(cfg.model, history=ev.history, device=resolve_device(ev.device, "evaluate.device"))
+    model = load_skill_model(cfg.model, history=ev.history, device=stage_device(cfg, "evaluate"))
     check_model_shape(cfg.model, model)
     store = open_or_build_store(cfg.data, cfg.paths.cache_dir)
     hist = getattr(model, "history", None)

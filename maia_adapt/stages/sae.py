@@ -32,11 +32,10 @@ from ..concepts import all_position_concepts, best_auc_per_concept, piece_square
 from ..dictionaries.train import BestKeeper, DictionaryRunConfig, start_or_resume
 from ..layout import sae_folder, site_slug
 from ..reporting.plots import feature_density
-from ..model.training import resolve_device
 from ..checks import FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check_section, elo, set_by_stage
 from ..dictionaries.kernels import KERNELS
 from ..dictionaries.sae import ARCHITECTURES
-from .common import fingerprint, skill_model
+from .common import fingerprint, skill_model, stage_device
 
 
 @dataclass
@@ -221,7 +220,7 @@ def _shared_activations(cfg, sites) -> Path | None:
 
 def run(cfg, frame) -> dict:
     sc = cfg.sae
-    device = resolve_device(sc.device, "sae.device")
+    device = stage_device(cfg, "sae")
     model = skill_model(cfg, "sae", device=device)
     if len(model.spaces()) > 1:
         raise ConfigError(f"stage=sae on {model.name}: its networks have unrelated activation spaces and an SAE reads one; "

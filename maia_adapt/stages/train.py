@@ -21,11 +21,11 @@ from ..model import Maia2, Maia2Config, load_model, save_model
 from ..model.maia2 import grow_transformer
 from ..model.distill import DistillLoss, prepare_teacher
 from ..model.skill import Maia2Skill
-from ..model.training import evaluate, lr_at, resolve_device, train_model
+from ..model.training import evaluate, lr_at, train_model
 from ..reporting.plots import bar_by_bucket
 from ..runtime.resume import resume_point
 from ..checks import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, bad, check_section
-from .common import check_model_shape, fingerprint, preset_checkpoint
+from .common import check_model_shape, fingerprint, preset_checkpoint, stage_device
 
 
 READS = ("evaluate",)  # the end-of-training evaluation is stage=evaluate's
@@ -146,7 +146,7 @@ def _teacher(cfg, model, store) -> dict:
         raise ConfigError("train.teacher=maia1 runs in one process: distillation under torchrun is not supported")
     teacher, extras, train_idx = prepare_teacher(
         Path(cfg.paths.models_root) / "maia1", store, store.split_indices("train"), cfg.train,
-        resolve_device(cfg.train.device, "train.device"), cfg.data.workers, cfg.seed)
+        stage_device(cfg, "train"), cfg.data.workers, cfg.seed)
     return {"loss": DistillLoss(model, teacher, cfg.train, cfg.seed), "extras": extras, "train_idx": train_idx}
 
 
@@ -171,7 +171,7 @@ def run(cfg, frame) -> dict:
                 **teacher)
     if not distributed.is_main():
         return {}
-    device = resolve_device(cfg.train.device, "train.device")
+    device = stage_device(cfg, "train")
     rng = np.random.default_rng(cfg.seed + 1)
     test_idx = np.sort(rng.permutation(store.split_indices("test"))[: cfg.train.eval_positions])
     result = evaluate(model, store, test_idx, device=device)

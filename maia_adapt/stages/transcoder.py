@@ -29,8 +29,7 @@ from ..dictionaries.transcoder import DECODER_NORMS, Transcoder, TranscoderConfi
 from ..errors import ConfigError
 from ..layout import transcoder_folder
 from ..reporting.plots import elo_grid_heatmap, qq_plot
-from ..model.training import resolve_device
-from .common import fingerprint, frozen_model, skill_model
+from .common import fingerprint, frozen_model, skill_model, stage_device
 from ..model.hooks import block_hook
 from ..checks import FRACTION, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check_section, elo, set_by_stage
 from ..dictionaries.kernels import KERNELS
@@ -175,7 +174,7 @@ def _model(cfg, device):
 def run(cfg, frame) -> dict:
     tc = cfg.transcoder
     layers = list(tc.layers) if tc.layers else [cfg.layer]
-    device = resolve_device(tc.device, "transcoder.device")
+    device = stage_device(cfg, "transcoder")
     model, blocks, width = _model(cfg, device)
     for l in layers:
         if not 0 <= l < blocks:
