@@ -124,9 +124,10 @@ def _stage_of(key: str) -> str | None:
 
 @_in_hydra
 def rung_overrides(lc, user: list[str], family: str) -> tuple[list[dict], list[str]]:
-    """[{name, what, keys, overrides}] with each rung's overrides cumulative (the keys of every rung up
-    to it set to our presets' values, then the family's own from that rung on), and the protocol keys
-    no rung switches back."""
+    """[{name, what, keys, overrides, family}] with each rung's overrides cumulative (the keys of every
+    rung up to it set to our presets' values) and the family's own from that rung on (applied after
+    ladder.common, which they may override: a family's SAE rung trains its own budget), and the
+    protocol keys no rung switches back."""
     proto = protocol_keys(lc.protocol)
     ours = {stage: _compose([f"experiment={preset}", "protocol=ours", *user]) for stage, preset in PRESETS.items()}
     family_extra = dict(lc.family_overrides.get(family) or {})
@@ -148,7 +149,7 @@ def rung_overrides(lc, user: list[str], family: str) -> tuple[list[dict], list[s
         extra += list(family_extra.get(r["name"], []))
         # the family's facts (a Maia-1 has no FFN) hold at every rung, after the switched keys
         out.append({"name": r["name"], "what": r.get("what", ""), "keys": list(r["keys"]),
-                    "overrides": list(switched.values()) + list(family_extra.get("all", [])) + extra})
+                    "overrides": list(switched.values()), "family": list(family_extra.get("all", [])) + extra})
     # what the ladder's steps read, no rung switches back and the protocol sets to another value than
     # ours (a transcoder or probe key is not theirs)
     seed = {stage: _compose([f"experiment={preset}", f"protocol={lc.protocol}", *user]) for stage, preset in PRESETS.items()}
@@ -184,6 +185,12 @@ def _hash(cfg, stage: str, root: Path) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
+def _rung_args(rung: dict, lc, user: list[str]) -> list[str]:
+    """A rung's overrides in the order that settles who wins: its switches, what every rung shares,
+    the family's facts (more specific than ladder.common), the command line's."""
+    return [*rung["overrides"], *lc.common, *rung.get("family", []), *user]
+
+
 @_in_hydra
 def plan(lc, user: list[str], ladder_dir: Path, family: str, ratings: list[int]) -> Plan:
     """Every step of every rung, composed here (a bad override fails before anything runs)."""
@@ -194,7 +201,7 @@ def plan(lc, user: list[str], ladder_dir: Path, family: str, ratings: list[int])
 
     def step(rung, stage, args, rating=None) -> tuple[Path, str]:
         """(its run directory, the name of its folder in the run directory of a network's step)"""
-        ov = [f"experiment={PRESETS[stage]}", *base, *rung["overrides"], *lc.common, *user, *args]
+        ov = [f"experiment={PRESETS[stage]}", *base, *_rung_args(rung, lc, user), *args]
         if rating is not None:
             ov.append(f"model.rating={rating}")
         cfg = _compose(ov)
@@ -208,7 +215,7 @@ def plan(lc, user: list[str], ladder_dir: Path, family: str, ratings: list[int])
     for rung in rungs:
         t, _ = step(rung, "transitional", [])
         dirs = {"transitional": t}
-        site = _compose(["experiment=intervention_study", *base, *rung["overrides"], *lc.common, *user]).intervention.site
+        site = _compose(["experiment=intervention_study", *base, *_rung_args(rung, lc, user)]).intervention.site
         for rating in ratings or [None]:
             sae, name = step(rung, "sae", [f"sae.sites=[{site}]"], rating)
             threats, _ = step(rung, "threats", [f"threats.saes={_value(str(sae))}"], rating)

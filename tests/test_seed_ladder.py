@@ -137,8 +137,20 @@ def test_every_rung_of_the_preset_names_keys_of_its_protocol():
     rungs, left = rung_overrides(lc, [], "maia2")
     assert [r["name"] for r in rungs][0] == "seed" and not left  # the last rung is ours
     m1, _ = rung_overrides(lc, ["model=maia1"], "maia1")
-    assert all("intervention.site=blocks.5.hook_resid_post" in r["overrides"] for r in m1)
-    assert "sae.token_pooling=none" in m1[-1]["overrides"] and "sae.token_pooling=none" not in m1[-2]["overrides"]
+    assert all("intervention.site=blocks.5.hook_resid_post" in r["family"] for r in m1)
+    assert "sae.token_pooling=none" in m1[-1]["family"] and "sae.token_pooling=none" not in m1[-2]["family"]
+
+
+def test_a_familys_own_settings_win_over_what_every_rung_shares(tmp_path):
+    # the Maia-1 sae rung trains the study's SAE (2,000 steps from 20,000 positions), not ladder.common's
+    # 150 steps from 65,536: the family's keys come after ladder.common, the command line's after both
+    lc = _compose(["experiment=seed_ladder"]).ladder
+    p = plan(lc, ["model=maia1"], tmp_path, "maia1", [1100])
+    sae = {s.rung: _compose(s.overrides).sae for s in p.steps if s.stage == "sae"}
+    assert (sae["seed"].steps, sae["seed"].cache_positions) == (150, 65536)
+    assert (sae["sae"].steps, sae["sae"].cache_positions, sae["sae"].token_pooling) == (2000, 20000, "none")
+    mine = plan(lc, ["model=maia1", "sae.steps=7"], tmp_path, "maia1", [1100])
+    assert {_compose(s.overrides).sae.steps for s in mine.steps if s.stage == "sae"} == {7}
 
 
 def test_the_ladder_app_plans_its_rungs_and_the_command_lines_overrides_reach_every_step(tmp_path):
