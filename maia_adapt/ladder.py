@@ -147,7 +147,7 @@ def rung_overrides(lc, user: list[str], family: str) -> tuple[list[dict], list[s
             for key in matched:
                 switched[key] = f"{key}={_value(OmegaConf.select(ours[_stage_of(key)], key))}"
         extra += list(family_extra.get(r["name"], []))
-        # the family's facts (a Maia-1 has no FFN) hold at every rung, after the switched keys
+        # the family's facts (a Maia-1 has no FFN) hold at every rung, after ladder.common (_rung_args)
         out.append({"name": r["name"], "what": r.get("what", ""), "keys": list(r["keys"]),
                     "overrides": list(switched.values()), "family": list(family_extra.get("all", [])) + extra})
     # what the ladder's steps read, no rung switches back and the protocol sets to another value than
@@ -188,7 +188,7 @@ def _hash(cfg, stage: str, root: Path) -> str:
 def _rung_args(rung: dict, lc, user: list[str]) -> list[str]:
     """A rung's overrides in the order that settles who wins: its switches, what every rung shares,
     the family's facts (more specific than ladder.common), the command line's."""
-    return [*rung["overrides"], *lc.common, *rung.get("family", []), *user]
+    return [*rung["overrides"], *lc.common, *rung["family"], *user]
 
 
 @_in_hydra
