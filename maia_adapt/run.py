@@ -138,5 +138,10 @@ def check_overrides(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     distributed.init_from_env()  # before Hydra: the ranks agree on the run directory's timestamp
-    check_overrides(sys.argv[1:])
-    main()
+    try:
+        check_overrides(sys.argv[1:])
+        main()
+    except BaseException:
+        distributed.shutdown(clean=False)
+        raise
+    distributed.shutdown()

@@ -64,6 +64,17 @@ def init_from_env() -> bool:
     return True
 
 
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group before the interpreter exits. Left to the interpreter's teardown, gloo's
+    threads sometimes abort a rank whose work is done ("terminate called without an active exception",
+    SIGABRT), and torchrun then fails the whole run. `clean`: every rank got here without an error, so
+    they can meet once more; after an error a barrier could wait for a rank that is gone."""
+    if dist.is_available() and dist.is_initialized():
+        if clean:
+            barrier()
+        dist.destroy_process_group()
+
+
 def broadcast(obj: T) -> T:
     """Rank 0's value of a picklable object, on every rank."""
     if not is_distributed():
