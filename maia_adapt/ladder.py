@@ -160,6 +160,9 @@ def rung_overrides(lc, user: list[str], family: str) -> tuple[list[dict], list[s
 
 # settings that do not change what a step computes
 _NOT_HASHED = {"transitional": ("engine_cache", "engine_answers", "engine_workers", "engine_path")}
+# a stage whose outputs changed for the same settings: its steps (and the steps that read them) run
+# anew instead of being found done. transitional 2: transitional.csv carries each row's game history
+_OUTPUT_VERSION = {"transitional": 2}
 
 
 def _portable(v):
@@ -179,6 +182,8 @@ def _hash(cfg, stage: str, root: Path) -> str:
             for k in ("model", "data", "seed", stage, *_SECTIONS.get(stage, ()))}
     keep["model"] = {k: v for k, v in keep["model"].items() if k != "rating"}  # a network's SAE: the rating is the folder
     keep[stage] = {k: v for k, v in keep[stage].items() if k not in _NOT_HASHED.get(stage, ())}
+    if stage in _OUTPUT_VERSION:  # absent for version 1: every other step keeps the hash it had
+        keep["output_version"] = _OUTPUT_VERSION[stage]
     text = json.dumps(_portable(keep), sort_keys=True, default=str).replace(str(root), "<ladder>")  # links: relative
     if cfg.model.get("rating") is not None:  # a network's step reads its network's SAE: one folder for the family
         text = text.replace(f"{cfg.model.name}-{cfg.model.rating}", f"{cfg.model.name}-{{rating}}")

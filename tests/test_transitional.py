@@ -5,6 +5,7 @@ import json
 import chess
 import numpy as np
 import pytest
+import torch
 
 from _app import run_app
 from maia_adapt.config import ASSETS
@@ -290,3 +291,39 @@ def test_the_shipped_engine_answers_are_stockfish_depth_8_on_the_embedded_games(
     for k, lines in list(kept.answers.items())[:50]:
         assert "|depth=8|" in k and chess.Board(k.rsplit("|", 1)[1]).is_valid()
         assert chess.Move.from_uci(lines[0][0]) in chess.Board(k.rsplit("|", 1)[1]).legal_moves
+
+
+def test_a_datasets_rows_carry_their_game_history_to_the_models_that_read_it(model, tmp_path):
+    """stage=transitional judges Maia-1 and Maia-3 on a store position with its game history; the
+    intervention and fine-tune stages rebuild the positions from transitional.csv, and must give them
+    the same inputs (a bare FEN is another input for those models)."""
+    from maia_adapt.analysis.calibration import MoveSet
+    from maia_adapt.analysis.transitional import flat_rows, read_transitional
+    from maia_adapt.data import GameFilter, build_store
+    from maia_adapt.io import atomic_write_csv
+    from maia_adapt.model.maia3_skill import maia3_store_tokens
+    from maia_adapt.model.skill import lc0_store_planes
+
+    store = build_store([ASSETS / "selfplay.pgn.zst"], tmp_path / "games",
+                        GameFilter(rated_only=False, speeds=[], first_n_plies=0, max_games=4), workers=1)
+    plies = np.asarray(store.column("ply"))
+    idx = np.sort(np.random.default_rng(0).choice(np.flatnonzero(plies >= 10), 12, replace=False))
+    rows = build_transitional(model, store, idx, oracle="model")
+    assert all(r["history"].startswith("startpos moves ") for r in rows)
+    atomic_write_csv(tmp_path / "transitional.csv", flat_rows(rows))
+    read = read_transitional(tmp_path / "transitional.csv")
+    moves = MoveSet.build(read, tmp_path / "rebuilt")
+    here = np.arange(len(idx))
+    assert torch.equal(lc0_store_planes(moves.store, here), lc0_store_planes(store, idx))
+    assert torch.equal(maia3_store_tokens(moves.store, here), maia3_store_tokens(store, idx))
+    # what the rows gave before: the bare FEN, which these models read differently
+    bare = MoveSet.build([{**r, "history": None} for r in read], tmp_path / "bare")
+    assert not torch.equal(lc0_store_planes(bare.store, here), lc0_store_planes(store, idx))
+    # a history that does not lead to its row's FEN is refused, naming the position
+    wrong = [{**r, "history": read[(i + 1) % len(read)]["history"]} for i, r in enumerate(read)]
+    with pytest.raises(DataError, match=r"position 0\): its history replays to"):
+        MoveSet.build(wrong, tmp_path / "wrong")
+    text = (tmp_path / "transitional.csv").read_text().replace("startpos moves", "startpos mvs", 1)
+    (tmp_path / "bad.csv").write_text(text)
+    with pytest.raises(DataError, match=r"bad\.csv, line 2: .*expected 'moves' after the start position"):
+        read_transitional(tmp_path / "bad.csv")

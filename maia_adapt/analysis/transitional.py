@@ -401,6 +401,7 @@ def build_transitional(
     indices = np.asarray(indices)
     preds, probs = predictions_by_bucket(model, store, indices, oppo_bucket, batch_size)
     fens = store.fens(indices)
+    histories = store.history(indices)
     threats = threat_concepts(fens)
     game_ids = np.asarray(store.column("game_id")[indices])
     split_of = {}
@@ -423,7 +424,7 @@ def build_transitional(
     for i, fen in enumerate(fens):
         row_preds = preds[i]
         row = {"fen": fen, "preds": row_preds, "probs": probs[i], "cp_loss_low": None, "game_id": int(game_ids[i]),
-               "split": split_of.get(int(indices[i]), "none"),
+               "split": split_of.get(int(indices[i]), "none"), "history": history_text(fen, *histories[i][:2]),
                "threats": [n for n, v in zip(threats.names, threats.labels[i].tolist()) if v]}
         if oracle == "engine":
             ev = evidence[i]
@@ -504,11 +505,37 @@ def skill_stats(correct: np.ndarray, games, n_boot: int = 1000, seed: int = 0) -
     return out
 
 
+def history_text(fen: str, start_fen: str | None, moves: list[str]) -> str:
+    """A position's game history as the body of a UCI `position` command ("startpos moves e2e4 ...",
+    "fen <FEN> moves ..."); "" for a bare FEN (nothing before it), so the row's FEN is all there is."""
+    if not moves and start_fen == fen:
+        return ""
+    head = "startpos" if start_fen is None else f"fen {start_fen}"
+    return f"{head} moves {' '.join(moves)}" if moves else head
+
+
+def parse_history(text: str) -> tuple[str | None, list[str]] | None:
+    """`history_text`'s inverse: (start FEN or None for the standard start, UCI moves), None for ""."""
+    words = text.split()
+    if not words:
+        return None
+    if words[0] == "startpos":
+        start, rest = None, words[1:]
+    elif words[0] == "fen" and len(words) >= 7:
+        start, rest = " ".join(words[1:7]), words[7:]
+    else:
+        raise ValueError(f"history '{text[:60]}': expected 'startpos [moves ...]' or 'fen <FEN> [moves ...]'")
+    if rest and rest[0] != "moves":
+        raise ValueError(f"history '{text[:60]}': expected 'moves' after the start position")
+    return start, rest[1:]
+
+
 def flat_rows(rows: list[dict]) -> list[dict]:
     """CSV-ready rows: lists joined by spaces, one column per bucket."""
     out = []
     for r in rows:
-        flat = {"fen": r["fen"], "split": r["split"], "game_id": r["game_id"], "correct_moves": " ".join(r["correct"]),
+        flat = {"fen": r["fen"], "split": r["split"], "game_id": r["game_id"], "history": r.get("history", ""),
+                "correct_moves": " ".join(r["correct"]),
                 "transition_point": r["transition_point"], "transitional": int(r["transitional"]),
                 "monotone": int(r["monotone"]), "blunder": int(r["blunder"]),
                 "cp_loss_low": "" if r["cp_loss_low"] is None else r["cp_loss_low"], "threats": " ".join(r["threats"])}
@@ -541,6 +568,8 @@ def read_transitional(path) -> list[dict]:
             r["correct"] = r["correct_moves"].split()
             r["threats"] = r["threats"].split()
             r["preds"] = [r[f"pred_{k}"] for k in range(NUM_BUCKETS)] if "pred_0" in r else None
+            # a dataset from before the history column: bare FENs (what Maia-1 and Maia-3 then read)
+            r["history"] = parse_history(r.get("history") or "")
             if r.get("pv"):
                 r["pv"] = [(m, int(cp)) for m, cp in (x.rsplit(":", 1) for x in r["pv"].split())]
             chess.Board(r["fen"])

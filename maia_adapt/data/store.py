@@ -261,10 +261,13 @@ def _fen(bb, flags: int, ep: int, ply: int, halfmove: int, white: bool) -> str:
     return board.fen(en_passant="fen")
 
 
-def store_from_fens(fens, out_dir, elo_self, elo_oppo, moves=None) -> PositionStore:
+def store_from_fens(fens, out_dir, elo_self, elo_oppo, moves=None, histories=None) -> PositionStore:
     """Store an arbitrary set of FEN positions (e.g. an analysis or transitional set).
 
     Elo as ratings or buckets (scalar or one per FEN); `moves` (UCI, optional) become targets.
+    `histories` (optional, one per FEN, None for a bare FEN): (start FEN or None for the standard start,
+    the UCI moves from there to the position), so a model that reads history (Maia-1, Maia-3) sees the
+    game that led to the position; each must replay to its FEN.
     """
     from ..encoding import encode_move
     from ..encoding.planes import move_facts
@@ -301,8 +304,27 @@ def store_from_fens(fens, out_dir, elo_self, elo_oppo, moves=None) -> PositionSt
         cols["game_id"][i] = i
         cols["ply"][i] = board.ply()
         cols["halfmove"][i] = min(board.halfmove_clock, 255)
-        # a bare FEN has no history; ply0 maps the stored ply to an index into the (empty) moves
-        writer.add_game({"id": i, "site": "", "split": 0, "fen": fen, "start_fen": fen, "moves": "",
-                         "ply0": int(cols["ply"][i])})
+        hist = histories[i] if histories is not None else None
+        start, before = (fen, []) if hist is None else (hist[0], list(hist[1]))
+        if hist is not None:
+            _check_replay(start, before, board, f"FEN '{fen}' (position {i})")
+        # ply0 maps the stored ply to an index into the moves (a bare FEN's are empty)
+        writer.add_game({"id": i, "site": "", "split": 0, "fen": fen, "start_fen": start, "moves": " ".join(before),
+                         "ply0": int(cols["ply"][i]) - len(before)})
     writer.add(cols)
     return writer.close({"positions": n})
+
+
+def _check_replay(start_fen: str | None, moves: list[str], board: chess.Board, what: str) -> None:
+    """The history must lead to the position: otherwise a model would read another game's past."""
+    replay = chess.Board(start_fen) if start_fen else chess.Board()
+    for k, uci in enumerate(moves):
+        try:
+            mv = chess.Move.from_uci(uci)
+        except ValueError:
+            mv = None
+        if mv is None or mv not in replay.legal_moves:
+            raise DataError(f"{what}: history move {k + 1} '{uci}' is illegal there: expected a legal UCI move")
+        replay.push(mv)
+    if replay.epd(en_passant="legal") != board.epd(en_passant="legal"):
+        raise DataError(f"{what}: its history replays to '{replay.fen()}', not to the FEN")
