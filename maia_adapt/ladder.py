@@ -131,6 +131,12 @@ def rung_overrides(lc, user: list[str], family: str) -> tuple[list[dict], list[s
     proto = protocol_keys(lc.protocol)
     ours = {stage: _compose([f"experiment={preset}", "protocol=ours", *user]) for stage, preset in PRESETS.items()}
     family_extra = dict(lc.family_overrides.get(family) or {})
+    family_what = dict(family_extra.pop("what", None) or {})  # a rung's switch in the family's own words
+    names = [r["name"] for r in lc.rungs]
+    for k in [*family_extra, *family_what]:
+        if k != "all" and k not in names:
+            raise ConfigError(f"ladder.family_overrides.{family}: '{k}' is not a rung: expected all, what or one of "
+                              f"{', '.join(names)}")
     common = {o.split("=", 1)[0] for o in lc.common}
     switched: dict[str, str] = {}
     extra: list[str] = []
@@ -148,7 +154,7 @@ def rung_overrides(lc, user: list[str], family: str) -> tuple[list[dict], list[s
                 switched[key] = f"{key}={_value(OmegaConf.select(ours[_stage_of(key)], key))}"
         extra += list(family_extra.get(r["name"], []))
         # the family's facts (a Maia-1 has no FFN) hold at every rung, after ladder.common (_rung_args)
-        out.append({"name": r["name"], "what": r.get("what", ""), "keys": list(r["keys"]),
+        out.append({"name": r["name"], "what": family_what.get(r["name"], r.get("what", "")), "keys": list(r["keys"]),
                     "overrides": list(switched.values()), "family": list(family_extra.get("all", [])) + extra})
     # what the ladder's steps read, no rung switches back and the protocol sets to another value than
     # ours (a transcoder or probe key is not theirs)

@@ -139,6 +139,12 @@ def test_every_rung_of_the_preset_names_keys_of_its_protocol():
     m1, _ = rung_overrides(lc, ["model=maia1"], "maia1")
     assert all("intervention.site=blocks.5.hook_resid_post" in r["family"] for r in m1)
     assert "sae.token_pooling=none" in m1[-1]["family"] and "sae.token_pooling=none" not in m1[-2]["family"]
+    # the table names each family's own SAE; a family key that is no rung is a typo, named
+    assert "TopK 4,096" in rungs[-1]["what"] and "TopK 1,024" in m1[-1]["what"] and m1[0]["what"] == rungs[0]["what"]
+    bad = OmegaConf.create(OmegaConf.to_container(lc))
+    bad.family_overrides.maia1.sea = ["sae.k=8"]
+    with pytest.raises(ConfigError, match=r"ladder.family_overrides.maia1: 'sea' is not a rung: expected all, what or one of seed"):
+        rung_overrides(bad, ["model=maia1"], "maia1")
 
 
 def test_a_familys_own_settings_win_over_what_every_rung_shares(tmp_path):

@@ -38,7 +38,8 @@ class LadderConfig:
     # switch a key set here
     common: list[str] = field(default_factory=list)
     chains: list[str] = field(default_factory=lambda: ["intervention", "finetune"])  # intervention is always run
-    # per model family (maia1 | maia2): {"all": overrides for every step, "<rung>": from that rung on}
+    # per model family (maia1 | maia2): {"all": overrides for every step, "<rung>": from that rung on,
+    # "what": {"<rung>": the rung's switch in the family's words, for the table}}
     family_overrides: dict[str, Any] = field(default_factory=dict)
     dry_run: bool = False  # print each step's command, run nothing
     # run nothing, write the table from the steps finished so far (a ladder stopped part way; '-' where
