@@ -298,7 +298,7 @@ def test_a_datasets_rows_carry_their_game_history_to_the_models_that_read_it(mod
     intervention and fine-tune stages rebuild the positions from transitional.csv, and must give them
     the same inputs (a bare FEN is another input for those models)."""
     from maia_adapt.analysis.calibration import MoveSet
-    from maia_adapt.analysis.transitional import flat_rows, read_transitional
+    from maia_adapt.analysis.transitional import flat_rows, history_text, parse_history, read_transitional
     from maia_adapt.data import GameFilter, build_store
     from maia_adapt.io import atomic_write_csv
     from maia_adapt.model.maia3_skill import maia3_store_tokens
@@ -323,6 +323,10 @@ def test_a_datasets_rows_carry_their_game_history_to_the_models_that_read_it(mod
     wrong = [{**r, "history": read[(i + 1) % len(read)]["history"]} for i, r in enumerate(read)]
     with pytest.raises(DataError, match=r"position 0\): its history replays to"):
         MoveSet.build(wrong, tmp_path / "wrong")
+    # a start FEN of four fields (as the seed's are written) is written whole; no move before: no history
+    start = "4k3/8/8/8/8/8/4P3/4K3 w - -"
+    assert parse_history(history_text(start, ["e2e4"])) == ("4k3/8/8/8/8/8/4P3/4K3 w - - 0 1", ["e2e4"])
+    assert history_text(None, []) == history_text(start, []) == "" and parse_history("") is None
     text = (tmp_path / "transitional.csv").read_text().replace("startpos moves", "startpos mvs", 1)
     (tmp_path / "bad.csv").write_text(text)
     with pytest.raises(DataError, match=r"bad\.csv, line 2: .*expected 'moves' after the start position"):

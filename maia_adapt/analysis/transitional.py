@@ -424,7 +424,7 @@ def build_transitional(
     for i, fen in enumerate(fens):
         row_preds = preds[i]
         row = {"fen": fen, "preds": row_preds, "probs": probs[i], "cp_loss_low": None, "game_id": int(game_ids[i]),
-               "split": split_of.get(int(indices[i]), "none"), "history": history_text(fen, *histories[i][:2]),
+               "split": split_of.get(int(indices[i]), "none"), "history": history_text(*histories[i][:2]),
                "threats": [n for n, v in zip(threats.names, threats.labels[i].tolist()) if v]}
         if oracle == "engine":
             ev = evidence[i]
@@ -505,13 +505,14 @@ def skill_stats(correct: np.ndarray, games, n_boot: int = 1000, seed: int = 0) -
     return out
 
 
-def history_text(fen: str, start_fen: str | None, moves: list[str]) -> str:
+def history_text(start_fen: str | None, moves: list[str]) -> str:
     """A position's game history as the body of a UCI `position` command ("startpos moves e2e4 ...",
-    "fen <FEN> moves ..."); "" for a bare FEN (nothing before it), so the row's FEN is all there is."""
-    if not moves and start_fen == fen:
+    "fen <FEN> moves ..."); "" when no move led to it (a bare FEN, a game's first position), so the
+    row's FEN is all there is."""
+    if not moves:
         return ""
-    head = "startpos" if start_fen is None else f"fen {start_fen}"
-    return f"{head} moves {' '.join(moves)}" if moves else head
+    head = "startpos" if start_fen is None else f"fen {chess.Board(start_fen).fen()}"  # all six fields
+    return f"{head} moves {' '.join(moves)}"
 
 
 def parse_history(text: str) -> tuple[str | None, list[str]] | None:
