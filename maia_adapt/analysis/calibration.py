@@ -162,9 +162,8 @@ class MoveSet:
             raise ConfigError(f"no positions for {folder.name}: the transitional dataset has none that match")
         # each row's game history where the dataset has one: Maia-1 and Maia-3 read it, as they did in
         # stage=transitional, so a row's base accuracy here is the one its transition point came from
-        histories = [r.get("history") for r in rows]
         store = store_from_fens([r["fen"] for r in rows], folder, 5, 5, moves=[r["correct"][0] for r in rows],
-                                histories=histories if any(h is not None for h in histories) else None)
+                                histories=[r.get("history") for r in rows])
         return cls(store, rows)
 
     def batch(self, positions: np.ndarray, buckets: np.ndarray, model=None) -> dict:

@@ -320,11 +320,8 @@ def _check_replay(start_fen: str | None, moves: list[str], board: chess.Board, w
     replay = chess.Board(start_fen) if start_fen else chess.Board()
     for k, uci in enumerate(moves):
         try:
-            mv = chess.Move.from_uci(uci)
+            replay.push(replay.parse_uci(uci))  # refuses a malformed or an illegal move alike
         except ValueError:
-            mv = None
-        if mv is None or mv not in replay.legal_moves:
-            raise DataError(f"{what}: history move {k + 1} '{uci}' is illegal there: expected a legal UCI move")
-        replay.push(mv)
+            raise DataError(f"{what}: history move {k + 1} '{uci}' is illegal there: expected a legal UCI move") from None
     if replay.epd(en_passant="legal") != board.epd(en_passant="legal"):
         raise DataError(f"{what}: its history replays to '{replay.fen()}', not to the FEN")
